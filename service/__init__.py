@@ -1,0 +1,1 @@
+"""slotpool: the referral slot pool service."""

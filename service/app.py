@@ -1,0 +1,140 @@
+"""create_app(): the lifespan owns the engine, the clock, the crypto keys and the loops."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from service.clock import Clock
+from service.config import Settings
+from service.crypto import Crypto
+from service.db import Database
+from service.deps import AppState
+from service.errors import install_handlers, problem_response
+from service.loops.release import release_loop
+from service.metrics import HTTP_REQUESTS
+from service.migrations import head_revision
+from service.policy.router import router as policy_router
+from service.referrals.router import router as referrals_router
+from service.registry.router import router as registry_router
+from service.residents.router import router as residents_router
+from service.slots.router import router as slots_router
+
+log = structlog.get_logger("slotpool.http")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    database_url: str,
+    clock: Clock | None = None,
+    run_loops: bool | None = None,
+) -> FastAPI:
+    """The ASGI app. Tests pass their own clock and usually run the loops themselves."""
+    loops_enabled = settings.run_loops if run_loops is None else run_loops
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(database_url, pool_size=settings.db_pool_size, lock_timeout_ms=settings.lock_timeout_ms)
+        state = AppState(
+            settings=settings,
+            db=db,
+            clock=clock or Clock(),
+            crypto=Crypto(
+                data_key=settings.key_bytes("data_key"),
+                index_key=settings.key_bytes("index_key"),
+                api_key_pepper=settings.key_bytes("api_key_pepper"),
+            ),
+        )
+        app.state.slotpool = state
+        stop = asyncio.Event()
+        tasks = []
+        if loops_enabled:
+            tasks.append(
+                asyncio.create_task(
+                    release_loop(
+                        db,
+                        state.clock,
+                        interval=settings.release_interval_seconds,
+                        batch_size=settings.release_batch_size,
+                        stop=stop,
+                    )
+                )
+            )
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await db.dispose()
+
+    app = FastAPI(
+        title="slotpool",
+        version="0.1.0",
+        summary="Referral slot pool: hospitals reserve outpatient slots for family doctors (R1–R20).",
+        lifespan=lifespan,
+    )
+    install_handlers(app)
+
+    @app.middleware("http")
+    async def request_context(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        incoming = request.headers.get("x-request-id", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request.state.request_id = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).observe(
+            time.perf_counter() - started
+        )
+        response.headers["X-Request-ID"] = request_id
+        return response
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"content": {"application/problem+json": {}}}})
+    async def readyz(request: Request) -> Response:
+        """Readiness: the database answers and its schema is at the migration head."""
+        state: AppState = request.app.state.slotpool
+        try:
+            async with state.db.engine.connect() as conn:
+                current = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+        except Exception as exc:
+            log.warning("readiness check failed", error=type(exc).__name__)
+            return problem_response(503, "database_unavailable", "The database does not answer.", request)
+        head = head_revision()
+        if current != head:
+            return problem_response(
+                503, "migrations_pending", f"Schema is at {current}, head is {head}.", request
+            )
+        return JSONResponse({"status": "ready", "schema": current})
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in (registry_router, policy_router, residents_router, slots_router, referrals_router):
+        app.include_router(router)
+    return app

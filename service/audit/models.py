@@ -1,0 +1,36 @@
+"""The append-only decision record: who did what, when, why (R15)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Identity, Index, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.db import Base
+
+
+class AuditEntry(Base):
+    """One decision or personal-data access. A trigger forbids UPDATE and DELETE."""
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (
+        Index("ix_audit_entries_resident_at", "resident_id", "at"),
+        Index("ix_audit_entries_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    actor_client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))
+    actor_org_id: Mapped[int | None] = mapped_column(ForeignKey("organisations.id"))
+    actor: Mapped[str] = mapped_column(String(40))
+    action: Mapped[str] = mapped_column(String(40))
+    code: Mapped[str | None] = mapped_column(String(60))
+    hospital_id: Mapped[int | None] = mapped_column(ForeignKey("organisations.id"))
+    resident_id: Mapped[int | None] = mapped_column(ForeignKey("residents.id"))
+    referral_id: Mapped[int | None] = mapped_column(ForeignKey("referrals.id"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)

@@ -1,0 +1,176 @@
+"""The ``slotpool`` command: serve, migrate, worker, create-client, openapi."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from service.clock import Clock
+from service.config import Settings, get_settings
+from service.context import Actor
+from service.crypto import Crypto
+from service.db import Database
+from service.logging import configure_logging
+
+_embedded_server: Any = None  # kept referenced so the server lives as long as the process
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """DATABASE_URL if set; otherwise start the embedded PostgreSQL and use it."""
+    global _embedded_server
+    if settings.database_url:
+        return settings.database_url
+    from service import embedded
+
+    _embedded_server = embedded.start(settings.data_dir)
+    url = embedded.server_url(_embedded_server)
+    asyncio.run(embedded.ensure_database(url))
+    print(f"embedded PostgreSQL: data in {settings.data_dir / 'pgdata'}", file=sys.stderr)
+    return url
+
+
+def crypto_from(settings: Settings) -> Crypto:
+    return Crypto(
+        data_key=settings.key_bytes("data_key"),
+        index_key=settings.key_bytes("index_key"),
+        api_key_pepper=settings.key_bytes("api_key_pepper"),
+    )
+
+
+async def migrate_and_install_presets(url: str) -> None:
+    """Bring the schema to head and make sure the built-in policies exist."""
+    from service.migrations import upgrade
+    from service.policy.service import install_presets
+
+    await upgrade(url)
+    db = Database(url, pool_size=1)
+    try:
+        now = Clock().now()
+        await db.run(lambda s: install_presets(session=s, actor=Actor.system("cli", now=now)))
+    finally:
+        await db.dispose()
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    url = resolve_database_url(settings)
+    asyncio.run(migrate_and_install_presets(url))
+    print("migrations applied; built-in policies present")
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    url = resolve_database_url(settings)
+    asyncio.run(migrate_and_install_presets(url))
+    if args.demo:
+        from service.demo import print_demo_keys, seed_demo
+
+        keys = asyncio.run(seed_demo(url, settings))
+        print_demo_keys(keys, host=args.host, port=args.port)
+    app = create_app(settings, database_url=url, run_loops=not args.no_loops)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    from service.loops.release import release_loop
+
+    url = resolve_database_url(settings)
+
+    async def main() -> None:
+        db = Database(url, pool_size=2)
+        stop = asyncio.Event()
+        try:
+            await release_loop(
+                db,
+                Clock(),
+                interval=settings.release_interval_seconds,
+                batch_size=settings.release_batch_size,
+                stop=stop,
+            )
+        finally:
+            await db.dispose()
+
+    asyncio.run(main())
+
+
+def cmd_create_client(args: argparse.Namespace, settings: Settings) -> None:
+    from service.registry.service import create_api_client, org_by_code
+
+    url = resolve_database_url(settings)
+
+    async def main() -> str:
+        db = Database(url, pool_size=1)
+        try:
+            now = Clock().now()
+
+            async def work(session: Any) -> str:
+                org = await org_by_code(session, args.org_code)
+                _, token = await create_api_client(
+                    session=session,
+                    actor=Actor.system("cli", now=now),
+                    crypto=crypto_from(settings),
+                    organisation_id=org.id,
+                    role=args.role,
+                    name=args.name,
+                )
+                return token
+
+            return await db.run(work)
+        finally:
+            await db.dispose()
+
+    token = asyncio.run(main())
+    print(token)
+    print("Store this key now: it is shown once and kept only as a digest.", file=sys.stderr)
+
+
+def cmd_openapi(args: argparse.Namespace, settings: Settings) -> None:
+    from service.app import create_app
+
+    app = create_app(settings, database_url="postgresql://unused/unused", run_loops=False)
+    json.dump(app.openapi(), sys.stdout, indent=2, ensure_ascii=False, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slotpool", description="The referral slot pool service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="apply migrations and serve the API (and the release loop)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--demo", action="store_true", help="seed the demo region and print API keys")
+    serve.add_argument("--no-loops", action="store_true", help="serve HTTP only; run `worker` elsewhere")
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="apply migrations and install built-in policies").set_defaults(
+        func=cmd_migrate
+    )
+    sub.add_parser("worker", help="run the background loops without HTTP").set_defaults(func=cmd_worker)
+
+    client = sub.add_parser("create-client", help="issue an API key (shown once)")
+    client.add_argument("--org-code", required=True)
+    client.add_argument(
+        "--role", required=True, choices=["hospital", "primary", "platform", "hotline", "commission"]
+    )
+    client.add_argument("--name", required=True)
+    client.set_defaults(func=cmd_create_client)
+
+    sub.add_parser("openapi", help="print the OpenAPI document").set_defaults(func=cmd_openapi)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    args.func(args, settings)
+
+
+if __name__ == "__main__":
+    main()

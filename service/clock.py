@@ -1,0 +1,44 @@
+"""The one clock every rule reads. Tests swap in a ManualClock."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+class Clock:
+    """Wall-clock time, always timezone-aware."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class ManualClock(Clock):
+    """A clock that stands still until moved."""
+
+    def __init__(self, start: datetime) -> None:
+        if start.tzinfo is None:
+            raise ValueError("ManualClock needs an aware datetime")
+        self._now = start
+
+    def now(self) -> datetime:
+        return self._now
+
+    def set(self, when: datetime) -> None:
+        if when.tzinfo is None:
+            raise ValueError("ManualClock needs an aware datetime")
+        self._now = when
+
+    def advance(self, delta: timedelta) -> None:
+        self._now += delta
+
+
+def local_date(when: datetime) -> date:
+    """The Beijing-time calendar date of an instant: rules count days in Asia/Shanghai."""
+    return when.astimezone(SHANGHAI).date()
+
+
+def local_datetime(day: date, hour: int, minute: int = 0) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=SHANGHAI)

@@ -1,0 +1,57 @@
+"""Personal-data encryption (AES-256-GCM), blind indexes and API-key digests.
+
+Ciphertext layout: one version byte, a 12-byte nonce, then the GCM output.
+The associated data names the column, so a ciphertext copied into another
+column does not decrypt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+_VERSION = b"\x01"
+
+
+class Crypto:
+    def __init__(self, *, data_key: bytes, index_key: bytes, api_key_pepper: bytes) -> None:
+        self._aead = AESGCM(data_key)
+        self._index_key = index_key
+        self._pepper = api_key_pepper
+
+    def encrypt(self, plaintext: str, *, column: str) -> bytes:
+        nonce = os.urandom(12)
+        return _VERSION + nonce + self._aead.encrypt(nonce, plaintext.encode(), column.encode())
+
+    def decrypt(self, blob: bytes, *, column: str) -> str:
+        if blob[:1] != _VERSION:
+            raise ValueError("unknown ciphertext version")
+        return self._aead.decrypt(blob[1:13], blob[13:], column.encode()).decode()
+
+    def blind_index(self, normalised: str, *, purpose: str) -> bytes:
+        """A keyed digest for equality lookups without storing the plaintext."""
+        return hmac.new(self._index_key, f"{purpose}:{normalised}".encode(), hashlib.sha256).digest()
+
+    def api_key_digest(self, token: str) -> bytes:
+        return hmac.new(self._pepper, token.encode(), hashlib.sha256).digest()
+
+
+def new_api_key() -> str:
+    """A random 256-bit bearer token."""
+    return "sp_" + secrets.token_urlsafe(32)
+
+
+def mask_id_number(id_number: str) -> str:
+    """Keep only the first and last characters."""
+    return id_number[0] + "*" * (len(id_number) - 2) + id_number[-1]
+
+
+def mask_name(name: str) -> str:
+    """Keep the first character (the surname, for most Chinese names)."""
+    if len(name) <= 1:
+        return "*"
+    return name[0] + "*" * (len(name) - 1)

@@ -1,0 +1,87 @@
+"""Request dependencies: the app's shared objects, the caller, and one clock reading."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+
+from service.clock import Clock
+from service.config import Settings
+from service.context import Actor, Caller
+from service.crypto import Crypto
+from service.db import Database
+from service.errors import Forbidden, Unauthorized
+from service.registry.models import ApiClient, Organisation
+
+
+@dataclass
+class AppState:
+    """What the lifespan owns and every request shares."""
+
+    settings: Settings
+    db: Database
+    clock: Clock
+    crypto: Crypto
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.slotpool
+    return state
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+async def authenticate(request: Request, state: State) -> Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing_credentials", "Send 'Authorization: Bearer <API key>'.")
+    digest = state.crypto.api_key_digest(token.strip())
+    async with state.db.sessionmaker() as session:
+        row = (
+            await session.execute(
+                select(ApiClient, Organisation)
+                .join(Organisation, Organisation.id == ApiClient.organisation_id)
+                .where(ApiClient.key_digest == digest)
+            )
+        ).first()
+    if row is None:
+        raise Unauthorized("invalid_credentials", "The API key is not valid.")
+    client, org = row
+    if client.revoked_at is not None:
+        raise Unauthorized("key_revoked", "This API key has been revoked.")
+    caller = Caller(
+        client_id=client.id,
+        org_id=org.id,
+        role=client.role,
+        org_kind=org.kind,
+        org_name=org.name,
+        region_code=org.region_code,
+    )
+    request.state.caller = caller
+    return caller
+
+
+def require(*roles: str) -> Callable[..., Awaitable[Caller]]:
+    """A dependency admitting only callers with one of ``roles``."""
+
+    async def dependency(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
+        if caller.role not in roles:
+            raise Forbidden(
+                "wrong_role", f"This endpoint is for {' or '.join(roles)} clients, not {caller.role}."
+            )
+        return caller
+
+    return dependency
+
+
+def actor_for(request: Request, state: AppState, caller: Caller) -> Actor:
+    """The actor of this request, with its single clock reading."""
+    return Actor.for_caller(
+        caller, now=state.clock.now(), request_id=getattr(request.state, "request_id", None)
+    )

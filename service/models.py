@@ -1,0 +1,38 @@
+"""Every model, imported once so that metadata is complete (Alembic, tests)."""
+
+from service.audit.models import AuditEntry
+from service.events.models import Event
+from service.policy.models import HospitalPolicy, Policy
+from service.referrals.models import IdempotencyKey, Referral
+from service.registry.models import (
+    Alliance,
+    AllianceMember,
+    ApiClient,
+    Department,
+    Doctor,
+    Organisation,
+    Region,
+)
+from service.residents.models import FamilyDoctorContract, Resident
+from service.slots.models import ClinicSession, ReservationShortfall, Slot
+
+__all__ = [
+    "Alliance",
+    "AllianceMember",
+    "ApiClient",
+    "AuditEntry",
+    "ClinicSession",
+    "Department",
+    "Doctor",
+    "Event",
+    "FamilyDoctorContract",
+    "HospitalPolicy",
+    "IdempotencyKey",
+    "Organisation",
+    "Policy",
+    "Referral",
+    "Region",
+    "ReservationShortfall",
+    "Resident",
+    "Slot",
+]

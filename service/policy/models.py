@@ -1,0 +1,79 @@
+"""Policies are versioned data assigned to hospitals (R1–R5, R7, R10, R12, R13)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.db import Base
+
+RATIO_BASES = ("all_outpatient", "expert")
+SCOPES = ("city", "jurisdiction", "by_tier", "alliance", "lower_tier")
+MIN_LEAD_MINUTES = 24 * 60  # R5: at least one day before the public release
+
+
+class Policy(Base):
+    """One version of a named policy; the version in force on a date is the latest effective one."""
+
+    __tablename__ = "policies"
+    __table_args__ = (
+        UniqueConstraint("code", "version"),
+        CheckConstraint("ratio > 0 AND ratio <= 1", name="ratio"),
+        CheckConstraint("ratio_base IN ('all_outpatient', 'expert')", name="ratio_base"),
+        CheckConstraint("min_senior_share >= 0 AND min_senior_share <= 1", name="senior_share"),
+        CheckConstraint(f"lead_minutes >= {MIN_LEAD_MINUTES}", name="lead_time"),
+        CheckConstraint(
+            "scope IN ('city', 'jurisdiction', 'by_tier', 'alliance', 'lower_tier')", name="scope"
+        ),
+        CheckConstraint("consultation_max_age_hours > 0", name="consultation_window"),
+        CheckConstraint("cancel_cutoff_minutes >= 0", name="cancel_cutoff"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    code: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    effective_from: Mapped[date] = mapped_column(Date)
+    ratio: Mapped[Decimal] = mapped_column(Numeric(5, 4))
+    ratio_base: Mapped[str] = mapped_column(String(20))
+    min_senior_share: Mapped[Decimal] = mapped_column(Numeric(5, 4))
+    lead_minutes: Mapped[int] = mapped_column(Integer)
+    scope: Mapped[str] = mapped_column(String(20))
+    disease_prefixes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    # Empty means every department reserves; otherwise only departments with these specialties.
+    preferred_specialties: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    consultation_max_age_hours: Mapped[int] = mapped_column(Integer)
+    cancel_cutoff_minutes: Mapped[int] = mapped_column(Integer)
+    cancel_hotline: Mapped[str] = mapped_column(String(40))
+    # {"max_no_shows": 3, "window_days": 180, "bar_days": 90, "text": "..."}
+    no_show_rule: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    source: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class HospitalPolicy(Base):
+    """Which policy (by code) governs a hospital's pool."""
+
+    __tablename__ = "hospital_policies"
+
+    hospital_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"), primary_key=True)
+    policy_code: Mapped[str] = mapped_column(String(64))
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,103 @@
+"""Built-in policies for the five regions of the seed documents (R1–R5, R7, R10, R13).
+
+Each preset is version 1 of its code, effective from 2024-01-01. A commission
+changes a rule by publishing a new version (POST /v1/policies), never by
+editing these.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+# R10: hypertension, diabetes, coronary heart disease, stroke (ICD-10 prefixes).
+CHRONIC_DISEASES = [
+    "I10", "I11", "I12", "I13", "I15",  # hypertensive diseases
+    "E10", "E11", "E12", "E13", "E14",  # diabetes mellitus
+    "I20", "I21", "I22", "I23", "I24", "I25",  # ischaemic heart diseases
+    "I60", "I61", "I62", "I63", "I64", "I65", "I66", "I67", "I68", "I69",  # cerebrovascular
+]  # fmt: skip
+# R10: general hospitals reserve first from these departments (Tianjin).
+TIANJIN_SPECIALTIES = [
+    "cardiology", "hypertension", "geriatrics", "neurology", "endocrinology", "respiratory",
+]  # fmt: skip
+
+DEFAULT_NO_SHOW = {
+    "max_no_shows": 3,
+    "window_days": 180,
+    "bar_days": 90,
+    "text": "180天内爽约3次，90天内不能通过基层号源池预约本院号源。",
+}
+
+
+def _preset(code: str, name: str, source: str, **rules: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "code": code,
+        "version": 1,
+        "name": name,
+        "effective_from": date(2024, 1, 1),
+        "ratio": Decimal("0.20"),
+        "ratio_base": "all_outpatient",
+        "min_senior_share": Decimal("0"),
+        "lead_minutes": 24 * 60,
+        "scope": "by_tier",
+        "disease_prefixes": CHRONIC_DISEASES,
+        "preferred_specialties": [],
+        "consultation_max_age_hours": 72,
+        "cancel_cutoff_minutes": 120,
+        "cancel_hotline": "12320",
+        "no_show_rule": DEFAULT_NO_SHOW,
+        "source": source,
+    }
+    base.update(rules)
+    return base
+
+
+PRESETS: list[dict[str, Any]] = [
+    _preset(
+        "tianjin",
+        "天津市二三级医院向基层预留号源",
+        "002 att. 1: ≥20 % of outpatient slots, ≥50 % associate chief or above, "
+        "open ≥1 day early, chronic diseases, six preferred departments, hotline 95169022",
+        min_senior_share=Decimal("0.50"),
+        scope="city",
+        preferred_specialties=TIANJIN_SPECIALTIES,
+        cancel_hotline="95169022",
+    ),
+    _preset(
+        "fuzhou",
+        "福州市二级及以上公立医院预留号源",
+        "000 §1: ≥20 %; city hospitals to every primary institution of the city, "
+        "county/district hospitals to their own jurisdiction",
+        scope="by_tier",
+    ),
+    _preset(
+        "shanghai",
+        "上海浦东：专家号源向社区开放",
+        "001 §一.三: ≥1/3 of expert slots to community institutions",
+        ratio=Decimal("0.3334"),
+        ratio_base="expert",
+        min_senior_share=Decimal("0.50"),
+        scope="jurisdiction",
+    ),
+    _preset(
+        "heilongjiang",
+        "黑龙江绥化：县域医共体牵头医院开放号源",
+        "003 (五): county alliance lead hospitals open ≥20 % to township and village institutions",
+        scope="alliance",
+    ),
+    _preset(
+        "anhui-provincial",
+        "安徽：省级医院向市县级医院开放号源",
+        "004 att. 1 §二: provincial hospitals reserve ≥10 % for city and county hospitals",
+        ratio=Decimal("0.10"),
+        scope="lower_tier",
+    ),
+    _preset(
+        "anhui-alliance",
+        "安徽：医联体、医共体牵头医院向基层开放号源",
+        "004 att. 1 §二: alliance lead hospitals reserve ≥20 % for community and township centres",
+        scope="alliance",
+    ),
+]

@@ -1,0 +1,52 @@
+"""Policies: everyone reads them; the commission publishes versions and assigns them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from service.context import Caller
+from service.deps import State, actor_for, authenticate, require
+from service.policy import service
+from service.policy.schemas import PolicyIn, PolicyList, PolicyOut
+from service.registry.schemas import PolicyAssignment
+
+router = APIRouter(prefix="/v1", tags=["policies"])
+
+
+@router.get("/policies", response_model=PolicyList)
+async def list_policies(state: State, caller: Annotated[Caller, Depends(authenticate)]) -> PolicyList:
+    """Every policy version."""
+    async with state.db.sessionmaker() as session:
+        rows = await service.list_policies(session=session)
+    return PolicyList(items=[PolicyOut(**service.policy_out(p)) for p in rows])
+
+
+@router.post("/policies", response_model=PolicyOut, status_code=201)
+async def publish_policy(
+    body: PolicyIn, request: Request, state: State, caller: Annotated[Caller, Depends(require("commission"))]
+) -> PolicyOut:
+    """Publish the next version of a policy code."""
+    actor = actor_for(request, state, caller)
+    policy = await state.db.run(
+        lambda s: service.publish_policy(session=s, actor=actor, fields=body.model_dump(mode="json"))
+    )
+    return PolicyOut(**service.policy_out(policy))
+
+
+@router.put("/hospitals/{hospital_id}/policy", status_code=204)
+async def assign_policy(
+    hospital_id: int,
+    body: PolicyAssignment,
+    request: Request,
+    state: State,
+    caller: Annotated[Caller, Depends(require("commission"))],
+) -> None:
+    """Assign a policy (by code) to a hospital."""
+    actor = actor_for(request, state, caller)
+    await state.db.run(
+        lambda s: service.assign_policy(
+            session=s, actor=actor, hospital_id=hospital_id, policy_code=body.policy_code
+        )
+    )

@@ -1,0 +1,45 @@
+"""Policy versions as the commission publishes and everyone reads them."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from service.policy.models import MIN_LEAD_MINUTES
+
+
+class NoShowRule(BaseModel):
+    max_no_shows: int = Field(ge=1)
+    window_days: int = Field(ge=1)
+    bar_days: int = Field(ge=1)
+    text: str = Field(min_length=1, max_length=500)
+
+
+class PolicyIn(BaseModel):
+    code: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
+    name: str = Field(min_length=1, max_length=200)
+    effective_from: date
+    ratio: Decimal = Field(gt=0, le=1, max_digits=5, decimal_places=4)
+    ratio_base: Literal["all_outpatient", "expert"]
+    min_senior_share: Decimal = Field(ge=0, le=1, max_digits=5, decimal_places=4)
+    lead_minutes: int = Field(ge=MIN_LEAD_MINUTES, description="R5: at least 1440 (one day).")
+    scope: Literal["city", "jurisdiction", "by_tier", "alliance", "lower_tier"]
+    disease_prefixes: list[str] = Field(min_length=1, max_length=500)
+    preferred_specialties: list[str] = Field(default_factory=list, max_length=100)
+    consultation_max_age_hours: int = Field(gt=0, le=24 * 90)
+    cancel_cutoff_minutes: int = Field(ge=0, le=7 * 24 * 60)
+    cancel_hotline: str = Field(min_length=3, max_length=40)
+    no_show_rule: NoShowRule
+    source: str = ""
+
+
+class PolicyOut(PolicyIn):
+    id: int
+    version: int
+
+
+class PolicyList(BaseModel):
+    items: list[PolicyOut]

@@ -1,0 +1,139 @@
+"""Booking, cancelling and reading referrals."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+
+Icd10 = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$"),
+]
+
+
+class ResidentRef(BaseModel):
+    id_number: str = Field(
+        min_length=15, max_length=20, description="18-character resident ID (real name, R8)."
+    )
+    name: str = Field(min_length=1, max_length=100)
+
+
+class Consultation(BaseModel):
+    encounter_id: str = Field(
+        min_length=1, max_length=64, description="The visit the referral comes from (R9)."
+    )
+    encountered_at: AwareDatetime
+
+
+class BookingIn(BaseModel):
+    slot_id: int
+    referring_doctor_code: str = Field(
+        min_length=1,
+        max_length=64,
+        description="Code of the caller's own doctor who referred (the family doctor).",
+    )
+    resident: ResidentRef
+    consultation: Consultation
+    diagnoses: list[Icd10] = Field(min_length=1, max_length=10, description="ICD-10 codes (R10).")
+
+
+class CancelIn(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class HotlineCancelIn(BaseModel):
+    reference: str = Field(min_length=1, max_length=20)
+    verification_code: str = Field(pattern=r"^[0-9]{6}$")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class SlotOut(BaseModel):
+    id: int
+    number: int
+    external_id: str | None
+    starts_at: datetime
+    ends_at: datetime
+
+
+class NamedRef(BaseModel):
+    id: int
+    code: str
+    name: str
+
+
+class DoctorOut(BaseModel):
+    code: str
+    name: str
+    title: str
+
+
+class Notice(BaseModel):
+    """What the family doctor tells the patient after booking (R11)."""
+
+    hospital: str
+    department: str
+    doctor: str
+    doctor_title: str
+    service_date: date
+    period: str
+    time_band: str
+    slot_number: int
+    reference: str
+    how_to_cancel: str
+    cancel_hotline: str
+    cancel_deadline: datetime
+    no_show_rule: str
+
+
+class ReferralOut(BaseModel):
+    reference: str
+    status: Literal["booked", "cancelled"]
+    channel: Literal["referral_pool"] = "referral_pool"
+    priority: bool = Field(True, description="R17: the hospital gives pool referrals priority.")
+    verification_code: str | None = Field(
+        None,
+        description="Shown to the referring institution only; the patient gives it to the hotline.",
+    )
+    hospital: NamedRef
+    department: NamedRef
+    doctor: DoctorOut
+    slot: SlotOut
+    service_date: date
+    period: str
+    resident_name_masked: str
+    resident_id_masked: str
+    referring_institution: NamedRef
+    referring_doctor: DoctorOut
+    consultation: Consultation
+    diagnoses: list[str]
+    booked_at: datetime
+    cancelled_at: datetime | None = None
+    cancelled_by: str | None = None
+    cancel_reason: str | None = None
+    notice: Notice
+    policy: str
+
+
+class ReferralList(BaseModel):
+    items: list[ReferralOut]
+
+
+class BookableSlot(BaseModel):
+    slot_id: int
+    number: int
+    starts_at: datetime
+    ends_at: datetime
+    service_date: date
+    period: str
+    hospital: NamedRef
+    department: NamedRef
+    doctor: DoctorOut
+    pool_opens_at: datetime
+    public_at: datetime
+
+
+class BookableSlotList(BaseModel):
+    items: list[BookableSlot]
+    next_cursor: int | None = None

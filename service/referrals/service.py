@@ -1,0 +1,778 @@
+"""Booking, cancelling and reading pool referrals (R5–R12, R17)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.audit.service import record
+from service.clock import SHANGHAI, local_date
+from service.context import Actor, Caller
+from service.crypto import Crypto, mask_id_number, mask_name
+from service.db import constraint_name
+from service.errors import Conflict, Forbidden, NotFound, Problem, Unprocessable
+from service.events.service import emit
+from service.policy.models import HospitalPolicy, Policy
+from service.policy.service import policy_in_force
+from service.referrals.models import IdempotencyKey, Referral
+from service.referrals.schemas import (
+    BookableSlot,
+    BookingIn,
+    Consultation,
+    DoctorOut,
+    NamedRef,
+    Notice,
+    ReferralOut,
+    SlotOut,
+)
+from service.regions import city_of, covers, province_of
+from service.registry.models import (
+    Alliance,
+    AllianceMember,
+    Department,
+    Doctor,
+    Organisation,
+)
+from service.residents.idnumber import InvalidIdNumber, normalise_id_number
+from service.residents.models import FamilyDoctorContract, Resident
+from service.slots.models import ClinicSession, Slot
+
+REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+# --- scope (R3, R7) -----------------------------------------------------------------
+
+
+async def _alliance_members(session: AsyncSession, hospital_id: int) -> set[int]:
+    rows = await session.scalars(
+        select(AllianceMember.organisation_id)
+        .join(Alliance, Alliance.id == AllianceMember.alliance_id)
+        .where(Alliance.lead_hospital_id == hospital_id)
+    )
+    return set(rows)
+
+
+def scope_admits(scope: str, hospital: Organisation, booker: Organisation, members: set[int]) -> bool:
+    """Whether ``booker`` may book ``hospital``'s pool under ``scope`` (R3, R7)."""
+    if scope == "by_tier":
+        scope = "jurisdiction" if hospital.hospital_tier == "county" else "city"
+    if scope == "lower_tier":
+        return (
+            booker.kind == "hospital"
+            and booker.hospital_tier in ("city", "county")
+            and province_of(booker.region_code) == province_of(hospital.region_code)
+        )
+    if booker.kind != "primary":
+        return False
+    if scope == "city":
+        return city_of(booker.region_code) == city_of(hospital.region_code)
+    if scope == "jurisdiction":
+        return booker.region_code == hospital.region_code
+    if scope == "alliance":
+        return booker.id in members
+    return False
+
+
+async def hospitals_in_scope(*, session: AsyncSession, booker: Organisation, on: date) -> dict[int, Policy]:
+    """Every hospital whose pool ``booker`` may book on ``on``, with the policy in force."""
+    rows = (
+        await session.execute(
+            select(Organisation, HospitalPolicy.policy_code).join(
+                HospitalPolicy, HospitalPolicy.hospital_id == Organisation.id
+            )
+        )
+    ).all()
+    allowed: dict[int, Policy] = {}
+    for hospital, _ in rows:
+        try:
+            policy = await policy_in_force(session=session, hospital_id=hospital.id, on=on)
+        except Problem:
+            continue
+        members = await _alliance_members(session, hospital.id) if policy.scope == "alliance" else set()
+        if scope_admits(policy.scope, hospital, booker, members):
+            allowed[hospital.id] = policy
+    return allowed
+
+
+# --- searching --------------------------------------------------------------------
+
+
+async def search_bookable_slots(
+    *,
+    session: AsyncSession,
+    caller: Caller,
+    now: Any,
+    hospital_id: int | None,
+    department_id: int | None,
+    service_date: date | None,
+    title: str | None,
+    after_id: int | None,
+    limit: int,
+) -> tuple[list[BookableSlot], int | None]:
+    """Reserved slots open to the caller right now, in its scope only."""
+    booker = await session.get(Organisation, caller.org_id)
+    assert booker is not None
+    allowed = await hospitals_in_scope(session=session, booker=booker, on=local_date(now))
+    hospital_ids = [h for h in allowed if hospital_id is None or h == hospital_id]
+    if not hospital_ids:
+        return [], None
+    stmt = (
+        select(Slot, ClinicSession, Department, Doctor, Organisation)
+        .join(ClinicSession, ClinicSession.id == Slot.session_id)
+        .join(Department, Department.id == ClinicSession.department_id)
+        .join(Doctor, Doctor.id == ClinicSession.doctor_id)
+        .join(Organisation, Organisation.id == Slot.hospital_id)
+        .where(
+            Slot.hospital_id.in_(hospital_ids),
+            Slot.status == "reserved",
+            Slot.pool_opens_at <= now,
+            Slot.public_at > now,
+            Slot.starts_at > now,
+        )
+        .order_by(Slot.id)
+        .limit(limit + 1)
+    )
+    if department_id is not None:
+        stmt = stmt.where(ClinicSession.department_id == department_id)
+    if service_date is not None:
+        stmt = stmt.where(ClinicSession.service_date == service_date)
+    if title is not None:
+        stmt = stmt.where(ClinicSession.doctor_title == title)
+    if after_id is not None:
+        stmt = stmt.where(Slot.id > after_id)
+    rows = (await session.execute(stmt)).all()
+    items = [
+        BookableSlot(
+            slot_id=slot.id,
+            number=slot.number,
+            starts_at=slot.starts_at,
+            ends_at=slot.ends_at,
+            service_date=cs.service_date,
+            period=cs.period,
+            hospital=NamedRef(id=hosp.id, code=hosp.code, name=hosp.name),
+            department=NamedRef(id=dept.id, code=dept.code, name=dept.name),
+            doctor=DoctorOut(code=doc.code, name=doc.name, title=doc.title),
+            pool_opens_at=slot.pool_opens_at,
+            public_at=slot.public_at,
+        )
+        for slot, cs, dept, doc, hosp in rows[:limit]
+    ]
+    next_cursor = items[-1].slot_id if len(rows) > limit else None
+    return items, next_cursor
+
+
+# --- booking ------------------------------------------------------------------------
+
+
+def request_hash(body: dict[str, Any]) -> bytes:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).digest()
+
+
+async def claim_idempotency_key(
+    *, session: AsyncSession, actor: Actor, client_id: int, key: str, body_hash: bytes
+) -> tuple[int, dict[str, Any]] | None:
+    """Claim ``key`` for this request, or return the answer stored by the first request.
+
+    A concurrent request with the same key waits on the primary key until the
+    first one commits (then gets its answer) or rolls back (then proceeds).
+    """
+    claimed = await session.scalar(
+        insert(IdempotencyKey)
+        .values(
+            client_id=client_id,
+            key=key,
+            request_hash=body_hash,
+            response_status=0,
+            response_body={},
+            created_at=actor.now,
+        )
+        .on_conflict_do_nothing()
+        .returning(IdempotencyKey.key)
+    )
+    if claimed is not None:
+        return None
+    stored = await session.get(IdempotencyKey, (client_id, key), populate_existing=True)
+    assert stored is not None
+    if not hmac.compare_digest(stored.request_hash, body_hash):
+        raise Unprocessable(
+            "idempotency_key_reused", "This Idempotency-Key was used for a different request."
+        )
+    return stored.response_status, stored.response_body
+
+
+async def store_idempotent_answer(
+    *, session: AsyncSession, client_id: int, key: str, status: int, body: dict[str, Any]
+) -> None:
+    stored = await session.get(IdempotencyKey, (client_id, key))
+    assert stored is not None
+    stored.response_status = status
+    stored.response_body = body
+    await session.flush()
+
+
+def _new_reference(day: date) -> str:
+    tail = "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(6))
+    return f"R{day:%y%m%d}{tail}"
+
+
+async def _find_resident(session: AsyncSession, crypto: Crypto, id_number: str) -> Resident | None:
+    index = crypto.blind_index(id_number, purpose="resident_id")
+    return await session.scalar(select(Resident).where(Resident.id_index == index))
+
+
+async def _ensure_resident(
+    session: AsyncSession, crypto: Crypto, actor: Actor, id_number: str, name: str
+) -> Resident:
+    """For lower-tier hospital bookers (R3): the patient need not have a family-doctor contract."""
+    resident = await _find_resident(session, crypto, id_number)
+    if resident is not None:
+        return resident
+    resident = Resident(
+        id_index=crypto.blind_index(id_number, purpose="resident_id"),
+        id_number_enc=crypto.encrypt(id_number, column="residents.id_number"),
+        name_enc=crypto.encrypt(name, column="residents.name"),
+        created_at=actor.now,
+        updated_at=actor.now,
+    )
+    session.add(resident)
+    await session.flush()
+    return resident
+
+
+async def book_referral(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    caller: Caller,
+    crypto: Crypto,
+    booking: BookingIn,
+    lock_timeout_ms: int,
+) -> Referral:
+    """Book one reserved slot for one resident; every rule is checked in this transaction."""
+    now = actor.now
+    await session.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"))
+    booker = await session.get(Organisation, caller.org_id)
+    assert booker is not None
+    doctor = await session.scalar(
+        select(Doctor).where(
+            Doctor.organisation_id == caller.org_id, Doctor.code == booking.referring_doctor_code
+        )
+    )
+    if doctor is None:
+        raise Unprocessable(
+            "referring_doctor_unknown",
+            "The referring doctor is not a doctor of the calling institution.",
+        )
+    try:
+        id_number = normalise_id_number(booking.resident.id_number, today=local_date(now))
+    except InvalidIdNumber as exc:
+        raise Unprocessable("invalid_id_number", str(exc), reason=exc.reason) from None
+
+    slot = await session.scalar(select(Slot).where(Slot.id == booking.slot_id).with_for_update())
+    if slot is None:
+        raise NotFound("slot_not_found", f"No slot {booking.slot_id}.")
+    cs = await session.get(ClinicSession, slot.session_id)
+    hospital = await session.get(Organisation, slot.hospital_id)
+    assert cs is not None and hospital is not None
+    policy = await policy_in_force(session=session, hospital_id=hospital.id, on=cs.service_date)
+    members = await _alliance_members(session, hospital.id) if policy.scope == "alliance" else set()
+    if not scope_admits(policy.scope, hospital, booker, members):
+        raise Forbidden(
+            "out_of_scope",
+            f"This hospital's pool is open to {policy.scope.replace('_', ' ')} bookers only (R7).",
+            hospital_id=hospital.id,
+        )
+
+    _check_slot_window(slot, now)
+
+    if booker.kind == "primary":
+        resident = await _find_resident(session, crypto, id_number)
+        contract = None
+        if resident is not None:
+            contract = await session.scalar(
+                select(FamilyDoctorContract.id).where(
+                    FamilyDoctorContract.resident_id == resident.id,
+                    FamilyDoctorContract.family_doctor_id == doctor.id,
+                    FamilyDoctorContract.institution_id == booker.id,
+                    FamilyDoctorContract.starts_on <= local_date(now),
+                    FamilyDoctorContract.ends_on >= local_date(now),
+                )
+            )
+        if resident is None or contract is None:
+            raise Unprocessable(
+                "not_signed",
+                "The resident has no family-doctor contract in force with this doctor (R8).",
+            )
+        if crypto.decrypt(resident.name_enc, column="residents.name") != booking.resident.name.strip():
+            raise Unprocessable("name_mismatch", "The name does not match the signed resident (R8).")
+    else:
+        resident = await _ensure_resident(session, crypto, actor, id_number, booking.resident.name.strip())
+
+    encountered = booking.consultation.encountered_at
+    if encountered > now or now - encountered > timedelta(hours=policy.consultation_max_age_hours):
+        raise Unprocessable(
+            "consultation_out_of_window",
+            f"The consultation must be within the last {policy.consultation_max_age_hours} hours (R9).",
+        )
+    covered = [d for d in booking.diagnoses if d.startswith(tuple(policy.disease_prefixes))]
+    if not covered:
+        raise Unprocessable(
+            "disease_not_covered",
+            "No diagnosis is on this hospital's referral disease list (R10).",
+            allowed_prefixes=policy.disease_prefixes,
+        )
+    duplicate = await session.scalar(
+        select(Referral.reference).where(
+            Referral.resident_id == resident.id,
+            Referral.department_id == cs.department_id,
+            Referral.service_date == cs.service_date,
+            Referral.status == "booked",
+        )
+    )
+    if duplicate is not None:
+        raise Conflict(
+            "duplicate_referral",
+            "The resident already has an active referral to this department on this day.",
+        )
+
+    code = f"{secrets.randbelow(1_000_000):06d}"
+    referral = Referral(
+        reference=_new_reference(cs.service_date),
+        hospital_id=hospital.id,
+        department_id=cs.department_id,
+        session_id=cs.id,
+        slot_id=slot.id,
+        service_date=cs.service_date,
+        resident_id=resident.id,
+        booker_org_id=booker.id,
+        referring_doctor_id=doctor.id,
+        booked_by_client_id=caller.client_id,
+        policy_id=policy.id,
+        encounter_id=booking.consultation.encounter_id,
+        encountered_at=encountered,
+        diagnoses=list(booking.diagnoses),
+        verification_code_enc=crypto.encrypt(code, column="referrals.verification_code"),
+        status="booked",
+        booked_at=now,
+    )
+    slot.status = "booked"
+    session.add(referral)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        # The database is the last word on both invariants, even if a check above raced.
+        if constraint_name(exc) == "uq_referrals_active_slot":
+            raise Conflict("slot_taken", "The slot was booked by another request.") from exc
+        if constraint_name(exc) == "uq_referrals_active_resident_department_day":
+            raise Conflict(
+                "duplicate_referral",
+                "The resident already has an active referral to this department on this day.",
+            ) from exc
+        raise
+    out = await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
+    await emit(
+        session=session,
+        hospital_id=hospital.id,
+        event_type="referral.booked",
+        data=referral_event_data(out),
+        at=now,
+    )
+    await record(
+        session=session,
+        actor=actor,
+        action="referral.booked",
+        hospital_id=hospital.id,
+        resident_id=resident.id,
+        referral_id=referral.id,
+        detail={"reference": referral.reference, "slot_id": slot.id, "policy_id": policy.id},
+    )
+    return referral
+
+
+def _check_slot_window(slot: Slot, now: Any) -> None:
+    """R5/R6: bookable through the pool only while pool_opens_at <= now < public_at."""
+    if slot.status == "booked":
+        raise Conflict("slot_taken", "The slot is already booked through the pool.")
+    if slot.status == "returned" or (slot.status == "reserved" and now >= slot.public_at):
+        raise Conflict(
+            "window_closed",
+            "The slot has returned to the public pool (R6).",
+            public_at=slot.public_at.isoformat(),
+        )
+    if slot.status != "reserved":
+        raise Conflict("slot_not_in_pool", "The slot is not reserved for the pool.")
+    if now < slot.pool_opens_at:
+        raise Conflict(
+            "window_not_open",
+            "The pool window for this slot has not opened yet (R5).",
+            pool_opens_at=slot.pool_opens_at.isoformat(),
+        )
+    if slot.starts_at <= now:
+        raise Conflict("slot_started", "The slot has already started.")
+
+
+async def record_refusal(
+    *, session: AsyncSession, actor: Actor, problem: Problem, booking: BookingIn
+) -> None:
+    """A refusal that reached the rules, recorded after the booking transaction rolled back."""
+    hospital_id = await session.scalar(select(Slot.hospital_id).where(Slot.id == booking.slot_id))
+    await record(
+        session=session,
+        actor=actor,
+        action="referral.refused",
+        code=problem.code,
+        hospital_id=hospital_id,
+        reason=problem.detail,
+        detail={"slot_id": booking.slot_id, "referring_doctor_code": booking.referring_doctor_code},
+    )
+
+
+# --- cancelling (R12) -----------------------------------------------------------------
+
+
+async def _release_slot(session: AsyncSession, slot: Slot, now: Any) -> str:
+    """After a cancellation the slot returns to the pool while its window is open, else to the public."""
+    if now < slot.public_at:
+        slot.status = "reserved"
+        return "pool"
+    slot.status = "returned"
+    slot.returned_at = now
+    await emit_slots_returned(session=session, slots=[slot], at=now)
+    return "public"
+
+
+async def emit_slots_returned(*, session: AsyncSession, slots: list[Slot], at: Any) -> None:
+    """One slots.returned event per clinic session, listing its slots now open to the public."""
+    by_session: dict[int, list[Slot]] = {}
+    for slot in slots:
+        by_session.setdefault(slot.session_id, []).append(slot)
+    for session_id, group in by_session.items():
+        cs = await session.get(ClinicSession, session_id)
+        assert cs is not None
+        dept = await session.get(Department, cs.department_id)
+        assert dept is not None
+        await emit(
+            session=session,
+            hospital_id=cs.hospital_id,
+            event_type="slots.returned",
+            data={
+                "session": {
+                    "external_id": cs.external_id,
+                    "service_date": cs.service_date.isoformat(),
+                    "period": cs.period,
+                },
+                "department": {"code": dept.code, "name": dept.name},
+                "public_at": group[0].public_at.isoformat(),
+                "slots": [
+                    {
+                        "number": s.number,
+                        "external_id": s.external_id,
+                        "starts_at": s.starts_at.isoformat(),
+                        "ends_at": s.ends_at.isoformat(),
+                    }
+                    for s in sorted(group, key=lambda s: s.number)
+                ],
+            },
+            at=at,
+        )
+
+
+async def _cancel(
+    session: AsyncSession,
+    actor: Actor,
+    crypto: Crypto,
+    referral: Referral,
+    *,
+    by: str,
+    reason: str,
+    enforce_cutoff: bool,
+    slot_status: str | None = None,
+) -> Referral:
+    now = actor.now
+    if referral.status != "booked":
+        raise Conflict("already_cancelled", "The referral is already cancelled.")
+    slot = await session.scalar(select(Slot).where(Slot.id == referral.slot_id).with_for_update())
+    assert slot is not None
+    if enforce_cutoff:
+        policy = await session.get(Policy, referral.policy_id)
+        assert policy is not None
+        deadline = slot.starts_at - timedelta(minutes=policy.cancel_cutoff_minutes)
+        if now > deadline:
+            raise Conflict(
+                "cancellation_closed",
+                f"Cancellation closes {policy.cancel_cutoff_minutes} minutes before the slot (R12).",
+                deadline=deadline.isoformat(),
+            )
+    referral.status = "cancelled"
+    referral.cancelled_at = now
+    referral.cancelled_by = by
+    referral.cancelled_by_client_id = actor.client_id
+    referral.cancel_reason = reason
+    if slot_status is not None:
+        slot.status = slot_status
+        returned_to = None
+    else:
+        returned_to = await _release_slot(session, slot, now)
+    await session.flush()
+    out = await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
+    data = referral_event_data(out)
+    data["cancellation"] = {"by": by, "reason": reason, "slot_returned_to": returned_to}
+    await emit(
+        session=session,
+        hospital_id=referral.hospital_id,
+        event_type="referral.cancelled",
+        data=data,
+        at=now,
+    )
+    await record(
+        session=session,
+        actor=actor,
+        action="referral.cancelled",
+        hospital_id=referral.hospital_id,
+        resident_id=referral.resident_id,
+        referral_id=referral.id,
+        reason=reason,
+        detail={"by": by, "slot_returned_to": returned_to},
+    )
+    return referral
+
+
+async def _referral_by_reference(session: AsyncSession, reference: str) -> Referral | None:
+    return await session.scalar(select(Referral).where(Referral.reference == reference).with_for_update())
+
+
+async def cancel_by_institution(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    caller: Caller,
+    crypto: Crypto,
+    reference: str,
+    reason: str,
+) -> Referral:
+    """The referring institution (for its family doctor) cancels its own referral."""
+    referral = await _referral_by_reference(session, reference)
+    if referral is None or referral.booker_org_id != caller.org_id:
+        raise NotFound("referral_not_found", f"No referral {reference} of yours.")
+    return await _cancel(
+        session, actor, crypto, referral, by="family_doctor", reason=reason, enforce_cutoff=True
+    )
+
+
+async def cancel_by_hotline(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    caller: Caller,
+    crypto: Crypto,
+    reference: str,
+    verification_code: str,
+    reason: str,
+) -> Referral:
+    """The hotline cancels for a caller who knows the reference and the verification code."""
+    referral = await _referral_by_reference(session, reference)
+    hospital = await session.get(Organisation, referral.hospital_id) if referral else None
+    if referral is None or hospital is None or not covers(caller.region_code, hospital.region_code):
+        raise NotFound("referral_not_found", f"No referral {reference} in this hotline's region.")
+    expected = crypto.decrypt(referral.verification_code_enc, column="referrals.verification_code")
+    if not hmac.compare_digest(expected, verification_code):
+        raise Unprocessable("verification_failed", "The verification code does not match this referral.")
+    return await _cancel(session, actor, crypto, referral, by="hotline", reason=reason, enforce_cutoff=True)
+
+
+async def cancel_for_withdrawal(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    crypto: Crypto,
+    clinic_session: ClinicSession,
+    reason: str,
+) -> None:
+    """停诊: cancel every active referral of the session and withdraw its slots."""
+    referrals = await session.scalars(
+        select(Referral)
+        .where(Referral.session_id == clinic_session.id, Referral.status == "booked")
+        .order_by(Referral.id)
+        .with_for_update()
+    )
+    for referral in referrals:
+        await _cancel(
+            session,
+            actor,
+            crypto,
+            referral,
+            by="hospital",
+            reason=reason,
+            enforce_cutoff=False,
+            slot_status="withdrawn",
+        )
+    slots = await session.scalars(select(Slot).where(Slot.session_id == clinic_session.id).with_for_update())
+    for slot in slots:
+        slot.status = "withdrawn"
+    await session.flush()
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+async def referral_out(
+    *, session: AsyncSession, crypto: Crypto, referral: Referral, show_code: bool
+) -> ReferralOut:
+    slot = await session.get(Slot, referral.slot_id)
+    cs = await session.get(ClinicSession, referral.session_id)
+    hospital = await session.get(Organisation, referral.hospital_id)
+    dept = await session.get(Department, referral.department_id)
+    booker = await session.get(Organisation, referral.booker_org_id)
+    referring = await session.get(Doctor, referral.referring_doctor_id)
+    resident = await session.get(Resident, referral.resident_id)
+    policy = await session.get(Policy, referral.policy_id)
+    assert slot and cs and hospital and dept and booker and referring and resident and policy
+    doctor = await session.get(Doctor, cs.doctor_id)
+    assert doctor is not None
+    name = crypto.decrypt(resident.name_enc, column="residents.name")
+    id_number = crypto.decrypt(resident.id_number_enc, column="residents.id_number")
+    start_local = slot.starts_at.astimezone(SHANGHAI)
+    end_local = slot.ends_at.astimezone(SHANGHAI)
+    deadline = slot.starts_at - timedelta(minutes=policy.cancel_cutoff_minutes)
+    notice = Notice(
+        hospital=hospital.name,
+        department=dept.name,
+        doctor=doctor.name,
+        doctor_title=doctor.title,
+        service_date=cs.service_date,
+        period=cs.period,
+        time_band=f"{start_local:%H:%M}-{end_local:%H:%M}",
+        slot_number=slot.number,
+        reference=referral.reference,
+        how_to_cancel=(
+            f"如不能按时就诊，请于{deadline.astimezone(SHANGHAI):%m月%d日%H:%M}前拨打{policy.cancel_hotline}，"
+            "提供转诊编号和验证码取消预约，或联系您的家庭医生。"
+        ),
+        cancel_hotline=policy.cancel_hotline,
+        cancel_deadline=deadline,
+        no_show_rule=str(policy.no_show_rule.get("text", "")),
+    )
+    code = (
+        crypto.decrypt(referral.verification_code_enc, column="referrals.verification_code")
+        if show_code
+        else None
+    )
+    return ReferralOut(
+        reference=referral.reference,
+        status=referral.status,  # type: ignore[arg-type]
+        verification_code=code,
+        hospital=NamedRef(id=hospital.id, code=hospital.code, name=hospital.name),
+        department=NamedRef(id=dept.id, code=dept.code, name=dept.name),
+        doctor=DoctorOut(code=doctor.code, name=doctor.name, title=doctor.title),
+        slot=SlotOut(
+            id=slot.id,
+            number=slot.number,
+            external_id=slot.external_id,
+            starts_at=slot.starts_at,
+            ends_at=slot.ends_at,
+        ),
+        service_date=cs.service_date,
+        period=cs.period,
+        resident_name_masked=mask_name(name),
+        resident_id_masked=mask_id_number(id_number),
+        referring_institution=NamedRef(id=booker.id, code=booker.code, name=booker.name),
+        referring_doctor=DoctorOut(code=referring.code, name=referring.name, title=referring.title),
+        consultation=Consultation(encounter_id=referral.encounter_id, encountered_at=referral.encountered_at),
+        diagnoses=referral.diagnoses,
+        booked_at=referral.booked_at,
+        cancelled_at=referral.cancelled_at,
+        cancelled_by=referral.cancelled_by,
+        cancel_reason=referral.cancel_reason,
+        notice=notice,
+        policy=f"{policy.code} v{policy.version}",
+    )
+
+
+def referral_event_data(out: ReferralOut) -> dict[str, Any]:
+    """What a HIS needs to act on a referral; never the ID number or the verification code."""
+    return {
+        "referral": {
+            "reference": out.reference,
+            "status": out.status,
+            "channel": out.channel,
+            "priority": out.priority,
+        },
+        "slot": {
+            "number": out.slot.number,
+            "external_id": out.slot.external_id,
+            "starts_at": out.slot.starts_at.isoformat(),
+            "ends_at": out.slot.ends_at.isoformat(),
+        },
+        "session": {"service_date": out.service_date.isoformat(), "period": out.period},
+        "department": {"code": out.department.code, "name": out.department.name},
+        "doctor": {"code": out.doctor.code, "name": out.doctor.name, "title": out.doctor.title},
+        "patient": {"name_masked": out.resident_name_masked},
+        "referring": {
+            "institution": {
+                "code": out.referring_institution.code,
+                "name": out.referring_institution.name,
+            },
+            "doctor": {"name": out.referring_doctor.name, "title": out.referring_doctor.title},
+        },
+        "consultation": {
+            "encounter_id": out.consultation.encounter_id,
+            "encountered_at": out.consultation.encountered_at.isoformat(),
+        },
+        "diagnoses": out.diagnoses,
+    }
+
+
+async def get_referral(
+    *, session: AsyncSession, caller: Caller, crypto: Crypto, reference: str
+) -> ReferralOut:
+    """A referral, to the institution that made it or the hospital that receives it (OWASP API1)."""
+    referral = await session.scalar(select(Referral).where(Referral.reference == reference))
+    visible = referral is not None and (
+        (caller.role == "primary" and referral.booker_org_id == caller.org_id)
+        or (caller.role == "hospital" and referral.hospital_id == caller.org_id)
+    )
+    if not visible or referral is None:
+        raise NotFound("referral_not_found", f"No referral {reference} visible to you.")
+    return await referral_out(
+        session=session, crypto=crypto, referral=referral, show_code=caller.role == "primary"
+    )
+
+
+async def list_referrals(
+    *,
+    session: AsyncSession,
+    caller: Caller,
+    crypto: Crypto,
+    service_date: date | None,
+    department_code: str | None,
+    status: str | None,
+    limit: int,
+) -> list[ReferralOut]:
+    """The caller's referrals: those it made (primary) or receives (hospital)."""
+    stmt = select(Referral).order_by(Referral.service_date, Referral.id).limit(limit)
+    if caller.role == "hospital":
+        stmt = stmt.where(Referral.hospital_id == caller.org_id)
+    else:
+        stmt = stmt.where(Referral.booker_org_id == caller.org_id)
+    if service_date is not None:
+        stmt = stmt.where(Referral.service_date == service_date)
+    if status is not None:
+        stmt = stmt.where(Referral.status == status)
+    if department_code is not None:
+        stmt = stmt.join(Department, Department.id == Referral.department_id).where(
+            Department.code == department_code
+        )
+    return [
+        await referral_out(session=session, crypto=crypto, referral=r, show_code=caller.role == "primary")
+        for r in await session.scalars(stmt)
+    ]

@@ -1,0 +1,84 @@
+"""The commission sets up the region; every caller can ask who it is."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.context import Caller
+from service.deps import State, authenticate, require
+from service.errors import NotFound
+from service.registry import service
+from service.registry.models import AllianceMember, Organisation
+from service.registry.schemas import (
+    AllianceIn,
+    AllianceOut,
+    Me,
+    OrganisationIn,
+    OrganisationList,
+    OrganisationOut,
+    RegionBatch,
+)
+
+router = APIRouter(prefix="/v1", tags=["registry"])
+Commission = Annotated[Caller, Depends(require("commission"))]
+
+
+@router.get("/me", response_model=Me)
+async def me(state: State, caller: Annotated[Caller, Depends(authenticate)]) -> Me:
+    """The calling client, its role and its organisation."""
+    async with state.db.sessionmaker() as session:
+        org = await session.get(Organisation, caller.org_id)
+    if org is None:
+        raise NotFound("organisation_not_found", "Your organisation no longer exists.")
+    return Me(client_id=caller.client_id, role=caller.role, organisation=service.organisation_out(org))
+
+
+@router.post("/regions", status_code=204)
+async def upsert_regions(body: RegionBatch, state: State, caller: Commission) -> None:
+    """Insert or rename GB/T 2260 divisions."""
+    await state.db.run(lambda s: service.upsert_regions(session=s, regions=body.regions))
+
+
+@router.post("/organisations", response_model=OrganisationOut, status_code=201)
+async def create_organisation(body: OrganisationIn, state: State, caller: Commission) -> OrganisationOut:
+    """Register a hospital, a primary institution or an authority."""
+    org = await state.db.run(lambda s: service.create_organisation(session=s, org=body))
+    return service.organisation_out(org)
+
+
+@router.get("/organisations", response_model=OrganisationList)
+async def list_organisations(
+    state: State,
+    caller: Annotated[Caller, Depends(authenticate)],
+    kind: Annotated[str | None, Query(pattern="^(hospital|primary|authority)$")] = None,
+) -> OrganisationList:
+    """Organisations (public registry data, no personal data)."""
+    stmt = select(Organisation).order_by(Organisation.id)
+    if kind:
+        stmt = stmt.where(Organisation.kind == kind)
+    async with state.db.sessionmaker() as session:
+        rows = await session.scalars(stmt)
+        return OrganisationList(items=[service.organisation_out(o) for o in rows])
+
+
+@router.post("/alliances", response_model=AllianceOut, status_code=201)
+async def create_alliance(body: AllianceIn, state: State, caller: Commission) -> AllianceOut:
+    """Register a medical alliance: a lead hospital and its members."""
+
+    async def work(session: AsyncSession) -> AllianceOut:
+        alliance = await service.create_alliance(session=session, alliance=body)
+        members = await session.scalars(
+            select(AllianceMember.organisation_id).where(AllianceMember.alliance_id == alliance.id)
+        )
+        return AllianceOut(
+            id=alliance.id,
+            name=alliance.name,
+            lead_hospital_id=alliance.lead_hospital_id,
+            member_ids=sorted(members),
+        )
+
+    return await state.db.run(work)

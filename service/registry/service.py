@@ -1,0 +1,115 @@
+"""Setting up the region: divisions, organisations, alliances, API clients."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.context import Actor
+from service.crypto import Crypto, new_api_key
+from service.errors import Conflict, NotFound, Unprocessable
+from service.registry.models import Alliance, AllianceMember, ApiClient, Organisation, Region
+from service.registry.schemas import AllianceIn, OrganisationIn, OrganisationOut, RegionIn
+
+ROLE_ORG_KINDS = {
+    "hospital": ("hospital",),
+    "primary": ("primary", "hospital"),  # a lower-tier hospital books a provincial pool (R3)
+    "platform": ("authority",),
+    "hotline": ("authority",),
+    "commission": ("authority",),
+}
+
+
+async def upsert_regions(*, session: AsyncSession, regions: list[RegionIn]) -> int:
+    """Insert or rename divisions; parents first, so a batch may hold a whole hierarchy."""
+    order = {"province": 0, "city": 1, "county": 2}
+    for region in sorted(regions, key=lambda r: order[r.level]):
+        if region.parent_code is None and region.level != "province":
+            raise Unprocessable("region_parent_missing", f"Region {region.code} needs a parent.")
+        stmt = insert(Region).values(**region.model_dump())
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["code"], set_={"name": stmt.excluded.name, "level": stmt.excluded.level}
+            )
+        )
+    await session.flush()
+    return len(regions)
+
+
+async def create_organisation(*, session: AsyncSession, org: OrganisationIn) -> Organisation:
+    if await session.get(Region, org.region_code) is None:
+        raise Unprocessable("region_not_found", f"No region {org.region_code}.")
+    if org.kind == "hospital" and (org.hospital_level is None or org.hospital_tier is None):
+        raise Unprocessable("hospital_fields", "A hospital needs hospital_level and hospital_tier.")
+    if org.kind == "primary" and org.primary_kind is None:
+        raise Unprocessable("primary_fields", "A primary institution needs primary_kind.")
+    if await session.scalar(select(Organisation.id).where(Organisation.code == org.code)):
+        raise Conflict("organisation_exists", f"An organisation with code {org.code} exists.")
+    fields = org.model_dump()
+    if org.kind != "hospital":
+        fields.update(hospital_level=None, hospital_tier=None)
+    if org.kind != "primary":
+        fields["primary_kind"] = None
+    row = Organisation(**fields)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+def organisation_out(org: Organisation) -> OrganisationOut:
+    return OrganisationOut(
+        id=org.id,
+        code=org.code,
+        name=org.name,
+        kind=org.kind,  # type: ignore[arg-type]
+        region_code=org.region_code,
+        hospital_level=org.hospital_level,  # type: ignore[arg-type]
+        hospital_tier=org.hospital_tier,  # type: ignore[arg-type]
+        primary_kind=org.primary_kind,  # type: ignore[arg-type]
+        reservation_mode=org.reservation_mode,  # type: ignore[arg-type]
+    )
+
+
+async def org_by_code(session: AsyncSession, code: str) -> Organisation:
+    org = await session.scalar(select(Organisation).where(Organisation.code == code))
+    if org is None:
+        raise NotFound("organisation_not_found", f"No organisation with code {code}.")
+    return org
+
+
+async def create_alliance(*, session: AsyncSession, alliance: AllianceIn) -> Alliance:
+    lead = await org_by_code(session, alliance.lead_hospital_code)
+    if lead.kind != "hospital":
+        raise Unprocessable("lead_not_hospital", "An alliance is led by a hospital.")
+    row = Alliance(name=alliance.name, lead_hospital_id=lead.id)
+    session.add(row)
+    await session.flush()
+    for code in alliance.member_codes:
+        member = await org_by_code(session, code)
+        session.add(AllianceMember(alliance_id=row.id, organisation_id=member.id))
+    await session.flush()
+    return row
+
+
+async def create_api_client(
+    *, session: AsyncSession, actor: Actor, crypto: Crypto, organisation_id: int, role: str, name: str
+) -> tuple[ApiClient, str]:
+    """Issue a key; the plaintext is returned once and only its HMAC digest is stored."""
+    org = await session.get(Organisation, organisation_id)
+    if org is None:
+        raise NotFound("organisation_not_found", f"No organisation {organisation_id}.")
+    if org.kind not in ROLE_ORG_KINDS.get(role, ()):
+        raise Unprocessable("role_not_allowed", f"A {org.kind} organisation cannot hold a {role} client.")
+    token = new_api_key()
+    client = ApiClient(
+        organisation_id=org.id,
+        role=role,
+        name=name,
+        key_prefix=token[:10],
+        key_digest=crypto.api_key_digest(token),
+        created_at=actor.now,
+    )
+    session.add(client)
+    await session.flush()
+    return client, token

@@ -1,0 +1,55 @@
+"""Family-doctor contracts, as the signing platform syncs them."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from service.slots.schemas import Title
+
+
+class FamilyDoctorIn(BaseModel):
+    code: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=100)
+    title: Title = "attending"
+
+
+class ResidentIn(BaseModel):
+    id_number: str = Field(min_length=1, max_length=32)
+    name: str = Field(min_length=1, max_length=100)
+    phone: str | None = Field(default=None, max_length=20)
+
+
+class ContractIn(BaseModel):
+    contract_no: str = Field(min_length=1, max_length=64)
+    institution_code: str = Field(min_length=1, max_length=64)
+    family_doctor: FamilyDoctorIn
+    resident: ResidentIn
+    starts_on: date
+    ends_on: date
+
+
+class ContractSync(BaseModel):
+    contracts: list[ContractIn] = Field(min_length=1, max_length=5000)
+
+
+class RowError(BaseModel):
+    code: str
+    detail: str
+
+
+class ContractResult(BaseModel):
+    index: int
+    contract_no: str
+    result: Literal["created", "updated", "rejected"]
+    resident_id_masked: str | None = None
+    errors: list[RowError] = Field(default_factory=list)
+
+
+class ContractSyncResult(BaseModel):
+    created: int
+    updated: int
+    rejected: int
+    results: list[ContractResult]

@@ -1,0 +1,114 @@
+"""Choosing which slots to hold for the pool (R1, R2, R4), as a pure function.
+
+The unit is one department on one day. The target is ``ceil(ratio × base)``
+where the base is every slot (all outpatient) or the senior doctors' slots
+only (expert base, R2). Of the target, ``ceil(min_senior_share × target)``
+must be senior (associate chief or above, R4).
+
+Slots already held (reserved or booked) stay held, so a re-push never moves
+a slot a family doctor may be looking at. The top-up takes senior slots
+first, up to the senior target, then any eligible slot, each time evenly
+spaced over the day's free candidates so the pool gets morning and
+afternoon alike. Holding more than the target is allowed ("at least").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key: int
+    starts_at: datetime
+    senior: bool
+    held: bool  # already reserved, booked or returned: the pool has it
+    reservable: bool = True  # may be newly held by this selection
+
+
+@dataclass(frozen=True)
+class Selection:
+    held: frozenset[int]  # every key held after this selection (old and new)
+    target: int
+    senior_target: int
+    senior_held: int
+
+    @property
+    def ratio_short(self) -> bool:
+        return len(self.held) < self.target
+
+    @property
+    def senior_short(self) -> bool:
+        return self.senior_held < self.senior_target
+
+
+def ceil_share(share: Decimal, count: int) -> int:
+    return math.ceil(share * count)
+
+
+def spread(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
+    """``k`` candidates evenly spaced over a time-ordered sequence."""
+    n = len(candidates)
+    k = min(k, n)
+    return [candidates[(2 * i + 1) * n // (2 * k)] for i in range(k)]
+
+
+def targets(
+    candidates: Sequence[Candidate], *, ratio: Decimal, ratio_base: str, min_senior_share: Decimal
+) -> tuple[int, int]:
+    base = len(candidates) if ratio_base == "all_outpatient" else sum(c.senior for c in candidates)
+    target = ceil_share(ratio, base)
+    return target, ceil_share(min_senior_share, target)
+
+
+def select_reserved(
+    candidates: Sequence[Candidate],
+    *,
+    ratio: Decimal,
+    ratio_base: str,
+    min_senior_share: Decimal,
+) -> Selection:
+    """Which slots the pool holds for one department-day."""
+    ordered = sorted(candidates, key=lambda c: (c.starts_at, c.key))
+    target, senior_target = targets(
+        ordered, ratio=ratio, ratio_base=ratio_base, min_senior_share=min_senior_share
+    )
+    held = {c.key for c in ordered if c.held}
+    senior_held = sum(1 for c in ordered if c.held and c.senior)
+    eligible = [
+        c for c in ordered if c.reservable and not c.held and (c.senior or ratio_base == "all_outpatient")
+    ]
+
+    need_senior = max(0, senior_target - senior_held)
+    for c in spread([c for c in eligible if c.senior], need_senior):
+        held.add(c.key)
+        senior_held += 1
+
+    need_any = max(0, target - len(held))
+    for c in spread([c for c in eligible if c.key not in held], need_any):
+        held.add(c.key)
+        senior_held += c.senior
+
+    return Selection(
+        held=frozenset(held), target=target, senior_target=senior_target, senior_held=senior_held
+    )
+
+
+def check_marked(
+    candidates: Sequence[Candidate],
+    *,
+    ratio: Decimal,
+    ratio_base: str,
+    min_senior_share: Decimal,
+) -> Selection:
+    """For hospitals that mark slots themselves: measure their marks against the policy."""
+    target, senior_target = targets(
+        candidates, ratio=ratio, ratio_base=ratio_base, min_senior_share=min_senior_share
+    )
+    held = frozenset(c.key for c in candidates if c.held)
+    senior_held = sum(1 for c in candidates if c.held and c.senior)
+    return Selection(held=held, target=target, senior_target=senior_target, senior_held=senior_held)

@@ -1,0 +1,104 @@
+"""What a HIS pushes, and what it gets back."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, Field
+
+Title = Literal["chief", "associate_chief", "attending", "resident"]
+Period = Literal["morning", "afternoon", "evening"]
+
+
+class DepartmentIn(BaseModel):
+    code: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=200)
+    specialty: str | None = Field(
+        default=None,
+        max_length=40,
+        description="Specialty key matched by policies, e.g. cardiology.",
+    )
+
+
+class DoctorIn(BaseModel):
+    code: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=100)
+    title: Title
+
+
+class SlotIn(BaseModel):
+    number: int = Field(gt=0, description="The slot's number within the session (号序).")
+    external_id: str | None = Field(default=None, max_length=64)
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    reserved: bool | None = Field(
+        default=None,
+        description="Only for hospitals that mark pool slots themselves; ignored otherwise.",
+    )
+
+
+class SessionIn(BaseModel):
+    external_id: str = Field(min_length=1, max_length=64, description="The HIS's session ID.")
+    version: int = Field(ge=0, description="Monotonic per session; older versions are ignored.")
+    department: DepartmentIn
+    doctor: DoctorIn
+    service_date: date
+    period: Period
+    public_at: AwareDatetime = Field(description="The hospital's normal public release instant.")
+    status: Literal["active", "withdrawn"] = "active"
+    withdrawn_reason: str | None = Field(default=None, max_length=500)
+    slots: list[SlotIn] = Field(default_factory=list, max_length=500)
+
+
+class SessionPush(BaseModel):
+    sessions: list[SessionIn] = Field(min_length=1, max_length=1000)
+
+
+class ItemError(BaseModel):
+    code: str
+    detail: str
+    slot_number: int | None = None
+
+
+class ShortfallOut(BaseModel):
+    department_code: str
+    service_date: date
+    kind: Literal["ratio", "senior_share", "lead_time"]
+    required: int
+    actual: int
+
+
+class SessionResult(BaseModel):
+    external_id: str
+    result: Literal["created", "updated", "unchanged", "stale", "withdrawn", "rejected"]
+    version: int
+    errors: list[ItemError] = Field(default_factory=list)
+    pool_slot_numbers: list[int] = Field(
+        default_factory=list,
+        description="Slots of this session now held for the pool (reserved or booked).",
+    )
+    pool_opens_at: datetime | None = None
+    public_at: datetime | None = None
+    shortfalls: list[ShortfallOut] = Field(default_factory=list)
+
+
+class PushResult(BaseModel):
+    results: list[SessionResult]
+
+
+class ShortfallRow(BaseModel):
+    hospital_id: int
+    department_code: str
+    department_name: str
+    service_date: date
+    kind: str
+    required: int
+    actual: int
+    policy_code: str
+    policy_version: int
+    recorded_at: datetime
+
+
+class ShortfallList(BaseModel):
+    items: list[ShortfallRow]

@@ -1,0 +1,434 @@
+"""Hospitals push clinic sessions; the pool applies the policy to each push (R1–R5, R16)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import delete, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.clock import local_date
+from service.context import Actor
+from service.crypto import Crypto
+from service.errors import Problem
+from service.policy.models import Policy
+from service.policy.service import policy_in_force
+from service.referrals.service import cancel_for_withdrawal
+from service.registry.models import SENIOR_TITLES, Department, Doctor, Organisation
+from service.slots.models import MAX_SLOT_MINUTES, ClinicSession, ReservationShortfall, Slot
+from service.slots.reservation import Candidate, Selection, check_marked, select_reserved
+from service.slots.schemas import ItemError, SessionIn, SessionResult, ShortfallOut
+
+POOL_HELD = ("reserved", "booked", "returned")
+
+
+class ItemRejected(Exception):
+    def __init__(self, errors: list[ItemError]) -> None:
+        super().__init__(errors[0].detail)
+        self.errors = errors
+
+
+def validate_session(item: SessionIn) -> list[ItemError]:
+    """Checks a push item must pass before anything is written."""
+    errors: list[ItemError] = []
+    if item.status == "active" and not item.slots:
+        errors.append(ItemError(code="no_slots", detail="An active session needs at least one slot."))
+    numbers = [s.number for s in item.slots]
+    if len(numbers) != len(set(numbers)):
+        errors.append(ItemError(code="duplicate_slot_number", detail="Slot numbers must be unique."))
+    for s in item.slots:
+        if s.ends_at <= s.starts_at:
+            errors.append(
+                ItemError(
+                    code="slot_not_positive",
+                    detail="A slot ends after it starts.",
+                    slot_number=s.number,
+                )
+            )
+        elif s.ends_at - s.starts_at > timedelta(minutes=MAX_SLOT_MINUTES):
+            errors.append(
+                ItemError(
+                    code="r16_slot_too_long",
+                    detail=f"A slot lasts at most {MAX_SLOT_MINUTES} minutes (R16).",
+                    slot_number=s.number,
+                )
+            )
+        if local_date(s.starts_at) != item.service_date:
+            errors.append(
+                ItemError(
+                    code="slot_outside_service_date",
+                    detail="The slot does not start on the session's date (Beijing time).",
+                    slot_number=s.number,
+                )
+            )
+        if s.starts_at < item.public_at:
+            errors.append(
+                ItemError(
+                    code="slot_before_public_release",
+                    detail="The slot starts before the session's public release.",
+                    slot_number=s.number,
+                )
+            )
+    return errors
+
+
+async def push_sessions(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    crypto: Crypto,
+    hospital: Organisation,
+    items: list[SessionIn],
+) -> list[SessionResult]:
+    """Apply each pushed session in its own savepoint; one bad item never spoils another."""
+    results: list[SessionResult] = []
+    for item in items:
+        try:
+            async with session.begin_nested():
+                results.append(
+                    await _apply_session(
+                        session=session, actor=actor, crypto=crypto, hospital=hospital, item=item
+                    )
+                )
+        except ItemRejected as exc:
+            results.append(
+                SessionResult(
+                    external_id=item.external_id,
+                    result="rejected",
+                    version=item.version,
+                    errors=exc.errors,
+                )
+            )
+        except Problem as exc:
+            results.append(
+                SessionResult(
+                    external_id=item.external_id,
+                    result="rejected",
+                    version=item.version,
+                    errors=[ItemError(code=exc.code, detail=exc.detail)],
+                )
+            )
+    return results
+
+
+async def _upsert_department(session: AsyncSession, hospital_id: int, item: SessionIn) -> Department:
+    dept = item.department
+    stmt = (
+        insert(Department)
+        .values(hospital_id=hospital_id, code=dept.code, name=dept.name, specialty=dept.specialty)
+        .on_conflict_do_update(
+            index_elements=["hospital_id", "code"],
+            set_={"name": dept.name, "specialty": dept.specialty},
+        )
+        .returning(Department)
+    )
+    return (await session.scalars(stmt, execution_options={"populate_existing": True})).one()
+
+
+async def _upsert_doctor(session: AsyncSession, hospital_id: int, item: SessionIn) -> Doctor:
+    doc = item.doctor
+    stmt = (
+        insert(Doctor)
+        .values(organisation_id=hospital_id, code=doc.code, name=doc.name, title=doc.title)
+        .on_conflict_do_update(
+            index_elements=["organisation_id", "code"], set_={"name": doc.name, "title": doc.title}
+        )
+        .returning(Doctor)
+    )
+    return (await session.scalars(stmt, execution_options={"populate_existing": True})).one()
+
+
+async def _lock_department_day(session: AsyncSession, department_id: int, day: date) -> None:
+    """Serialise pushes that recompute the same department-day."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(:a, :b)"),
+        {"a": department_id, "b": day.toordinal()},
+    )
+
+
+async def _apply_session(
+    *, session: AsyncSession, actor: Actor, crypto: Crypto, hospital: Organisation, item: SessionIn
+) -> SessionResult:
+    errors = validate_session(item)
+    if errors:
+        raise ItemRejected(errors)
+    existing = await session.scalar(
+        select(ClinicSession)
+        .where(ClinicSession.hospital_id == hospital.id, ClinicSession.external_id == item.external_id)
+        .with_for_update()
+    )
+    if existing is not None and item.version <= existing.version:
+        outcome = "unchanged" if item.version == existing.version else "stale"
+        return await _result(session, existing, outcome, version=existing.version)
+
+    department = await _upsert_department(session, hospital.id, item)
+    doctor = await _upsert_doctor(session, hospital.id, item)
+    policy = await policy_in_force(session=session, hospital_id=hospital.id, on=item.service_date)
+    await _lock_department_day(session, department.id, item.service_date)
+
+    created = existing is None
+    if existing is None:
+        existing = ClinicSession(hospital_id=hospital.id, external_id=item.external_id)
+        session.add(existing)
+    elif (existing.department_id, existing.service_date) != (department.id, item.service_date):
+        raise ItemRejected(
+            [
+                ItemError(
+                    code="session_moved",
+                    detail="A session keeps its department and date; withdraw it and push a new one.",
+                )
+            ]
+        )
+    existing.version = item.version
+    existing.department_id = department.id
+    existing.doctor_id = doctor.id
+    existing.doctor_title = doctor.title
+    existing.service_date = item.service_date
+    existing.period = item.period
+    existing.status = item.status
+    existing.withdrawn_reason = item.withdrawn_reason if item.status == "withdrawn" else None
+    existing.policy_id = policy.id
+    existing.updated_at = actor.now
+    await session.flush()
+
+    if item.status == "withdrawn":
+        await cancel_for_withdrawal(
+            session=session,
+            actor=actor,
+            crypto=crypto,
+            clinic_session=existing,
+            reason=item.withdrawn_reason or "The hospital withdrew this session (停诊).",
+        )
+        await _record_shortfalls(session, actor, hospital, department, item.service_date, policy, None)
+        return await _result(session, existing, "withdrawn", version=item.version)
+
+    await _upsert_slots(session, hospital, existing, item, policy)
+    selection = await _reserve(session, actor, hospital, department, existing, item, policy)
+    lead_short = _lead_shortfall(item, policy, actor.now)
+    await _record_shortfalls(
+        session, actor, hospital, department, item.service_date, policy, selection, lead_short
+    )
+    return await _result(session, existing, "created" if created else "updated", version=item.version)
+
+
+async def _upsert_slots(
+    session: AsyncSession,
+    hospital: Organisation,
+    cs: ClinicSession,
+    item: SessionIn,
+    policy: Policy,
+) -> None:
+    current = {
+        s.number: s
+        for s in await session.scalars(select(Slot).where(Slot.session_id == cs.id).with_for_update())
+    }
+    incoming = {s.number: s for s in item.slots}
+    errors: list[ItemError] = []
+    for number, old in current.items():
+        new = incoming.get(number)
+        if old.status == "booked" and (
+            new is None or (new.starts_at, new.ends_at) != (old.starts_at, old.ends_at)
+        ):
+            errors.append(
+                ItemError(
+                    code="booked_slot_changed",
+                    detail="This slot has a pool referral; it cannot be removed or moved. "
+                    "Withdraw the session to cancel its referrals.",
+                    slot_number=number,
+                )
+            )
+    if errors:
+        raise ItemRejected(errors)
+
+    pool_opens_at = item.public_at - timedelta(minutes=policy.lead_minutes)
+    for number, old in current.items():
+        if number not in incoming:
+            old.status = "withdrawn"
+    for number, new in incoming.items():
+        slot = current.get(number)
+        if slot is None:
+            slot = Slot(session_id=cs.id, hospital_id=hospital.id, number=number, status="public")
+            session.add(slot)
+        elif slot.status == "withdrawn":
+            slot.status = "public"
+        slot.external_id = new.external_id
+        slot.starts_at = new.starts_at
+        slot.ends_at = new.ends_at
+        slot.public_at = item.public_at
+        slot.pool_opens_at = pool_opens_at
+    await session.flush()
+
+
+async def _reserve(
+    session: AsyncSession,
+    actor: Actor,
+    hospital: Organisation,
+    department: Department,
+    cs: ClinicSession,
+    item: SessionIn,
+    policy: Policy,
+) -> Selection | None:
+    """Hold slots of this session for the pool, measured over the whole department-day."""
+    if policy.preferred_specialties and department.specialty not in policy.preferred_specialties:
+        return None  # this department is outside the policy's reserving departments
+    rows = (
+        await session.execute(
+            select(Slot, ClinicSession.doctor_title)
+            .join(ClinicSession, ClinicSession.id == Slot.session_id)
+            .where(
+                ClinicSession.department_id == department.id,
+                ClinicSession.service_date == item.service_date,
+                ClinicSession.status == "active",
+                Slot.status != "withdrawn",
+            )
+        )
+    ).all()
+    marks = {s.number: s.reserved for s in item.slots}
+    by_key = {slot.id: slot for slot, _ in rows}
+    if hospital.reservation_mode == "hospital":
+        for slot, _ in rows:
+            if slot.session_id != cs.id:
+                continue
+            mark = marks.get(slot.number)
+            if mark and slot.status == "public" and slot.public_at > actor.now:
+                slot.status = "reserved"
+            elif mark is False and slot.status == "reserved":
+                slot.status = "public"
+    candidates = [
+        Candidate(
+            key=slot.id,
+            starts_at=slot.starts_at,
+            senior=title in SENIOR_TITLES,
+            held=slot.status in POOL_HELD,
+            reservable=slot.session_id == cs.id and slot.status == "public" and slot.public_at > actor.now,
+        )
+        for slot, title in rows
+    ]
+    rules = {
+        "ratio": policy.ratio,
+        "ratio_base": policy.ratio_base,
+        "min_senior_share": policy.min_senior_share,
+    }
+    if hospital.reservation_mode == "hospital":
+        return check_marked(candidates, **rules)
+    selection = select_reserved(candidates, **rules)
+    for key in selection.held:
+        if by_key[key].status == "public":
+            by_key[key].status = "reserved"
+    await session.flush()
+    return selection
+
+
+def _lead_shortfall(item: SessionIn, policy: Policy, now: datetime) -> tuple[int, int] | None:
+    """R5: a push that arrives after the pool should have opened gives the pool less lead."""
+    pool_opens_at = item.public_at - timedelta(minutes=policy.lead_minutes)
+    if now <= pool_opens_at:
+        return None
+    actual = max(0, int((item.public_at - now).total_seconds() // 60))
+    return policy.lead_minutes, actual
+
+
+async def _record_shortfalls(
+    session: AsyncSession,
+    actor: Actor,
+    hospital: Organisation,
+    department: Department,
+    day: date,
+    policy: Policy,
+    selection: Selection | None,
+    lead_short: tuple[int, int] | None = None,
+) -> None:
+    """Keep one row per unmet rule for the department-day; delete rows that are met again."""
+    measured: dict[str, tuple[int, int] | None] = {}
+    if selection is not None:
+        measured["ratio"] = (selection.target, len(selection.held)) if selection.ratio_short else None
+        measured["senior_share"] = (
+            (selection.senior_target, selection.senior_held) if selection.senior_short else None
+        )
+    else:
+        measured = {"ratio": None, "senior_share": None}
+    if lead_short is not None:
+        measured["lead_time"] = lead_short
+    for kind, values in measured.items():
+        key = {"department_id": department.id, "service_date": day, "kind": kind}
+        if values is None:
+            await session.execute(
+                delete(ReservationShortfall).where(
+                    *(getattr(ReservationShortfall, k) == v for k, v in key.items())
+                )
+            )
+            continue
+        required, actual = values
+        stmt = insert(ReservationShortfall).values(
+            **key,
+            hospital_id=hospital.id,
+            required=required,
+            actual=actual,
+            policy_id=policy.id,
+            recorded_at=actor.now,
+        )
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["department_id", "service_date", "kind"],
+                set_={
+                    "required": stmt.excluded.required,
+                    "actual": stmt.excluded.actual,
+                    "policy_id": stmt.excluded.policy_id,
+                    "recorded_at": stmt.excluded.recorded_at,
+                },
+            )
+        )
+
+
+async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, version: int) -> SessionResult:
+    slots = list(await session.scalars(select(Slot).where(Slot.session_id == cs.id).order_by(Slot.number)))
+    dept = await session.get(Department, cs.department_id)
+    assert dept is not None
+    shortfalls = await session.scalars(
+        select(ReservationShortfall).where(
+            ReservationShortfall.department_id == cs.department_id,
+            ReservationShortfall.service_date == cs.service_date,
+        )
+    )
+    live = [s for s in slots if s.status != "withdrawn"]
+    return SessionResult(
+        external_id=cs.external_id,
+        result=outcome,  # type: ignore[arg-type]
+        version=version,
+        pool_slot_numbers=[s.number for s in live if s.status in ("reserved", "booked")],
+        pool_opens_at=live[0].pool_opens_at if live else None,
+        public_at=live[0].public_at if live else None,
+        shortfalls=[
+            ShortfallOut(
+                department_code=dept.code,
+                service_date=sf.service_date,
+                kind=sf.kind,  # type: ignore[arg-type]
+                required=sf.required,
+                actual=sf.actual,
+            )
+            for sf in shortfalls
+        ],
+    )
+
+
+async def list_shortfalls(
+    *,
+    session: AsyncSession,
+    hospital_ids: list[int] | None,
+    date_from: date | None,
+    date_to: date | None,
+) -> list[tuple[ReservationShortfall, Department, Policy]]:
+    stmt = (
+        select(ReservationShortfall, Department, Policy)
+        .join(Department, Department.id == ReservationShortfall.department_id)
+        .join(Policy, Policy.id == ReservationShortfall.policy_id)
+        .order_by(ReservationShortfall.service_date, Department.code, ReservationShortfall.kind)
+    )
+    if hospital_ids is not None:
+        stmt = stmt.where(ReservationShortfall.hospital_id.in_(hospital_ids))
+    if date_from is not None:
+        stmt = stmt.where(ReservationShortfall.service_date >= date_from)
+    if date_to is not None:
+        stmt = stmt.where(ReservationShortfall.service_date <= date_to)
+    return [tuple(row) for row in (await session.execute(stmt.limit(5000))).all()]  # type: ignore[misc]

@@ -1,0 +1,145 @@
+"""A real PostgreSQL built by the migrations, a controllable clock, and the app.
+
+The server is the embedded one by default; set SLOTPOOL_TEST_DATABASE_URL to
+a server's maintenance database (e.g. postgresql://postgres@127.0.0.1:5432/postgres)
+to run the suite there instead. Either way a fresh database is created and
+migrated once per run, and every table is truncated after each test, so tests
+can commit, run concurrently and start loops like production does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from service.app import create_app
+from service.clock import SHANGHAI, ManualClock
+from service.config import Settings
+from service.crypto import Crypto
+from service.db import Database
+from service.migrations import upgrade
+from tests.factories import World, build_world
+
+# Monday 2 March 2026, 09:00 Beijing time: every test starts here unless it moves the clock.
+START = datetime(2026, 3, 2, 9, 0, tzinfo=SHANGHAI)
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    external = os.environ.get("SLOTPOOL_TEST_DATABASE_URL")
+    server = None
+    tmp = None
+    if external:
+        admin_url = external
+    else:
+        from service import embedded
+
+        tmp = tempfile.mkdtemp(prefix="slotpool-test-")
+        server = embedded.start(Path(tmp), cleanup="delete")
+        admin_url = embedded.server_url(server, "postgres")
+    name = f"slotpool_test_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(_plain(admin_url))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    await upgrade(url)
+    yield url
+    admin = await asyncpg.connect(_plain(admin_url))
+    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def table_names(database_url: str) -> list[str]:
+    conn = await asyncpg.connect(_plain(database_url))
+    rows = await conn.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+    )
+    await conn.close()
+    return [r["tablename"] for r in rows]
+
+
+@pytest.fixture
+async def clean_db(database_url: str, table_names: list[str]) -> AsyncIterator[str]:
+    yield database_url
+    conn = await asyncpg.connect(_plain(database_url))
+    await conn.execute(f"TRUNCATE {', '.join(table_names)} RESTART IDENTITY CASCADE")
+    await conn.close()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(run_loops=False, log_json=False, lock_timeout_ms=5000, db_pool_size=20)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def crypto(settings: Settings) -> Crypto:
+    return Crypto(
+        data_key=settings.key_bytes("data_key"),
+        index_key=settings.key_bytes("index_key"),
+        api_key_pepper=settings.key_bytes("api_key_pepper"),
+    )
+
+
+@pytest.fixture
+async def db(clean_db: str) -> AsyncIterator[Database]:
+    database = Database(clean_db, pool_size=5)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def app(clean_db: str, settings: Settings, clock: ManualClock) -> AsyncIterator[Any]:
+    application = create_app(settings, database_url=clean_db, clock=clock, run_loops=False)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://slotpool.test") as c:
+        yield c
+
+
+@pytest.fixture
+async def world(db: Database, crypto: Crypto, clock: ManualClock) -> World:
+    return await build_world(db, crypto, clock)
+
+
+@pytest.fixture
+async def live_server(app: Any) -> AsyncIterator[str]:
+    """The app behind a real uvicorn HTTP server on a loopback port."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn exposes no start event)
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
