@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from service.clock import SHANGHAI, Clock, local_datetime
+from service.clock import SHANGHAI, Clock, ManualClock, local_datetime
 from service.context import Actor
 from service.crypto import Crypto
 from service.db import Database
@@ -56,6 +56,8 @@ TEST_POLICY: dict[str, Any] = {
 
 @dataclass
 class World:
+    clock: ManualClock
+    db: Database
     ids: dict[str, int] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
 
@@ -107,8 +109,8 @@ KEYS = {
 }
 
 
-async def build_world(db: Database, crypto: Crypto, clock: Clock) -> World:
-    world = World()
+async def build_world(db: Database, crypto: Crypto, clock: ManualClock) -> World:
+    world = World(clock=clock, db=db)
     actor = Actor.system("test", now=clock.now())
 
     async def work(session: Any) -> None:
@@ -230,3 +232,32 @@ def booking(slot_id: int, seq: int, *, clock: Clock, doctor_code: str = "FD-1", 
 
 def to_local(value: str) -> datetime:
     return datetime.fromisoformat(value).astimezone(SHANGHAI)
+
+
+async def push(
+    client: Any, world: World, items: list[dict[str, Any]], who: str = "city_hospital", days_ahead: int = 2
+) -> list[dict[str, Any]]:
+    """Push as a HIS does: by default two days before the test's now, ahead of the pool window."""
+    now = world.clock.now()
+    world.clock.set(now - timedelta(days=days_ahead))
+    try:
+        r = await client.post("/v1/hospital/sessions", json={"sessions": items}, headers=world.auth(who))
+    finally:
+        world.clock.set(now)
+    assert r.status_code == 200, r.text
+    results: list[dict[str, Any]] = r.json()["results"]
+    return results
+
+
+async def sign(client: Any, world: World, seqs: list[int], who: str = "platform", **kwargs: Any) -> None:
+    rows = [contract_row(seq, **kwargs) for seq in seqs]
+    r = await client.post("/v1/contracts/sync", json={"contracts": rows}, headers=world.auth(who))
+    assert r.status_code == 200, r.text
+    assert r.json()["rejected"] == 0, r.text
+
+
+async def pool_slots(client: Any, world: World, who: str = "chc_a", **params: Any) -> list[dict[str, Any]]:
+    r = await client.get("/v1/pool/slots", params={"limit": 500, **params}, headers=world.auth(who))
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,7 +12,7 @@ from service.events.models import EVENT_TYPES, Event
 
 def envelope(event_type: str, data: dict[str, Any], *, at: datetime) -> dict[str, Any]:
     """The Standard Webhooks body: type, timestamp, data."""
-    return {"type": event_type, "timestamp": at.isoformat(), "data": data}
+    return {"type": event_type, "timestamp": at.astimezone(UTC).isoformat(), "data": data}
 
 
 async def emit(

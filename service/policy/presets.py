@@ -76,7 +76,9 @@ PRESETS: list[dict[str, Any]] = [
         "shanghai",
         "上海浦东：专家号源向社区开放",
         "001 §一.三: ≥1/3 of expert slots to community institutions",
-        ratio=Decimal("0.3334"),
+        # ⅓ at four decimals: ceil(0.3333 × n) equals ceil(n / 3) for every n below 10 000
+        # slots per department-day, so the pool holds exactly a third, rounded up.
+        ratio=Decimal("0.3333"),
         ratio_base="expert",
         min_senior_share=Decimal("0.50"),
         scope="jurisdiction",

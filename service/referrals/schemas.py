@@ -100,6 +100,7 @@ class ReferralOut(BaseModel):
     department: NamedRef
     doctor: DoctorOut
     slot: SlotOut
+    session_external_id: str
     service_date: date
     period: str
     resident_name_masked: str

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, text
@@ -472,13 +472,13 @@ async def emit_slots_returned(*, session: AsyncSession, slots: list[Slot], at: A
                     "period": cs.period,
                 },
                 "department": {"code": dept.code, "name": dept.name},
-                "public_at": group[0].public_at.isoformat(),
+                "public_at": instant(group[0].public_at),
                 "slots": [
                     {
                         "number": s.number,
                         "external_id": s.external_id,
-                        "starts_at": s.starts_at.isoformat(),
-                        "ends_at": s.ends_at.isoformat(),
+                        "starts_at": instant(s.starts_at),
+                        "ends_at": instant(s.ends_at),
                     }
                     for s in sorted(group, key=lambda s: s.number)
                 ],
@@ -681,6 +681,7 @@ async def referral_out(
             starts_at=slot.starts_at,
             ends_at=slot.ends_at,
         ),
+        session_external_id=cs.external_id,
         service_date=cs.service_date,
         period=cs.period,
         resident_name_masked=mask_name(name),
@@ -698,6 +699,11 @@ async def referral_out(
     )
 
 
+def instant(when: datetime) -> str:
+    """Event timestamps: ISO 8601 in UTC, whatever offset the value arrived with."""
+    return when.astimezone(UTC).isoformat()
+
+
 def referral_event_data(out: ReferralOut) -> dict[str, Any]:
     """What a HIS needs to act on a referral; never the ID number or the verification code."""
     return {
@@ -710,10 +716,14 @@ def referral_event_data(out: ReferralOut) -> dict[str, Any]:
         "slot": {
             "number": out.slot.number,
             "external_id": out.slot.external_id,
-            "starts_at": out.slot.starts_at.isoformat(),
-            "ends_at": out.slot.ends_at.isoformat(),
+            "starts_at": instant(out.slot.starts_at),
+            "ends_at": instant(out.slot.ends_at),
         },
-        "session": {"service_date": out.service_date.isoformat(), "period": out.period},
+        "session": {
+            "external_id": out.session_external_id,
+            "service_date": out.service_date.isoformat(),
+            "period": out.period,
+        },
         "department": {"code": out.department.code, "name": out.department.name},
         "doctor": {"code": out.doctor.code, "name": out.doctor.name, "title": out.doctor.title},
         "patient": {"name_masked": out.resident_name_masked},
@@ -726,7 +736,7 @@ def referral_event_data(out: ReferralOut) -> dict[str, Any]:
         },
         "consultation": {
             "encounter_id": out.consultation.encounter_id,
-            "encountered_at": out.consultation.encountered_at.isoformat(),
+            "encountered_at": instant(out.consultation.encountered_at),
         },
         "diagnoses": out.diagnoses,
     }

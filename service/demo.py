@@ -1,0 +1,434 @@
+"""The demo region behind ``slotpool serve --demo``.
+
+Anhui province, Hefei city, two of its districts (real GB/T 2260 codes) and a
+handful of fictional institutions: a provincial hospital, a city tertiary
+hospital and a district hospital leading an alliance of the district's
+primary institutions; community and township health centres with their family
+doctors; the commission, the hotline and the signing platform. About 300
+signed residents with synthetic ID numbers, and two weeks of clinic sessions.
+
+Everything goes through the service functions the API itself calls, so the
+demo exercises the real rules: policies reserve the slots, contracts are
+validated row by row, and so on.
+
+Every hospital's HIS is played as pushing on time: a day's sessions are pushed
+two hours before that day's pool window opens, or now if that is still ahead.
+So sessions whose public release has passed were reserved and then returned
+to the public (by the release loop once the server runs), the day whose pool
+window is open right now has bookable slots, and later days open in the
+coming days. Nothing is recorded as a shortfall that a punctual hospital
+would not have.
+
+Seeding is idempotent: once the region is complete (the commission, created
+last, exists) a re-run only issues fresh API keys, since keys are stored as
+digests and cannot be shown again.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.cli import crypto_from
+from service.clock import Clock, local_date, local_datetime
+from service.config import Settings
+from service.context import Actor, Caller
+from service.crypto import Crypto
+from service.db import Database
+from service.policy.service import assign_policy, policy_in_force
+from service.registry.models import Alliance, Organisation
+from service.registry.schemas import AllianceIn, OrganisationIn, RegionIn
+from service.registry.service import (
+    create_alliance,
+    create_api_client,
+    create_organisation,
+    org_by_code,
+    upsert_regions,
+)
+from service.residents.idnumber import check_char
+from service.residents.schemas import ContractIn, FamilyDoctorIn, ResidentIn
+from service.residents.service import sync_contracts
+from service.slots.schemas import DepartmentIn, DoctorIn, SessionIn, SlotIn
+from service.slots.service import push_sessions
+
+SCHEDULE_DAYS = 14
+SLOTS_PER_SESSION = 12
+RELEASE_DAYS_AHEAD = 7  # public release: 7 days before the service date ...
+RELEASE_HOUR = 8  # ... at 08:00 Beijing time
+PUSH_AHEAD = timedelta(hours=2)  # how long before its pool opens a punctual HIS pushes a day
+RESIDENTS = 300
+SEED = 2260  # the demo's names, birth dates and contracts are the same on every run
+
+REGIONS = [
+    RegionIn(code="340000", name="安徽省", level="province"),
+    RegionIn(code="340100", name="合肥市", level="city", parent_code="340000"),
+    RegionIn(code="340102", name="瑶海区", level="county", parent_code="340100"),
+    RegionIn(code="340104", name="蜀山区", level="county", parent_code="340100"),
+]
+
+
+@dataclass(frozen=True)
+class DemoDepartment:
+    code: str
+    name: str
+    specialty: str | None
+    minutes: int  # slot length; 15 or 20 (R16: never more than 30)
+
+
+@dataclass(frozen=True)
+class DemoHospital:
+    org: OrganisationIn
+    policy: str
+    departments: tuple[DemoDepartment, ...]
+
+
+PROVINCIAL = DemoHospital(
+    OrganisationIn(
+        code="DEMO-H-PROV", name="安徽省江淮医院", kind="hospital", region_code="340104",
+        hospital_level=3, hospital_tier="provincial",
+    ),
+    "anhui-provincial",
+    (
+        DemoDepartment("XNK", "心血管内科", "cardiology", 15),
+        DemoDepartment("NFM", "内分泌科", "endocrinology", 15),
+        DemoDepartment("SJN", "神经内科", "neurology", 20),
+        DemoDepartment("ZLK", "肿瘤科", "oncology", 20),
+        DemoDepartment("XHN", "消化内科", "gastroenterology", 15),
+    ),
+)  # fmt: skip
+CITY = DemoHospital(
+    OrganisationIn(
+        code="DEMO-H-CITY", name="合肥市明湖医院", kind="hospital", region_code="340104",
+        hospital_level=3, hospital_tier="city",
+    ),
+    "tianjin",  # reserves from its preferred specialties only, half of them senior
+    (
+        DemoDepartment("CARD", "心血管内科", "cardiology", 15),
+        DemoDepartment("ENDO", "内分泌科", "endocrinology", 20),
+        DemoDepartment("NEUR", "神经内科", "neurology", 15),
+        DemoDepartment("RESP", "呼吸与危重症医学科", "respiratory", 20),
+        DemoDepartment("GERI", "老年医学科", "geriatrics", 15),
+        DemoDepartment("ORTH", "骨科", "orthopaedics", 20),  # not a preferred specialty
+    ),
+)  # fmt: skip
+DISTRICT = DemoHospital(
+    OrganisationIn(
+        code="DEMO-H-YHQ", name="瑶海区长淮人民医院", kind="hospital", region_code="340102",
+        hospital_level=2, hospital_tier="county",
+    ),
+    "anhui-alliance",
+    (
+        DemoDepartment("QK", "全科医学科", "general_practice", 15),
+        DemoDepartment("NK1", "心内科", "cardiology", 15),
+        DemoDepartment("NK2", "内分泌科", "endocrinology", 20),
+        DemoDepartment("HXK", "呼吸内科", "respiratory", 20),
+        DemoDepartment("PWK", "普外科", "general_surgery", 15),
+    ),
+)  # fmt: skip
+HOSPITALS = (PROVINCIAL, CITY, DISTRICT)
+
+# Primary institutions and how many family doctors each has.
+PRIMARY = (
+    (OrganisationIn(code="DEMO-P-CHL", name="瑶海区长淮路社区卫生服务中心", kind="primary",
+                    region_code="340102", primary_kind="community"), 3),
+    (OrganisationIn(code="DEMO-P-DC", name="瑶海区东城社区卫生服务中心", kind="primary",
+                    region_code="340102", primary_kind="community"), 3),
+    (OrganisationIn(code="DEMO-P-MH", name="瑶海区磨湖镇卫生院", kind="primary",
+                    region_code="340102", primary_kind="township"), 2),
+    (OrganisationIn(code="DEMO-P-XYL", name="蜀山区西园路社区卫生服务中心", kind="primary",
+                    region_code="340104", primary_kind="community"), 3),
+    (OrganisationIn(code="DEMO-P-QLG", name="蜀山区青龙岗镇卫生院", kind="primary",
+                    region_code="340104", primary_kind="township"), 2),
+)  # fmt: skip
+PLATFORM = OrganisationIn(code="DEMO-A-PLAT", name="合肥市家庭医生签约服务平台", kind="authority", region_code="340100")  # fmt: skip
+HOTLINE = OrganisationIn(code="DEMO-A-HOT", name="合肥市12320卫生健康热线", kind="authority", region_code="340100")  # fmt: skip
+# Created last: its presence means the whole region was seeded.
+COMMISSION = OrganisationIn(code="DEMO-A-COMM", name="安徽省卫生健康委员会", kind="authority", region_code="340000")  # fmt: skip
+ALLIANCE_NAME = "瑶海区长淮紧密型医联体"
+
+# One key per role, and whose it is. The primary key belongs to a Yaohai community
+# centre: in the city hospital's city-wide scope and a member of the district alliance.
+KEY_HOLDERS: dict[str, OrganisationIn] = {
+    "hospital": CITY.org,
+    "primary": PRIMARY[0][0],
+    "platform": PLATFORM,
+    "hotline": HOTLINE,
+    "commission": COMMISSION,
+}
+
+SURNAMES = (
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈"
+    "姚卢姜崔钟谭陆汪范金石廖贾夏韦方白邹孟熊秦邱江尹薛段雷侯龙史陶黎贺顾毛郝龚邵万钱严武戴莫孔汤"
+)
+GIVEN_MALE = "伟强军磊勇杰涛明超刚平辉建国华志文斌宏林峰海东波鹏飞成康庆春德永"
+GIVEN_FEMALE = "芳娜敏静丽艳娟霞秀英玲桂兰萍红燕琴梅莉婷雪慧洁颖琳凤珍玉翠月"
+
+
+def synthetic_name(rng: random.Random, *, male: bool) -> str:
+    given = GIVEN_MALE if male else GIVEN_FEMALE
+    return rng.choice(SURNAMES) + "".join(rng.choice(given) for _ in range(rng.choice((1, 2))))
+
+
+def synthetic_id_number(region: str, born: date, seq: int) -> str:
+    """A well-formed but invented 18-character ID: district, birth date, sequence, check character."""
+    first17 = f"{region}{born:%Y%m%d}{seq:03d}"
+    return first17 + check_char(first17)
+
+
+# --- building the data -----------------------------------------------------------------
+
+
+def contract_rows(today: date) -> dict[str, list[ContractIn]]:
+    """RESIDENTS signed residents spread over the primary institutions, contracts covering today."""
+    rng = random.Random(SEED)
+    rows: dict[str, list[ContractIn]] = {org.code: [] for org, _ in PRIMARY}
+    doctors = {
+        org.code: [
+            FamilyDoctorIn(
+                code=f"FD-{n + 1:02d}",
+                name=synthetic_name(rng, male=rng.random() < 0.5),
+                title=("attending", "resident", "associate_chief")[n],
+            )
+            for n in range(count)
+        ]
+        for org, count in PRIMARY
+    }
+    per_district: dict[str, int] = {}
+    for i in range(RESIDENTS):
+        org, _ = PRIMARY[i % len(PRIMARY)]
+        k = per_district.get(org.region_code, 0)
+        per_district[org.region_code] = k + 1
+        male = rng.random() < 0.48
+        born = date(1940, 1, 1) + timedelta(days=rng.randrange(365 * 50))  # aged about 30 to 85
+        seq = 2 * k + (1 if male else 2)  # GB 11643: odd for men, even for women
+        starts_on = today - timedelta(days=rng.randrange(1, 330))
+        rows[org.code].append(
+            ContractIn(
+                contract_no=f"QY-{org.code[7:]}-{len(rows[org.code]) + 1:04d}",
+                institution_code=org.code,
+                family_doctor=rng.choice(doctors[org.code]),
+                resident=ResidentIn(
+                    id_number=synthetic_id_number(org.region_code, born, seq),
+                    name=synthetic_name(rng, male=male),
+                ),
+                starts_on=starts_on,
+                ends_on=starts_on + timedelta(days=364),  # a one-year contract
+            )
+        )
+    return rows
+
+
+TITLES = ("chief", "associate_chief", "associate_chief", "attending", "resident")
+
+
+def department_doctors(hospital: DemoHospital, dept: DemoDepartment) -> list[DoctorIn]:
+    """Five doctors, every title present; names stable per hospital and department."""
+    rng = random.Random(f"{SEED}-{hospital.org.code}-{dept.code}")
+    return [
+        DoctorIn(code=f"{dept.code}-{n + 1:02d}", name=synthetic_name(rng, male=rng.random() < 0.55), title=t)
+        for n, t in enumerate(TITLES)
+    ]
+
+
+def session_items(hospital: DemoHospital, day: date) -> list[SessionIn]:
+    """A morning (senior doctor) and an afternoon session for every department on ``day``."""
+    public_at = local_datetime(day - timedelta(days=RELEASE_DAYS_AHEAD), RELEASE_HOUR)
+    items = []
+    for d, dept in enumerate(hospital.departments):
+        doctors = department_doctors(hospital, dept)
+        rota = day.toordinal() + d
+        morning = doctors[rota % 3]  # chief or one of the associate chiefs
+        afternoon = doctors[3 + rota % 2] if rota % 3 else doctors[(rota + 1) % 3]
+        for period, doctor, hour, minute in (
+            ("morning", morning, 8, 0),
+            ("afternoon", afternoon, 14 if dept.minutes == 15 else 13, 0 if dept.minutes == 15 else 30),
+        ):
+            external_id = f"{dept.code}-{day:%Y%m%d}-{'AM' if period == 'morning' else 'PM'}"
+            start = local_datetime(day, hour, minute)
+            step = timedelta(minutes=dept.minutes)
+            items.append(
+                SessionIn(
+                    external_id=external_id,
+                    version=1,
+                    department=DepartmentIn(code=dept.code, name=dept.name, specialty=dept.specialty),
+                    doctor=doctor,
+                    service_date=day,
+                    period=period,  # type: ignore[arg-type]
+                    public_at=public_at,
+                    slots=[
+                        SlotIn(
+                            number=n,
+                            external_id=f"{external_id}-{n:02d}",
+                            starts_at=start + step * (n - 1),
+                            ends_at=start + step * n,
+                        )
+                        for n in range(1, SLOTS_PER_SESSION + 1)
+                    ],
+                )
+            )
+    return items
+
+
+# --- writing it ------------------------------------------------------------------------
+
+
+async def _org_id(session: AsyncSession, code: str) -> int | None:
+    return await session.scalar(select(Organisation.id).where(Organisation.code == code))
+
+
+async def _setup_registry(session: AsyncSession, actor: Actor) -> None:
+    """Regions, organisations (all but the commission), policies and the alliance."""
+    await upsert_regions(session=session, regions=REGIONS)
+    for org in [h.org for h in HOSPITALS] + [org for org, _ in PRIMARY] + [PLATFORM, HOTLINE]:
+        if await _org_id(session, org.code) is None:
+            await create_organisation(session=session, org=org)
+    for hospital in HOSPITALS:
+        row = await org_by_code(session, hospital.org.code)
+        await assign_policy(session=session, actor=actor, hospital_id=row.id, policy_code=hospital.policy)
+    lead = await org_by_code(session, DISTRICT.org.code)
+    exists = await session.scalar(
+        select(Alliance.id).where(Alliance.lead_hospital_id == lead.id, Alliance.name == ALLIANCE_NAME)
+    )
+    if exists is None:
+        await create_alliance(
+            session=session,
+            alliance=AllianceIn(
+                name=ALLIANCE_NAME,
+                lead_hospital_code=DISTRICT.org.code,
+                member_codes=[org.code for org, _ in PRIMARY if org.region_code == DISTRICT.org.region_code],
+            ),
+        )
+
+
+async def _sync(session: AsyncSession, actor: Actor, crypto: Crypto, rows: list[ContractIn]) -> None:
+    platform = await org_by_code(session, PLATFORM.code)
+    caller = Caller(
+        client_id=0,  # the platform syncing directly, not through one of its API clients
+        org_id=platform.id,
+        role="platform",
+        org_kind=platform.kind,
+        org_name=platform.name,
+        region_code=platform.region_code,
+    )
+    result = await sync_contracts(session=session, actor=actor, caller=caller, crypto=crypto, rows=rows)
+    if result.rejected:
+        bad = next(r for r in result.results if r.result == "rejected")
+        raise RuntimeError(f"demo contract {bad.contract_no} rejected: {bad.errors}")
+
+
+async def _push_day(
+    session: AsyncSession, crypto: Crypto, now: datetime, hospital: DemoHospital, day: date
+) -> None:
+    org = await org_by_code(session, hospital.org.code)
+    policy = await policy_in_force(session=session, hospital_id=org.id, on=day)
+    public_at = local_datetime(day - timedelta(days=RELEASE_DAYS_AHEAD), RELEASE_HOUR)
+    pool_opens_at = public_at - timedelta(minutes=policy.lead_minutes)
+    actor = Actor.system("demo", now=min(now, pool_opens_at - PUSH_AHEAD))
+    results = await push_sessions(
+        session=session, actor=actor, crypto=crypto, hospital=org, items=session_items(hospital, day)
+    )
+    rejected = [r for r in results if r.result == "rejected"]
+    if rejected:
+        raise RuntimeError(f"demo session {rejected[0].external_id} rejected: {rejected[0].errors}")
+
+
+async def _seed(db: Database, clock: Clock, crypto: Crypto) -> None:
+    now = clock.now()
+    actor = Actor.system("demo", now=now)
+    today = local_date(now)
+    await db.run(lambda s: _setup_registry(s, actor))
+    for rows in contract_rows(today).values():
+        await db.run(lambda s, rows=rows: _sync(s, actor, crypto, rows))
+    for hospital in HOSPITALS:
+        for offset in range(SCHEDULE_DAYS):
+            day = today + timedelta(days=offset)
+            await db.run(lambda s, h=hospital, d=day: _push_day(s, crypto, now, h, d))
+    await db.run(lambda s: create_organisation(session=s, org=COMMISSION))
+
+
+async def _issue_keys(session: AsyncSession, crypto: Crypto, actor: Actor) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for role, holder in KEY_HOLDERS.items():
+        org = await org_by_code(session, holder.code)
+        _, token = await create_api_client(
+            session=session,
+            actor=actor,
+            crypto=crypto,
+            organisation_id=org.id,
+            role=role,
+            name=f"demo {role} key",
+        )
+        keys[role] = token
+    return keys
+
+
+async def seed_demo(url: str, settings: Settings) -> dict[str, str]:
+    """Seed the demo region unless it is there already; return fresh API keys, role -> key."""
+    clock = Clock()
+    crypto = crypto_from(settings)
+    db = Database(url, pool_size=2)
+    try:
+        seeded = await db.run(lambda s: _org_id(s, COMMISSION.code))
+        if seeded is None:
+            started = time.perf_counter()
+            await _seed(db, clock, crypto)
+            print(
+                f"demo region seeded in {time.perf_counter() - started:.1f} s: "
+                f"{len(HOSPITALS)} hospitals, {len(PRIMARY)} primary institutions, "
+                f"{RESIDENTS} signed residents, {SCHEDULE_DAYS} days of sessions",
+                file=sys.stderr,
+            )
+        else:
+            print("demo region already seeded; issuing fresh API keys", file=sys.stderr)
+
+        async def issue(session: AsyncSession) -> dict[str, str]:
+            return await _issue_keys(session, crypto, Actor.system("demo", now=clock.now()))
+
+        return await db.run(issue)
+    finally:
+        await db.dispose()
+
+
+# --- showing the keys ------------------------------------------------------------------
+
+
+def _base_url(host: str, port: int) -> str:
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def print_demo_keys(keys: dict[str, str], *, host: str, port: int) -> None:
+    """The demo keys, and a few curl lines that use them, on stdout."""
+    out: list[str] = [
+        "",
+        "slotpool demo: 安徽省 / 合肥市 (瑶海区, 蜀山区)",
+        "API keys (new on every start; the service keeps only their digests):",
+        "",
+    ]
+    for role, key in keys.items():
+        holder = KEY_HOLDERS.get(role)
+        out.append(f"  {role:<11} {key}  {holder.name if holder else ''}")
+    variables = {role: f"{role.upper()}_KEY" for role in keys}
+    out += ["", "Paste into a shell:", "", f"  SLOTPOOL={_base_url(host, port)}"]
+    out += [f"  {variables[role]}={key}" for role, key in keys.items()]
+    examples: list[tuple[str, str]] = [
+        ("hospital", "/v1/me"),
+        ("primary", "/v1/pool/slots?limit=5"),
+        ("commission", "/v1/policies"),
+        ("commission", "/v1/shortfalls"),
+    ]
+    out.append("")
+    for role, path in examples:
+        if role in variables:
+            out.append(f'  curl -s -H "Authorization: Bearer ${variables[role]}" "$SLOTPOOL{path}"')
+    out.append("")
+    print("\n".join(out), flush=True)
