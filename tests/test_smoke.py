@@ -20,7 +20,9 @@ async def test_push_book_cancel(client, world, clock):
     assert result["result"] == "created"
     assert len(result["pool_slot_numbers"]) == 2
 
-    r = await client.post("/v1/contracts/sync", json={"contracts": [contract_row(1)]}, headers=world.auth("platform"))
+    r = await client.post(
+        "/v1/contracts/sync", json={"contracts": [contract_row(1)]}, headers=world.auth("platform")
+    )
     assert r.status_code == 200, r.text
     assert r.json()["created"] == 1
 
@@ -29,14 +31,18 @@ async def test_push_book_cancel(client, world, clock):
     slots = r.json()["items"]
     assert len(slots) == 2
 
-    r = await client.post("/v1/referrals", json=booking(slots[0]["slot_id"], 1, clock=clock), headers=world.auth("chc_a"))
+    r = await client.post(
+        "/v1/referrals", json=booking(slots[0]["slot_id"], 1, clock=clock), headers=world.auth("chc_a")
+    )
     assert r.status_code == 201, r.text
     ref = r.json()
     assert ref["status"] == "booked"
     assert len(ref["verification_code"]) == 6
 
     r = await client.post(
-        f"/v1/referrals/{ref['reference']}/cancel", json={"reason": "patient recovered"}, headers=world.auth("chc_a")
+        f"/v1/referrals/{ref['reference']}/cancel",
+        json={"reason": "patient recovered"},
+        headers=world.auth("chc_a"),
     )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "cancelled"

@@ -1,0 +1,155 @@
+"""Health, readiness, metrics, authentication, problem+json, migrations, audit, configuration."""
+
+from __future__ import annotations
+
+import asyncpg
+from cryptography.exceptions import InvalidTag
+import pytest
+import sqlalchemy.exc
+from pydantic import ValidationError
+from sqlalchemy import text
+
+from service.audit.models import AuditEntry
+from service.config import Settings
+from service.crypto import Crypto
+from service.migrations import downgrade, head_revision, upgrade
+
+
+async def test_healthz_and_readyz(client, world):
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    r = await client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ready", "schema": head_revision()}
+
+
+async def test_readyz_reports_pending_migrations(client, world, db):
+    await db.run(lambda s: s.execute(text("UPDATE alembic_version SET version_num = 'old'")))
+    try:
+        r = await client.get("/readyz")
+        assert r.status_code == 503
+        assert r.json()["code"] == "migrations_pending"
+    finally:
+        await db.run(
+            lambda s: s.execute(text(f"UPDATE alembic_version SET version_num = '{head_revision()}'"))
+        )
+
+
+async def test_metrics_are_prometheus_text(client, world):
+    await client.get("/v1/me", headers=world.auth("chc_a"))
+    r = await client.get("/metrics")
+    assert r.status_code == 200
+    assert 'slotpool_http_request_seconds_count{method="GET",route="/v1/me",status="200"}' in r.text
+
+
+async def test_requests_without_a_key_are_401_problems(client, world):
+    r = await client.get("/v1/me")
+    assert r.status_code == 401
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.headers["www-authenticate"] == "Bearer"
+    body = r.json()
+    assert body["code"] == "missing_credentials"
+    assert body["type"] == "urn:slotpool:problem:missing_credentials"
+    assert body["request_id"] == r.headers["x-request-id"]
+    r = await client.get("/v1/me", headers={"Authorization": "Bearer sp_nope"})
+    assert r.json()["code"] == "invalid_credentials"
+
+
+async def test_wrong_role_is_403(client, world):
+    r = await client.post("/v1/hospital/sessions", json={"sessions": []}, headers=world.auth("chc_a"))
+    assert r.status_code == 403
+    assert r.json()["code"] == "wrong_role"
+
+
+async def test_r14_revoked_key_is_refused_on_the_next_request(client, world, db):
+    assert (await client.get("/v1/me", headers=world.auth("chc_a"))).status_code == 200
+    await db.run(lambda s: s.execute(text("UPDATE api_clients SET revoked_at = now() WHERE name = 'chc_a'")))
+    r = await client.get("/v1/me", headers=world.auth("chc_a"))
+    assert r.status_code == 401
+    assert r.json()["code"] == "key_revoked"
+
+
+async def test_api_keys_are_stored_as_digests_only(world, db):
+    rows = (await db.run(lambda s: s.execute(text("SELECT key_prefix, key_digest FROM api_clients")))).all()
+    for prefix, digest in rows:
+        assert len(digest) == 32
+        assert all(key.encode() not in bytes(digest) for key in world.keys.values())
+        assert len(prefix) == 10
+
+
+async def test_unknown_route_is_a_404_problem(client):
+    r = await client.get("/v1/nowhere")
+    assert r.status_code == 404
+    assert r.json()["code"] == "not_found"
+
+
+async def test_r15_audit_entries_cannot_be_updated_or_deleted(client, world, db):
+    r = await client.post(
+        "/v1/referrals", json={"slot_id": 1, "referring_doctor_code": "FD-1", "resident": {"id_number": "x" * 18, "name": "x"},
+                                "consultation": {"encounter_id": "e", "encountered_at": "2026-03-02T08:00:00+08:00"},
+                                "diagnoses": ["I10"]},
+        headers=world.auth("chc_a"),
+    )  # fmt: skip
+    assert r.status_code == 422
+    count = await db.run(lambda s: s.scalar(text("SELECT count(*) FROM audit_entries")))
+    assert count == 1
+    for statement in ("UPDATE audit_entries SET reason = 'rewritten'", "DELETE FROM audit_entries"):
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
+            await db.run(lambda s, sql=statement: s.execute(text(sql)))
+    entry = await db.run(lambda s: s.scalar(text("SELECT action FROM audit_entries")))
+    assert entry == "referral.refused"
+    assert AuditEntry.__tablename__ == "audit_entries"
+
+
+async def test_r15_personal_data_is_ciphertext_at_rest(client, world, db):
+    from tests.factories import sign, synthetic_id
+
+    await sign(client, world, [1])
+    rows = await db.run(lambda s: s.execute(text("SELECT id_number_enc, name_enc, id_index FROM residents")))
+    [(id_enc, name_enc, _index)] = rows.all()
+    assert synthetic_id("340102", seq=1).encode() not in bytes(id_enc)
+    assert "张1".encode() not in bytes(name_enc)
+
+
+def test_r15_ciphertext_is_bound_to_its_column():
+    crypto = Crypto(data_key=b"k" * 32, index_key=b"i" * 32, api_key_pepper=b"p" * 32)
+    blob = crypto.encrypt("340102195804120011", column="residents.id_number")
+    assert crypto.decrypt(blob, column="residents.id_number") == "340102195804120011"
+    with pytest.raises(InvalidTag):
+        crypto.decrypt(blob, column="residents.name")
+
+
+def test_production_refuses_development_secrets(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/slotpool")
+    with pytest.raises(ValidationError, match="SLOTPOOL_DATA_KEY"):
+        Settings(env="production")
+
+
+def test_production_refuses_the_embedded_database():
+    import base64
+
+    key = base64.b64encode(b"x" * 32).decode()
+    with pytest.raises(ValidationError, match="DATABASE_URL"):
+        Settings(env="production", data_key=key, index_key=key, api_key_pepper=key, database_url=None)
+
+
+async def test_migrations_downgrade_and_upgrade_cleanly(database_url):
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    admin = url.set(database="postgres").render_as_string(hide_password=False).replace("+asyncpg", "")
+    conn = await asyncpg.connect(admin)
+    name = f"{url.database}_roundtrip"
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    target = url.set(database=name).render_as_string(hide_password=False)
+    try:
+        await upgrade(target)
+        await downgrade(target, "base")
+        await upgrade(target)
+        check = await asyncpg.connect(target.replace("+asyncpg", ""))
+        assert await check.fetchval("SELECT version_num FROM alembic_version") == head_revision()
+        await check.close()
+    finally:
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await conn.close()
