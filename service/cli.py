@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from typing import Any
 
@@ -165,7 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # Leave through SystemExit so exit handlers run: the embedded PostgreSQL is
+    # stopped by one, and SIGTERM is how Docker, systemd and `timeout` stop us.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)

