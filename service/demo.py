@@ -26,6 +26,7 @@ digests and cannot be shown again.
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -36,7 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.cli import crypto_from
-from service.clock import Clock, local_date, local_datetime
+from service.clock import SHANGHAI, Clock, local_date, local_datetime
 from service.config import Settings
 from service.context import Actor, Caller
 from service.crypto import Crypto
@@ -406,8 +407,58 @@ def _base_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def print_demo_keys(keys: dict[str, str], *, host: str, port: int) -> None:
-    """The demo keys, and a few curl lines that use them, on stdout."""
+@dataclass(frozen=True)
+class DemoBooking:
+    """Who the printed booking example books for: a signed resident of the primary key's centre."""
+
+    institution: str
+    doctor_code: str
+    id_number: str  # synthetic: invented digits with a valid GB 11643 check character
+    name: str
+
+
+def booking_example(today: date) -> DemoBooking:
+    """The primary key's resident whose contract runs longest, and that resident's family doctor.
+
+    The residents, their doctors and how long ago each contract started do not depend
+    on ``today`` (only the dates do), so this is the same resident whenever the region
+    was seeded, and the one whose contract stays in force longest after seeding.
+    """
+    holder = KEY_HOLDERS["primary"]
+    row = max(contract_rows(today)[holder.code], key=lambda r: r.ends_on)  # first of any tie
+    return DemoBooking(
+        institution=holder.name,
+        doctor_code=row.family_doctor.code,
+        id_number=row.resident.id_number,
+        name=row.resident.name,
+    )
+
+
+def booking_lines(variable: str, now: datetime) -> list[str]:
+    """Shell lines booking the first slot listed for the primary key, consultation an hour before ``now``."""
+    example = booking_example(local_date(now))
+    body = {
+        "referring_doctor_code": example.doctor_code,
+        "resident": {"id_number": example.id_number, "name": example.name},
+        "consultation": {
+            "encounter_id": f"DEMO-ENC-{now.astimezone(SHANGHAI):%Y%m%d%H%M}",
+            "encountered_at": (now - timedelta(hours=1)).astimezone(SHANGHAI).isoformat(timespec="seconds"),
+        },
+        "diagnoses": ["I10"],  # hypertension: on every preset policy's disease list
+    }
+    rest = json.dumps(body, ensure_ascii=False)
+    assert "'" not in rest, "the body is pasted inside single quotes"
+    auth = f'-H "Authorization: Bearer ${variable}"'
+    pick = 'python3 -c \'import json,sys; print(json.load(sys.stdin)["items"][0]["slot_id"])\''
+    return [
+        f'  SLOT=$(curl -s {auth} "$SLOTPOOL/v1/pool/slots?limit=1" | {pick})',
+        f'  curl -s -X POST {auth} -H "Content-Type: application/json" -H "Idempotency-Key: demo-1" '
+        f'"$SLOTPOOL/v1/referrals" -d \'{{"slot_id": \'"$SLOT"\', {rest[1:]}\'',
+    ]
+
+
+def print_demo_keys(keys: dict[str, str], *, host: str, port: int, now: datetime | None = None) -> None:
+    """The demo keys, a few curl lines that use them, and a booking example, on stdout."""
     out: list[str] = [
         "",
         "slotpool demo: 安徽省 / 合肥市 (瑶海区, 蜀山区)",
@@ -430,5 +481,15 @@ def print_demo_keys(keys: dict[str, str], *, host: str, port: int) -> None:
     for role, path in examples:
         if role in variables:
             out.append(f'  curl -s -H "Authorization: Bearer ${variables[role]}" "$SLOTPOOL{path}"')
+    if "primary" in variables:
+        now = now or Clock().now()
+        example = booking_example(local_date(now))
+        out += [
+            "",
+            f"Booking the first listed slot for {example.name} (the ID number is synthetic), "
+            f"signed with family doctor {example.doctor_code} of {example.institution}, for hypertension:",
+            "",
+            *booking_lines(variables["primary"], now),
+        ]
     out.append("")
     print("\n".join(out), flush=True)
