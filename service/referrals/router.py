@@ -85,16 +85,13 @@ async def book_referral(
             )
             if stored is not None:
                 return stored[0], stored[1], True
-        referral = await service.book_referral(
+        out = await service.book_referral(
             session=session,
             actor=actor,
             caller=caller,
             crypto=state.crypto,
             booking=body,
             lock_timeout_ms=state.settings.lock_timeout_ms,
-        )
-        out = await service.referral_out(
-            session=session, crypto=state.crypto, referral=referral, show_code=True
         )
         data = out.model_dump(mode="json")
         if idempotency_key:
@@ -163,8 +160,8 @@ async def cancel_referral(
     """The referring institution cancels, before the policy's cut-off (R12)."""
     actor = actor_for(request, state, caller)
 
-    async def work(session: AsyncSession) -> ReferralOut:
-        referral = await service.cancel_by_institution(
+    return await state.db.run(
+        lambda session: service.cancel_by_institution(
             session=session,
             actor=actor,
             caller=caller,
@@ -172,11 +169,7 @@ async def cancel_referral(
             reference=reference,
             reason=body.reason,
         )
-        return await service.referral_out(
-            session=session, crypto=state.crypto, referral=referral, show_code=False
-        )
-
-    return await state.db.run(work)
+    )
 
 
 @router.post(
@@ -193,8 +186,8 @@ async def hotline_cancel(
     """The hotline cancels for a patient who gives the reference and verification code (R12)."""
     actor = actor_for(request, state, caller)
 
-    async def work(session: AsyncSession) -> ReferralOut:
-        referral = await service.cancel_by_hotline(
+    return await state.db.run(
+        lambda session: service.cancel_by_hotline(
             session=session,
             actor=actor,
             caller=caller,
@@ -203,8 +196,4 @@ async def hotline_cancel(
             verification_code=body.verification_code,
             reason=body.reason,
         )
-        return await service.referral_out(
-            session=session, crypto=state.crypto, referral=referral, show_code=False
-        )
-
-    return await state.db.run(work)
+    )

@@ -256,7 +256,7 @@ async def book_referral(
     crypto: Crypto,
     booking: BookingIn,
     lock_timeout_ms: int,
-) -> Referral:
+) -> ReferralOut:
     """Book one reserved slot for one resident; every rule is checked in this transaction."""
     now = actor.now
     await session.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"))
@@ -379,7 +379,7 @@ async def book_referral(
                 "The resident already has an active referral to this department on this day.",
             ) from exc
         raise
-    out = await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
+    out = await referral_out(session=session, crypto=crypto, referral=referral, show_code=True)
     await emit(
         session=session,
         hospital_id=hospital.id,
@@ -396,7 +396,7 @@ async def book_referral(
         referral_id=referral.id,
         detail={"reference": referral.reference, "slot_id": slot.id, "policy_id": policy.id},
     )
-    return referral
+    return out
 
 
 def _check_slot_window(slot: Slot, now: Any) -> None:
@@ -497,7 +497,7 @@ async def _cancel(
     reason: str,
     enforce_cutoff: bool,
     slot_status: str | None = None,
-) -> Referral:
+) -> ReferralOut:
     now = actor.now
     if referral.status != "booked":
         raise Conflict("already_cancelled", "The referral is already cancelled.")
@@ -544,7 +544,7 @@ async def _cancel(
         reason=reason,
         detail={"by": by, "slot_returned_to": returned_to},
     )
-    return referral
+    return out
 
 
 async def _referral_by_reference(session: AsyncSession, reference: str) -> Referral | None:
@@ -559,7 +559,7 @@ async def cancel_by_institution(
     crypto: Crypto,
     reference: str,
     reason: str,
-) -> Referral:
+) -> ReferralOut:
     """The referring institution (for its family doctor) cancels its own referral."""
     referral = await _referral_by_reference(session, reference)
     if referral is None or referral.booker_org_id != caller.org_id:
@@ -578,7 +578,7 @@ async def cancel_by_hotline(
     reference: str,
     verification_code: str,
     reason: str,
-) -> Referral:
+) -> ReferralOut:
     """The hotline cancels for a caller who knows the reference and the verification code."""
     referral = await _referral_by_reference(session, reference)
     hospital = await session.get(Organisation, referral.hospital_id) if referral else None

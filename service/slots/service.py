@@ -91,22 +91,13 @@ async def push_sessions(
                         session=session, actor=actor, crypto=crypto, hospital=hospital, item=item
                     )
                 )
-        except ItemRejected as exc:
-            results.append(
-                SessionResult(
-                    external_id=item.external_id,
-                    result="rejected",
-                    version=item.version,
-                    errors=exc.errors,
-                )
+        except (ItemRejected, Problem) as exc:
+            errors = (
+                exc.errors if isinstance(exc, ItemRejected) else [ItemError(code=exc.code, detail=exc.detail)]
             )
-        except Problem as exc:
             results.append(
                 SessionResult(
-                    external_id=item.external_id,
-                    result="rejected",
-                    version=item.version,
-                    errors=[ItemError(code=exc.code, detail=exc.detail)],
+                    external_id=item.external_id, result="rejected", version=item.version, errors=errors
                 )
             )
     return results
