@@ -46,7 +46,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(database_url, pool_size=settings.db_pool_size, lock_timeout_ms=settings.lock_timeout_ms)
+        db = Database(database_url, pool_size=settings.db_pool_size)
         state = AppState(
             settings=settings,
             db=db,

@@ -75,7 +75,7 @@ def asyncpg_url(url: str) -> str:
 class Database:
     """The engine and session factory, owned by the app's lifespan or a worker."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, lock_timeout_ms: int = 2000) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.engine: AsyncEngine = create_async_engine(
             asyncpg_url(url),
             pool_size=pool_size,
@@ -84,7 +84,6 @@ class Database:
             connect_args={"server_settings": {"timezone": "UTC", "application_name": "slotpool"}},
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
-        self.lock_timeout_ms = lock_timeout_ms
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 3) -> T:
         """Run ``work`` in one transaction and commit it; retry serialization failures."""

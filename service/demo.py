@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -260,7 +261,7 @@ def session_items(hospital: DemoHospital, day: date) -> list[SessionIn]:
                     department=DepartmentIn(code=dept.code, name=dept.name, specialty=dept.specialty),
                     doctor=doctor,
                     service_date=day,
-                    period=period,  # type: ignore[arg-type]
+                    period=period,
                     public_at=public_at,
                     slots=[
                         SlotIn(
@@ -343,13 +344,13 @@ async def _seed(db: Database, clock: Clock, crypto: Crypto) -> None:
     now = clock.now()
     actor = Actor.system("demo", now=now)
     today = local_date(now)
-    await db.run(lambda s: _setup_registry(s, actor))
+    await db.run(partial(_setup_registry, actor=actor))
     for rows in contract_rows(today).values():
-        await db.run(lambda s, rows=rows: _sync(s, actor, crypto, rows))
+        await db.run(partial(_sync, actor=actor, crypto=crypto, rows=rows))
     for hospital in HOSPITALS:
         for offset in range(SCHEDULE_DAYS):
             day = today + timedelta(days=offset)
-            await db.run(lambda s, h=hospital, d=day: _push_day(s, crypto, now, h, d))
+            await db.run(partial(_push_day, crypto=crypto, now=now, hospital=hospital, day=day))
     await db.run(lambda s: create_organisation(session=s, org=COMMISSION))
 
 

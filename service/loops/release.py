@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from functools import partial
 
 import structlog
 from sqlalchemy import select
@@ -60,14 +61,15 @@ async def return_unbooked_slots(*, session: AsyncSession, now: datetime, batch_s
     return len(slots)
 
 
+async def _return_batch(session: AsyncSession, *, now: datetime, batch_size: int) -> int:
+    return await return_unbooked_slots(session=session, now=now, batch_size=batch_size)
+
+
 async def release_due_slots(db: Database, clock: Clock, *, batch_size: int = 500) -> int:
     """Return every due slot, one batch per transaction, until none is left."""
     total = 0
     while True:
-        now = clock.now()
-        count = await db.run(
-            lambda session, now=now: return_unbooked_slots(session=session, now=now, batch_size=batch_size)
-        )
+        count = await db.run(partial(_return_batch, now=clock.now(), batch_size=batch_size))
         total += count
         if count < batch_size:
             break

@@ -110,7 +110,7 @@ async def search_bookable_slots(
     *,
     session: AsyncSession,
     caller: Caller,
-    now: Any,
+    now: datetime,
     hospital_id: int | None,
     department_id: int | None,
     service_date: date | None,
@@ -399,8 +399,11 @@ async def book_referral(
     return out
 
 
-def _check_slot_window(slot: Slot, now: Any) -> None:
-    """R5/R6: bookable through the pool only while pool_opens_at <= now < public_at."""
+def _check_slot_window(slot: Slot, now: datetime) -> None:
+    """R5/R6: bookable through the pool only while pool_opens_at <= now < public_at.
+
+    Slots start at or after public_at (push validation), so a bookable slot has not started.
+    """
     if slot.status == "booked":
         raise Conflict("slot_taken", "The slot is already booked through the pool.")
     if slot.status == "returned" or (slot.status == "reserved" and now >= slot.public_at):
@@ -417,8 +420,6 @@ def _check_slot_window(slot: Slot, now: Any) -> None:
             "The pool window for this slot has not opened yet (R5).",
             pool_opens_at=slot.pool_opens_at.isoformat(),
         )
-    if slot.starts_at <= now:
-        raise Conflict("slot_started", "The slot has already started.")
 
 
 async def record_refusal(
@@ -440,7 +441,7 @@ async def record_refusal(
 # --- cancelling (R12) -----------------------------------------------------------------
 
 
-async def _release_slot(session: AsyncSession, slot: Slot, now: Any) -> str:
+async def _release_slot(session: AsyncSession, slot: Slot, now: datetime) -> str:
     """After a cancellation the slot returns to the pool while its window is open, else to the public."""
     if now < slot.public_at:
         slot.status = "reserved"
@@ -451,7 +452,7 @@ async def _release_slot(session: AsyncSession, slot: Slot, now: Any) -> str:
     return "public"
 
 
-async def emit_slots_returned(*, session: AsyncSession, slots: list[Slot], at: Any) -> None:
+async def emit_slots_returned(*, session: AsyncSession, slots: list[Slot], at: datetime) -> None:
     """One slots.returned event per clinic session, listing its slots now open to the public."""
     by_session: dict[int, list[Slot]] = {}
     for slot in slots:
@@ -669,7 +670,7 @@ async def referral_out(
     )
     return ReferralOut(
         reference=referral.reference,
-        status=referral.status,  # type: ignore[arg-type]
+        status=referral.status,
         verification_code=code,
         hospital=NamedRef(id=hospital.id, code=hospital.code, name=hospital.name),
         department=NamedRef(id=dept.id, code=dept.code, name=dept.name),

@@ -62,12 +62,12 @@ def organisation_out(org: Organisation) -> OrganisationOut:
         id=org.id,
         code=org.code,
         name=org.name,
-        kind=org.kind,  # type: ignore[arg-type]
+        kind=org.kind,
         region_code=org.region_code,
-        hospital_level=org.hospital_level,  # type: ignore[arg-type]
-        hospital_tier=org.hospital_tier,  # type: ignore[arg-type]
-        primary_kind=org.primary_kind,  # type: ignore[arg-type]
-        reservation_mode=org.reservation_mode,  # type: ignore[arg-type]
+        hospital_level=org.hospital_level,
+        hospital_tier=org.hospital_tier,
+        primary_kind=org.primary_kind,
+        reservation_mode=org.reservation_mode,
     )
 
 

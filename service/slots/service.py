@@ -296,14 +296,13 @@ async def _reserve(
         )
         for slot, title in rows
     ]
-    rules = {
-        "ratio": policy.ratio,
-        "ratio_base": policy.ratio_base,
-        "min_senior_share": policy.min_senior_share,
-    }
-    if hospital.reservation_mode == "hospital":
-        return check_marked(candidates, **rules)
-    selection = select_reserved(candidates, **rules)
+    measure = check_marked if hospital.reservation_mode == "hospital" else select_reserved
+    selection = measure(
+        candidates,
+        ratio=policy.ratio,
+        ratio_base=policy.ratio_base,
+        min_senior_share=policy.min_senior_share,
+    )
     for key in selection.held:
         if by_key[key].status == "public":
             by_key[key].status = "reserved"
@@ -385,7 +384,7 @@ async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, ver
     live = [s for s in slots if s.status != "withdrawn"]
     return SessionResult(
         external_id=cs.external_id,
-        result=outcome,  # type: ignore[arg-type]
+        result=outcome,
         version=version,
         pool_slot_numbers=[s.number for s in live if s.status in ("reserved", "booked")],
         pool_opens_at=live[0].pool_opens_at if live else None,
@@ -394,7 +393,7 @@ async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, ver
             ShortfallOut(
                 department_code=dept.code,
                 service_date=sf.service_date,
-                kind=sf.kind,  # type: ignore[arg-type]
+                kind=sf.kind,
                 required=sf.required,
                 actual=sf.actual,
             )
