@@ -187,6 +187,11 @@ async def test_r3_provincial_pool_is_for_lower_tier_hospitals(client, world, clo
     )
     assert r.status_code == 201, r.text
     assert r.json()["referring_institution"]["code"] == "H-DIST"
+    # Real name holds for hospital bookers too: the same ID number under another name is refused.
+    other = booking(slots[1]["slot_id"], 42, clock=clock, doctor_code="D-attending", name="王五")
+    r = await book(client, world, other, who="district_as_booker")
+    assert r.status_code == 422
+    assert r.json()["code"] == "name_mismatch"
 
 
 async def test_one_active_referral_per_resident_department_day(client, world, clock, open_pool):

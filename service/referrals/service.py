@@ -233,18 +233,21 @@ async def _ensure_resident(
     session: AsyncSession, crypto: Crypto, actor: Actor, id_number: str, name: str
 ) -> Resident:
     """For lower-tier hospital bookers (R3): the patient need not have a family-doctor contract."""
-    resident = await _find_resident(session, crypto, id_number)
-    if resident is not None:
-        return resident
-    resident = Resident(
-        id_index=crypto.blind_index(id_number, purpose="resident_id"),
-        id_number_enc=crypto.encrypt(id_number, column="residents.id_number"),
-        name_enc=crypto.encrypt(name, column="residents.name"),
-        created_at=actor.now,
-        updated_at=actor.now,
+    index = crypto.blind_index(id_number, purpose="resident_id")
+    # ON CONFLICT: two first bookings for the same new patient may race; both get the one row.
+    await session.execute(
+        insert(Resident)
+        .values(
+            id_index=index,
+            id_number_enc=crypto.encrypt(id_number, column="residents.id_number"),
+            name_enc=crypto.encrypt(name, column="residents.name"),
+            created_at=actor.now,
+            updated_at=actor.now,
+        )
+        .on_conflict_do_nothing(index_elements=["id_index"])
     )
-    session.add(resident)
-    await session.flush()
+    resident = await _find_resident(session, crypto, id_number)
+    assert resident is not None
     return resident
 
 
@@ -312,10 +315,10 @@ async def book_referral(
                 "not_signed",
                 "The resident has no family-doctor contract in force with this doctor (R8).",
             )
-        if crypto.decrypt(resident.name_enc, column="residents.name") != booking.resident.name.strip():
-            raise Unprocessable("name_mismatch", "The name does not match the signed resident (R8).")
     else:
         resident = await _ensure_resident(session, crypto, actor, id_number, booking.resident.name.strip())
+    if crypto.decrypt(resident.name_enc, column="residents.name") != booking.resident.name.strip():
+        raise Unprocessable("name_mismatch", "The name does not match the resident's real name (R8).")
 
     encountered = booking.consultation.encountered_at
     if encountered > now or now - encountered > timedelta(hours=policy.consultation_max_age_hours):
