@@ -82,24 +82,27 @@ def scope_admits(scope: str, hospital: Organisation, booker: Organisation, membe
     return False
 
 
-async def hospitals_in_scope(*, session: AsyncSession, booker: Organisation, on: date) -> dict[int, Policy]:
-    """Every hospital whose pool ``booker`` may book on ``on``, with the policy in force."""
-    rows = (
-        await session.execute(
-            select(Organisation, HospitalPolicy.policy_code).join(
-                HospitalPolicy, HospitalPolicy.hospital_id == Organisation.id
-            )
-        )
-    ).all()
-    allowed: dict[int, Policy] = {}
-    for hospital, _ in rows:
+async def admits(
+    *, session: AsyncSession, policy: Policy, hospital: Organisation, booker: Organisation
+) -> bool:
+    """Whether ``policy``, in force at ``hospital``, lets ``booker`` book its pool (R3, R7)."""
+    members = await _alliance_members(session, hospital.id) if policy.scope == "alliance" else set()
+    return scope_admits(policy.scope, hospital, booker, members)
+
+
+async def hospitals_in_scope(*, session: AsyncSession, booker: Organisation, on: date) -> list[int]:
+    """Every hospital whose pool ``booker`` may book under the policy in force on ``on``."""
+    hospitals = await session.scalars(
+        select(Organisation).join(HospitalPolicy, HospitalPolicy.hospital_id == Organisation.id)
+    )
+    allowed: list[int] = []
+    for hospital in hospitals:
         try:
             policy = await policy_in_force(session=session, hospital_id=hospital.id, on=on)
         except Problem:
             continue
-        members = await _alliance_members(session, hospital.id) if policy.scope == "alliance" else set()
-        if scope_admits(policy.scope, hospital, booker, members):
-            allowed[hospital.id] = policy
+        if await admits(session=session, policy=policy, hospital=hospital, booker=booker):
+            allowed.append(hospital.id)
     return allowed
 
 
@@ -287,8 +290,7 @@ async def book_referral(
     hospital = await session.get(Organisation, slot.hospital_id)
     assert cs is not None and hospital is not None
     policy = await policy_in_force(session=session, hospital_id=hospital.id, on=cs.service_date)
-    members = await _alliance_members(session, hospital.id) if policy.scope == "alliance" else set()
-    if not scope_admits(policy.scope, hospital, booker, members):
+    if not await admits(session=session, policy=policy, hospital=hospital, booker=booker):
         raise Forbidden(
             "out_of_scope",
             f"This hospital's pool is open to {policy.scope.replace('_', ' ')} bookers only (R7).",
@@ -342,10 +344,7 @@ async def book_referral(
         )
     )
     if duplicate is not None:
-        raise Conflict(
-            "duplicate_referral",
-            "The resident already has an active referral to this department on this day.",
-        )
+        raise _duplicate_referral()
 
     code = f"{secrets.randbelow(1_000_000):06d}"
     referral = Referral(
@@ -377,10 +376,7 @@ async def book_referral(
         if constraint_name(exc) == "uq_referrals_active_slot":
             raise Conflict("slot_taken", "The slot was booked by another request.") from exc
         if constraint_name(exc) == "uq_referrals_active_resident_department_day":
-            raise Conflict(
-                "duplicate_referral",
-                "The resident already has an active referral to this department on this day.",
-            ) from exc
+            raise _duplicate_referral() from exc
         raise
     out = await referral_out(session=session, crypto=crypto, referral=referral, show_code=True)
     await emit(
@@ -400,6 +396,12 @@ async def book_referral(
         detail={"reference": referral.reference, "slot_id": slot.id, "policy_id": policy.id},
     )
     return out
+
+
+def _duplicate_referral() -> Conflict:
+    return Conflict(
+        "duplicate_referral", "The resident already has an active referral to this department on this day."
+    )
 
 
 def _check_slot_window(slot: Slot, now: datetime) -> None:
@@ -500,8 +502,9 @@ async def _cancel(
     by: str,
     reason: str,
     enforce_cutoff: bool,
-    slot_status: str | None = None,
+    release_slot: bool = True,
 ) -> ReferralOut:
+    """Cancel one referral; its slot goes back to the pool or the public unless the caller keeps it."""
     now = actor.now
     if referral.status != "booked":
         raise Conflict("already_cancelled", "The referral is already cancelled.")
@@ -522,11 +525,7 @@ async def _cancel(
     referral.cancelled_by = by
     referral.cancelled_by_client_id = actor.client_id
     referral.cancel_reason = reason
-    if slot_status is not None:
-        slot.status = slot_status
-        returned_to = None
-    else:
-        returned_to = await _release_slot(session, slot, now)
+    returned_to = await _release_slot(session, slot, now) if release_slot else None
     await session.flush()
     out = await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
     data = referral_event_data(out)
@@ -618,7 +617,7 @@ async def cancel_for_withdrawal(
             by="hospital",
             reason=reason,
             enforce_cutoff=False,
-            slot_status="withdrawn",
+            release_slot=False,
         )
     slots = await session.scalars(select(Slot).where(Slot.session_id == clinic_session.id).with_for_update())
     for slot in slots:

@@ -232,7 +232,7 @@ async def _upsert_slots(
     if errors:
         raise ItemRejected(errors)
 
-    pool_opens_at = item.public_at - timedelta(minutes=policy.lead_minutes)
+    opens_at = pool_opens_at(item.public_at, policy)
     for number, old in current.items():
         if number not in incoming:
             old.status = "withdrawn"
@@ -247,7 +247,7 @@ async def _upsert_slots(
         slot.starts_at = new.starts_at
         slot.ends_at = new.ends_at
         slot.public_at = item.public_at
-        slot.pool_opens_at = pool_opens_at
+        slot.pool_opens_at = opens_at
     await session.flush()
 
 
@@ -310,10 +310,14 @@ async def _reserve(
     return selection
 
 
+def pool_opens_at(public_at: datetime, policy: Policy) -> datetime:
+    """R5: the pool opens the policy's lead time (at least a day) before the public release."""
+    return public_at - timedelta(minutes=policy.lead_minutes)
+
+
 def _lead_shortfall(item: SessionIn, policy: Policy, now: datetime) -> tuple[int, int] | None:
     """R5: a push that arrives after the pool should have opened gives the pool less lead."""
-    pool_opens_at = item.public_at - timedelta(minutes=policy.lead_minutes)
-    if now <= pool_opens_at:
+    if now <= pool_opens_at(item.public_at, policy):
         return None
     actual = max(0, int((item.public_at - now).total_seconds() // 60))
     return policy.lead_minutes, actual
