@@ -30,7 +30,7 @@ async def publish_policy(
     """Publish the next version of a policy code."""
     actor = actor_for(request, state, caller)
     policy = await state.db.run(
-        lambda s: service.publish_policy(session=s, actor=actor, fields=body.model_dump(mode="json"))
+        lambda s: service.publish_policy(session=s, actor=actor, fields=body.model_dump())
     )
     return PolicyOut(**service.policy_out(policy))
 
