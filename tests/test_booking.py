@@ -305,3 +305,28 @@ def datetime_of(value):
 
 def world_db(world):
     return world.db
+
+
+async def test_r7_search_applies_the_policy_of_the_service_date(client, world, clock, open_pool):
+    """A new version narrowing the scope from 9 March hides the 10 March slots it no longer admits."""
+    from service.policy.presets import DEFAULT_NO_SHOW
+    from tests.factories import TEST_POLICY
+
+    narrower = TEST_POLICY | {
+        "effective_from": "2026-03-09",
+        "scope": "jurisdiction",
+        "no_show_rule": DEFAULT_NO_SHOW,
+    }
+    r = await client.post(
+        "/v1/policies",
+        json={k: str(v) if k in ("ratio", "min_senior_share") else v for k, v in narrower.items()},
+        headers=world.auth("commission"),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["version"] == 2
+    # chc_a is in 瑶海区; the city hospital is in 蜀山区: out of the new jurisdiction.
+    assert await pool_slots(client, world, who="chc_a") == []
+    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
+    assert r.status_code == 403
+    assert r.json()["code"] == "out_of_scope"
+    assert len(await pool_slots(client, world, who="chc_b")) == 2  # 蜀山区 still admitted

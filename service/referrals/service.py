@@ -121,7 +121,11 @@ async def search_bookable_slots(
     after_id: int | None,
     limit: int,
 ) -> tuple[list[BookableSlot], int | None]:
-    """Reserved slots open to the caller right now, in its scope only."""
+    """Reserved slots open to the caller right now, in its scope only.
+
+    A page may hold fewer than ``limit`` items when some slots fall under a policy
+    version that does not admit the caller; ``next_cursor`` still pages on.
+    """
     booker = await session.get(Organisation, caller.org_id)
     assert booker is not None
     allowed = await hospitals_in_scope(session=session, booker=booker, on=local_date(now))
@@ -153,6 +157,18 @@ async def search_bookable_slots(
     if after_id is not None:
         stmt = stmt.where(Slot.id > after_id)
     rows = (await session.execute(stmt)).all()
+    next_cursor = rows[limit - 1][0].id if len(rows) > limit else None
+    # The hospital list used today's policy; each slot answers to its service date's, as booking does.
+    verdicts: dict[tuple[int, date], bool] = {}
+    bookable = []
+    for row in rows[:limit]:
+        cs, hosp = row[1], row[4]
+        key = (hosp.id, cs.service_date)
+        if key not in verdicts:
+            policy = await policy_in_force(session=session, hospital_id=hosp.id, on=cs.service_date)
+            verdicts[key] = await admits(session=session, policy=policy, hospital=hosp, booker=booker)
+        if verdicts[key]:
+            bookable.append(row)
     items = [
         BookableSlot(
             slot_id=slot.id,
@@ -167,9 +183,8 @@ async def search_bookable_slots(
             pool_opens_at=slot.pool_opens_at,
             public_at=slot.public_at,
         )
-        for slot, cs, dept, doc, hosp in rows[:limit]
+        for slot, cs, dept, doc, hosp in bookable
     ]
-    next_cursor = items[-1].slot_id if len(rows) > limit else None
     return items, next_cursor
 
 
