@@ -153,3 +153,20 @@ async def test_migrations_downgrade_and_upgrade_cleanly(database_url):
         conn = await asyncpg.connect(admin)
         await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body_or_params"),
+    [
+        ("POST", "/v1/referrals", {"json": {"slot_id": 2**70}}),
+        ("GET", "/v1/pool/slots", {"params": {"hospital_id": 2**70}}),
+        ("GET", "/v1/pool/slots", {"params": {"cursor": -1}}),
+        ("PUT", f"/v1/hospitals/{2**70}/policy", {"json": {"policy_code": "fuzhou"}}),
+        ("GET", "/v1/shortfalls", {"params": {"hospital_id": 0}}),
+    ],
+)
+async def test_ids_outside_bigint_are_a_422_not_a_500(client, world, method, path, body_or_params):
+    who = {"/v1/referrals": "chc_a", "/v1/pool/slots": "chc_a"}.get(path, "commission")
+    r = await client.request(method, path, headers=world.auth(who), **body_or_params)
+    assert r.status_code == 422
+    assert r.json()["code"] == "invalid_request"

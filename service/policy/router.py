@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from service.context import Caller
 from service.deps import State, actor_for, authenticate, require
+from service.ids import PathId
 from service.policy import service
 from service.policy.schemas import PolicyIn, PolicyList, PolicyOut
 from service.registry.schemas import PolicyAssignment
@@ -37,7 +38,7 @@ async def publish_policy(
 
 @router.put("/hospitals/{hospital_id}/policy", status_code=204)
 async def assign_policy(
-    hospital_id: int,
+    hospital_id: PathId,
     body: PolicyAssignment,
     request: Request,
     state: State,

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.context import Caller
 from service.deps import State, actor_for, require
 from service.errors import Problem
+from service.ids import MAX_ID, QueryId
 from service.metrics import BOOKINGS
 from service.referrals import service
 from service.referrals.schemas import (
@@ -33,11 +34,13 @@ async def search_slots(
     request: Request,
     state: State,
     caller: Primary,
-    hospital_id: int | None = None,
-    department_id: int | None = None,
+    hospital_id: QueryId = None,
+    department_id: QueryId = None,
     service_date: date | None = None,
     title: Literal["chief", "associate_chief", "attending", "resident"] | None = None,
-    cursor: Annotated[int | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        int | None, Query(gt=0, le=MAX_ID, description="next_cursor of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> BookableSlotList:
     """Reserved slots the caller may book right now (its scope only, window open, not started)."""

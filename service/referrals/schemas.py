@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
+from service.ids import DbId
+
 Icd10 = Annotated[
     str,
     StringConstraints(strip_whitespace=True, to_upper=True, pattern=r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,4})?$"),
@@ -28,7 +30,7 @@ class Consultation(BaseModel):
 
 
 class BookingIn(BaseModel):
-    slot_id: int
+    slot_id: DbId
     referring_doctor_code: str = Field(
         min_length=1,
         max_length=64,

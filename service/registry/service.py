@@ -24,9 +24,15 @@ ROLE_ORG_KINDS = {
 async def upsert_regions(*, session: AsyncSession, regions: list[RegionIn]) -> int:
     """Insert or rename divisions; parents first, so a batch may hold a whole hierarchy."""
     order = {"province": 0, "city": 1, "county": 2}
+    in_batch = {r.code for r in regions}
     for region in sorted(regions, key=lambda r: order[r.level]):
-        if region.parent_code is None and region.level != "province":
-            raise Unprocessable("region_parent_missing", f"Region {region.code} needs a parent.")
+        parent = region.parent_code
+        if region.level != "province" and (
+            parent is None or (parent not in in_batch and await session.get(Region, parent) is None)
+        ):
+            raise Unprocessable(
+                "region_parent_missing", f"Region {region.code} needs an existing parent division."
+            )
         stmt = insert(Region).values(**region.model_dump())
         await session.execute(
             stmt.on_conflict_do_update(
@@ -85,7 +91,7 @@ async def create_alliance(*, session: AsyncSession, alliance: AllianceIn) -> All
     row = Alliance(name=alliance.name, lead_hospital_id=lead.id)
     session.add(row)
     await session.flush()
-    for code in alliance.member_codes:
+    for code in dict.fromkeys(alliance.member_codes):  # listed twice is still one member
         member = await org_by_code(session, code)
         session.add(AllianceMember(alliance_id=row.id, organisation_id=member.id))
     await session.flush()

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.context import Caller
 from service.deps import State, actor_for, require
+from service.ids import QueryId
 from service.regions import covers
 from service.registry.models import Organisation
 from service.slots import service
@@ -82,7 +83,7 @@ async def region_shortfalls(
     caller: Annotated[Caller, Depends(require("commission"))],
     date_from: date | None = None,
     date_to: date | None = None,
-    hospital_id: Annotated[int | None, Query()] = None,
+    hospital_id: QueryId = None,
 ) -> ShortfallList:
     """Unmet rules of every hospital in the commission's region."""
     async with state.db.sessionmaker() as session:
