@@ -170,3 +170,32 @@ async def test_ids_outside_bigint_are_a_422_not_a_500(client, world, method, pat
     r = await client.request(method, path, headers=world.auth(who), **body_or_params)
     assert r.status_code == 422
     assert r.json()["code"] == "invalid_request"
+
+
+async def test_nul_characters_anywhere_are_a_422(client, world):
+    from datetime import date
+
+    from tests.factories import contract_row, session_item
+
+    item = session_item("S1", date(2026, 3, 10), slots=2)
+    item["doctor"]["name"] = "王\x00"
+    r = await client.post(
+        "/v1/hospital/sessions", json={"sessions": [item]}, headers=world.auth("city_hospital")
+    )
+    assert r.status_code == 422
+    assert r.json()["code"] == "invalid_request"
+    row = contract_row(1, name="张\x00")
+    r = await client.post("/v1/contracts/sync", json={"contracts": [row]}, headers=world.auth("platform"))
+    assert r.status_code == 422
+
+
+async def test_push_version_beyond_bigint_is_a_422(client, world):
+    from datetime import date
+
+    from tests.factories import session_item
+
+    item = session_item("S1", date(2026, 3, 10), slots=2, version=2**63)
+    r = await client.post(
+        "/v1/hospital/sessions", json={"sessions": [item]}, headers=world.auth("city_hospital")
+    )
+    assert r.status_code == 422

@@ -6,26 +6,29 @@ from datetime import date
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from service.policy.models import MIN_LEAD_MINUTES
+from service.schemas import ApiModel
 
 
-class NoShowRule(BaseModel):
-    max_no_shows: int = Field(ge=1)
-    window_days: int = Field(ge=1)
-    bar_days: int = Field(ge=1)
+class NoShowRule(ApiModel):
+    max_no_shows: int = Field(ge=1, le=1000)
+    window_days: int = Field(ge=1, le=3650)
+    bar_days: int = Field(ge=1, le=3650)
     text: str = Field(min_length=1, max_length=500)
 
 
-class PolicyIn(BaseModel):
+class PolicyIn(ApiModel):
     code: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
     name: str = Field(min_length=1, max_length=200)
     effective_from: date
     ratio: Decimal = Field(gt=0, le=1, max_digits=5, decimal_places=4)
     ratio_base: Literal["all_outpatient", "expert"]
     min_senior_share: Decimal = Field(ge=0, le=1, max_digits=5, decimal_places=4)
-    lead_minutes: int = Field(ge=MIN_LEAD_MINUTES, description="R5: at least 1440 (one day).")
+    lead_minutes: int = Field(
+        ge=MIN_LEAD_MINUTES, le=90 * 24 * 60, description="R5: at least 1440 (one day)."
+    )
     scope: Literal["city", "jurisdiction", "by_tier", "alliance", "lower_tier"]
     disease_prefixes: list[str] = Field(min_length=1, max_length=500)
     preferred_specialties: list[str] = Field(default_factory=list, max_length=100)
@@ -41,5 +44,5 @@ class PolicyOut(PolicyIn):
     version: int
 
 
-class PolicyList(BaseModel):
+class PolicyList(ApiModel):
     items: list[PolicyOut]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, Field, StringConstraints
 
 from service.ids import DbId
+from service.schemas import ApiModel
 
 Icd10 = Annotated[
     str,
@@ -15,21 +16,21 @@ Icd10 = Annotated[
 ]
 
 
-class ResidentRef(BaseModel):
+class ResidentRef(ApiModel):
     id_number: str = Field(
         min_length=15, max_length=20, description="18-character resident ID (real name, R8)."
     )
     name: str = Field(min_length=1, max_length=100)
 
 
-class Consultation(BaseModel):
+class Consultation(ApiModel):
     encounter_id: str = Field(
         min_length=1, max_length=64, description="The visit the referral comes from (R9)."
     )
     encountered_at: AwareDatetime
 
 
-class BookingIn(BaseModel):
+class BookingIn(ApiModel):
     slot_id: DbId
     referring_doctor_code: str = Field(
         min_length=1,
@@ -41,17 +42,17 @@ class BookingIn(BaseModel):
     diagnoses: list[Icd10] = Field(min_length=1, max_length=10, description="ICD-10 codes (R10).")
 
 
-class CancelIn(BaseModel):
+class CancelIn(ApiModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
-class HotlineCancelIn(BaseModel):
+class HotlineCancelIn(ApiModel):
     reference: str = Field(min_length=1, max_length=20)
     verification_code: str = Field(pattern=r"^[0-9]{6}$")
     reason: str = Field(min_length=1, max_length=500)
 
 
-class SlotOut(BaseModel):
+class SlotOut(ApiModel):
     id: int
     number: int
     external_id: str | None
@@ -59,19 +60,19 @@ class SlotOut(BaseModel):
     ends_at: datetime
 
 
-class NamedRef(BaseModel):
+class NamedRef(ApiModel):
     id: int
     code: str
     name: str
 
 
-class DoctorOut(BaseModel):
+class DoctorOut(ApiModel):
     code: str
     name: str
     title: str
 
 
-class Notice(BaseModel):
+class Notice(ApiModel):
     """What the family doctor tells the patient after booking (R11)."""
 
     hospital: str
@@ -89,7 +90,7 @@ class Notice(BaseModel):
     no_show_rule: str
 
 
-class ReferralOut(BaseModel):
+class ReferralOut(ApiModel):
     reference: str
     status: Literal["booked", "cancelled"]
     channel: Literal["referral_pool"] = "referral_pool"
@@ -119,11 +120,11 @@ class ReferralOut(BaseModel):
     policy: str
 
 
-class ReferralList(BaseModel):
+class ReferralList(ApiModel):
     items: list[ReferralOut]
 
 
-class BookableSlot(BaseModel):
+class BookableSlot(ApiModel):
     slot_id: int
     number: int
     starts_at: datetime
@@ -137,6 +138,6 @@ class BookableSlot(BaseModel):
     public_at: datetime
 
 
-class BookableSlotList(BaseModel):
+class BookableSlotList(ApiModel):
     items: list[BookableSlot]
     next_cursor: int | None = None

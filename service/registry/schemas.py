@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from service.schemas import ApiModel
 
 
-class RegionIn(BaseModel):
+class RegionIn(ApiModel):
     code: str = Field(pattern=r"^[0-9]{6}$", description="GB/T 2260 code.")
     name: str = Field(min_length=1, max_length=100)
     level: Literal["province", "city", "county"]
     parent_code: str | None = Field(default=None, pattern=r"^[0-9]{6}$")
 
 
-class RegionBatch(BaseModel):
+class RegionBatch(ApiModel):
     regions: list[RegionIn] = Field(min_length=1, max_length=5000)
 
 
-class OrganisationIn(BaseModel):
+class OrganisationIn(ApiModel):
     code: str = Field(
         min_length=1, max_length=64, description="The organisation's own code (e.g. 统一社会信用代码)."
     )
@@ -35,28 +37,28 @@ class OrganisationOut(OrganisationIn):
     id: int
 
 
-class OrganisationList(BaseModel):
+class OrganisationList(ApiModel):
     items: list[OrganisationOut]
 
 
-class AllianceIn(BaseModel):
+class AllianceIn(ApiModel):
     name: str = Field(min_length=1, max_length=200)
     lead_hospital_code: str
     member_codes: list[str] = Field(min_length=1, max_length=1000)
 
 
-class AllianceOut(BaseModel):
+class AllianceOut(ApiModel):
     id: int
     name: str
     lead_hospital_id: int
     member_ids: list[int]
 
 
-class PolicyAssignment(BaseModel):
+class PolicyAssignment(ApiModel):
     policy_code: str = Field(min_length=1, max_length=64)
 
 
-class Me(BaseModel):
+class Me(ApiModel):
     client_id: int
     role: str
     organisation: OrganisationOut

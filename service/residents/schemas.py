@@ -5,24 +5,25 @@ from __future__ import annotations
 from datetime import date
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from service.schemas import ApiModel
 from service.slots.schemas import Title
 
 
-class FamilyDoctorIn(BaseModel):
+class FamilyDoctorIn(ApiModel):
     code: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=100)
     title: Title = "attending"
 
 
-class ResidentIn(BaseModel):
+class ResidentIn(ApiModel):
     id_number: str = Field(min_length=1, max_length=32)
     name: str = Field(min_length=1, max_length=100)
     phone: str | None = Field(default=None, max_length=20)
 
 
-class ContractIn(BaseModel):
+class ContractIn(ApiModel):
     contract_no: str = Field(min_length=1, max_length=64)
     institution_code: str = Field(min_length=1, max_length=64)
     family_doctor: FamilyDoctorIn
@@ -31,16 +32,16 @@ class ContractIn(BaseModel):
     ends_on: date
 
 
-class ContractSync(BaseModel):
+class ContractSync(ApiModel):
     contracts: list[ContractIn] = Field(min_length=1, max_length=5000)
 
 
-class RowError(BaseModel):
+class RowError(ApiModel):
     code: str
     detail: str
 
 
-class ContractResult(BaseModel):
+class ContractResult(ApiModel):
     index: int
     contract_no: str
     result: Literal["created", "updated", "rejected"]
@@ -48,7 +49,7 @@ class ContractResult(BaseModel):
     errors: list[RowError] = Field(default_factory=list)
 
 
-class ContractSyncResult(BaseModel):
+class ContractSyncResult(ApiModel):
     created: int
     updated: int
     rejected: int

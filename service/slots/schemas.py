@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, Field
+
+from service.ids import MAX_ID
+from service.schemas import ApiModel
 
 Title = Literal["chief", "associate_chief", "attending", "resident"]
 Period = Literal["morning", "afternoon", "evening"]
 
 
-class DepartmentIn(BaseModel):
+class DepartmentIn(ApiModel):
     code: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=200)
     specialty: str | None = Field(
@@ -21,14 +24,14 @@ class DepartmentIn(BaseModel):
     )
 
 
-class DoctorIn(BaseModel):
+class DoctorIn(ApiModel):
     code: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=100)
     title: Title
 
 
-class SlotIn(BaseModel):
-    number: int = Field(gt=0, description="The slot's number within the session (号序).")
+class SlotIn(ApiModel):
+    number: int = Field(gt=0, le=10_000, description="The slot's number within the session (号序).")
     external_id: str | None = Field(default=None, max_length=64)
     starts_at: AwareDatetime
     ends_at: AwareDatetime
@@ -38,9 +41,9 @@ class SlotIn(BaseModel):
     )
 
 
-class SessionIn(BaseModel):
+class SessionIn(ApiModel):
     external_id: str = Field(min_length=1, max_length=64, description="The HIS's session ID.")
-    version: int = Field(ge=0, description="Monotonic per session; older versions are ignored.")
+    version: int = Field(ge=0, le=MAX_ID, description="Monotonic per session; older versions are ignored.")
     department: DepartmentIn
     doctor: DoctorIn
     service_date: date
@@ -51,17 +54,17 @@ class SessionIn(BaseModel):
     slots: list[SlotIn] = Field(default_factory=list, max_length=500)
 
 
-class SessionPush(BaseModel):
+class SessionPush(ApiModel):
     sessions: list[SessionIn] = Field(min_length=1, max_length=1000)
 
 
-class ItemError(BaseModel):
+class ItemError(ApiModel):
     code: str
     detail: str
     slot_number: int | None = None
 
 
-class ShortfallOut(BaseModel):
+class ShortfallOut(ApiModel):
     department_code: str
     service_date: date
     kind: Literal["ratio", "senior_share", "lead_time"]
@@ -69,7 +72,7 @@ class ShortfallOut(BaseModel):
     actual: int
 
 
-class SessionResult(BaseModel):
+class SessionResult(ApiModel):
     external_id: str
     result: Literal["created", "updated", "unchanged", "stale", "withdrawn", "rejected"]
     version: int
@@ -83,11 +86,11 @@ class SessionResult(BaseModel):
     shortfalls: list[ShortfallOut] = Field(default_factory=list)
 
 
-class PushResult(BaseModel):
+class PushResult(ApiModel):
     results: list[SessionResult]
 
 
-class ShortfallRow(BaseModel):
+class ShortfallRow(ApiModel):
     hospital_id: int
     department_code: str
     department_name: str
@@ -100,5 +103,5 @@ class ShortfallRow(BaseModel):
     recorded_at: datetime
 
 
-class ShortfallList(BaseModel):
+class ShortfallList(ApiModel):
     items: list[ShortfallRow]
