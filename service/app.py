@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import unquote
 
 import structlog
 from fastapi import FastAPI, Request, Response
@@ -94,6 +95,11 @@ def create_app(
         incoming = request.headers.get("x-request-id", "")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         request.state.request_id = request_id
+        if "\x00" in request.url.path or "\x00" in unquote(request.url.query):
+            # Bodies are checked by ApiModel; paths and query strings are checked here.
+            return problem_response(
+                422, "invalid_request", "NUL characters are not allowed in the URL.", request
+            )
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         try:

@@ -199,3 +199,10 @@ async def test_push_version_beyond_bigint_is_a_422(client, world):
         "/v1/hospital/sessions", json={"sessions": [item]}, headers=world.auth("city_hospital")
     )
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/v1/referrals?department_code=%00", "/v1/referrals/R%00"])
+async def test_nul_in_the_url_is_a_422(client, world, path):
+    r = await client.get(path, headers=world.auth("city_hospital"))
+    assert r.status_code == 422
+    assert r.json()["code"] == "invalid_request"

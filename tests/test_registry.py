@@ -63,3 +63,15 @@ async def test_duplicate_organisation_code_is_a_409(client, world):
     r = await client.post("/v1/organisations", json=body, headers=world.auth("commission"))
     assert r.status_code == 409
     assert r.json()["code"] == "organisation_exists"
+
+
+async def test_province_with_unknown_parent_is_refused(client, world):
+    r = await client.post(
+        "/v1/regions",
+        json={
+            "regions": [{"code": "350000", "name": "福建省", "level": "province", "parent_code": "990000"}]
+        },
+        headers=world.auth("commission"),
+    )
+    assert r.status_code == 422
+    assert r.json()["code"] == "region_parent_missing"

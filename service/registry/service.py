@@ -27,9 +27,8 @@ async def upsert_regions(*, session: AsyncSession, regions: list[RegionIn]) -> i
     in_batch = {r.code for r in regions}
     for region in sorted(regions, key=lambda r: order[r.level]):
         parent = region.parent_code
-        if region.level != "province" and (
-            parent is None or (parent not in in_batch and await session.get(Region, parent) is None)
-        ):
+        missing = parent is not None and parent not in in_batch and await session.get(Region, parent) is None
+        if missing or (parent is None and region.level != "province"):
             raise Unprocessable(
                 "region_parent_missing", f"Region {region.code} needs an existing parent division."
             )
