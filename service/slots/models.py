@@ -49,6 +49,7 @@ class ClinicSession(Base):
     period: Mapped[str] = mapped_column(String(10))
     status: Mapped[str] = mapped_column(String(10))
     withdrawn_reason: Mapped[str | None] = mapped_column(Text)
+    location: Mapped[str | None] = mapped_column(String(100))
     policy_id: Mapped[int | None] = mapped_column(ForeignKey("policies.id"))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

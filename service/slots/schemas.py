@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, StringConstraints
 
 from service.ids import MAX_ID
 from service.schemas import ApiModel
 
 Title = Literal["chief", "associate_chief", "attending", "resident"]
 Period = Literal["morning", "afternoon", "evening"]
+Location = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 
 class DepartmentIn(ApiModel):
@@ -51,6 +52,10 @@ class SessionIn(ApiModel):
     public_at: AwareDatetime = Field(description="The hospital's normal public release instant.")
     status: Literal["active", "withdrawn"] = "active"
     withdrawn_reason: str | None = Field(default=None, max_length=500)
+    location: Location | None = Field(
+        default=None,
+        description="Where the patient goes, e.g. 门诊楼3层B区; printed on the referral slip (R11).",
+    )
     slots: list[SlotIn] = Field(default_factory=list, max_length=500)
 
 

@@ -179,6 +179,7 @@ async def _apply_session(
     existing.period = item.period
     existing.status = item.status
     existing.withdrawn_reason = item.withdrawn_reason if item.status == "withdrawn" else None
+    existing.location = item.location
     existing.policy_id = policy.id
     existing.updated_at = actor.now
     await session.flush()
