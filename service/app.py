@@ -29,6 +29,7 @@ from service.policy.router import router as policy_router
 from service.referrals.router import router as referrals_router
 from service.registry.router import router as registry_router
 from service.residents.router import router as residents_router
+from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
 
 log = structlog.get_logger("slotpool.http")
@@ -143,4 +144,5 @@ def create_app(
 
     for router in (registry_router, policy_router, residents_router, slots_router, referrals_router):
         app.include_router(router)
+    app.include_router(slip_router)
     return app

@@ -1,0 +1,1 @@
+"""The printable referral slip and the patient notice (R11)."""

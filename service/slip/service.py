@@ -1,0 +1,153 @@
+"""Building the patient notice and its SMS text from a referral the caller may see (R11, R15)."""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.audit.service import record
+from service.clock import SHANGHAI
+from service.context import Actor, Caller
+from service.crypto import Crypto
+from service.referrals.models import Referral
+from service.referrals.schemas import Notice, ReferralOut
+from service.referrals.service import get_referral
+from service.slip.schemas import PatientNotice, SmsOut
+from service.slots.models import ClinicSession
+
+TITLES_ZH = {
+    "chief": "主任医师",
+    "associate_chief": "副主任医师",
+    "attending": "主治医师",
+    "resident": "住院医师",
+}
+PERIODS_ZH = {"morning": "上午", "afternoon": "下午", "evening": "晚间"}
+WEEKDAYS_ZH = "一二三四五六日"
+
+# Two concatenated UCS-2 segments hold 2 × 67 = 134 characters. The sending app's gateway
+# prepends its own signature (【…】, required by Chinese carriers); 14 characters are left for it.
+SMS_SEGMENT_ALONE = 70
+SMS_SEGMENT_CONCATENATED = 67
+SMS_SIGNATURE_ALLOWANCE = 14
+SMS_MAX_CHARACTERS = 2 * SMS_SEGMENT_CONCATENATED - SMS_SIGNATURE_ALLOWANCE
+
+
+def zh_date(day: date) -> str:
+    return f"{day.month}月{day.day}日（周{WEEKDAYS_ZH[day.weekday()]}）"
+
+
+def zh_instant(when: datetime) -> str:
+    local = when.astimezone(SHANGHAI)
+    return f"{local.month}月{local.day}日{local:%H:%M}"
+
+
+def sms_units(text: str) -> int:
+    """Carriers count UCS-2 code units: a character outside the BMP costs two."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def sms_out(text: str) -> SmsOut:
+    units = sms_units(text)
+    segments = 1 if units <= SMS_SEGMENT_ALONE else math.ceil(units / SMS_SEGMENT_CONCATENATED)
+    return SmsOut(text=text, characters=units, segments=segments)
+
+
+def _shorten(name: str, units: int) -> str:
+    """``name`` cut to at most ``units`` code units, marked with an ellipsis when cut."""
+    if sms_units(name) <= units:
+        return name
+    kept = ""
+    for char in name:
+        if sms_units(kept + char) > units - 1:
+            break
+        kept += char
+    return kept + "…"
+
+
+def sms_text(
+    notice: Notice,
+    *,
+    status: str,
+    location: str | None,
+    verification_code: str | None,
+    limit: int = SMS_MAX_CHARACTERS,
+) -> str:
+    """Short Chinese SMS text: hospital, department, date, time band, reference, how to cancel.
+
+    Optional parts (location, then doctor) are dropped when they do not fit; if the
+    rest still does not fit, the hospital and department names are shortened.
+    """
+    when = f"{zh_date(notice.service_date)}{PERIODS_ZH.get(notice.period, '')}{notice.time_band}"
+
+    def compose(hospital: str, department: str, doctor: bool, place: bool) -> str:
+        if status == "cancelled":
+            return (
+                f"您在{hospital}{department}{when}的转诊预约（编号{notice.reference}）已取消。"
+                "如需重新预约，请联系您的家庭医生。"
+            )
+        who = f"{notice.doctor}{TITLES_ZH.get(notice.doctor_title, '')}" if doctor else ""
+        code = f"，验证码{verification_code}" if verification_code else ""
+        where = f"地点：{location}。" if place and location else ""
+        return (
+            f"您已预约{hospital}{department}{who}，{when}，{notice.slot_number}号，"
+            f"转诊编号{notice.reference}{code}。{where}请带身份证和转诊单就诊。"
+            f"如需取消，请于{zh_instant(notice.cancel_deadline)}前拨打{notice.cancel_hotline}。"
+        )
+
+    for doctor, place in ((True, True), (False, True), (False, False)):
+        text = compose(notice.hospital, notice.department, doctor, place)
+        if sms_units(text) <= limit:
+            return text
+    # The names are all that is left to give: split what remains between them, hospital first.
+    spare = limit - sms_units(compose("", "", False, False))
+    hospital = _shorten(notice.hospital, max(spare - min(sms_units(notice.department), spare // 3), 4))
+    department = _shorten(notice.department, max(spare - sms_units(hospital), 2))
+    return compose(hospital, department, False, False)
+
+
+async def patient_notice(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    caller: Caller,
+    crypto: Crypto,
+    reference: str,
+    purpose: Literal["slip", "notice"],
+) -> PatientNotice:
+    """The notice of a referral the caller may see (404 otherwise); the read is audited (R15)."""
+    out: ReferralOut = await get_referral(session=session, caller=caller, crypto=crypto, reference=reference)
+    referral = await session.scalar(select(Referral).where(Referral.reference == reference))
+    assert referral is not None
+    clinic_session = await session.get(ClinicSession, referral.session_id)
+    assert clinic_session is not None
+    # The hotline asks for this code (R12): the patient gets it from the referring institution only,
+    # and a cancelled referral has nothing left to cancel.
+    code = out.verification_code if out.status == "booked" else None
+    await record(
+        session=session,
+        actor=actor,
+        action=f"referral.{purpose}_read",
+        hospital_id=referral.hospital_id,
+        resident_id=referral.resident_id,
+        referral_id=referral.id,
+        detail={"status": out.status, "verification_code_shown": code is not None},
+    )
+    return PatientNotice(
+        reference=out.reference,
+        status=out.status,
+        notice=out.notice,
+        location=clinic_session.location,
+        resident_name_masked=out.resident_name_masked,
+        resident_id_masked=out.resident_id_masked,
+        verification_code=code,
+        referring_institution=out.referring_institution.name,
+        referring_doctor=out.referring_doctor.name,
+        cancelled_at=out.cancelled_at,
+        sms=sms_out(
+            sms_text(out.notice, status=out.status, location=clinic_session.location, verification_code=code)
+        ),
+    )
