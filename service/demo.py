@@ -328,7 +328,7 @@ async def _push_day(
     session: AsyncSession, crypto: Crypto, now: datetime, hospital: DemoHospital, day: date
 ) -> None:
     org = await org_by_code(session, hospital.org.code)
-    policy = await policy_in_force(session=session, hospital_id=org.id, on=day)
+    policy = await policy_in_force(session=session, hospital_id=org.id, on=day, kind="outpatient")
     public_at = local_datetime(day - timedelta(days=RELEASE_DAYS_AHEAD), RELEASE_HOUR)
     pool_opens_at = public_at - timedelta(minutes=policy.lead_minutes)
     actor = Actor.system("demo", now=min(now, pool_opens_at - PUSH_AHEAD))

@@ -220,7 +220,14 @@ def test_schemas_reject_drift():
         "type": "slots.returned",
         "timestamp": "2026-03-03T08:01:00+08:00",
         "data": {
-            "session": {"external_id": "S1", "service_date": "2026-03-10", "period": "morning"},
+            "session": {
+                "external_id": "S1",
+                "service_date": "2026-03-10",
+                "period": "morning",
+                "resource_kind": "outpatient",
+                "modality": None,
+                "ward": None,
+            },
             "department": {"code": "CARD", "name": "心血管内科"},
             "public_at": "2026-03-03T00:00:00+00:00",
             "slots": [
@@ -243,6 +250,8 @@ def test_schemas_reject_drift():
         lambda p: p["data"]["slots"][0].update(starts_at="2026-03-10T08:00:00"),  # no offset
         lambda p: p["data"]["session"].update(service_date="2026-02-30"),
         lambda p: p.update(type="referral.booked"),
+        lambda p: p["data"]["session"].update(modality="CT"),  # an outpatient session has no modality
+        lambda p: p["data"]["session"].update(resource_kind="bed"),  # a bed session names its ward
     ):
         copy = _json(payload)
         mutate(copy)

@@ -119,6 +119,7 @@ async def test_r5_late_push_records_a_lead_time_shortfall(client, world, clock):
         {
             "department_code": "CARD",
             "service_date": DAY.isoformat(),
+            "resource_kind": "outpatient",
             "kind": "lead_time",
             "required": 1440,
             "actual": 180,
@@ -210,7 +211,7 @@ async def test_push_without_policy_is_rejected_per_item(client, world, db):
     from service.policy.models import HospitalPolicy
 
     async def unassign(session):
-        await session.delete(await session.get(HospitalPolicy, world.ids["city_hospital"]))
+        await session.delete(await session.get(HospitalPolicy, (world.ids["city_hospital"], "outpatient")))
 
     await db.run(unassign)
     [result] = await push(client, world, [session_item("S1", DAY)])

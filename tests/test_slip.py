@@ -268,12 +268,23 @@ async def test_r11_cancelled_notice_tells_the_patient(client, world, referral):
     assert referral["reference"] in r.json()["sms"]["text"]
 
 
-def _notice(hospital: str, department: str, doctor: str = "王医生") -> Notice:
+def _notice(
+    hospital: str,
+    department: str,
+    doctor: str | None = "王医生",
+    *,
+    kind: str = "outpatient",
+    modality: str | None = None,
+    ward: str | None = None,
+) -> Notice:
     return Notice(
         hospital=hospital,
         department=department,
+        resource_kind=kind,
+        modality=modality,
+        ward=ward,
         doctor=doctor,
-        doctor_title="associate_chief",
+        doctor_title="associate_chief" if doctor else None,
         service_date=DAY,
         period="morning",
         time_band="08:00-08:15",

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base
+from service.resources import RESOURCE_KINDS, sql_list
 
 RATIO_BASES = ("all_outpatient", "expert")
 SCOPES = ("city", "jurisdiction", "by_tier", "alliance", "lower_tier")
@@ -45,12 +46,20 @@ class Policy(Base):
         ),
         CheckConstraint("consultation_max_age_hours > 0", name="consultation_window"),
         CheckConstraint("cancel_cutoff_minutes >= 0", name="cancel_cutoff"),
+        CheckConstraint(f"resource_kind IN {sql_list(RESOURCE_KINDS)}", name="resource_kind"),
+        # R2 and R4 are about doctors' titles: only outpatient policies measure them.
+        CheckConstraint(
+            "resource_kind = 'outpatient' OR (ratio_base = 'all_outpatient' AND min_senior_share = 0)",
+            name="kind_rules",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     code: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(200))
+    # R18: which kind of slot this policy governs; one code keeps one kind across its versions.
+    resource_kind: Mapped[str] = mapped_column(String(12), server_default="outpatient")
     effective_from: Mapped[date] = mapped_column(Date)
     ratio: Mapped[Decimal] = mapped_column(Numeric(5, 4))
     ratio_base: Mapped[str] = mapped_column(String(20))
@@ -70,10 +79,12 @@ class Policy(Base):
 
 
 class HospitalPolicy(Base):
-    """Which policy (by code) governs a hospital's pool."""
+    """Which policy (by code) governs a hospital's pool of one resource kind."""
 
     __tablename__ = "hospital_policies"
+    __table_args__ = (CheckConstraint(f"resource_kind IN {sql_list(RESOURCE_KINDS)}", name="resource_kind"),)
 
     hospital_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"), primary_key=True)
+    resource_kind: Mapped[str] = mapped_column(String(12), primary_key=True, server_default="outpatient")
     policy_code: Mapped[str] = mapped_column(String(64))
     assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -36,6 +36,7 @@ def _preset(code: str, name: str, source: str, **rules: Any) -> dict[str, Any]:
         "code": code,
         "version": 1,
         "name": name,
+        "resource_kind": "outpatient",
         "effective_from": date(2024, 1, 1),
         "ratio": Decimal("0.20"),
         "ratio_base": "all_outpatient",

@@ -6,9 +6,10 @@ from datetime import date
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from service.policy.models import MIN_LEAD_MINUTES
+from service.resources import ResourceKind
 from service.schemas import ApiModel
 
 
@@ -22,10 +23,24 @@ class NoShowRule(ApiModel):
 class PolicyIn(ApiModel):
     code: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
     name: str = Field(min_length=1, max_length=200)
+    resource_kind: ResourceKind = Field(
+        default="outpatient",
+        description="The kind of slot this policy governs (R18). A code keeps its kind across versions; "
+        "a hospital holds one policy per kind.",
+    )
     effective_from: date
     ratio: Decimal = Field(gt=0, le=1, max_digits=5, decimal_places=4)
-    ratio_base: Literal["all_outpatient", "expert"]
-    min_senior_share: Decimal = Field(ge=0, le=1, max_digits=5, decimal_places=4)
+    ratio_base: Literal["all_outpatient", "expert"] = Field(
+        description="all_outpatient: every slot of the policy's kind is the base; "
+        "expert: senior doctors' slots only (R2, outpatient policies only)."
+    )
+    min_senior_share: Decimal = Field(
+        ge=0,
+        le=1,
+        max_digits=5,
+        decimal_places=4,
+        description="R4; must be 0 for examination and bed policies.",
+    )
     lead_minutes: int = Field(
         ge=MIN_LEAD_MINUTES, le=90 * 24 * 60, description="R5: at least 1440 (one day)."
     )
@@ -37,6 +52,15 @@ class PolicyIn(ApiModel):
     cancel_hotline: str = Field(min_length=3, max_length=40)
     no_show_rule: NoShowRule
     source: str = ""
+
+    @model_validator(mode="after")
+    def _title_rules_are_outpatient_only(self) -> PolicyIn:
+        # R2 and R4 count doctors' titles; an examination block or a ward has none to count.
+        if self.resource_kind != "outpatient" and (
+            self.ratio_base != "all_outpatient" or self.min_senior_share
+        ):
+            raise ValueError("ratio_base 'expert' and a senior share apply to outpatient policies only")
+        return self
 
 
 class PolicyOut(PolicyIn):

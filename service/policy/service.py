@@ -30,43 +30,68 @@ async def install_presets(*, session: AsyncSession, actor: Actor) -> int:
 
 
 async def publish_policy(*, session: AsyncSession, actor: Actor, fields: dict[str, Any]) -> Policy:
-    """Add the next version of a policy code."""
+    """Add the next version of a policy code; a code keeps the resource kind it was first published with."""
+    fields = {"resource_kind": "outpatient", **fields}
     latest = await session.scalar(select(func.max(Policy.version)).where(Policy.code == fields["code"]))
+    kind = await _kind_of(session, fields["code"])
+    if kind is not None and kind != fields["resource_kind"]:
+        raise Unprocessable(
+            "policy_kind_changed",
+            f"Policy {fields['code']!r} governs {kind} slots; publish another code for another kind.",
+        )
     policy = Policy(**fields, version=(latest or 0) + 1, created_at=actor.now)
     session.add(policy)
     await session.flush()
     return policy
 
 
+async def _kind_of(session: AsyncSession, code: str) -> str | None:
+    return await session.scalar(select(Policy.resource_kind).where(Policy.code == code).limit(1))
+
+
 async def assign_policy(*, session: AsyncSession, actor: Actor, hospital_id: int, policy_code: str) -> None:
+    """Make ``policy_code`` the hospital's policy for the code's own resource kind."""
     hospital = await session.get(Organisation, hospital_id)
     if hospital is None or hospital.kind != "hospital":
         raise NotFound("hospital_not_found", f"No hospital {hospital_id}.")
-    if await session.scalar(select(Policy.id).where(Policy.code == policy_code).limit(1)) is None:
+    kind = await _kind_of(session, policy_code)
+    if kind is None:
         raise Unprocessable("policy_not_found", f"No policy with code {policy_code!r}.")
-    row = await session.get(HospitalPolicy, hospital_id)
+    row = await session.get(HospitalPolicy, (hospital_id, kind))
     if row is None:
-        session.add(HospitalPolicy(hospital_id=hospital_id, policy_code=policy_code, assigned_at=actor.now))
+        session.add(
+            HospitalPolicy(
+                hospital_id=hospital_id, resource_kind=kind, policy_code=policy_code, assigned_at=actor.now
+            )
+        )
     else:
         row.policy_code = policy_code
         row.assigned_at = actor.now
     await session.flush()
 
 
-async def policy_in_force(*, session: AsyncSession, hospital_id: int, on: date) -> Policy:
-    """The version of the hospital's policy in force on ``on`` (latest effective_from <= on)."""
+async def policy_in_force(*, session: AsyncSession, hospital_id: int, on: date, kind: str) -> Policy:
+    """The version of the hospital's ``kind`` policy in force on ``on`` (latest effective_from <= on)."""
     policy = await session.scalar(
         select(Policy)
-        .join(HospitalPolicy, HospitalPolicy.policy_code == Policy.code)
-        .where(HospitalPolicy.hospital_id == hospital_id, Policy.effective_from <= on)
+        .join(
+            HospitalPolicy,
+            (HospitalPolicy.policy_code == Policy.code)
+            & (HospitalPolicy.resource_kind == Policy.resource_kind),
+        )
+        .where(
+            HospitalPolicy.hospital_id == hospital_id,
+            HospitalPolicy.resource_kind == kind,
+            Policy.effective_from <= on,
+        )
         .order_by(Policy.effective_from.desc(), Policy.version.desc())
         .limit(1)
     )
     if policy is None:
         raise Conflict(
             "no_policy",
-            f"Hospital {hospital_id} has no policy in force on {on.isoformat()}; "
-            "the commission must assign one before slots can be pooled.",
+            f"Hospital {hospital_id} has no {kind} policy in force on {on.isoformat()}; "
+            "the commission must assign one before these slots can be pooled.",
         )
     return policy
 
@@ -81,6 +106,7 @@ def policy_out(policy: Policy) -> dict[str, Any]:
         "code": policy.code,
         "version": policy.version,
         "name": policy.name,
+        "resource_kind": policy.resource_kind,
         "effective_from": policy.effective_from,
         "ratio": policy.ratio,
         "ratio_base": policy.ratio_base,

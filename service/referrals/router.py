@@ -23,6 +23,7 @@ from service.referrals.schemas import (
     ReferralList,
     ReferralOut,
 )
+from service.resources import Modality, ResourceKind
 
 router = APIRouter(prefix="/v1", tags=["referrals"])
 Primary = Annotated[Caller, Depends(require("primary"))]
@@ -38,12 +39,17 @@ async def search_slots(
     department_id: QueryId = None,
     service_date: date | None = None,
     title: Literal["chief", "associate_chief", "attending", "resident"] | None = None,
+    resource_kind: ResourceKind | None = None,
+    modality: Modality | None = None,
     cursor: Annotated[
         int | None, Query(gt=0, le=MAX_ID, description="next_cursor of the previous page")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> BookableSlotList:
-    """Reserved slots the caller may book right now (its scope only, window open, not started)."""
+    """Reserved slots the caller may book right now (its scope only, window open, not started).
+
+    Visits, examinations and beds alike (R18); filter with ``resource_kind`` and ``modality``.
+    """
     now = state.clock.now()
     async with state.db.sessionmaker() as session:
         items, next_cursor = await service.search_bookable_slots(
@@ -54,6 +60,8 @@ async def search_slots(
             department_id=department_id,
             service_date=service_date,
             title=title,
+            resource_kind=resource_kind,
+            modality=modality,
             after_id=cursor,
             limit=limit,
         )

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field, StringConstraints
 
 from service.ids import DbId
+from service.resources import Modality, ResourceKind
 from service.schemas import ApiModel
 
 Icd10 = Annotated[
@@ -72,17 +73,25 @@ class DoctorOut(ApiModel):
     title: str
 
 
+class WardOut(ApiModel):
+    code: str
+    name: str
+
+
 class Notice(ApiModel):
     """What the family doctor tells the patient after booking (R11)."""
 
     hospital: str
     department: str
-    doctor: str
-    doctor_title: str
+    resource_kind: ResourceKind
+    modality: Modality | None = Field(description="The examination's modality, e.g. CT.")
+    ward: str | None = Field(description="The ward's name, for a bed.")
+    doctor: str | None = Field(description="Always named for outpatient visits; optional otherwise.")
+    doctor_title: str | None
     service_date: date
     period: str
-    time_band: str
-    slot_number: int
+    time_band: str = Field(description="HH:MM-HH:MM, Beijing time; for a bed, the admission window.")
+    slot_number: int = Field(description="The number (号序); for a bed, the bed number.")
     reference: str
     how_to_cancel: str
     cancel_hotline: str
@@ -101,7 +110,10 @@ class ReferralOut(ApiModel):
     )
     hospital: NamedRef
     department: NamedRef
-    doctor: DoctorOut
+    resource_kind: ResourceKind
+    modality: Modality | None
+    ward: WardOut | None
+    doctor: DoctorOut | None
     slot: SlotOut
     session_external_id: str
     service_date: date
@@ -133,7 +145,10 @@ class BookableSlot(ApiModel):
     period: str
     hospital: NamedRef
     department: NamedRef
-    doctor: DoctorOut
+    resource_kind: ResourceKind
+    modality: Modality | None
+    ward: WardOut | None
+    doctor: DoctorOut | None
     pool_opens_at: datetime
     public_at: datetime
 

@@ -9,7 +9,7 @@ import secrets
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +33,7 @@ from service.referrals.schemas import (
     Notice,
     ReferralOut,
     SlotOut,
+    WardOut,
 )
 from service.regions import city_of, covers, province_of
 from service.registry.models import (
@@ -90,19 +91,27 @@ async def admits(
     return scope_admits(policy.scope, hospital, booker, members)
 
 
-async def hospitals_in_scope(*, session: AsyncSession, booker: Organisation, on: date) -> list[int]:
-    """Every hospital whose pool ``booker`` may book under the policy in force on ``on``."""
-    hospitals = await session.scalars(
-        select(Organisation).join(HospitalPolicy, HospitalPolicy.hospital_id == Organisation.id)
-    )
-    allowed: list[int] = []
-    for hospital in hospitals:
+async def pools_in_scope(*, session: AsyncSession, booker: Organisation, on: date) -> list[tuple[int, str]]:
+    """Every (hospital, resource kind) pool ``booker`` may book under the kind's policy in force on ``on``.
+
+    Each kind has its own policy (R18), hence its own scope: a hospital may open its CT
+    pool city-wide and its outpatient pool to its alliance only.
+    """
+    rows = (
+        await session.execute(
+            select(Organisation, HospitalPolicy.resource_kind)
+            .join(HospitalPolicy, HospitalPolicy.hospital_id == Organisation.id)
+            .order_by(Organisation.id, HospitalPolicy.resource_kind)
+        )
+    ).all()
+    allowed: list[tuple[int, str]] = []
+    for hospital, kind in rows:
         try:
-            policy = await policy_in_force(session=session, hospital_id=hospital.id, on=on)
+            policy = await policy_in_force(session=session, hospital_id=hospital.id, on=on, kind=kind)
         except Problem:
             continue
         if await admits(session=session, policy=policy, hospital=hospital, booker=booker):
-            allowed.append(hospital.id)
+            allowed.append((hospital.id, kind))
     return allowed
 
 
@@ -118,6 +127,8 @@ async def search_bookable_slots(
     department_id: int | None,
     service_date: date | None,
     title: str | None,
+    resource_kind: str | None,
+    modality: str | None,
     after_id: int | None,
     limit: int,
 ) -> tuple[list[BookableSlot], int | None]:
@@ -128,18 +139,22 @@ async def search_bookable_slots(
     """
     booker = await session.get(Organisation, caller.org_id)
     assert booker is not None
-    allowed = await hospitals_in_scope(session=session, booker=booker, on=local_date(now))
-    hospital_ids = [h for h in allowed if hospital_id is None or h == hospital_id]
-    if not hospital_ids:
+    allowed = await pools_in_scope(session=session, booker=booker, on=local_date(now))
+    pools = [
+        (h, kind)
+        for h, kind in allowed
+        if (hospital_id is None or h == hospital_id) and (resource_kind is None or kind == resource_kind)
+    ]
+    if not pools:
         return [], None
     stmt = (
         select(Slot, ClinicSession, Department, Doctor, Organisation)
         .join(ClinicSession, ClinicSession.id == Slot.session_id)
         .join(Department, Department.id == ClinicSession.department_id)
-        .join(Doctor, Doctor.id == ClinicSession.doctor_id)
+        .outerjoin(Doctor, Doctor.id == ClinicSession.doctor_id)  # examinations and beds may have none
         .join(Organisation, Organisation.id == Slot.hospital_id)
         .where(
-            Slot.hospital_id.in_(hospital_ids),
+            tuple_(Slot.hospital_id, Slot.resource_kind).in_(pools),
             Slot.status == "reserved",
             Slot.pool_opens_at <= now,
             Slot.public_at > now,
@@ -154,18 +169,23 @@ async def search_bookable_slots(
         stmt = stmt.where(ClinicSession.service_date == service_date)
     if title is not None:
         stmt = stmt.where(ClinicSession.doctor_title == title)
+    if modality is not None:
+        stmt = stmt.where(ClinicSession.modality == modality)
     if after_id is not None:
         stmt = stmt.where(Slot.id > after_id)
     rows = (await session.execute(stmt)).all()
     next_cursor = rows[limit - 1][0].id if len(rows) > limit else None
-    # The hospital list used today's policy; each slot answers to its service date's, as booking does.
-    verdicts: dict[tuple[int, date], bool] = {}
+    # The pool list used today's policies; each slot answers to its kind's policy on its service date,
+    # as booking does.
+    verdicts: dict[tuple[int, str, date], bool] = {}
     bookable = []
     for row in rows[:limit]:
         cs, hosp = row[1], row[4]
-        key = (hosp.id, cs.service_date)
+        key = (hosp.id, cs.resource_kind, cs.service_date)
         if key not in verdicts:
-            policy = await policy_in_force(session=session, hospital_id=hosp.id, on=cs.service_date)
+            policy = await policy_in_force(
+                session=session, hospital_id=hosp.id, on=cs.service_date, kind=cs.resource_kind
+            )
             verdicts[key] = await admits(session=session, policy=policy, hospital=hosp, booker=booker)
         if verdicts[key]:
             bookable.append(row)
@@ -179,13 +199,26 @@ async def search_bookable_slots(
             period=cs.period,
             hospital=NamedRef(id=hosp.id, code=hosp.code, name=hosp.name),
             department=NamedRef(id=dept.id, code=dept.code, name=dept.name),
-            doctor=DoctorOut(code=doc.code, name=doc.name, title=doc.title),
+            resource_kind=cs.resource_kind,
+            modality=cs.modality,
+            ward=ward_out(cs),
+            doctor=doctor_out(doc),
             pool_opens_at=slot.pool_opens_at,
             public_at=slot.public_at,
         )
         for slot, cs, dept, doc, hosp in bookable
     ]
     return items, next_cursor
+
+
+def doctor_out(doctor: Doctor | None) -> DoctorOut | None:
+    return DoctorOut(code=doctor.code, name=doctor.name, title=doctor.title) if doctor else None
+
+
+def ward_out(cs: ClinicSession) -> WardOut | None:
+    if cs.ward_code is None or cs.ward_name is None:
+        return None
+    return WardOut(code=cs.ward_code, name=cs.ward_name)
 
 
 # --- booking ------------------------------------------------------------------------
@@ -304,7 +337,9 @@ async def book_referral(
     cs = await session.get(ClinicSession, slot.session_id)
     hospital = await session.get(Organisation, slot.hospital_id)
     assert cs is not None and hospital is not None
-    policy = await policy_in_force(session=session, hospital_id=hospital.id, on=cs.service_date)
+    policy = await policy_in_force(
+        session=session, hospital_id=hospital.id, on=cs.service_date, kind=cs.resource_kind
+    )
     if not await admits(session=session, policy=policy, hospital=hospital, booker=booker):
         raise Forbidden(
             "out_of_scope",
@@ -487,11 +522,14 @@ async def emit_slots_returned(*, session: AsyncSession, slots: list[Slot], at: d
             hospital_id=cs.hospital_id,
             event_type="slots.returned",
             data={
-                "session": {
-                    "external_id": cs.external_id,
-                    "service_date": cs.service_date.isoformat(),
-                    "period": cs.period,
-                },
+                "session": session_event_data(
+                    external_id=cs.external_id,
+                    service_date=cs.service_date,
+                    period=cs.period,
+                    resource_kind=cs.resource_kind,
+                    modality=cs.modality,
+                    ward=ward_out(cs),
+                ),
                 "department": {"code": dept.code, "name": dept.name},
                 "public_at": instant(group[0].public_at),
                 "slots": [
@@ -655,8 +693,8 @@ async def referral_out(
     resident = await session.get(Resident, referral.resident_id)
     policy = await session.get(Policy, referral.policy_id)
     assert slot and cs and hospital and dept and booker and referring and resident and policy
-    doctor = await session.get(Doctor, cs.doctor_id)
-    assert doctor is not None
+    doctor = await session.get(Doctor, cs.doctor_id) if cs.doctor_id is not None else None
+    ward = ward_out(cs)
     name = crypto.decrypt(resident.name_enc, column="residents.name")
     id_number = crypto.decrypt(resident.id_number_enc, column="residents.id_number")
     start_local = slot.starts_at.astimezone(SHANGHAI)
@@ -665,8 +703,11 @@ async def referral_out(
     notice = Notice(
         hospital=hospital.name,
         department=dept.name,
-        doctor=doctor.name,
-        doctor_title=doctor.title,
+        resource_kind=cs.resource_kind,
+        modality=cs.modality,
+        ward=ward.name if ward else None,
+        doctor=doctor.name if doctor else None,
+        doctor_title=doctor.title if doctor else None,
         service_date=cs.service_date,
         period=cs.period,
         time_band=f"{start_local:%H:%M}-{end_local:%H:%M}",
@@ -691,7 +732,10 @@ async def referral_out(
         verification_code=code,
         hospital=NamedRef(id=hospital.id, code=hospital.code, name=hospital.name),
         department=NamedRef(id=dept.id, code=dept.code, name=dept.name),
-        doctor=DoctorOut(code=doctor.code, name=doctor.name, title=doctor.title),
+        resource_kind=cs.resource_kind,
+        modality=cs.modality,
+        ward=ward,
+        doctor=doctor_out(doctor),
         slot=SlotOut(
             id=slot.id,
             number=slot.number,
@@ -722,6 +766,26 @@ def instant(when: datetime) -> str:
     return when.astimezone(UTC).isoformat()
 
 
+def session_event_data(
+    *,
+    external_id: str,
+    service_date: date,
+    period: str,
+    resource_kind: str,
+    modality: str | None,
+    ward: WardOut | None,
+) -> dict[str, Any]:
+    """The session as events describe it: which day, and which resource (R18)."""
+    return {
+        "external_id": external_id,
+        "service_date": service_date.isoformat(),
+        "period": period,
+        "resource_kind": resource_kind,
+        "modality": modality,
+        "ward": ward.model_dump() if ward else None,
+    }
+
+
 def referral_event_data(out: ReferralOut) -> dict[str, Any]:
     """What a HIS needs to act on a referral; never the ID number or the verification code."""
     return {
@@ -737,13 +801,16 @@ def referral_event_data(out: ReferralOut) -> dict[str, Any]:
             "starts_at": instant(out.slot.starts_at),
             "ends_at": instant(out.slot.ends_at),
         },
-        "session": {
-            "external_id": out.session_external_id,
-            "service_date": out.service_date.isoformat(),
-            "period": out.period,
-        },
+        "session": session_event_data(
+            external_id=out.session_external_id,
+            service_date=out.service_date,
+            period=out.period,
+            resource_kind=out.resource_kind,
+            modality=out.modality,
+            ward=out.ward,
+        ),
         "department": {"code": out.department.code, "name": out.department.name},
-        "doctor": {"code": out.doctor.code, "name": out.doctor.name, "title": out.doctor.title},
+        "doctor": out.doctor.model_dump() if out.doctor else None,
         "patient": {"name_masked": out.resident_name_masked},
         "referring": {
             "institution": {

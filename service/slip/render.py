@@ -26,7 +26,7 @@ from reportlab.pdfgen.canvas import Canvas
 
 from service.clock import SHANGHAI
 from service.slip.schemas import PatientNotice
-from service.slip.service import PERIODS_ZH, TITLES_ZH, zh_date, zh_instant
+from service.slip.service import PERIODS_ZH, TITLES_ZH, booked_for_zh, number_zh, zh_date, zh_instant
 
 FONT_FILE = Path(__file__).resolve().parent / "fonts" / "wqy-microhei.ttc"
 SANS = "SlipSans"  # WenQuanYi Micro Hei
@@ -186,11 +186,15 @@ def render_slip(notice: PatientNotice, *, issued_at: datetime) -> bytes:
         page.heading("就诊信息")
         page.field("医院", n.hospital, size=16)
         page.field("科室", n.department, size=14)
-        page.field("医生", f"{n.doctor}  {TITLES_ZH.get(n.doctor_title, n.doctor_title)}", size=13)
+        page.field("预约项目", booked_for_zh(n), size=13)
+        if n.doctor is not None:
+            page.field(
+                "医生", f"{n.doctor}  {TITLES_ZH.get(n.doctor_title or '', n.doctor_title or '')}", size=13
+            )
         page.field(
             "就诊时间",
             f"{n.service_date.year}年{zh_date(n.service_date)} {PERIODS_ZH.get(n.period, n.period)} "
-            f"{n.time_band}  第{n.slot_number}号",
+            f"{n.time_band}  {'' if n.resource_kind == 'bed' else '第'}{number_zh(n)}",
             size=13,
         )
         if notice.location:

@@ -27,6 +27,35 @@ TITLES_ZH = {
 }
 PERIODS_ZH = {"morning": "上午", "afternoon": "下午", "evening": "晚间"}
 WEEKDAYS_ZH = "一二三四五六日"
+MODALITIES_ZH = {
+    "X-ray": "X线",
+    "mammography": "乳腺钼靶",
+    "ultrasound": "超声",
+    "endoscopy": "内镜",
+    "ECG": "心电图",
+}
+
+
+def booked_for_zh(notice: Notice) -> str:
+    """What was booked (R18): an outpatient visit, an examination on a modality, or a bed in a ward."""
+    if notice.resource_kind == "examination" and notice.modality:
+        return f"{MODALITIES_ZH.get(notice.modality, notice.modality)}检查"
+    if notice.resource_kind == "bed":
+        return f"住院床位（{notice.ward}）" if notice.ward else "住院床位"
+    return "门诊"
+
+
+def doctor_zh(notice: Notice) -> str:
+    """The doctor and title, or empty when the booking names none (examinations, beds)."""
+    if notice.doctor is None:
+        return ""
+    title = TITLES_ZH.get(notice.doctor_title or "", notice.doctor_title or "")
+    return f"{notice.doctor}{title}"
+
+
+def number_zh(notice: Notice) -> str:
+    return f"{notice.slot_number}床" if notice.resource_kind == "bed" else f"{notice.slot_number}号"
+
 
 # Two concatenated UCS-2 segments hold 2 × 67 = 134 characters. The sending app's gateway
 # prepends its own signature (【…】, required by Chinese carriers); 14 characters are left for it.
@@ -89,11 +118,12 @@ def sms_text(
                 f"您在{hospital}{department}{when}的转诊预约（编号{notice.reference}）已取消。"
                 "如需重新预约，请联系您的家庭医生。"
             )
-        who = f"{notice.doctor}{TITLES_ZH.get(notice.doctor_title, '')}" if doctor else ""
+        who = doctor_zh(notice) if doctor else ""
+        what = "" if notice.resource_kind == "outpatient" else booked_for_zh(notice)
         code = f"，验证码{verification_code}" if verification_code else ""
         where = f"地点：{location}。" if place and location else ""
         return (
-            f"您已预约{hospital}{department}{who}，{when}，{notice.slot_number}号，"
+            f"您已预约{hospital}{department}{what}{who}，{when}，{number_zh(notice)}，"
             f"转诊编号{notice.reference}{code}。{where}请带身份证和转诊单就诊。"
             f"如需取消，请于{zh_instant(notice.cancel_deadline)}前拨打{notice.cancel_hotline}。"
         )

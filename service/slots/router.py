@@ -54,6 +54,7 @@ async def _shortfalls(
                 department_code=dept.code,
                 department_name=dept.name,
                 service_date=sf.service_date,
+                resource_kind=sf.resource_kind,
                 kind=sf.kind,
                 required=sf.required,
                 actual=sf.actual,

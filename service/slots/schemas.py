@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field, StringConstraints
 
 from service.ids import MAX_ID
+from service.resources import Modality, ResourceKind
 from service.schemas import ApiModel
 
 Title = Literal["chief", "associate_chief", "attending", "resident"]
@@ -31,11 +32,20 @@ class DoctorIn(ApiModel):
     title: Title
 
 
+class WardIn(ApiModel):
+    code: str = Field(min_length=1, max_length=64, description="The HIS's ward code (病区).")
+    name: str = Field(min_length=1, max_length=200)
+
+
 class SlotIn(ApiModel):
-    number: int = Field(gt=0, le=10_000, description="The slot's number within the session (号序).")
+    number: int = Field(
+        gt=0,
+        le=10_000,
+        description="The slot's number within the session (号序); for a bed session, the bed.",
+    )
     external_id: str | None = Field(default=None, max_length=64)
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime
+    starts_at: AwareDatetime = Field(description="For a bed: the start of the day's admission window.")
+    ends_at: AwareDatetime = Field(description="For a bed: the end of the day's admission window.")
     reserved: bool | None = Field(
         default=None,
         description="Only for hospitals that mark pool slots themselves; ignored otherwise.",
@@ -46,7 +56,16 @@ class SessionIn(ApiModel):
     external_id: str = Field(min_length=1, max_length=64, description="The HIS's session ID.")
     version: int = Field(ge=0, le=MAX_ID, description="Monotonic per session; older versions are ignored.")
     department: DepartmentIn
-    doctor: DoctorIn
+    resource_kind: ResourceKind = Field(
+        default="outpatient",
+        description="What the slots are (R18): outpatient visits, examinations on a modality, "
+        "or inpatient beds of a ward for one bed day.",
+    )
+    modality: Modality | None = Field(default=None, description="Required for an examination session only.")
+    ward: WardIn | None = Field(default=None, description="Required for a bed session only.")
+    doctor: DoctorIn | None = Field(
+        default=None, description="Required for an outpatient session; optional for examinations and beds."
+    )
     service_date: date
     period: Period
     public_at: AwareDatetime = Field(description="The hospital's normal public release instant.")
@@ -72,6 +91,7 @@ class ItemError(ApiModel):
 class ShortfallOut(ApiModel):
     department_code: str
     service_date: date
+    resource_kind: ResourceKind
     kind: Literal["ratio", "senior_share", "lead_time"]
     required: int
     actual: int
@@ -100,6 +120,7 @@ class ShortfallRow(ApiModel):
     department_code: str
     department_name: str
     service_date: date
+    resource_kind: ResourceKind
     kind: str
     required: int
     actual: int

@@ -16,11 +16,14 @@ from service.policy.models import Policy
 from service.policy.service import policy_in_force
 from service.referrals.service import cancel_for_withdrawal
 from service.registry.models import SENIOR_TITLES, Department, Doctor, Organisation
-from service.slots.models import MAX_SLOT_MINUTES, ClinicSession, ReservationShortfall, Slot
+from service.resources import MAX_BED_WINDOW_MINUTES, MAX_SLOT_MINUTES
+from service.slots.models import ClinicSession, ReservationShortfall, Slot
 from service.slots.reservation import Candidate, Selection, check_marked, select_reserved
 from service.slots.schemas import ItemError, SessionIn, SessionResult, ShortfallOut
 
 POOL_HELD = ("reserved", "booked", "returned")
+# What each resource kind must name; a doctor stays optional for the other two (R18).
+REQUIRED_DETAIL = {"outpatient": "doctor", "examination": "modality", "bed": "ward"}
 
 
 class ItemRejected(Exception):
@@ -29,9 +32,36 @@ class ItemRejected(Exception):
         self.errors = errors
 
 
+def _kind_errors(item: SessionIn) -> list[ItemError]:
+    """R18: a session names what its kind needs (a doctor, a modality or a ward), and no other kind's detail."""
+    present = {
+        "doctor": item.doctor is not None,
+        "modality": item.modality is not None,
+        "ward": item.ward is not None,
+    }
+    needs = REQUIRED_DETAIL[item.resource_kind]
+    errors: list[ItemError] = []
+    if not present[needs]:
+        errors.append(
+            ItemError(
+                code=f"{needs}_required", detail=f"A session of kind {item.resource_kind} names its {needs}."
+            )
+        )
+    for detail in ("modality", "ward"):
+        if detail != needs and present[detail]:
+            errors.append(
+                ItemError(
+                    code="detail_not_for_kind",
+                    detail=f"A session of kind {item.resource_kind} has no {detail}.",
+                )
+            )
+    return errors
+
+
 def validate_session(item: SessionIn) -> list[ItemError]:
     """Checks a push item must pass before anything is written."""
-    errors: list[ItemError] = []
+    errors = _kind_errors(item)
+    max_minutes = MAX_BED_WINDOW_MINUTES if item.resource_kind == "bed" else MAX_SLOT_MINUTES
     if item.status == "active" and not item.slots:
         errors.append(ItemError(code="no_slots", detail="An active session needs at least one slot."))
     numbers = [s.number for s in item.slots]
@@ -46,11 +76,13 @@ def validate_session(item: SessionIn) -> list[ItemError]:
                     slot_number=s.number,
                 )
             )
-        elif s.ends_at - s.starts_at > timedelta(minutes=MAX_SLOT_MINUTES):
+        elif s.ends_at - s.starts_at > timedelta(minutes=max_minutes):
             errors.append(
                 ItemError(
-                    code="r16_slot_too_long",
-                    detail=f"A slot lasts at most {MAX_SLOT_MINUTES} minutes (R16).",
+                    code="bed_window_too_long" if item.resource_kind == "bed" else "r16_slot_too_long",
+                    detail="A bed's admission window lasts at most one day."
+                    if item.resource_kind == "bed"
+                    else f"A slot lasts at most {MAX_SLOT_MINUTES} minutes (R16).",
                     slot_number=s.number,
                 )
             )
@@ -117,8 +149,10 @@ async def _upsert_department(session: AsyncSession, hospital_id: int, item: Sess
     return (await session.scalars(stmt, execution_options={"populate_existing": True})).one()
 
 
-async def _upsert_doctor(session: AsyncSession, hospital_id: int, item: SessionIn) -> Doctor:
+async def _upsert_doctor(session: AsyncSession, hospital_id: int, item: SessionIn) -> Doctor | None:
     doc = item.doctor
+    if doc is None:
+        return None  # an examination or bed session without a named doctor
     stmt = (
         insert(Doctor)
         .values(organisation_id=hospital_id, code=doc.code, name=doc.name, title=doc.title)
@@ -155,26 +189,38 @@ async def _apply_session(
 
     department = await _upsert_department(session, hospital.id, item)
     doctor = await _upsert_doctor(session, hospital.id, item)
-    policy = await policy_in_force(session=session, hospital_id=hospital.id, on=item.service_date)
+    policy = await policy_in_force(
+        session=session, hospital_id=hospital.id, on=item.service_date, kind=item.resource_kind
+    )
     await _lock_department_day(session, department.id, item.service_date)
 
     created = existing is None
     if existing is None:
-        existing = ClinicSession(hospital_id=hospital.id, external_id=item.external_id)
+        existing = ClinicSession(
+            hospital_id=hospital.id, external_id=item.external_id, resource_kind=item.resource_kind
+        )
         session.add(existing)
-    elif (existing.department_id, existing.service_date) != (department.id, item.service_date):
+    elif (existing.department_id, existing.service_date, existing.resource_kind) != (
+        department.id,
+        item.service_date,
+        item.resource_kind,
+    ):
         raise ItemRejected(
             [
                 ItemError(
                     code="session_moved",
-                    detail="A session keeps its department and date; withdraw it and push a new one.",
+                    detail="A session keeps its department, date and resource kind; "
+                    "withdraw it and push a new one.",
                 )
             ]
         )
     existing.version = item.version
     existing.department_id = department.id
-    existing.doctor_id = doctor.id
-    existing.doctor_title = doctor.title
+    existing.modality = item.modality
+    existing.ward_code = item.ward.code if item.ward else None
+    existing.ward_name = item.ward.name if item.ward else None
+    existing.doctor_id = doctor.id if doctor else None
+    existing.doctor_title = doctor.title if doctor else None
     existing.service_date = item.service_date
     existing.period = item.period
     existing.status = item.status
@@ -192,15 +238,13 @@ async def _apply_session(
             clinic_session=existing,
             reason=item.withdrawn_reason or "The hospital withdrew this session (停诊).",
         )
-        await _record_shortfalls(session, actor, hospital, department, item.service_date, policy, None)
+        await _record_shortfalls(session, actor, hospital, department, existing, policy, None)
         return await _result(session, existing, "withdrawn", version=item.version)
 
     await _upsert_slots(session, hospital, existing, item, policy)
     selection = await _reserve(session, actor, hospital, department, existing, item, policy)
     lead_short = _lead_shortfall(item, policy, actor.now)
-    await _record_shortfalls(
-        session, actor, hospital, department, item.service_date, policy, selection, lead_short
-    )
+    await _record_shortfalls(session, actor, hospital, department, existing, policy, selection, lead_short)
     return await _result(session, existing, "created" if created else "updated", version=item.version)
 
 
@@ -240,7 +284,13 @@ async def _upsert_slots(
     for number, new in incoming.items():
         slot = current.get(number)
         if slot is None:
-            slot = Slot(session_id=cs.id, hospital_id=hospital.id, number=number, status="public")
+            slot = Slot(
+                session_id=cs.id,
+                resource_kind=cs.resource_kind,
+                hospital_id=hospital.id,
+                number=number,
+                status="public",
+            )
             session.add(slot)
         elif slot.status == "withdrawn":
             slot.status = "public"
@@ -261,7 +311,11 @@ async def _reserve(
     item: SessionIn,
     policy: Policy,
 ) -> Selection | None:
-    """Hold slots of this session for the pool, measured over the whole department-day."""
+    """Hold slots of this session for the pool, measured over the department-day of its kind.
+
+    An examination block never counts towards a department's outpatient target, nor the
+    reverse. R4's senior share needs no special case: only outpatient policies may set one.
+    """
     if policy.preferred_specialties and department.specialty not in policy.preferred_specialties:
         return None  # this department is outside the policy's reserving departments
     rows = (
@@ -271,6 +325,7 @@ async def _reserve(
             .where(
                 ClinicSession.department_id == department.id,
                 ClinicSession.service_date == item.service_date,
+                ClinicSession.resource_kind == cs.resource_kind,
                 ClinicSession.status == "active",
                 Slot.status != "withdrawn",
             )
@@ -329,12 +384,12 @@ async def _record_shortfalls(
     actor: Actor,
     hospital: Organisation,
     department: Department,
-    day: date,
+    cs: ClinicSession,
     policy: Policy,
     selection: Selection | None,
     lead_short: tuple[int, int] | None = None,
 ) -> None:
-    """Keep one row per unmet rule for the department-day; delete rows that are met again."""
+    """Keep one row per unmet rule for the department-day-kind; delete rows that are met again."""
     measured: dict[str, tuple[int, int] | None] = {}
     if selection is not None:
         measured["ratio"] = (selection.target, len(selection.held)) if selection.ratio_short else None
@@ -346,7 +401,12 @@ async def _record_shortfalls(
     if lead_short is not None:
         measured["lead_time"] = lead_short
     for kind, values in measured.items():
-        key = {"department_id": department.id, "service_date": day, "kind": kind}
+        key = {
+            "department_id": department.id,
+            "service_date": cs.service_date,
+            "resource_kind": cs.resource_kind,
+            "kind": kind,
+        }
         if values is None:
             await session.execute(
                 delete(ReservationShortfall).where(
@@ -365,7 +425,7 @@ async def _record_shortfalls(
         )
         await session.execute(
             stmt.on_conflict_do_update(
-                index_elements=["department_id", "service_date", "kind"],
+                index_elements=["department_id", "service_date", "resource_kind", "kind"],
                 set_={
                     "required": stmt.excluded.required,
                     "actual": stmt.excluded.actual,
@@ -384,6 +444,7 @@ async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, ver
         select(ReservationShortfall).where(
             ReservationShortfall.department_id == cs.department_id,
             ReservationShortfall.service_date == cs.service_date,
+            ReservationShortfall.resource_kind == cs.resource_kind,
         )
     )
     live = [s for s in slots if s.status != "withdrawn"]
@@ -398,6 +459,7 @@ async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, ver
             ShortfallOut(
                 department_code=dept.code,
                 service_date=sf.service_date,
+                resource_kind=sf.resource_kind,
                 kind=sf.kind,
                 required=sf.required,
                 actual=sf.actual,
@@ -418,7 +480,12 @@ async def list_shortfalls(
         select(ReservationShortfall, Department, Policy)
         .join(Department, Department.id == ReservationShortfall.department_id)
         .join(Policy, Policy.id == ReservationShortfall.policy_id)
-        .order_by(ReservationShortfall.service_date, Department.code, ReservationShortfall.kind)
+        .order_by(
+            ReservationShortfall.service_date,
+            Department.code,
+            ReservationShortfall.resource_kind,
+            ReservationShortfall.kind,
+        )
     )
     if hospital_ids is not None:
         stmt = stmt.where(ReservationShortfall.hospital_id.in_(hospital_ids))
