@@ -231,7 +231,7 @@ async def test_r19_schedule_search_by_actor_and_date(client, world, db, pool):
     )
     assert {s["id"] for s in found} == {str(cs.id) for _, cs in rows}
     on_day = await search_all(client, world, "/fhir/Schedule", "platform", date=LATER.isoformat())
-    assert [s["id"] for s in on_day] == [str(cs.id) for _, cs in rows if cs.service_date == LATER][:1]
+    assert [s["id"] for s in on_day] == sorted({str(cs.id) for _, cs in rows if cs.service_date == LATER})
     from_later = await search_all(client, world, "/fhir/Schedule", "platform", date=f"ge{LATER.isoformat()}")
     assert [s["id"] for s in from_later] == [s["id"] for s in on_day]
 
