@@ -52,8 +52,20 @@ MODELS: dict[str, Any] = {
 }
 
 
+def empty_values(value: Any, path: str = "") -> list[str]:
+    """Paths of empty arrays, objects or strings, which FHIR JSON never carries."""
+    if value in ([], {}, "", None):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in empty_values(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in empty_values(v, f"{path}[{i}]")]
+    return []
+
+
 def validate(resource: dict[str, Any]) -> Any:
     """Parse with the fhir.resources model and check every required code list."""
+    assert empty_values(resource) == []
     model = MODELS[resource["resourceType"]].model_validate(resource)
     assert code_list_errors(model) == []
     if resource["resourceType"] == "Slot":

@@ -8,6 +8,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from service.context import Actor
+from service.registry.schemas import OrganisationIn
+from service.registry.service import create_api_client, create_organisation
 from service.slots.models import ClinicSession, Slot
 from tests.factories import booking, pool_slots
 from tests.test_fhir import LATER, pool, validate
@@ -129,3 +132,38 @@ async def test_r19_bulk_needs_a_platform_or_commission_key(client, world, pool):
         assert r.status_code == 403
     status, body, _ = await manifest(client, world, who="commission")
     assert status == 200 and body["requiresAccessToken"] is True
+
+
+async def test_r19_platforms_read_their_own_region_only(client, world, clock, crypto, db, pool):
+    """A platform of another city (Wuhu) sees none of Hefei's hospitals, in search or in bulk."""
+
+    async def wuhu_platform(session):
+        org = await create_organisation(
+            session=session,
+            org=OrganisationIn(
+                code="A-WUHU", name="芜湖市预约诊疗平台", kind="authority", region_code="340200"
+            ),
+        )
+        _, token = await create_api_client(
+            session=session,
+            actor=Actor.system("test", now=clock.now()),
+            crypto=crypto,
+            organisation_id=org.id,
+            role="platform",
+            name="wuhu",
+        )
+        return token
+
+    world.keys["wuhu"] = await db.run(wuhu_platform)
+    status, body, etag = await manifest(client, world, who="wuhu")
+    assert status == 200
+    for output in body["output"]:
+        r = await client.get(output["url"], headers=world.auth("wuhu"))
+        assert (r.status_code, r.text, r.headers["etag"]) == (200, "", etag)
+    r = await client.get("/fhir/Slot", headers=world.auth("wuhu"))
+    assert r.status_code == 200
+    assert "entry" not in r.json()
+    r = await client.get(f"/fhir/Slot/{pool['booked_slot']}", headers=world.auth("wuhu"))
+    assert r.status_code == 404
+    # The Hefei platform, whose region holds both hospitals, gets a different generation.
+    assert (await manifest(client, world))[2] != etag

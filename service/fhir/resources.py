@@ -237,17 +237,19 @@ def bundle(
     links = [{"relation": "self", "url": self_url}]
     if next_url:
         links.append({"relation": "next", "url": next_url})
-    return {
+    body: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
         "timestamp": utc_instant(now),
         "link": links,
-        "entry": [
+    }
+    if entries:  # FHIR JSON never carries an empty array
+        body["entry"] = [
             {
                 "fullUrl": f"{base}/{resource['resourceType']}/{resource['id']}",
                 "resource": resource,
                 "search": {"mode": "match"},
             }
             for resource in entries
-        ],
-    }
+        ]
+    return body
