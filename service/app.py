@@ -22,6 +22,7 @@ from service.crypto import Crypto
 from service.db import Database
 from service.deps import AppState
 from service.errors import install_handlers, problem_response
+from service.fhir.router import router as fhir_router
 from service.loops.release import release_loop
 from service.metrics import HTTP_REQUESTS
 from service.migrations import head_revision
@@ -145,4 +146,5 @@ def create_app(
     for router in (registry_router, policy_router, residents_router, slots_router, referrals_router):
         app.include_router(router)
     app.include_router(slip_router)
+    app.include_router(fhir_router)
     return app

@@ -1,0 +1,1 @@
+"""Read-only FHIR R4 views of the pool (R19) and its SMART Scheduling Links bulk publication."""

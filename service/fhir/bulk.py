@@ -1,0 +1,132 @@
+"""SMART Scheduling Links bulk publication: generated on request, cached per region.
+
+The published set is the pool's open availability in a region: every slot held for the pool
+(reserved or booked) of an active session that has not started, whose FHIR status is "free"
+(bookable now) or "busy" (booked); with the Schedules and Locations those slots hang on.
+
+Files are not rewritten on every change. A request first asks the database for a fingerprint
+of the rows the files are built from (one aggregate query over the same joins), plus the
+next instant at which a status turns by time alone (a window opens or closes, a slot starts).
+While neither has moved, the cached generation is served; otherwise it is rebuilt, in one
+REPEATABLE READ snapshot so that the fingerprint and the files describe the same data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, String, case, cast, func, literal, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db import Database
+from service.fhir import resources
+from service.fhir.service import region_names
+from service.fhir.validation import checked
+from service.regions import significant_prefix
+from service.registry.models import Department, Doctor, Organisation
+from service.slots.models import ClinicSession, Slot
+
+TYPES = ("Location", "Schedule", "Slot")
+PUBLISHED_STATUSES = ("free", "busy")  # the two Slot statuses SMART Scheduling Links defines
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One published data set: the key it was built for, when, and one NDJSON body per type."""
+
+    etag: str
+    transaction_time: datetime
+    files: dict[str, bytes]
+
+
+def _candidates(now: datetime, region_code: str) -> Select[Any]:
+    """Pool-held slots of active sessions that have not started, in the region, with their context."""
+    return (
+        select(Slot, ClinicSession, Department, Doctor, Organisation, resources.slot_status(now))
+        .join(ClinicSession, ClinicSession.id == Slot.session_id)
+        .join(Department, Department.id == ClinicSession.department_id)
+        .join(Doctor, Doctor.id == ClinicSession.doctor_id)
+        .join(Organisation, Organisation.id == Slot.hospital_id)
+        .where(
+            resources.pool_held_clause(),
+            Slot.starts_at > now,
+            ClinicSession.status == "active",
+            Organisation.region_code.startswith(significant_prefix(region_code)),
+        )
+    )
+
+
+async def _fingerprint(session: AsyncSession, now: datetime, region_code: str) -> str:
+    """A digest of every column the files are built from, and of the next time-driven change."""
+    columns = [
+        Slot.id, Slot.status, Slot.number, func.coalesce(Slot.external_id, ""), Slot.starts_at,
+        Slot.ends_at, Slot.pool_opens_at, Slot.public_at, ClinicSession.id, ClinicSession.version,
+        ClinicSession.updated_at, Department.name, func.coalesce(Department.specialty, ""),
+        Doctor.name, Organisation.name, Organisation.code, Organisation.region_code,
+    ]  # fmt: skip
+    row_text = func.concat_ws("|", *[cast(c, String) for c in columns])
+    next_change = func.least(
+        case((Slot.pool_opens_at > now, Slot.pool_opens_at)),
+        case((Slot.public_at > now, Slot.public_at)),
+        Slot.starts_at,
+    )
+    stmt = _candidates(now, region_code).with_only_columns(
+        func.count(),
+        func.md5(func.string_agg(row_text, aggregate_order_by(literal("\n"), Slot.id))),
+        func.min(next_change),
+    )
+    count, digest, until = (await session.execute(stmt)).one()
+    key = f"{region_code}:{count}:{digest}:{until.isoformat() if until else '-'}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _ndjson(items: list[dict[str, Any]]) -> bytes:
+    return b"".join(
+        json.dumps(checked(item), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        for item in items
+    )
+
+
+async def _generate(db: Database, now: datetime, region_code: str) -> Generation:
+    async with db.sessionmaker() as session:
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        etag = await _fingerprint(session, now, region_code)
+        stmt = _candidates(now, region_code).where(resources.slot_status(now).in_(PUBLISHED_STATUSES))
+        rows = (await session.execute(stmt.order_by(Slot.id))).all()
+        hospitals = {hosp.id: hosp for *_, hosp, _ in rows}
+        names = await region_names(session, list(hospitals.values()))
+    schedules = {cs.id: (cs, dept, doc) for _, cs, dept, doc, _, _ in rows}
+    files = {
+        "Location": _ndjson([resources.location(h, names) for _, h in sorted(hospitals.items())]),
+        "Schedule": _ndjson([resources.schedule(*schedules[k]) for k in sorted(schedules)]),
+        "Slot": _ndjson([resources.slot(slot, status) for slot, *_, status in rows]),
+    }
+    return Generation(etag=etag, transaction_time=now, files=files)
+
+
+class BulkPublication:
+    """The latest generation per region, rebuilt only when its fingerprint moves."""
+
+    def __init__(self) -> None:
+        self._generations: dict[str, Generation] = {}
+        self._lock = asyncio.Lock()
+
+    async def current(self, db: Database, *, now: datetime, region_code: str) -> Generation:
+        async with db.sessionmaker() as session:
+            etag = await _fingerprint(session, now, region_code)
+        cached = self._generations.get(region_code)
+        if cached is not None and cached.etag == etag:
+            return cached
+        async with self._lock:  # one rebuild at a time; waiters then find it done
+            cached = self._generations.get(region_code)
+            if cached is not None and cached.etag == etag:
+                return cached
+            generation = await _generate(db, now, region_code)
+            self._generations[region_code] = generation
+            return generation

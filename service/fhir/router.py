@@ -1,0 +1,472 @@
+"""Read-only FHIR R4 endpoints under /fhir, and the SMART Scheduling Links bulk publication.
+
+Everything under /fhir answers ``application/fhir+json`` and reports errors as
+OperationOutcome resources with the HTTP status /v1 would use; the issue's
+``details.coding`` carries the same stable code as /v1's problem+json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import structlog
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.context import Caller
+from service.deps import AppState, State, actor_for, require
+from service.errors import NotFound, Problem
+from service.fhir import resources, service
+from service.fhir.bulk import TYPES, BulkPublication, Generation
+from service.fhir.search import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    BadSearch,
+    decode_cursor,
+    encode_cursor,
+    parse_date,
+    parse_reference,
+    parse_tokens,
+)
+from service.fhir.validation import checked
+
+FHIR_JSON = "application/fhir+json"
+FHIR_NDJSON = "application/fhir+ndjson"
+log = structlog.get_logger("slotpool.fhir")
+
+
+class FhirJSONResponse(Response):
+    media_type = FHIR_JSON
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def outcome(status: int, code: str, detail: str) -> FhirJSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return FhirJSONResponse(
+        checked(resources.operation_outcome(status, code, detail)), status_code=status, headers=headers
+    )
+
+
+class FhirRoute(APIRoute):
+    """Turns every error of a /fhir route, its dependencies included, into an OperationOutcome."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def fhir_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Problem as exc:
+                return outcome(exc.status, exc.code, exc.detail)
+            except RequestValidationError as exc:
+                where = "; ".join(
+                    f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()
+                )
+                return outcome(400, "invalid_search_parameter", where or "The request is not valid.")
+            except StarletteHTTPException as exc:
+                return outcome(exc.status_code, "http_error", str(exc.detail))
+            except Exception:
+                log.exception("unhandled error", path=request.url.path)
+                return outcome(500, "internal_error", "An internal error occurred.")
+
+        return fhir_handler
+
+
+router = APIRouter(
+    prefix="/fhir", tags=["fhir"], route_class=FhirRoute, default_response_class=FhirJSONResponse
+)
+Reader = Annotated[Caller, Depends(require("hospital", "primary", "platform", "commission"))]
+Referrer = Annotated[Caller, Depends(require("hospital", "primary"))]
+Publisher = Annotated[Caller, Depends(require("platform", "commission"))]
+Count = Annotated[int, Query(alias="_count", ge=1, le=MAX_COUNT, description="Page size.")]
+Cursor = Annotated[str | None, Query(alias="_cursor", max_length=100, description="From Bundle.link next.")]
+Dates = Annotated[list[str] | None, Query(max_length=10, description="FHIR date: eq|ge|gt|le|lt prefix.")]
+OUTCOME = {"content": {FHIR_JSON: {}}, "description": "OperationOutcome."}
+ERRORS: dict[int | str, dict[str, Any]] = {400: OUTCOME, 401: OUTCOME, 403: OUTCOME, 404: OUTCOME}
+
+
+def fhir_base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def searchset(
+    request: Request, now: datetime, page: tuple[list[dict[str, Any]], int | None]
+) -> FhirJSONResponse:
+    """A Bundle of one page; the next link repeats the search with the opaque cursor."""
+    entries, next_after = page
+    next_url = None
+    if next_after is not None:
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
+        params.append(("_cursor", encode_cursor(next_after)))
+        next_url = f"{fhir_base(request)}{request.url.path.removeprefix('/fhir')}?{urlencode(params)}"
+    body = resources.bundle(
+        entries=[checked(e) for e in entries],
+        base=fhir_base(request),
+        self_url=str(request.url),
+        next_url=next_url,
+        now=now,
+    )
+    return FhirJSONResponse(checked(body))
+
+
+def single(page: tuple[list[dict[str, Any]], int | None], resource_type: str, ref: str) -> FhirJSONResponse:
+    entries, _ = page
+    if not entries:
+        raise NotFound("resource_not_found", f"No {resource_type}/{ref} visible to you.")
+    return FhirJSONResponse(checked(entries[0]))
+
+
+def path_id(resource_type: str, value: str) -> int:
+    try:
+        return parse_reference("id", value, resource_type)
+    except BadSearch as exc:
+        raise NotFound("resource_not_found", f"No {resource_type}/{value} visible to you.") from exc
+
+
+async def _hospitals(state: AppState, caller: Caller, now: datetime) -> list[int]:
+    async with state.db.sessionmaker() as session:
+        return await service.visible_hospital_ids(session=session, caller=caller, now=now)
+
+
+@router.get("/metadata", responses=ERRORS)
+async def metadata(request: Request, state: State) -> FhirJSONResponse:
+    """The CapabilityStatement: FHIR R4, read and search only, JSON only."""
+    return FhirJSONResponse(checked(capability_statement(fhir_base(request), state.clock.now())))
+
+
+# --- Location -----------------------------------------------------------------------------
+
+
+async def _locations(
+    state: AppState, caller: Caller, location_id: int | None, after: int | None, count: int
+) -> tuple[datetime, tuple[list[dict[str, Any]], int | None]]:
+    now = state.clock.now()
+    hospitals = await _hospitals(state, caller, now)
+    async with state.db.sessionmaker() as session:
+        page = await service.search_locations(
+            session=session, hospital_ids=hospitals, location_id=location_id, after=after, count=count
+        )
+    return now, page
+
+
+@router.get("/Location", responses=ERRORS)
+async def search_locations(
+    request: Request,
+    state: State,
+    caller: Reader,
+    count: Count = DEFAULT_COUNT,
+    cursor: Cursor = None,
+    _id: Annotated[str | None, Query(alias="_id", max_length=30)] = None,
+) -> FhirJSONResponse:
+    """Hospitals the caller may read, as Locations."""
+    location_id = parse_reference("_id", _id, "Location") if _id is not None else None
+    now, page = await _locations(state, caller, location_id, decode_cursor(cursor), count)
+    return searchset(request, now, page)
+
+
+@router.get("/Location/{location_id}", responses=ERRORS)
+async def read_location(location_id: str, state: State, caller: Reader) -> FhirJSONResponse:
+    _, page = await _locations(state, caller, path_id("Location", location_id), None, 1)
+    return single(page, "Location", location_id)
+
+
+# --- Schedule -----------------------------------------------------------------------------
+
+
+async def _schedules(
+    state: AppState, caller: Caller, **filters: Any
+) -> tuple[datetime, tuple[list[dict[str, Any]], int | None]]:
+    now = state.clock.now()
+    hospitals = await _hospitals(state, caller, now)
+    async with state.db.sessionmaker() as session:
+        page = await service.search_schedules(session=session, hospital_ids=hospitals, **filters)
+    return now, page
+
+
+@router.get("/Schedule", responses=ERRORS)
+async def search_schedules(
+    request: Request,
+    state: State,
+    caller: Reader,
+    actor: Annotated[str | None, Query(max_length=100, description="Location/<id>")] = None,
+    active: bool | None = None,
+    date: Dates = None,
+    count: Count = DEFAULT_COUNT,
+    cursor: Cursor = None,
+) -> FhirJSONResponse:
+    """One Schedule per doctor's clinic session; ``date`` matches the session's day."""
+    now, page = await _schedules(
+        state,
+        caller,
+        schedule_id=None,
+        location_id=parse_reference("actor", actor, "Location") if actor is not None else None,
+        active=active,
+        dates=[parse_date("date", d) for d in date or []],
+        after=decode_cursor(cursor),
+        count=count,
+    )
+    return searchset(request, now, page)
+
+
+@router.get("/Schedule/{schedule_id}", responses=ERRORS)
+async def read_schedule(schedule_id: str, state: State, caller: Reader) -> FhirJSONResponse:
+    _, page = await _schedules(
+        state,
+        caller,
+        schedule_id=path_id("Schedule", schedule_id),
+        location_id=None,
+        active=None,
+        dates=[],
+        after=None,
+        count=1,
+    )
+    return single(page, "Schedule", schedule_id)
+
+
+# --- Slot ---------------------------------------------------------------------------------
+
+
+async def _slots(
+    state: AppState, caller: Caller, **filters: Any
+) -> tuple[datetime, tuple[list[dict[str, Any]], int | None]]:
+    now = state.clock.now()
+    hospitals = await _hospitals(state, caller, now)
+    async with state.db.sessionmaker() as session:
+        page = await service.search_slots(session=session, hospital_ids=hospitals, now=now, **filters)
+    return now, page
+
+
+@router.get("/Slot", responses=ERRORS)
+async def search_slots(
+    request: Request,
+    state: State,
+    caller: Reader,
+    schedule: Annotated[str | None, Query(max_length=100, description="Schedule/<id>")] = None,
+    start: Dates = None,
+    status: Annotated[str | None, Query(max_length=100, description="free,busy,busy-unavailable")] = None,
+    count: Count = DEFAULT_COUNT,
+    cursor: Cursor = None,
+) -> FhirJSONResponse:
+    """Slots with their status as of now: free = bookable through the pool right now."""
+    now, page = await _slots(
+        state,
+        caller,
+        slot_id=None,
+        schedule_id=parse_reference("schedule", schedule, "Schedule") if schedule is not None else None,
+        starts=[parse_date("start", s) for s in start or []],
+        statuses=parse_tokens("status", status, resources.SLOT_STATUSES),
+        after=decode_cursor(cursor),
+        count=count,
+    )
+    return searchset(request, now, page)
+
+
+@router.get("/Slot/{slot_id}", responses=ERRORS)
+async def read_slot(slot_id: str, state: State, caller: Reader) -> FhirJSONResponse:
+    _, page = await _slots(
+        state,
+        caller,
+        slot_id=path_id("Slot", slot_id),
+        schedule_id=None,
+        starts=[],
+        statuses=None,
+        after=None,
+        count=1,
+    )
+    return single(page, "Slot", slot_id)
+
+
+# --- Appointment --------------------------------------------------------------------------
+
+
+async def _appointments(
+    request: Request, state: AppState, caller: Caller, **filters: Any
+) -> tuple[datetime, tuple[list[dict[str, Any]], int | None]]:
+    actor = actor_for(request, state, caller)
+
+    async def work(session: AsyncSession) -> tuple[list[dict[str, Any]], int | None]:
+        return await service.search_appointments(
+            session=session, actor=actor, caller=caller, crypto=state.crypto, **filters
+        )
+
+    return actor.now, await state.db.run(work)
+
+
+@router.get("/Appointment", responses=ERRORS)
+async def search_appointments(
+    request: Request,
+    state: State,
+    caller: Referrer,
+    status: Annotated[str | None, Query(max_length=100, description="booked,cancelled")] = None,
+    date: Dates = None,
+    slot: Annotated[str | None, Query(max_length=100, description="Slot/<id>")] = None,
+    count: Count = DEFAULT_COUNT,
+    cursor: Cursor = None,
+) -> FhirJSONResponse:
+    """Referrals the caller made (primary) or receives (hospital), as Appointments."""
+    now, page = await _appointments(
+        request,
+        state,
+        caller,
+        reference=None,
+        statuses=parse_tokens("status", status, ("booked", "cancelled")),
+        dates=[parse_date("date", d) for d in date or []],
+        slot_id=parse_reference("slot", slot, "Slot") if slot is not None else None,
+        after=decode_cursor(cursor),
+        count=count,
+    )
+    return searchset(request, now, page)
+
+
+@router.get("/Appointment/{reference}", responses=ERRORS)
+async def read_appointment(
+    reference: Annotated[str, Path(max_length=64)], request: Request, state: State, caller: Referrer
+) -> FhirJSONResponse:
+    """One referral, to the referring institution or the receiving hospital only."""
+    _, page = await _appointments(
+        request,
+        state,
+        caller,
+        reference=reference,
+        statuses=None,
+        dates=[],
+        slot_id=None,
+        after=None,
+        count=1,
+    )
+    return single(page, "Appointment", reference)
+
+
+# --- bulk publication -----------------------------------------------------------------------
+
+
+def _publication(request: Request) -> BulkPublication:
+    publication: BulkPublication | None = getattr(request.app.state, "fhir_bulk", None)
+    if publication is None:
+        publication = request.app.state.fhir_bulk = BulkPublication()
+    return publication
+
+
+def _not_modified(request: Request, generation: Generation) -> bool:
+    tags = [t.strip() for t in request.headers.get("if-none-match", "").split(",")]
+    return f'"{generation.etag}"' in tags or "*" in tags
+
+
+async def _generation(request: Request, state: AppState, caller: Caller) -> Generation:
+    return await _publication(request).current(
+        state.db, now=state.clock.now(), region_code=caller.region_code
+    )
+
+
+@router.get("/$bulk-publish", responses={304: {"description": "Unchanged since the ETag sent."}})
+async def bulk_manifest(request: Request, state: State, caller: Publisher) -> Response:
+    """SMART Scheduling Links manifest of the caller's region's open pool availability."""
+    generation = await _generation(request, state, caller)
+    headers = {"ETag": f'"{generation.etag}"', "Cache-Control": "no-cache"}
+    if _not_modified(request, generation):
+        return Response(status_code=304, headers=headers)
+    base = fhir_base(request)
+    manifest = {
+        "transactionTime": resources.utc_instant(generation.transaction_time),
+        "request": str(request.url),
+        "requiresAccessToken": True,
+        "output": [{"type": t, "url": f"{base}/bulk/{t}.ndjson"} for t in TYPES],
+        "error": [],
+    }
+    return FhirJSONResponse(manifest, headers=headers, media_type="application/json")
+
+
+@router.get("/bulk/{resource_type}.ndjson", responses={**ERRORS, 304: {"description": "Unchanged."}})
+async def bulk_file(resource_type: str, request: Request, state: State, caller: Publisher) -> Response:
+    """One NDJSON file of the current generation; its ETag is the manifest's."""
+    if resource_type not in TYPES:
+        raise NotFound("resource_not_found", f"No bulk file for {resource_type}.")
+    generation = await _generation(request, state, caller)
+    headers = {"ETag": f'"{generation.etag}"', "Cache-Control": "no-cache"}
+    if _not_modified(request, generation):
+        return Response(status_code=304, headers=headers)
+    return Response(generation.files[resource_type], media_type=FHIR_NDJSON, headers=headers)
+
+
+@router.api_route(
+    "/{rest:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+async def unsupported(rest: str, request: Request) -> FhirJSONResponse:
+    """Anything else under /fhir: an OperationOutcome, never problem+json."""
+    if request.method != "GET":
+        return outcome(
+            405, "method_not_allowed", "This FHIR server is read-only; book through POST /v1/referrals."
+        )
+    return outcome(404, "not_found", f"No FHIR endpoint at /fhir/{rest}.")
+
+
+# --- CapabilityStatement ------------------------------------------------------------------
+
+_SEARCH: dict[str, list[tuple[str, str, str]]] = {
+    "Location": [("_id", "token", "Logical id")],
+    "Schedule": [
+        ("actor", "reference", "Location/<id>"),
+        ("active", "token", "true|false"),
+        ("date", "date", "The session's day (Beijing time)"),
+    ],
+    "Slot": [
+        ("schedule", "reference", "Schedule/<id>"),
+        ("start", "date", "Slot start; repeat with ge/le for a range"),
+        ("status", "token", "free|busy|busy-unavailable, comma-separated"),
+    ],
+    "Appointment": [
+        ("status", "token", "booked|cancelled"),
+        ("date", "date", "Appointment start"),
+        ("slot", "reference", "Slot/<id>"),
+    ],
+}
+
+
+def capability_statement(base: str, now: datetime) -> dict[str, Any]:
+    common = [("_count", "number", "Page size"), ("_cursor", "string", "Opaque; from the next link")]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": resources.utc_instant(now),
+        "publisher": "slotpool",
+        "kind": "instance",
+        "software": {"name": "slotpool", "version": "0.1.0"},
+        "implementation": {"description": "Referral slot pool: read-only scheduling views", "url": base},
+        "fhirVersion": resources.FHIR_VERSION,
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Bearer API keys as for /v1. Booking: POST /v1/referrals with the Slot id.",
+                "security": {"description": "Authorization: Bearer <API key>; scope per client role."},
+                "resource": [
+                    {
+                        "type": kind,
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
+                        "searchParam": [
+                            {"name": name, "type": kind_, "documentation": doc}
+                            for name, kind_, doc in [*params, *common]
+                        ],
+                    }
+                    for kind, params in _SEARCH.items()
+                ],
+                "operation": [
+                    {
+                        "name": "bulk-publish",
+                        "definition": f"{resources.BASE}/OperationDefinition/bulk-publish",
+                    }
+                ],
+            }
+        ],
+    }

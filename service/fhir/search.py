@@ -1,0 +1,141 @@
+"""FHIR search parameters: date prefixes, references, token lists, ``_count`` and the paging cursor."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_
+
+from service.clock import SHANGHAI
+from service.errors import Problem
+from service.ids import MAX_ID
+
+DEFAULT_COUNT = 50
+MAX_COUNT = 500
+_DATE_PARAM = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(\d{4}(-\d{2}(-\d{2})?)?)(T.*)?$")
+
+
+class BadSearch(Problem):
+    """A search the server cannot run: FHIR answers 400 with an OperationOutcome."""
+
+    status = 400
+
+
+@dataclass(frozen=True)
+class DateBound:
+    """``prefix`` applied to the half-open range [lower, upper) the value denotes."""
+
+    prefix: str
+    lower: datetime
+    upper: datetime
+
+    def clause(self, column: Any) -> ColumnElement[bool]:
+        """Compare an instant column with the range, as the FHIR prefixes define it."""
+        if self.prefix == "eq":
+            return and_(column >= self.lower, column < self.upper)
+        if self.prefix == "ge":
+            return column >= self.lower  # type: ignore[no-any-return]
+        if self.prefix == "gt":
+            return column >= self.upper  # type: ignore[no-any-return]
+        if self.prefix == "le":
+            return column < self.upper  # type: ignore[no-any-return]
+        return column < self.lower  # type: ignore[no-any-return]
+
+    def overlaps(self, start: Any, end: Any) -> ColumnElement[bool]:
+        """Compare a period [start, end) with the range: it intersects the range the prefix names."""
+        if self.prefix == "eq":
+            return and_(start < self.upper, end > self.lower)
+        if self.prefix == "ge":
+            return end > self.lower  # type: ignore[no-any-return]
+        if self.prefix == "gt":
+            return end > self.upper  # type: ignore[no-any-return]
+        if self.prefix == "le":
+            return start < self.upper  # type: ignore[no-any-return]
+        return start < self.lower  # type: ignore[no-any-return]
+
+
+def parse_date(name: str, value: str) -> DateBound:
+    """``ge2026-03-10``, ``lt2026-03-10T12:00:00+08:00``, ``2026-03``...; no offset means Beijing time."""
+    match = _DATE_PARAM.match(value)
+    if not match:
+        raise BadSearch("invalid_search_parameter", f"{name}={value!r} is not a FHIR date search value.")
+    prefix = match.group(1) or "eq"
+    if prefix not in ("eq", "gt", "lt", "ge", "le"):
+        raise BadSearch("unsupported_search_prefix", f"{name}: the prefix {prefix!r} is not supported.")
+    text = value[len(match.group(1) or "") :]
+    try:
+        if match.group(5):
+            lower = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if lower.tzinfo is None:
+                lower = lower.replace(tzinfo=SHANGHAI)
+            # An instant names itself; the next microsecond closes the range, as PostgreSQL counts.
+            return DateBound(prefix, lower, lower + timedelta(microseconds=1))
+        parts = [int(p) for p in match.group(2).split("-")]
+        year, month, day = parts[0], parts[1] if len(parts) > 1 else 1, parts[2] if len(parts) > 2 else 1
+        first = date(year, month, day)
+        if len(parts) == 3:
+            last = first + timedelta(days=1)
+        elif len(parts) == 2:
+            last = date(year + month // 12, month % 12 + 1, 1)
+        else:
+            last = date(year + 1, 1, 1)
+    except (ValueError, OverflowError) as exc:
+        raise BadSearch("invalid_search_parameter", f"{name}={value!r} is not a valid date.") from exc
+    return DateBound(
+        prefix,
+        datetime(first.year, first.month, first.day, tzinfo=SHANGHAI),
+        datetime(last.year, last.month, last.day, tzinfo=SHANGHAI),
+    )
+
+
+def date_clauses(name: str, values: Sequence[str], column: Any) -> list[ColumnElement[bool]]:
+    """Repeated date parameters are ANDed: ``start=ge…&start=le…`` is a range."""
+    return [parse_date(name, v).clause(column) for v in values]
+
+
+def parse_reference(name: str, value: str, resource_type: str) -> int:
+    """``Schedule/12``, or a bare ``12``, to the database id."""
+    kind, local = resource_type, value
+    if "/" in value:
+        path, _, local = value.rpartition("/")
+        kind = path.rsplit("/", 1)[-1]  # absolute references end in Type/id too
+    if kind != resource_type or not local.isascii() or not local.isdigit() or not 0 < int(local) <= MAX_ID:
+        raise BadSearch("invalid_search_parameter", f"{name}={value!r} is not a {resource_type} reference.")
+    return int(local)
+
+
+def parse_tokens(name: str, value: str | None, allowed: Sequence[str]) -> list[str] | None:
+    """A comma-separated token list (an OR), each from ``allowed``."""
+    if value is None:
+        return None
+    tokens = [t.strip() for t in value.split(",")]
+    unknown = [t for t in tokens if t not in allowed]
+    if unknown:
+        raise BadSearch(
+            "invalid_search_parameter", f"{name}: {', '.join(unknown)} not one of {', '.join(allowed)}."
+        )
+    return tokens
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """The id the previous page ended on; the cursor is opaque to clients."""
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    kind, _, number = text.partition(":")
+    if kind != "after" or not number.isascii() or not number.isdigit() or int(number) > MAX_ID:
+        raise BadSearch("invalid_cursor", "The _cursor value is not one this server issued.")
+    return int(number)

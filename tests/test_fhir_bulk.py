@@ -1,0 +1,169 @@
+"""SMART Scheduling Links bulk publication: the manifest and its NDJSON files, checked against the database."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from service.context import Actor
+from service.registry.schemas import OrganisationIn
+from service.registry.service import create_api_client, create_organisation
+from service.slots.models import ClinicSession, Slot
+from tests.factories import booking, pool_slots
+from tests.test_fhir import LATER, pool, validate
+
+__all__ = ["pool"]  # the fixture, shared with the FHIR view tests
+
+
+async def manifest(client, world, who: str = "platform", **headers: str) -> tuple[int, dict[str, Any], str]:
+    r = await client.get("/fhir/$bulk-publish", headers=world.auth(who) | headers)
+    return r.status_code, (r.json() if r.status_code == 200 else {}), r.headers.get("etag", "")
+
+
+async def published(client, world, body: dict[str, Any], etag: str) -> dict[str, list[dict[str, Any]]]:
+    """Every NDJSON file of the manifest, each line parsed and validated."""
+    files: dict[str, list[dict[str, Any]]] = {}
+    for output in body["output"]:
+        r = await client.get(output["url"], headers=world.auth("platform"))
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("application/fhir+ndjson")
+        assert r.headers["etag"] == etag
+        lines = [json.loads(line) for line in r.text.splitlines()]
+        assert r.text == "".join(
+            json.dumps(x, ensure_ascii=False, separators=(",", ":")) + "\n" for x in lines
+        )
+        for resource in lines:
+            assert resource["resourceType"] == output["type"]
+            validate(resource)
+        files[output["type"]] = lines
+    return files
+
+
+async def expected_slots(db, now: datetime) -> dict[str, str]:
+    """Slot id -> status the publication should show, straight from the rows."""
+
+    async def q(session):
+        stmt = select(Slot, ClinicSession).join(ClinicSession, ClinicSession.id == Slot.session_id)
+        return (await session.execute(stmt)).all()
+
+    expected = {}
+    for slot, cs in await db.run(q):
+        if cs.status != "active" or slot.starts_at <= now:
+            continue
+        if slot.status == "booked":
+            expected[str(slot.id)] = "busy"
+        elif slot.status == "reserved" and slot.pool_opens_at <= now < slot.public_at:
+            expected[str(slot.id)] = "free"
+    return expected
+
+
+async def test_r19_bulk_manifest_and_files_match_the_database(client, world, clock, db, pool):
+    status, body, etag = await manifest(client, world)
+    assert status == 200
+    assert datetime.fromisoformat(body["transactionTime"]) == clock.now()
+    assert body["request"].endswith("/fhir/$bulk-publish")
+    assert [o["type"] for o in body["output"]] == ["Location", "Schedule", "Slot"]
+    assert body["error"] == []
+    files = await published(client, world, body, etag)
+
+    slots = {s["id"]: s["status"] for s in files["Slot"]}
+    assert slots == await expected_slots(db, clock.now())
+    assert "busy" in slots.values() and "free" in slots.values()
+    assert slots[str(pool["booked_slot"])] == "busy"
+    schedules = {s["id"]: s for s in files["Schedule"]}
+    assert {s["schedule"]["reference"] for s in files["Slot"]} == {f"Schedule/{i}" for i in schedules}
+    locations = {loc["id"] for loc in files["Location"]}
+    assert {s["actor"][0]["reference"] for s in schedules.values()} == {f"Location/{i}" for i in locations}
+    assert locations == {str(world.ids["city_hospital"]), str(world.ids["district_hospital"])}
+
+
+async def test_r19_bulk_is_rebuilt_only_when_rows_or_windows_move(client, world, clock, db, pool):
+    _, first, etag = await manifest(client, world)
+    clock.advance(timedelta(minutes=5))
+    _, again, same = await manifest(client, world)
+    assert (same, again["transactionTime"]) == (etag, first["transactionTime"])
+    assert (await manifest(client, world, **{"If-None-Match": etag}))[0] == 304
+    r = await client.get("/fhir/bulk/Slot.ndjson", headers=world.auth("platform") | {"If-None-Match": etag})
+    assert r.status_code == 304
+
+    # A booking changes the rows: a new generation shows the slot busy.
+    [slot, *_] = await pool_slots(client, world)
+    r = await client.post(
+        "/v1/referrals", json=booking(slot["slot_id"], 2, clock=clock), headers=world.auth("chc_a")
+    )
+    assert r.status_code == 201, r.text
+    _, booked, booked_etag = await manifest(client, world)
+    assert booked_etag != etag
+    assert datetime.fromisoformat(booked["transactionTime"]) == clock.now()
+    files = await published(client, world, booked, booked_etag)
+    assert {s["id"]: s["status"] for s in files["Slot"]}[str(slot["slot_id"])] == "busy"
+
+    # Time alone opens LATER's window: the next generation publishes those slots as free.
+    async def later_reserved(session):
+        stmt = (
+            select(Slot)
+            .join(ClinicSession, ClinicSession.id == Slot.session_id)
+            .where(ClinicSession.service_date == LATER, Slot.status == "reserved")
+        )
+        return list(await session.scalars(stmt))
+
+    later = await db.run(later_reserved)
+    assert later
+    published_before = {s["id"] for s in files["Slot"]}
+    assert not published_before & {str(s.id) for s in later}
+    clock.set(later[0].pool_opens_at)
+    _, opened, opened_etag = await manifest(client, world)
+    assert opened_etag != booked_etag
+    files = await published(client, world, opened, opened_etag)
+    slots = {s["id"]: s["status"] for s in files["Slot"]}
+    assert all(slots[str(s.id)] == "free" for s in later)
+    assert slots == await expected_slots(db, clock.now())
+
+
+async def test_r19_bulk_needs_a_platform_or_commission_key(client, world, pool):
+    r = await client.get("/fhir/$bulk-publish")
+    assert r.status_code == 401
+    assert r.json()["resourceType"] == "OperationOutcome"
+    for who in ("chc_a", "city_hospital"):
+        r = await client.get("/fhir/bulk/Slot.ndjson", headers=world.auth(who))
+        assert r.status_code == 403
+    status, body, _ = await manifest(client, world, who="commission")
+    assert status == 200 and body["requiresAccessToken"] is True
+
+
+async def test_r19_platforms_read_their_own_region_only(client, world, clock, crypto, db, pool):
+    """A platform of another city (Wuhu) sees none of Hefei's hospitals, in search or in bulk."""
+
+    async def wuhu_platform(session):
+        org = await create_organisation(
+            session=session,
+            org=OrganisationIn(
+                code="A-WUHU", name="芜湖市预约诊疗平台", kind="authority", region_code="340200"
+            ),
+        )
+        _, token = await create_api_client(
+            session=session,
+            actor=Actor.system("test", now=clock.now()),
+            crypto=crypto,
+            organisation_id=org.id,
+            role="platform",
+            name="wuhu",
+        )
+        return token
+
+    world.keys["wuhu"] = await db.run(wuhu_platform)
+    status, body, etag = await manifest(client, world, who="wuhu")
+    assert status == 200
+    for output in body["output"]:
+        r = await client.get(output["url"], headers=world.auth("wuhu"))
+        assert (r.status_code, r.text, r.headers["etag"]) == (200, "", etag)
+    r = await client.get("/fhir/Slot", headers=world.auth("wuhu"))
+    assert r.status_code == 200
+    assert "entry" not in r.json()
+    r = await client.get(f"/fhir/Slot/{pool['booked_slot']}", headers=world.auth("wuhu"))
+    assert r.status_code == 404
+    # The Hefei platform, whose region holds both hospitals, gets a different generation.
+    assert (await manifest(client, world))[2] != etag
