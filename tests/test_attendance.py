@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -10,8 +11,11 @@ import pytest
 from sqlalchemy import func, select
 
 from service.attendance.models import NoShowBar
+from service.attendance.schemas import AttendanceReport
+from service.attendance.service import report_attendance
 from service.audit.models import AuditEntry
 from service.clock import local_datetime
+from service.context import Actor
 from tests.factories import TEST_POLICY, booking, pool_slots, push, session_item, sign, to_local
 
 D1 = date(2026, 3, 10)
@@ -539,3 +543,58 @@ async def test_r19_receipt_without_a_his_reference_and_of_a_cancelled_referral(c
         f"/v1/referrals/{cancelled['reference']}/receive", headers=world.auth("city_hospital")
     )
     assert (r.status_code, r.json()["code"]) == (409, "referral_cancelled")
+
+
+async def test_r13_concurrent_reports_reach_the_threshold_once(client, world, signed, db):
+    """A report that is deciding waits for another batch deciding for the same resident and hospital.
+
+    Without that, each would count only its own uncommitted no-show and neither would bar.
+    """
+    await set_city_rule(client, world)
+    first = await refer(client, world, D1, 1)
+    second = await refer(client, world, D2, 1)
+    after_slot(world, second)
+    async with db.sessionmaker() as session:
+        held = await report_attendance(
+            session=session,
+            actor=Actor.system("test", now=world.clock.now()),
+            hospital_id=world.ids["city_hospital"],
+            reports=[AttendanceReport(reference=first["reference"], outcome="no_show")],
+        )
+        assert held.results[0].bar is None
+        other = asyncio.create_task(report(client, world, (second["reference"], "no_show")))
+        await asyncio.sleep(0.5)
+        assert not other.done()
+        await session.commit()
+    body = await other
+    assert body["results"][0]["bar"]["effect"] == "started"
+    assert await bar_count(db) == 1
+
+
+async def test_r13_a_booking_waits_for_a_bar_being_decided(client, world, signed, db):
+    """The bar check is in the booking transaction: a booking racing the deciding report sees its bar."""
+    await set_city_rule(client, world)
+    first = await refer(client, world, D1, 1)
+    second = await refer(client, world, D2, 1)
+    later = date(2026, 3, 21)
+    world.clock.set(local_datetime(later - timedelta(days=8), 9))
+    await push(client, world, [session_item("LATER", later, slots=20)])
+    [slot, *_] = await pool_slots(client, world, service_date=later.isoformat())
+    after_slot(world, second)
+    await report(client, world, (first["reference"], "no_show"))
+    async with db.sessionmaker() as session:
+        held = await report_attendance(
+            session=session,
+            actor=Actor.system("test", now=world.clock.now()),
+            hospital_id=world.ids["city_hospital"],
+            reports=[AttendanceReport(reference=second["reference"], outcome="no_show")],
+        )
+        assert held.results[0].bar is not None
+        world.clock.set(local_datetime(later - timedelta(days=8), 9))
+        payload = booking(slot["slot_id"], 1, clock=world.clock)
+        racing = asyncio.create_task(client.post("/v1/referrals", json=payload, headers=world.auth("chc_a")))
+        await asyncio.sleep(0.5)
+        assert not racing.done()
+        await session.commit()
+    r = await racing
+    assert (r.status_code, r.json()["code"]) == (403, "resident_barred")
