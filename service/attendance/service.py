@@ -385,7 +385,9 @@ async def list_bars(
     limit: int,
 ) -> tuple[list[NoShowBarOut], int | None]:
     """Bars at the hospitals of the commission's region, newest first."""
-    hospitals = [h for h in await _hospitals_in_region(session, region_code) if hospital_id in (None, h)]
+    hospitals = [
+        h for h in await _hospitals_in_region(session, region_code) if hospital_id is None or h == hospital_id
+    ]
     in_force = NoShowBar.lifted_at.is_(None) & (NoShowBar.starts_on <= today) & (NoShowBar.ends_on >= today)
     stmt = (
         select(NoShowBar)
