@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from service.attendance.router import router as attendance_router
 from service.clock import Clock
 from service.config import Settings
 from service.crypto import Crypto
@@ -147,4 +148,5 @@ def create_app(
         app.include_router(router)
     app.include_router(slip_router)
     app.include_router(fhir_router)
+    app.include_router(attendance_router)
     return app

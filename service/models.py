@@ -1,5 +1,6 @@
 """Every model, imported once so that metadata is complete (Alembic, tests)."""
 
+from service.attendance.models import NoShowBar
 from service.audit.models import AuditEntry
 from service.events.models import Event
 from service.policy.models import HospitalPolicy, Policy
@@ -28,6 +29,7 @@ __all__ = [
     "FamilyDoctorContract",
     "HospitalPolicy",
     "IdempotencyKey",
+    "NoShowBar",
     "Organisation",
     "Policy",
     "Referral",

@@ -34,6 +34,11 @@ class Referral(Base):
         CheckConstraint("status IN ('booked', 'cancelled')", name="status"),
         CheckConstraint("(status = 'cancelled') = (cancelled_at IS NOT NULL)", name="cancelled_at"),
         CheckConstraint("cardinality(diagnoses) >= 1", name="r10_diagnosis"),
+        CheckConstraint("attendance IN ('attended', 'no_show')", name="attendance"),
+        CheckConstraint(
+            "(attendance IS NULL) = (attendance_reported_at IS NULL)", name="attendance_reported_at"
+        ),
+        CheckConstraint("his_reference IS NULL OR received_at IS NOT NULL", name="his_reference_received"),
         # The two invariants the pool must never break, held by the database itself.
         Index(
             "uq_referrals_active_slot",
@@ -51,6 +56,21 @@ class Referral(Base):
         ),
         Index("ix_referrals_booker_booked_at", "booker_org_id", "booked_at"),
         Index("ix_referrals_hospital_date", "hospital_id", "service_date"),
+        # The hospital's worklist: booked referrals that no attendance report has resolved.
+        Index(
+            "ix_referrals_unreported",
+            "hospital_id",
+            "service_date",
+            postgresql_where=text("status = 'booked' AND attendance IS NULL"),
+        ),
+        # Counting a resident's no-shows at a hospital (R13).
+        Index(
+            "ix_referrals_no_shows",
+            "resident_id",
+            "hospital_id",
+            "service_date",
+            postgresql_where=text("attendance = 'no_show'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -75,6 +95,13 @@ class Referral(Base):
     cancelled_by: Mapped[str | None] = mapped_column(String(20))
     cancelled_by_client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))
     cancel_reason: Mapped[str | None] = mapped_column(Text)
+    # R13: what the HIS reported; null until it reports, never filled in by the service itself.
+    attendance: Mapped[str | None] = mapped_column(String(10))
+    attendance_reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attendance_note: Mapped[str | None] = mapped_column(Text)
+    # The HIS acknowledged the referral into its own system (R19).
+    received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    his_reference: Mapped[str | None] = mapped_column(String(64))
 
 
 class IdempotencyKey(Base):

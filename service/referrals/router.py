@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.context import Caller
+from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
 from service.deps import State, actor_for, require
 from service.errors import Problem
 from service.ids import MAX_ID, QueryId
@@ -135,20 +136,31 @@ async def list_referrals(
     service_date: date | None = None,
     department_code: str | None = None,
     status: Literal["booked", "cancelled"] | None = None,
+    cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> ReferralList:
-    """Referrals the caller made (primary) or receives (hospital, with the R17 priority marker)."""
+    """Referrals the caller made (primary) or receives (hospital, with the R17 priority marker).
+
+    Ordered by service date, then booking; pass ``next_cursor`` back as ``cursor`` for the next page.
+    """
+    after = (
+        decode_cursor(cursor, lambda p: (date.fromisoformat(p[0]), cursor_id(p[1])))
+        if cursor is not None
+        else None
+    )
     async with state.db.sessionmaker() as session:
-        items = await service.list_referrals(
+        items, following = await service.list_referrals(
             session=session,
             caller=caller,
             crypto=state.crypto,
             service_date=service_date,
             department_code=department_code,
             status=status,
+            after=after,
             limit=limit,
         )
-    return ReferralList(items=items)
+    next_cursor = encode_cursor(following[0].isoformat(), following[1]) if following else None
+    return ReferralList(items=items, next_cursor=next_cursor)
 
 
 @router.get("/referrals/{reference}", response_model=ReferralOut, responses={404: PROBLEM})

@@ -99,6 +99,21 @@ class Notice(ApiModel):
     no_show_rule: str
 
 
+class AttendanceOut(ApiModel):
+    """What the hospital reported after the slot (R13); the service never fills it in itself."""
+
+    outcome: Literal["attended", "no_show"]
+    reported_at: datetime
+    note: str | None = None
+
+
+class ReceiptOut(ApiModel):
+    """The hospital acknowledged the referral into its own system (R19)."""
+
+    received_at: datetime
+    his_reference: str | None = None
+
+
 class ReferralOut(ApiModel):
     reference: str
     status: Literal["booked", "cancelled"]
@@ -130,10 +145,15 @@ class ReferralOut(ApiModel):
     cancel_reason: str | None = None
     notice: Notice
     policy: str
+    attendance: AttendanceOut | None = Field(
+        None, description="Null until the hospital reports; an unreported referral stays null."
+    )
+    received: ReceiptOut | None = None
 
 
 class ReferralList(ApiModel):
     items: list[ReferralOut]
+    next_cursor: str | None = None
 
 
 class BookableSlot(ApiModel):

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.attendance.bars import refuse_if_barred
 from service.audit.service import record
 from service.clock import SHANGHAI, local_date
 from service.context import Actor, Caller
@@ -25,12 +26,14 @@ from service.policy.models import HospitalPolicy, Policy
 from service.policy.service import policy_in_force
 from service.referrals.models import IdempotencyKey, Referral
 from service.referrals.schemas import (
+    AttendanceOut,
     BookableSlot,
     BookingIn,
     Consultation,
     DoctorOut,
     NamedRef,
     Notice,
+    ReceiptOut,
     ReferralOut,
     SlotOut,
     WardOut,
@@ -371,6 +374,7 @@ async def book_referral(
         resident = await _ensure_resident(session, crypto, actor, id_number, booking.resident.name.strip())
     if crypto.decrypt(resident.name_enc, column="residents.name") != booking.resident.name.strip():
         raise Unprocessable("name_mismatch", "The name does not match the resident's real name (R8).")
+    await refuse_if_barred(session, hospital_id=hospital.id, resident_id=resident.id, on=local_date(now))
 
     encountered = booking.consultation.encountered_at
     if encountered > now or now - encountered > timedelta(hours=policy.consultation_max_age_hours):
@@ -758,6 +762,16 @@ async def referral_out(
         cancel_reason=referral.cancel_reason,
         notice=notice,
         policy=f"{policy.code} v{policy.version}",
+        attendance=AttendanceOut(
+            outcome=referral.attendance,
+            reported_at=referral.attendance_reported_at,
+            note=referral.attendance_note,
+        )
+        if referral.attendance is not None and referral.attendance_reported_at is not None
+        else None,
+        received=ReceiptOut(received_at=referral.received_at, his_reference=referral.his_reference)
+        if referral.received_at is not None
+        else None,
     )
 
 
@@ -851,10 +865,15 @@ async def list_referrals(
     service_date: date | None,
     department_code: str | None,
     status: str | None,
+    after: tuple[date, int] | None,
     limit: int,
-) -> list[ReferralOut]:
-    """The caller's referrals: those it made (primary) or receives (hospital)."""
-    stmt = select(Referral).order_by(Referral.service_date, Referral.id).limit(limit)
+) -> tuple[list[ReferralOut], tuple[date, int] | None]:
+    """The caller's referrals: those it made (primary) or receives (hospital), by date then id.
+
+    ``after`` is the (service date, id) of the last item of the previous page; the
+    second value returned is that of this page's last item when more follow.
+    """
+    stmt = select(Referral).order_by(Referral.service_date, Referral.id).limit(limit + 1)
     if caller.role == "hospital":
         stmt = stmt.where(Referral.hospital_id == caller.org_id)
     else:
@@ -867,7 +886,12 @@ async def list_referrals(
         stmt = stmt.join(Department, Department.id == Referral.department_id).where(
             Department.code == department_code
         )
-    return [
+    if after is not None:
+        stmt = stmt.where(tuple_(Referral.service_date, Referral.id) > tuple_(*after))
+    rows = list(await session.scalars(stmt))
+    following = (rows[limit - 1].service_date, rows[limit - 1].id) if len(rows) > limit else None
+    items = [
         await referral_out(session=session, crypto=crypto, referral=r, show_code=caller.role == "primary")
-        for r in await session.scalars(stmt)
+        for r in rows[:limit]
     ]
+    return items, following

@@ -1,0 +1,157 @@
+"""A HIS reports attendance, works its worklist and receives referrals; the commission lifts bars."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.attendance import service
+from service.attendance.schemas import (
+    AttendanceBatch,
+    AttendanceResult,
+    LiftIn,
+    NoShowBarList,
+    NoShowBarOut,
+    ReceiveIn,
+    Worklist,
+)
+from service.clock import local_date
+from service.context import Caller
+from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
+from service.deps import State, actor_for, require
+from service.ids import PathId, QueryId
+from service.referrals.schemas import ReferralOut
+
+router = APIRouter(prefix="/v1", tags=["attendance"])
+Hospital = Annotated[Caller, Depends(require("hospital"))]
+Commission = Annotated[Caller, Depends(require("commission"))]
+PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
+
+
+@router.post("/hospital/attendance", response_model=AttendanceResult, responses={422: PROBLEM})
+async def report_attendance(
+    body: AttendanceBatch, request: Request, state: State, caller: Hospital
+) -> AttendanceResult:
+    """Report attended or no-show per referral (R13); repeating a report changes nothing.
+
+    A schema error refuses the whole batch; otherwise each item is applied or refused on its own.
+    """
+    actor = actor_for(request, state, caller)
+    return await state.db.run(
+        lambda session: service.report_attendance(
+            session=session, actor=actor, hospital_id=caller.org_id, reports=body.reports
+        )
+    )
+
+
+def _instant_and_id(parts: list[Any]) -> tuple[datetime, int]:
+    when = datetime.fromisoformat(parts[0])
+    if when.tzinfo is None:
+        raise ValueError("naive instant")
+    return when, cursor_id(parts[1])
+
+
+@router.get("/hospital/worklist", response_model=Worklist, responses={422: PROBLEM})
+async def worklist(
+    state: State,
+    caller: Hospital,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> Worklist:
+    """Booked referrals whose slot has ended with no attendance report, oldest first.
+
+    They stay here until the HIS reports: the service never marks a referral as a no-show.
+    """
+    after = decode_cursor(cursor, _instant_and_id) if cursor is not None else None
+    async with state.db.sessionmaker() as session:
+        items, following = await service.list_worklist(
+            session=session,
+            crypto=state.crypto,
+            hospital_id=caller.org_id,
+            now=state.clock.now(),
+            after=after,
+            limit=limit,
+        )
+    next_cursor = encode_cursor(following[0].isoformat(), following[1]) if following else None
+    return Worklist(items=items, next_cursor=next_cursor)
+
+
+@router.post(
+    "/referrals/{reference}/receive",
+    response_model=ReferralOut,
+    responses={404: PROBLEM, 409: PROBLEM},
+)
+async def receive_referral(
+    reference: str,
+    request: Request,
+    state: State,
+    caller: Hospital,
+    body: ReceiveIn | None = None,
+) -> ReferralOut:
+    """The HIS acknowledges the referral into its own system; the referring doctor sees it."""
+    actor = actor_for(request, state, caller)
+    his_reference = body.his_reference if body is not None else None
+
+    async def work(session: AsyncSession) -> ReferralOut:
+        return await service.receive_referral(
+            session=session,
+            actor=actor,
+            crypto=state.crypto,
+            hospital_id=caller.org_id,
+            reference=reference,
+            his_reference=his_reference,
+        )
+
+    return await state.db.run(work)
+
+
+@router.get("/no-show-bars", response_model=NoShowBarList, responses={422: PROBLEM})
+async def list_bars(
+    state: State,
+    caller: Commission,
+    hospital_id: QueryId = None,
+    active: bool | None = None,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> NoShowBarList:
+    """No-show bars at the hospitals of the commission's region, newest first (R13)."""
+    before = decode_cursor(cursor, lambda p: cursor_id(p[0])) if cursor is not None else None
+    async with state.db.sessionmaker() as session:
+        items, following = await service.list_bars(
+            session=session,
+            crypto=state.crypto,
+            region_code=caller.region_code,
+            today=local_date(state.clock.now()),
+            hospital_id=hospital_id,
+            active=active,
+            before_id=before,
+            limit=limit,
+        )
+    return NoShowBarList(items=items, next_cursor=encode_cursor(following) if following is not None else None)
+
+
+@router.post(
+    "/no-show-bars/{bar_id}/lift",
+    response_model=NoShowBarOut,
+    responses={404: PROBLEM, 409: PROBLEM},
+)
+async def lift_bar(
+    bar_id: PathId, body: LiftIn, request: Request, state: State, caller: Commission
+) -> NoShowBarOut:
+    """The commission lifts a bar, with a reason that is recorded (R13)."""
+    actor = actor_for(request, state, caller)
+
+    async def work(session: AsyncSession) -> NoShowBarOut:
+        return await service.lift_bar(
+            session=session,
+            actor=actor,
+            crypto=state.crypto,
+            region_code=caller.region_code,
+            bar_id=bar_id,
+            reason=body.reason,
+        )
+
+    return await state.db.run(work)

@@ -1,0 +1,442 @@
+"""Attendance reported by the HIS, the no-show rule (R13), the worklist and receipts."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import any_, func, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.attendance.bars import active_bar, lock_resident_at_hospital
+from service.attendance.models import NoShowBar
+from service.attendance.schemas import (
+    AttendanceReport,
+    AttendanceResult,
+    BarEffect,
+    NoShowBarOut,
+    ReportResult,
+)
+from service.audit.service import record
+from service.clock import local_date
+from service.context import Actor
+from service.crypto import Crypto, mask_id_number, mask_name
+from service.errors import Conflict, NotFound, Problem
+from service.policy.models import Policy
+from service.policy.schemas import NoShowRule
+from service.referrals.models import Referral
+from service.referrals.schemas import NamedRef, ReferralOut
+from service.referrals.service import referral_out
+from service.regions import covers
+from service.registry.models import Organisation
+from service.residents.models import Resident
+from service.slots.models import Slot
+
+# --- attendance reports -----------------------------------------------------------------
+
+
+async def report_attendance(
+    *, session: AsyncSession, actor: Actor, hospital_id: int, reports: list[AttendanceReport]
+) -> AttendanceResult:
+    """Apply each report in its own savepoint; one refused item never spoils another."""
+    results: list[ReportResult] = []
+    for item in reports:
+        try:
+            async with session.begin_nested():
+                results.append(await _apply_report(session, actor, hospital_id, item))
+        except Problem as exc:
+            results.append(
+                ReportResult(reference=item.reference, result="refused", code=exc.code, detail=exc.detail)
+            )
+    return AttendanceResult(
+        recorded=sum(r.result == "recorded" for r in results),
+        corrected=sum(r.result == "corrected" for r in results),
+        unchanged=sum(r.result == "unchanged" for r in results),
+        refused=sum(r.result == "refused" for r in results),
+        results=results,
+    )
+
+
+async def _own_referral(session: AsyncSession, hospital_id: int, reference: str) -> Referral:
+    referral = await session.scalar(select(Referral).where(Referral.reference == reference).with_for_update())
+    if referral is None or referral.hospital_id != hospital_id:
+        raise NotFound("referral_not_found", f"No referral {reference} at this hospital.")
+    return referral
+
+
+async def _apply_report(
+    session: AsyncSession, actor: Actor, hospital_id: int, item: AttendanceReport
+) -> ReportResult:
+    referral = await _own_referral(session, hospital_id, item.reference)
+    if referral.status == "cancelled":
+        raise Conflict("referral_cancelled", "The referral was cancelled; there is no visit to report.")
+    slot = await session.get(Slot, referral.slot_id)
+    assert slot is not None
+    if actor.now < slot.starts_at:
+        raise Conflict(
+            "too_early",
+            "Attendance can be reported once the slot has started.",
+            starts_at=slot.starts_at.isoformat(),
+        )
+    previous = referral.attendance
+    if previous == item.outcome:
+        return ReportResult(reference=referral.reference, result="unchanged", outcome=item.outcome)
+
+    await lock_resident_at_hospital(
+        session, hospital_id=hospital_id, resident_id=referral.resident_id, shared=False
+    )
+    referral.attendance = item.outcome
+    referral.attendance_reported_at = actor.now
+    referral.attendance_note = item.note
+    await session.flush()
+    await record(
+        session=session,
+        actor=actor,
+        action="attendance.recorded" if previous is None else "attendance.corrected",
+        code=item.outcome,
+        hospital_id=hospital_id,
+        resident_id=referral.resident_id,
+        referral_id=referral.id,
+        reason=item.note,
+        detail={"reference": referral.reference, "outcome": item.outcome, "previous": previous},
+    )
+    effect = None
+    if item.outcome == "no_show":
+        effect = await _bar_after_no_show(session, actor, referral)
+    elif previous == "no_show":
+        effect = await _bar_after_correction(session, actor, referral)
+    return ReportResult(
+        reference=referral.reference,
+        result="recorded" if previous is None else "corrected",
+        outcome=item.outcome,
+        bar=effect,
+    )
+
+
+# --- the no-show rule (R13) -----------------------------------------------------------------
+
+
+async def _rule(session: AsyncSession, policy_id: int) -> tuple[Policy, NoShowRule]:
+    policy = await session.get(Policy, policy_id)
+    assert policy is not None
+    return policy, NoShowRule.model_validate(policy.no_show_rule)
+
+
+async def _countable_no_shows(
+    session: AsyncSession,
+    *,
+    hospital_id: int,
+    resident_id: int,
+    as_of: date,
+    window_days: int,
+    exclude_bar_id: int | None = None,
+) -> list[int]:
+    """No-shows in the ``window_days`` days ending on ``as_of`` (by service date) not yet spent.
+
+    A no-show is spent once it has triggered a bar, unless that bar was lifted by a
+    correction (the bar never should have been).
+    """
+    spent = select(func.unnest(NoShowBar.trigger_referral_ids)).where(
+        NoShowBar.hospital_id == hospital_id,
+        NoShowBar.resident_id == resident_id,
+        or_(NoShowBar.lift_kind.is_(None), NoShowBar.lift_kind != "correction"),
+    )
+    if exclude_bar_id is not None:
+        spent = spent.where(NoShowBar.id != exclude_bar_id)
+    rows = await session.scalars(
+        select(Referral.id)
+        .where(
+            Referral.hospital_id == hospital_id,
+            Referral.resident_id == resident_id,
+            Referral.status == "booked",
+            Referral.attendance == "no_show",
+            Referral.service_date > as_of - timedelta(days=window_days),
+            Referral.service_date <= as_of,
+            Referral.id.not_in(spent),
+        )
+        .order_by(Referral.service_date, Referral.id)
+    )
+    return list(rows)
+
+
+def _effect(bar: NoShowBar, effect: str) -> BarEffect:
+    return BarEffect(bar_id=bar.id, effect=effect, starts_on=bar.starts_on, ends_on=bar.ends_on)
+
+
+async def _bar_after_no_show(session: AsyncSession, actor: Actor, referral: Referral) -> BarEffect | None:
+    """Start a bar when this no-show brings the resident to the hospital's threshold."""
+    today = local_date(actor.now)
+    if await active_bar(
+        session, hospital_id=referral.hospital_id, resident_id=referral.resident_id, on=today
+    ):
+        return None  # already barred; this no-show stays countable for a later bar
+    policy, rule = await _rule(session, referral.policy_id)
+    no_shows = await _countable_no_shows(
+        session,
+        hospital_id=referral.hospital_id,
+        resident_id=referral.resident_id,
+        as_of=today,
+        window_days=rule.window_days,
+    )
+    if len(no_shows) < rule.max_no_shows:
+        return None
+    bar = NoShowBar(
+        resident_id=referral.resident_id,
+        hospital_id=referral.hospital_id,
+        policy_id=policy.id,
+        starts_on=today,
+        ends_on=today + timedelta(days=rule.bar_days - 1),
+        trigger_referral_ids=no_shows,
+        created_at=actor.now,
+    )
+    session.add(bar)
+    await session.flush()
+    await record(
+        session=session,
+        actor=actor,
+        action="no_show_bar.started",
+        hospital_id=referral.hospital_id,
+        resident_id=referral.resident_id,
+        referral_id=referral.id,
+        reason=rule.text,
+        detail={
+            "bar_id": bar.id,
+            "starts_on": bar.starts_on.isoformat(),
+            "ends_on": bar.ends_on.isoformat(),
+            "no_show_referral_ids": no_shows,
+            "policy_id": policy.id,
+            "rule": rule.model_dump(exclude={"text"}),
+        },
+    )
+    return _effect(bar, "started")
+
+
+async def _bar_after_correction(session: AsyncSession, actor: Actor, referral: Referral) -> BarEffect | None:
+    """A no-show corrected to attended: decide again, as of its first day, the bar it triggered."""
+    bar = await session.scalar(
+        select(NoShowBar)
+        .where(
+            NoShowBar.hospital_id == referral.hospital_id,
+            NoShowBar.resident_id == referral.resident_id,
+            NoShowBar.lifted_at.is_(None),
+            NoShowBar.ends_on >= local_date(actor.now),
+            any_(NoShowBar.trigger_referral_ids) == referral.id,
+        )
+        .with_for_update()
+    )
+    if bar is None:
+        return None
+    _, rule = await _rule(session, bar.policy_id)
+    remaining = await _countable_no_shows(
+        session,
+        hospital_id=bar.hospital_id,
+        resident_id=bar.resident_id,
+        as_of=bar.starts_on,
+        window_days=rule.window_days,
+        exclude_bar_id=bar.id,
+    )
+    if len(remaining) >= rule.max_no_shows:
+        bar.trigger_referral_ids = remaining
+        action, effect, reason = "no_show_bar.kept", "kept", None
+    else:
+        bar.lifted_at = actor.now
+        bar.lifted_by_client_id = actor.client_id
+        bar.lift_kind = "correction"
+        bar.lift_reason = (
+            f"No-show of referral {referral.reference} corrected to attended: "
+            f"{len(remaining)} of the {rule.max_no_shows} no-shows the rule needs remain."
+        )
+        action, effect, reason = "no_show_bar.lifted", "lifted", bar.lift_reason
+    await session.flush()
+    await record(
+        session=session,
+        actor=actor,
+        action=action,
+        code="correction",
+        hospital_id=bar.hospital_id,
+        resident_id=bar.resident_id,
+        referral_id=referral.id,
+        reason=reason,
+        detail={"bar_id": bar.id, "no_show_referral_ids": remaining},
+    )
+    return _effect(bar, effect)
+
+
+# --- the hospital's worklist and receipts -----------------------------------------------------
+
+
+async def list_worklist(
+    *,
+    session: AsyncSession,
+    crypto: Crypto,
+    hospital_id: int,
+    now: datetime,
+    after: tuple[datetime, int] | None,
+    limit: int,
+) -> tuple[list[ReferralOut], tuple[datetime, int] | None]:
+    """Booked referrals whose slot has ended with no attendance report, oldest slot first."""
+    stmt = (
+        select(Referral, Slot.ends_at)
+        .join(Slot, Slot.id == Referral.slot_id)
+        .where(
+            Referral.hospital_id == hospital_id,
+            Referral.status == "booked",
+            Referral.attendance.is_(None),
+            Slot.ends_at <= now,
+        )
+        .order_by(Slot.ends_at, Referral.id)
+        .limit(limit + 1)
+    )
+    if after is not None:
+        stmt = stmt.where(tuple_(Slot.ends_at, Referral.id) > tuple_(*after))
+    rows = (await session.execute(stmt)).all()
+    following = (rows[limit - 1][1], rows[limit - 1][0].id) if len(rows) > limit else None
+    items = [
+        await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
+        for referral, _ in rows[:limit]
+    ]
+    return items, following
+
+
+async def receive_referral(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    crypto: Crypto,
+    hospital_id: int,
+    reference: str,
+    his_reference: str | None,
+) -> ReferralOut:
+    """The HIS acknowledges a referral into its own system; repeating it changes nothing."""
+    referral = await _own_referral(session, hospital_id, reference)
+    if referral.status == "cancelled":
+        raise Conflict("referral_cancelled", "The referral was cancelled; there is nothing to receive.")
+    first = referral.received_at is None
+    if not first and his_reference is not None and referral.his_reference not in (None, his_reference):
+        raise Conflict(
+            "his_reference_conflict",
+            "The referral was received under another HIS reference.",
+            his_reference=referral.his_reference,
+        )
+    if first or (his_reference is not None and referral.his_reference is None):
+        if first:
+            referral.received_at = actor.now
+        if his_reference is not None:
+            referral.his_reference = his_reference
+        await session.flush()
+        await record(
+            session=session,
+            actor=actor,
+            action="referral.received",
+            hospital_id=hospital_id,
+            resident_id=referral.resident_id,
+            referral_id=referral.id,
+            detail={"reference": referral.reference, "his_reference": his_reference, "first": first},
+        )
+    return await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
+
+
+# --- no-show bars for the commission ------------------------------------------------------------
+
+
+async def _hospitals_in_region(session: AsyncSession, region_code: str) -> list[int]:
+    hospitals = await session.scalars(select(Organisation).where(Organisation.kind == "hospital"))
+    return [h.id for h in hospitals if covers(region_code, h.region_code)]
+
+
+async def bar_out(*, session: AsyncSession, crypto: Crypto, bar: NoShowBar, today: date) -> NoShowBarOut:
+    hospital = await session.get(Organisation, bar.hospital_id)
+    resident = await session.get(Resident, bar.resident_id)
+    policy, rule = await _rule(session, bar.policy_id)
+    assert hospital is not None and resident is not None
+    references = await session.scalars(
+        select(Referral.reference)
+        .where(Referral.id.in_(bar.trigger_referral_ids))
+        .order_by(Referral.service_date, Referral.id)
+    )
+    return NoShowBarOut(
+        id=bar.id,
+        hospital=NamedRef(id=hospital.id, code=hospital.code, name=hospital.name),
+        resident_name_masked=mask_name(crypto.decrypt(resident.name_enc, column="residents.name")),
+        resident_id_masked=mask_id_number(
+            crypto.decrypt(resident.id_number_enc, column="residents.id_number")
+        ),
+        starts_on=bar.starts_on,
+        ends_on=bar.ends_on,
+        active=bar.lifted_at is None and bar.starts_on <= today <= bar.ends_on,
+        no_show_references=list(references),
+        policy=f"{policy.code} v{policy.version}",
+        rule=rule.text,
+        created_at=bar.created_at,
+        lifted_at=bar.lifted_at,
+        lift_kind=bar.lift_kind,
+        lift_reason=bar.lift_reason,
+    )
+
+
+async def list_bars(
+    *,
+    session: AsyncSession,
+    crypto: Crypto,
+    region_code: str,
+    today: date,
+    hospital_id: int | None,
+    active: bool | None,
+    before_id: int | None,
+    limit: int,
+) -> tuple[list[NoShowBarOut], int | None]:
+    """Bars at the hospitals of the commission's region, newest first."""
+    hospitals = [
+        h for h in await _hospitals_in_region(session, region_code) if hospital_id is None or h == hospital_id
+    ]
+    in_force = NoShowBar.lifted_at.is_(None) & (NoShowBar.starts_on <= today) & (NoShowBar.ends_on >= today)
+    stmt = (
+        select(NoShowBar)
+        .where(NoShowBar.hospital_id.in_(hospitals))
+        .order_by(NoShowBar.id.desc())
+        .limit(limit + 1)
+    )
+    if active is not None:
+        stmt = stmt.where(in_force if active else ~in_force)
+    if before_id is not None:
+        stmt = stmt.where(NoShowBar.id < before_id)
+    bars = list(await session.scalars(stmt))
+    following = bars[limit - 1].id if len(bars) > limit else None
+    items = [await bar_out(session=session, crypto=crypto, bar=bar, today=today) for bar in bars[:limit]]
+    return items, following
+
+
+async def lift_bar(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    crypto: Crypto,
+    region_code: str,
+    bar_id: int,
+    reason: str,
+) -> NoShowBarOut:
+    """The commission lifts a bar at a hospital of its region, with a recorded reason."""
+    bar = await session.scalar(select(NoShowBar).where(NoShowBar.id == bar_id).with_for_update())
+    hospital = await session.get(Organisation, bar.hospital_id) if bar is not None else None
+    if bar is None or hospital is None or not covers(region_code, hospital.region_code):
+        raise NotFound("bar_not_found", f"No no-show bar {bar_id} in this commission's region.")
+    today = local_date(actor.now)
+    if bar.lifted_at is not None:
+        raise Conflict("bar_already_lifted", "The bar was already lifted.")
+    if bar.ends_on < today:
+        raise Conflict("bar_ended", "The bar has already ended.", ends_on=bar.ends_on.isoformat())
+    bar.lifted_at = actor.now
+    bar.lifted_by_client_id = actor.client_id
+    bar.lift_kind = "commission"
+    bar.lift_reason = reason
+    await session.flush()
+    await record(
+        session=session,
+        actor=actor,
+        action="no_show_bar.lifted",
+        code="commission",
+        hospital_id=bar.hospital_id,
+        resident_id=bar.resident_id,
+        reason=reason,
+        detail={"bar_id": bar.id, "ends_on": bar.ends_on.isoformat()},
+    )
+    return await bar_out(session=session, crypto=crypto, bar=bar, today=today)
