@@ -22,6 +22,7 @@ from service.crypto import Crypto
 from service.db import Database
 from service.deps import AppState
 from service.errors import install_handlers, problem_response
+from service.loops.dispatcher import dispatch_loop
 from service.loops.release import release_loop
 from service.metrics import HTTP_REQUESTS
 from service.migrations import head_revision
@@ -30,6 +31,7 @@ from service.referrals.router import router as referrals_router
 from service.registry.router import router as registry_router
 from service.residents.router import router as residents_router
 from service.slots.router import router as slots_router
+from service.webhooks.router import router as webhooks_router
 
 log = structlog.get_logger("slotpool.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -70,6 +72,13 @@ def create_app(
                         interval=settings.release_interval_seconds,
                         batch_size=settings.release_batch_size,
                         stop=stop,
+                    )
+                )
+            )
+            tasks.append(
+                asyncio.create_task(
+                    dispatch_loop(
+                        db, state.clock, state.crypto, settings, database_url=database_url, stop=stop
                     )
                 )
             )
@@ -141,6 +150,13 @@ def create_app(
         """Prometheus metrics."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    for router in (registry_router, policy_router, residents_router, slots_router, referrals_router):
+    for router in (
+        registry_router,
+        policy_router,
+        residents_router,
+        slots_router,
+        referrals_router,
+        webhooks_router,
+    ):
         app.include_router(router)
     return app
