@@ -38,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MAX_BODY = 1_000_000
 SEEN_LIMIT = 100_000
+PRINT_LOCK = threading.Lock()
 
 
 def secret_key(secret: str) -> bytes:
@@ -130,7 +131,9 @@ def make_handler(keys: list[bytes], tolerance: int, seen: Seen) -> type[BaseHTTP
             if seen.add(msg_id):
                 line = {"webhook_id": msg_id, "type": event.get("type"), "timestamp": event.get("timestamp"),
                         "data": event.get("data")}  # fmt: skip
-                print(json.dumps(line, ensure_ascii=False), flush=True)
+                with PRINT_LOCK:  # one whole line at a time: requests are handled in threads
+                    sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+                    sys.stdout.flush()
             return self._answer(204)
 
         def log_message(self, format: str, *args: object) -> None:
