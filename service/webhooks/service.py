@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
@@ -340,13 +340,3 @@ async def replay_delivery(
     await notify_dispatchers(session=session)
     await session.flush()
     return delivery
-
-
-async def pending_count(*, session: AsyncSession, endpoint_id: int) -> int:
-    """How many deliveries wait in an endpoint's queue."""
-    count = await session.scalar(
-        select(func.count())
-        .select_from(WebhookDelivery)
-        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == "pending")
-    )
-    return int(count or 0)
