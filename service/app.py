@@ -24,6 +24,7 @@ from service.db import Database
 from service.deps import AppState
 from service.errors import install_handlers, problem_response
 from service.fhir.router import router as fhir_router
+from service.loops.dispatcher import dispatch_loop
 from service.loops.release import release_loop
 from service.metrics import HTTP_REQUESTS
 from service.migrations import head_revision
@@ -33,6 +34,7 @@ from service.registry.router import router as registry_router
 from service.residents.router import router as residents_router
 from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
+from service.webhooks.router import router as webhooks_router
 
 log = structlog.get_logger("slotpool.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -73,6 +75,13 @@ def create_app(
                         interval=settings.release_interval_seconds,
                         batch_size=settings.release_batch_size,
                         stop=stop,
+                    )
+                )
+            )
+            tasks.append(
+                asyncio.create_task(
+                    dispatch_loop(
+                        db, state.clock, state.crypto, settings, database_url=database_url, stop=stop
                     )
                 )
             )
@@ -144,9 +153,16 @@ def create_app(
         """Prometheus metrics."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    for router in (registry_router, policy_router, residents_router, slots_router, referrals_router):
+    for router in (
+        registry_router,
+        policy_router,
+        residents_router,
+        slots_router,
+        referrals_router,
+        attendance_router,
+        slip_router,
+        webhooks_router,
+        fhir_router,
+    ):
         app.include_router(router)
-    app.include_router(slip_router)
-    app.include_router(fhir_router)
-    app.include_router(attendance_router)
     return app

@@ -78,20 +78,25 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
+    from service.loops.dispatcher import dispatch_loop
     from service.loops.release import release_loop
 
     url = resolve_database_url(settings)
 
     async def main() -> None:
-        db = Database(url, pool_size=2)
+        db = Database(url, pool_size=settings.db_pool_size)
         stop = asyncio.Event()
+        clock = Clock()
         try:
-            await release_loop(
-                db,
-                Clock(),
-                interval=settings.release_interval_seconds,
-                batch_size=settings.release_batch_size,
-                stop=stop,
+            await asyncio.gather(
+                release_loop(
+                    db,
+                    clock,
+                    interval=settings.release_interval_seconds,
+                    batch_size=settings.release_batch_size,
+                    stop=stop,
+                ),
+                dispatch_loop(db, clock, crypto_from(settings), settings, database_url=url, stop=stop),
             )
         finally:
             await db.dispose()

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     release_interval_seconds: float = 5.0
     release_batch_size: int = 500
     lock_timeout_ms: int = 2000
+    # Webhook delivery (service/loops/dispatcher.py): endpoints delivered to at once per
+    # replica, the backstop poll when no NOTIFY arrives, the whole-request time limit, and how
+    # long the old secret stays valid after a rotation.
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
+    webhook_poll_seconds: float = Field(default=5.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=60)
+    webhook_secret_overlap_hours: int = Field(default=24, ge=0, le=24 * 7)
     db_pool_size: int = 10
     log_level: str = "INFO"
     log_json: bool = True

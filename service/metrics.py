@@ -10,3 +10,4 @@ HTTP_REQUESTS = Histogram(
 BOOKINGS = Counter("slotpool_bookings_total", "Booking attempts by outcome code.", ["outcome"])
 SLOTS_RETURNED = Counter("slotpool_slots_returned_total", "Reserved slots returned to the public (R6).")
 LOOP_ERRORS = Counter("slotpool_loop_errors_total", "Background loop iterations that failed.", ["loop"])
+WEBHOOK_ATTEMPTS = Counter("slotpool_webhook_attempts_total", "Webhook requests by outcome.", ["outcome"])

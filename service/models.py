@@ -16,6 +16,7 @@ from service.registry.models import (
 )
 from service.residents.models import FamilyDoctorContract, Resident
 from service.slots.models import ClinicSession, ReservationShortfall, Slot
+from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "Alliance",
@@ -37,4 +38,7 @@ __all__ = [
     "ReservationShortfall",
     "Resident",
     "Slot",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]

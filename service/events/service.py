@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.events.models import EVENT_TYPES, Event
+from service.webhooks.service import fan_out
 
 
 def envelope(event_type: str, data: dict[str, Any], *, at: datetime) -> dict[str, Any]:
@@ -18,7 +19,7 @@ def envelope(event_type: str, data: dict[str, Any], *, at: datetime) -> dict[str
 async def emit(
     *, session: AsyncSession, hospital_id: int, event_type: str, data: dict[str, Any], at: datetime
 ) -> Event:
-    """Write one event row for a hospital, in the caller's transaction."""
+    """Write one event row for a hospital, and its webhook deliveries, in the caller's transaction."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type}")
     event = Event(
@@ -28,4 +29,6 @@ async def emit(
         created_at=at,
     )
     session.add(event)
+    await session.flush()
+    await fan_out(session=session, event=event)
     return event

@@ -1,0 +1,87 @@
+"""Webhook endpoints, deliveries and attempts as the API shows them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from service.schemas import ApiModel
+from service.webhooks.urls import MAX_URL_LENGTH
+
+EventType = Literal["referral.booked", "referral.cancelled", "slots.returned"]
+
+
+class EndpointIn(ApiModel):
+    url: str = Field(
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        description="https URL of the HIS receiver (http only to loopback in development).",
+    )
+    event_types: list[EventType] = Field(min_length=1, max_length=3)
+
+
+class EndpointPatch(ApiModel):
+    url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
+    event_types: list[EventType] | None = Field(default=None, min_length=1, max_length=3)
+    status: Literal["active"] | None = Field(
+        default=None, description="'active' re-enables an endpoint the dispatcher disabled."
+    )
+
+
+class RotateSecretIn(ApiModel):
+    overlap_hours: int | None = Field(
+        default=None,
+        ge=0,
+        le=24 * 7,
+        description="How long the old secret stays valid beside the new one (default: the service setting).",
+    )
+
+
+class EndpointOut(BaseModel):
+    id: int
+    url: str
+    event_types: list[str]
+    status: Literal["active", "disabled"]
+    disabled_reason: str | None
+    previous_secret_expires_at: datetime | None = Field(
+        description="While set, requests carry a signature with the old secret too."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+class EndpointWithSecret(EndpointOut):
+    secret: str = Field(description="The whsec_ signing secret. Shown once: store it now.")
+
+
+class EndpointList(BaseModel):
+    items: list[EndpointOut]
+
+
+class AttemptOut(BaseModel):
+    attempted_at: datetime
+    http_status: int | None
+    error: str | None
+    response_excerpt: str
+    duration_ms: int
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    endpoint_id: int
+    webhook_id: str = Field(description="The webhook-id header: the same on every retry and replay.")
+    event_type: str
+    status: Literal["pending", "delivered", "dead"]
+    attempts: int = Field(description="Attempts in the current round (a replay starts a new round).")
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+    dead_at: datetime | None
+    attempt_log: list[AttemptOut]
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: int | None = None

@@ -1,0 +1,342 @@
+"""Hospitals' webhook endpoints, the fan-out of events to them, dead letters and replays."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
+
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.audit.service import record
+from service.context import Actor
+from service.crypto import Crypto
+from service.errors import Conflict, NotFound
+from service.events.models import Event
+from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from service.webhooks.schemas import (
+    AttemptOut,
+    DeliveryOut,
+    EndpointIn,
+    EndpointOut,
+    EndpointPatch,
+)
+from service.webhooks.signing import new_secret, webhook_id
+from service.webhooks.urls import Resolver, check_url, system_resolver
+
+SECRET_COLUMN = "webhook_endpoints.secret"
+CHANNEL = "slotpool_events"
+DeliveryStatus = Literal["pending", "delivered", "dead"]
+
+
+async def notify_dispatchers(*, session: AsyncSession) -> None:
+    """Wake the dispatchers when this transaction commits (PostgreSQL delivers NOTIFY at commit)."""
+    await session.execute(text(f"NOTIFY {CHANNEL}"))
+
+
+async def fan_out(*, session: AsyncSession, event: Event) -> int:
+    """One pending delivery per endpoint of the event's hospital subscribed to its type.
+
+    Disabled endpoints get theirs too: they wait in the endpoint's queue until it is
+    re-enabled, so a hospital whose receiver answered 410 misses nothing. Endpoints
+    registered later never see older events.
+    """
+    result = await session.execute(
+        text(
+            "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, created_at) "
+            "SELECT :event_id, id, 'pending', 0, :at, :at FROM webhook_endpoints "
+            "WHERE hospital_id = :hospital_id AND :event_type = ANY(event_types)"
+        ),
+        {
+            "event_id": event.id,
+            "at": event.created_at,
+            "hospital_id": event.hospital_id,
+            "event_type": event.type,
+        },
+    )
+    count: int = getattr(result, "rowcount", 0) or 0
+    if count:
+        await notify_dispatchers(session=session)
+    return count
+
+
+def endpoint_out(endpoint: WebhookEndpoint) -> EndpointOut:
+    return EndpointOut(
+        id=endpoint.id,
+        url=endpoint.url,
+        event_types=list(endpoint.event_types),
+        status="active" if endpoint.status == "active" else "disabled",
+        disabled_reason=endpoint.disabled_reason,
+        previous_secret_expires_at=endpoint.previous_secret_expires_at,
+        created_at=endpoint.created_at,
+        updated_at=endpoint.updated_at,
+    )
+
+
+def signing_secrets(*, crypto: Crypto, endpoint: WebhookEndpoint, now: datetime) -> list[str]:
+    """The secrets to sign with now: the current one, and the previous one while its overlap lasts."""
+    current = [crypto.decrypt(endpoint.secret_enc, column=SECRET_COLUMN)]
+    expires = endpoint.previous_secret_expires_at
+    if endpoint.previous_secret_enc is not None and expires is not None and now < expires:
+        current.append(crypto.decrypt(endpoint.previous_secret_enc, column=SECRET_COLUMN))
+    return current
+
+
+async def register_endpoint(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    crypto: Crypto,
+    hospital_id: int,
+    body: EndpointIn,
+    development: bool,
+    resolver: Resolver = system_resolver,
+) -> tuple[WebhookEndpoint, str]:
+    """Register an endpoint with a fresh secret; returns the secret, which is never shown again."""
+    url = await check_url(body.url, development=development, resolver=resolver)
+    secret = new_secret()
+    endpoint = WebhookEndpoint(
+        hospital_id=hospital_id,
+        url=url,
+        event_types=sorted(set(body.event_types)),
+        secret_enc=crypto.encrypt(secret, column=SECRET_COLUMN),
+        status="active",
+        created_at=actor.now,
+        updated_at=actor.now,
+    )
+    session.add(endpoint)
+    await session.flush()
+    await record(
+        session=session,
+        actor=actor,
+        action="webhook.endpoint_registered",
+        hospital_id=hospital_id,
+        detail={"endpoint_id": endpoint.id, "url": url, "event_types": endpoint.event_types},
+    )
+    return endpoint, secret
+
+
+async def list_endpoints(*, session: AsyncSession, hospital_id: int) -> list[WebhookEndpoint]:
+    """The hospital's endpoints, oldest first."""
+    rows = await session.scalars(
+        select(WebhookEndpoint).where(WebhookEndpoint.hospital_id == hospital_id).order_by(WebhookEndpoint.id)
+    )
+    return list(rows)
+
+
+async def get_endpoint(
+    *, session: AsyncSession, hospital_id: int, endpoint_id: int, lock: bool = False
+) -> WebhookEndpoint:
+    """One of the hospital's endpoints; another hospital's is 'not found' (OWASP API1)."""
+    query = select(WebhookEndpoint).where(
+        WebhookEndpoint.id == endpoint_id, WebhookEndpoint.hospital_id == hospital_id
+    )
+    endpoint = await session.scalar(query.with_for_update() if lock else query)
+    if endpoint is None:
+        raise NotFound("webhook_endpoint_not_found", "No such webhook endpoint of this hospital.")
+    return endpoint
+
+
+async def update_endpoint(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    hospital_id: int,
+    endpoint_id: int,
+    patch: EndpointPatch,
+    development: bool,
+    resolver: Resolver = system_resolver,
+) -> WebhookEndpoint:
+    """Change the URL or the event types, or re-enable a disabled endpoint."""
+    # The URL check may resolve DNS: done before the first statement, so no connection waits on it.
+    url = (
+        None if patch.url is None else await check_url(patch.url, development=development, resolver=resolver)
+    )
+    endpoint = await get_endpoint(
+        session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
+    )
+    changes: dict[str, Any] = {}
+    if url is not None and url != endpoint.url:
+        endpoint.url = url
+        changes["url"] = url
+    if patch.event_types is not None:
+        endpoint.event_types = sorted(set(patch.event_types))
+        changes["event_types"] = endpoint.event_types
+    if patch.status == "active" and endpoint.status != "active":
+        endpoint.status = "active"
+        endpoint.disabled_reason = None
+        changes["status"] = "active"
+        # Its queue waited while disabled: the head goes now, not at its old retry time.
+        await session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.endpoint_id == endpoint.id,
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at > actor.now,
+            )
+            .values(next_attempt_at=actor.now)
+        )
+        await notify_dispatchers(session=session)
+    if changes:
+        endpoint.updated_at = actor.now
+        await record(
+            session=session,
+            actor=actor,
+            action="webhook.endpoint_updated",
+            hospital_id=hospital_id,
+            detail={"endpoint_id": endpoint.id, **changes},
+        )
+    await session.flush()
+    return endpoint
+
+
+async def delete_endpoint(*, session: AsyncSession, actor: Actor, hospital_id: int, endpoint_id: int) -> None:
+    """Delete an endpoint with its deliveries and attempts (the events stay)."""
+    endpoint = await get_endpoint(
+        session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
+    )
+    await record(
+        session=session,
+        actor=actor,
+        action="webhook.endpoint_deleted",
+        hospital_id=hospital_id,
+        detail={"endpoint_id": endpoint.id, "url": endpoint.url},
+    )
+    await session.delete(endpoint)
+    await session.flush()
+
+
+async def rotate_secret(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    crypto: Crypto,
+    hospital_id: int,
+    endpoint_id: int,
+    overlap: timedelta,
+) -> tuple[WebhookEndpoint, str]:
+    """A new secret; the current one stays valid for ``overlap`` (a secret older than that is dropped)."""
+    endpoint = await get_endpoint(
+        session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
+    )
+    secret = new_secret()
+    if overlap > timedelta(0):
+        endpoint.previous_secret_enc = endpoint.secret_enc
+        endpoint.previous_secret_expires_at = actor.now + overlap
+    else:
+        endpoint.previous_secret_enc = None
+        endpoint.previous_secret_expires_at = None
+    endpoint.secret_enc = crypto.encrypt(secret, column=SECRET_COLUMN)
+    endpoint.updated_at = actor.now
+    await record(
+        session=session,
+        actor=actor,
+        action="webhook.secret_rotated",
+        hospital_id=hospital_id,
+        detail={
+            "endpoint_id": endpoint.id,
+            "previous_secret_expires_at": (
+                endpoint.previous_secret_expires_at.isoformat()
+                if endpoint.previous_secret_expires_at
+                else None
+            ),
+        },
+    )
+    await session.flush()
+    return endpoint, secret
+
+
+async def list_deliveries(
+    *,
+    session: AsyncSession,
+    hospital_id: int,
+    status: str,
+    endpoint_id: int | None,
+    after_id: int | None,
+    limit: int,
+) -> tuple[list[DeliveryOut], int | None]:
+    """The hospital's deliveries in one status, oldest first, with every attempt; keyset paging."""
+    query = (
+        select(WebhookDelivery, Event.type)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .join(Event, Event.id == WebhookDelivery.event_id)
+        .where(WebhookEndpoint.hospital_id == hospital_id, WebhookDelivery.status == status)
+        .order_by(WebhookDelivery.id)
+        .limit(limit + 1)
+    )
+    if endpoint_id is not None:
+        query = query.where(WebhookDelivery.endpoint_id == endpoint_id)
+    if after_id is not None:
+        query = query.where(WebhookDelivery.id > after_id)
+    rows = (await session.execute(query)).all()
+    page = rows[:limit]
+    attempts: dict[int, list[AttemptOut]] = {}
+    if page:
+        for attempt in await session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id.in_([d.id for d, _ in page]))
+            .order_by(WebhookAttempt.id)
+        ):
+            attempts.setdefault(attempt.delivery_id, []).append(
+                AttemptOut(
+                    attempted_at=attempt.attempted_at,
+                    http_status=attempt.http_status,
+                    error=attempt.error,
+                    response_excerpt=attempt.response_excerpt,
+                    duration_ms=attempt.duration_ms,
+                )
+            )
+    items = [
+        DeliveryOut(
+            id=delivery.id,
+            endpoint_id=delivery.endpoint_id,
+            webhook_id=webhook_id(delivery.event_id),
+            event_type=event_type,
+            status=cast(DeliveryStatus, delivery.status),
+            attempts=delivery.attempts,
+            next_attempt_at=delivery.next_attempt_at if delivery.status == "pending" else None,
+            created_at=delivery.created_at,
+            delivered_at=delivery.delivered_at,
+            dead_at=delivery.dead_at,
+            attempt_log=attempts.get(delivery.id, []),
+        )
+        for delivery, event_type in page
+    ]
+    next_cursor = page[-1][0].id if len(rows) > limit else None
+    return items, next_cursor
+
+
+async def replay_delivery(
+    *, session: AsyncSession, actor: Actor, hospital_id: int, delivery_id: int
+) -> WebhookDelivery:
+    """Put a dead letter back in its endpoint's queue for a new round of retries, same webhook-id."""
+    delivery = await session.scalar(
+        select(WebhookDelivery)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .where(WebhookDelivery.id == delivery_id, WebhookEndpoint.hospital_id == hospital_id)
+        .with_for_update(of=WebhookDelivery)
+    )
+    if delivery is None:
+        raise NotFound("webhook_delivery_not_found", "No such webhook delivery of this hospital.")
+    if delivery.status != "dead":
+        raise Conflict(
+            "webhook_delivery_not_dead", f"Only dead letters are replayed; this one is {delivery.status}."
+        )
+    delivery.status = "pending"
+    delivery.attempts = 0
+    delivery.next_attempt_at = actor.now
+    delivery.dead_at = None
+    await record(
+        session=session,
+        actor=actor,
+        action="webhook.delivery_replayed",
+        hospital_id=hospital_id,
+        detail={
+            "delivery_id": delivery.id,
+            "endpoint_id": delivery.endpoint_id,
+            "event_id": delivery.event_id,
+        },
+    )
+    await notify_dispatchers(session=session)
+    await session.flush()
+    return delivery

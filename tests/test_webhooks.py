@@ -1,0 +1,567 @@
+"""Webhook delivery: signatures, retries, 410, dead letters and replay, ordering, replicas, SSRF, rotation.
+
+Every request goes to a real HTTP receiver on loopback and is verified with the
+independent ``standardwebhooks`` library. The dispatcher runs on the test's
+ManualClock, so days of backoff take no time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from service.clock import ManualClock
+from service.config import Settings
+from service.crypto import Crypto
+from service.db import Database
+from service.errors import Unprocessable
+from service.events.models import EVENT_TYPES, Event
+from service.events.service import emit
+from service.loops.dispatcher import BACKOFF, JITTER, MAX_ATTEMPTS, Dispatcher, http_client, listen_dsn
+from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from service.webhooks.signing import signature, signature_header
+from service.webhooks.urls import check_url
+from tests.factories import World, synthetic_id
+from tests.test_contracts import RESIDENTS, _validator, run_flow
+from tests.webhook_receiver import Receiver, verify
+
+ALL_TYPES = list(EVENT_TYPES)
+PRODUCTION_KEY = "cHJvZHVjdGlvbi1rZXktZm9yLXRlc3RzLW9ubHktMzI="  # base64 of 32 bytes, not a dev key
+
+
+@pytest.fixture
+def receiver(clock: ManualClock) -> Iterator[Receiver]:
+    r = Receiver(clock)
+    r.start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def hook_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"webhook_timeout_seconds": 1.0, "webhook_concurrency": 8})
+
+
+@pytest.fixture
+async def dispatcher(
+    db: Database, clock: ManualClock, crypto: Crypto, hook_settings: Settings
+) -> AsyncIterator[Dispatcher]:
+    async with http_client(hook_settings) as http:
+        yield Dispatcher(db, clock, crypto, hook_settings, http, rng=random.Random(7))
+
+
+async def register(
+    client: Any, world: World, url: str, types: list[str] | None = None, who: str = "city_hospital"
+) -> dict[str, Any]:
+    r = await client.post(
+        "/v1/webhooks/endpoints",
+        json={"url": url, "event_types": types or ALL_TYPES},
+        headers=world.auth(who),
+    )
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def returned_data(i: int) -> dict[str, Any]:
+    """A slots.returned body that its schema accepts."""
+    return {
+        "session": {"external_id": f"S-{i}", "service_date": "2026-03-10", "period": "morning"},
+        "department": {"code": "CARD", "name": "心血管内科"},
+        "public_at": "2026-03-03T00:00:00+00:00",
+        "slots": [
+            {
+                "number": 1,
+                "external_id": f"S-{i}-1",
+                "starts_at": "2026-03-10T00:00:00+00:00",
+                "ends_at": "2026-03-10T00:15:00+00:00",
+            }
+        ],
+    }
+
+
+async def emit_returned(db: Database, world: World, count: int, who: str = "city_hospital") -> list[int]:
+    """``count`` events, one transaction each (like ``count`` separate changes); their ids in order."""
+    ids = []
+    for i in range(count):
+        event = await db.run(
+            lambda s, i=i: emit(
+                session=s,
+                hospital_id=world.ids[who],
+                event_type="slots.returned",
+                data=returned_data(i),
+                at=world.clock.now(),
+            )
+        )
+        ids.append(event.id)
+    return ids
+
+
+async def drain(*dispatchers: Dispatcher) -> int:
+    """Run passes (of every dispatcher at once) until none makes an attempt."""
+    total = 0
+    while True:
+        made = sum(await asyncio.gather(*(d.run_pass() for d in dispatchers)))
+        total += made
+        if not made:
+            return total
+
+
+async def scalar(db: Database, query: Any) -> Any:
+    async with db.sessionmaker() as session:
+        return await session.scalar(query)
+
+
+def wid(event_id: int) -> str:
+    return f"evt_{event_id}"
+
+
+# --- signing -----------------------------------------------------------------------------------
+
+
+def test_signer_reproduces_the_standard_webhooks_test_vector():
+    """The vector published with the specification's reference libraries (test_sign_function)."""
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    msg_id, timestamp, body = "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}'
+    expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert signature(secret, msg_id=msg_id, timestamp=timestamp, body=body) == expected
+    assert signature_header([secret], msg_id=msg_id, timestamp=timestamp, body=body) == expected
+    # The independent implementation agrees, and a one-byte change breaks it.
+    assert Webhook(secret).sign(msg_id, _utc(timestamp), body.decode()) == expected
+    assert signature(secret, msg_id=msg_id, timestamp=timestamp + 1, body=body) != expected
+
+
+def _utc(timestamp: int) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, tz=UTC)
+
+
+# --- delivery ----------------------------------------------------------------------------------
+
+
+async def test_every_event_is_delivered_signed_schema_valid_and_without_id_numbers(
+    client, world, clock, db, receiver, dispatcher
+):
+    endpoint = await register(client, world, receiver.url + "/his")
+    await run_flow(client, world, clock, db)
+    async with db.sessionmaker() as session:
+        events = list(await session.scalars(select(Event).order_by(Event.id)))
+    assert {e.type for e in events} == set(EVENT_TYPES)
+
+    assert await drain(dispatcher) == len(events)
+    assert [r.webhook_id for r in receiver.requests] == [wid(e.id) for e in events]
+    forbidden = {synthetic_id(region, seq=seq) for seq, region in RESIDENTS.items()}
+    for request, event in zip(receiver.requests, events, strict=True):
+        body = verify(request, endpoint["secret"])
+        assert body == event.payload
+        assert request.headers["content-type"] == "application/json"
+        assert int(request.headers["webhook-timestamp"]) == int(clock.now().timestamp())
+        assert list(_validator(body["type"]).iter_errors(body)) == []
+        text_body = request.body.decode()
+        assert not any(id_number in text_body for id_number in forbidden), text_body
+        assert not any(id_number[:17] in text_body for id_number in forbidden), text_body
+    with pytest.raises(WebhookVerificationError):
+        verify(receiver.requests[0], "whsec_" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=")
+    delivered = await scalar(db, select(func.count()).where(WebhookDelivery.status == "delivered"))
+    assert delivered == len(events)
+
+
+async def test_only_subscribed_types_and_only_events_after_registration(
+    client, world, clock, db, receiver, dispatcher
+):
+    await emit_returned(db, world, 1)  # before any endpoint: nobody gets it
+    await register(client, world, receiver.url + "/booked-only", types=["referral.booked"])
+    await register(client, world, receiver.url + "/other-hospital", who="district_hospital")
+    await emit_returned(db, world, 2)
+    everything = await register(client, world, receiver.url + "/all")
+    later = await emit_returned(db, world, 1)
+    await drain(dispatcher)
+    assert receiver.ids("/booked-only") == []
+    assert receiver.ids("/other-hospital") == []
+    assert receiver.ids("/all") == [wid(later[0])]
+    verify(receiver.requests[0], everything["secret"])
+
+
+async def test_500s_are_retried_with_backoff_and_every_attempt_is_recorded(
+    client, world, clock, db, receiver, dispatcher
+):
+    endpoint = await register(client, world, receiver.url)
+    [event_id] = await emit_returned(db, world, 1)
+    receiver.answer = 500
+    assert await drain(dispatcher) == 1
+    assert await drain(dispatcher) == 0  # backing off: nothing is due yet
+    clock.advance(BACKOFF[0] * (1 + JITTER) + timedelta(seconds=1))
+    assert await drain(dispatcher) == 1
+    receiver.answer = 200
+    clock.advance(BACKOFF[1] * (1 - JITTER) - timedelta(seconds=1))
+    assert await drain(dispatcher) == 0  # the second retry is not due before 4 minutes
+    clock.advance(BACKOFF[1] * 2 * JITTER + timedelta(seconds=2))
+    assert await drain(dispatcher) == 1
+
+    assert receiver.ids() == [wid(event_id)] * 3  # the same webhook-id on every retry
+    for request in receiver.requests:
+        assert verify(request, endpoint["secret"])["type"] == "slots.returned"
+    r = await client.get(
+        "/v1/webhooks/deliveries", params={"status": "delivered"}, headers=world.auth("city_hospital")
+    )
+    [delivery] = r.json()["items"]
+    assert delivery["webhook_id"] == wid(event_id)
+    assert [a["http_status"] for a in delivery["attempt_log"]] == [500, 500, 200]
+    assert delivery["attempt_log"][0]["response_excerpt"] == "status 500 from the test receiver"
+    assert delivery["attempts"] == 3 and delivery["delivered_at"] is not None
+
+
+async def test_timeouts_are_retried(client, world, clock, db, receiver, dispatcher):
+    await register(client, world, receiver.url)
+    await emit_returned(db, world, 1)
+    receiver.answer = "stall"
+    assert await drain(dispatcher) == 1  # gives up after webhook_timeout_seconds (1 s here)
+    receiver.release.set()
+    receiver.answer = 200
+    clock.advance(BACKOFF[0] * (1 + JITTER) + timedelta(seconds=1))
+    assert await drain(dispatcher) == 1
+    async with db.sessionmaker() as session:
+        attempts = list(await session.scalars(select(WebhookAttempt).order_by(WebhookAttempt.id)))
+    assert [(a.http_status, a.error) for a in attempts] == [(None, "timeout"), (200, None)]
+    assert 900 <= attempts[0].duration_ms < 5000
+
+
+async def test_410_disables_the_endpoint_until_it_is_re_enabled(
+    client, world, clock, db, receiver, dispatcher
+):
+    endpoint = await register(client, world, receiver.url)
+    first = await emit_returned(db, world, 1)
+    receiver.answer = 410
+    assert await drain(dispatcher) == 1
+    hospital = world.auth("city_hospital")
+    shown = (await client.get(f"/v1/webhooks/endpoints/{endpoint['id']}", headers=hospital)).json()
+    assert shown["status"] == "disabled" and "410" in shown["disabled_reason"]
+    later = await emit_returned(db, world, 2)  # queued behind, not sent
+    clock.advance(timedelta(days=5))
+    assert await drain(dispatcher) == 0
+    disabled = await scalar(
+        db, text("SELECT count(*) FROM audit_entries WHERE action = 'webhook.endpoint_disabled'")
+    )
+    assert disabled == 1
+
+    receiver.answer = 200
+    r = await client.patch(
+        f"/v1/webhooks/endpoints/{endpoint['id']}", json={"status": "active"}, headers=hospital
+    )
+    assert r.status_code == 200 and r.json()["status"] == "active", r.text
+    assert await drain(dispatcher) == 3
+    assert receiver.ids() == [wid(first[0]), *(wid(i) for i in first + later)]
+
+
+async def test_dead_letter_after_three_days_of_retries_then_replay(
+    client, world, clock, db, receiver, dispatcher
+):
+    endpoint = await register(client, world, receiver.url)
+    [event_id] = await emit_returned(db, world, 1)
+    behind = await emit_returned(db, world, 1)
+    receiver.answer = 503
+    started = clock.now()
+    for _ in range(MAX_ATTEMPTS):
+        await drain(dispatcher)
+        clock.advance(timedelta(hours=30))  # longer than any backoff step with jitter
+    # Only the head was tried until it died; then the queue moved on to the event behind it.
+    assert receiver.ids() == [wid(event_id)] * MAX_ATTEMPTS + [wid(behind[0])]
+    async with db.sessionmaker() as session:
+        times = list(await session.scalars(select(WebhookAttempt.attempted_at).order_by(WebhookAttempt.id)))
+    assert times[-1] - started >= timedelta(days=3)
+
+    hospital = world.auth("city_hospital")
+    r = await client.get("/v1/webhooks/deliveries", params={"status": "dead"}, headers=hospital)
+    [dead] = r.json()["items"]
+    assert dead["webhook_id"] == wid(event_id) and dead["attempts"] == MAX_ATTEMPTS
+    assert [a["http_status"] for a in dead["attempt_log"]] == [503] * MAX_ATTEMPTS
+
+    receiver.answer = 200
+    assert await drain(dispatcher) == 1  # the event behind the dead letter, on its first retry
+    assert receiver.ids()[-1] == wid(behind[0])
+    r = await client.post(f"/v1/webhooks/deliveries/{dead['id']}/replay", headers=hospital)
+    assert r.status_code == 202, r.text
+    assert await drain(dispatcher) == 1
+    assert receiver.ids()[-1] == wid(event_id)
+    verify(receiver.requests[-1], endpoint["secret"])
+    r = await client.get("/v1/webhooks/deliveries", params={"status": "dead"}, headers=hospital)
+    assert r.json()["items"] == []
+    r = await client.post(f"/v1/webhooks/deliveries/{dead['id']}/replay", headers=hospital)
+    assert r.status_code == 409 and r.json()["code"] == "webhook_delivery_not_dead"
+    replays = await scalar(
+        db, text("SELECT count(*) FROM audit_entries WHERE action = 'webhook.delivery_replayed'")
+    )
+    assert replays == 1
+
+
+async def test_two_dispatchers_deliver_every_event_exactly_once(
+    client, world, clock, crypto, db, clean_db, receiver, hook_settings
+):
+    paths = [f"/his-{n}" for n in range(4)]
+    for path in paths:
+        await register(client, world, receiver.url + path)
+    events = await emit_returned(db, world, 40)
+    other_db = Database(clean_db, pool_size=5)
+    # Two endpoints at a time each, so both replicas have work and contend for the rest.
+    two_at_a_time = hook_settings.model_copy(update={"webhook_concurrency": 2})
+    try:
+        async with http_client(two_at_a_time) as a, http_client(two_at_a_time) as b:
+            first = Dispatcher(db, clock, crypto, two_at_a_time, a)
+            second = Dispatcher(other_db, clock, crypto, two_at_a_time, b)
+            made = await asyncio.gather(drain(first), drain(second))
+    finally:
+        await other_db.dispose()
+    assert all(made) and sum(made) == len(paths) * len(events), made
+    for path in paths:
+        assert receiver.ids(path) == [wid(e) for e in events], path  # each once, in order
+    assert len(receiver.requests) == len(paths) * len(events)
+
+
+async def test_receiver_down_then_back_gets_everything_in_order(
+    client, world, clock, db, receiver, dispatcher
+):
+    paths = ["/a", "/b"]
+    for path in paths:
+        await register(client, world, receiver.url + path)
+    receiver.stop()
+    events = await emit_returned(db, world, 30)
+    for _ in range(5):  # five rounds of failures: connection refused
+        await drain(dispatcher)
+        clock.advance(timedelta(hours=3))
+    refused = await scalar(db, select(func.count()).select_from(WebhookAttempt))
+    assert refused == 2 * 5  # only each endpoint's head was tried
+    receiver.start()
+    clock.advance(timedelta(hours=12))
+    assert await drain(dispatcher) == 2 * len(events)
+    for path in paths:
+        assert receiver.ids(path) == [wid(e) for e in events], path
+    pending = await scalar(db, select(func.count()).where(WebhookDelivery.status != "delivered"))
+    assert pending == 0
+
+
+async def test_notify_at_commit_wakes_the_dispatcher(
+    client, world, db, clean_db, receiver, hook_settings, crypto
+):
+    await register(client, world, receiver.url)
+    settings = hook_settings.model_copy(update={"webhook_poll_seconds": 60.0})
+    from service.clock import Clock
+
+    stop = asyncio.Event()
+    async with http_client(settings) as http:
+        dispatcher = Dispatcher(db, Clock(), crypto, settings, http)
+        task = asyncio.create_task(dispatcher.run(stop=stop, listen_url=listen_dsn(clean_db)))
+        try:
+            await asyncio.sleep(0.5)  # the loop is listening and idle
+            [event_id] = await emit_returned(db, world, 1)
+            for _ in range(100):
+                if receiver.requests:
+                    break
+                await asyncio.sleep(0.05)
+            assert receiver.ids() == [wid(event_id)]  # well before the 60 s poll
+        finally:
+            stop.set()
+            await task
+
+
+# --- URLs and SSRF -------------------------------------------------------------------------------
+
+
+async def test_registration_requires_https_except_loopback_in_development(client, world):
+    hospital = world.auth("city_hospital")
+    for url, code in [
+        ("http://his.example.org/hook", "webhook_url_not_https"),
+        ("ftp://his.example.org/hook", "webhook_url_invalid"),
+        ("https://user:pass@his.example.org/hook", "webhook_url_invalid"),
+        ("/relative", "webhook_url_invalid"),
+    ]:
+        r = await client.post(
+            "/v1/webhooks/endpoints", json={"url": url, "event_types": ALL_TYPES}, headers=hospital
+        )
+        assert r.status_code == 422 and r.json()["code"] == code, (url, r.text)
+    for url in ("http://127.0.0.1:8080/hook", "http://localhost/hook", "https://his.example.org/hook"):
+        r = await client.post(
+            "/v1/webhooks/endpoints", json={"url": url, "event_types": ALL_TYPES}, headers=hospital
+        )
+        assert r.status_code == 201, (url, r.text)
+    assert (
+        await scalar(
+            world.db, text("SELECT count(*) FROM audit_entries WHERE action = 'webhook.endpoint_registered'")
+        )
+        == 3
+    )
+
+
+def fake_dns(table: dict[str, list[str]]) -> Any:
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError("no such host")
+        return table[host]
+
+    return resolve
+
+
+DNS = fake_dns(
+    {
+        "his.example.org": ["93.184.216.34"],
+        "metadata.example.org": ["169.254.169.254"],
+        "aliyun-meta.example.org": ["100.100.100.200"],
+        "intranet.example.org": ["10.1.2.3"],
+        "mixed.example.org": ["93.184.216.34", "192.168.1.10"],
+        "v6-local.example.org": ["fe80::1"],
+        "mapped.example.org": ["::ffff:10.0.0.1"],
+        "localhost": ["127.0.0.1"],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("http://127.0.0.1/hook", "webhook_url_not_https"),
+        ("http://localhost/hook", "webhook_url_not_https"),
+        ("https://127.0.0.1/hook", "webhook_url_refused"),
+        ("https://localhost/hook", "webhook_url_refused"),
+        ("https://10.0.0.8/hook", "webhook_url_refused"),
+        ("https://172.16.5.4/hook", "webhook_url_refused"),
+        ("https://192.168.0.1/hook", "webhook_url_refused"),
+        ("https://169.254.169.254/latest/meta-data", "webhook_url_refused"),
+        ("https://[fd00:ec2::254]/", "webhook_url_refused"),
+        ("https://[::1]/hook", "webhook_url_refused"),
+        ("https://metadata.example.org/hook", "webhook_url_refused"),
+        ("https://aliyun-meta.example.org/hook", "webhook_url_refused"),
+        ("https://intranet.example.org/hook", "webhook_url_refused"),
+        ("https://mixed.example.org/hook", "webhook_url_refused"),
+        ("https://v6-local.example.org/hook", "webhook_url_refused"),
+        ("https://mapped.example.org/hook", "webhook_url_refused"),
+        ("https://nowhere.example.org/hook", "webhook_url_unresolvable"),
+    ],
+)
+async def test_production_refuses_non_public_addresses(url, code):
+    with pytest.raises(Unprocessable) as refused:
+        await check_url(url, development=False, resolver=DNS)
+    assert refused.value.code == code
+
+
+async def test_production_accepts_public_https():
+    assert await check_url("https://his.example.org:8443/hook", development=False, resolver=DNS)
+    assert await check_url("https://93.184.216.34/hook", development=False, resolver=DNS)
+
+
+async def test_delivery_rechecks_the_address_dns_rebinding(world, clock, crypto, db, receiver, settings):
+    """Registered while it resolved to a public address; at delivery it resolves inside: refused."""
+    production = settings.model_copy(
+        update={"env": "production", "data_key": PRODUCTION_KEY, "index_key": PRODUCTION_KEY}
+    )
+    url = "https://his.example.org/hook"
+    assert await check_url(url, development=False, resolver=DNS)
+
+    async def add(session: Any) -> None:
+        from service.webhooks.service import SECRET_COLUMN
+        from service.webhooks.signing import new_secret
+
+        now = clock.now()
+        session.add(
+            WebhookEndpoint(
+                hospital_id=world.ids["city_hospital"], url=url, event_types=ALL_TYPES, status="active",
+                secret_enc=crypto.encrypt(new_secret(), column=SECRET_COLUMN), created_at=now, updated_at=now,
+            )
+        )  # fmt: skip
+
+    await db.run(add)
+    await emit_returned(db, world, 1)
+    rebound = fake_dns({"his.example.org": ["127.0.0.1"]})
+    async with http_client(production) as http:
+        dispatcher = Dispatcher(db, clock, crypto, production, http, resolver=rebound)
+        assert await drain(dispatcher) == 1
+    attempt = await scalar(db, select(WebhookAttempt))
+    assert attempt.http_status is None and attempt.error.startswith("webhook_url_refused")
+    assert receiver.requests == []
+
+
+# --- secrets -------------------------------------------------------------------------------------
+
+
+async def test_rotation_signs_with_both_secrets_during_the_overlap_only(
+    client, world, clock, db, receiver, dispatcher
+):
+    endpoint = await register(client, world, receiver.url)
+    hospital = world.auth("city_hospital")
+    r = await client.post(f"/v1/webhooks/endpoints/{endpoint['id']}/rotate-secret", headers=hospital)
+    assert r.status_code == 200, r.text
+    rotated = r.json()
+    old, new = endpoint["secret"], rotated["secret"]
+    assert old != new and rotated["previous_secret_expires_at"] is not None
+
+    await emit_returned(db, world, 1)
+    await drain(dispatcher)
+    during = receiver.requests[-1]
+    assert len(during.headers["webhook-signature"].split(" ")) == 2
+    assert verify(during, old) == verify(during, new)
+
+    clock.advance(timedelta(hours=24, seconds=1))
+    await emit_returned(db, world, 1)
+    await drain(dispatcher)
+    after = receiver.requests[-1]
+    assert len(after.headers["webhook-signature"].split(" ")) == 1
+    verify(after, new)
+    with pytest.raises(WebhookVerificationError):
+        verify(after, old)
+    rotations = await scalar(
+        db, text("SELECT count(*) FROM audit_entries WHERE action = 'webhook.secret_rotated'")
+    )
+    assert rotations == 1
+
+
+async def test_secrets_are_shown_once_and_encrypted_at_rest(client, world, db, receiver):
+    endpoint = await register(client, world, receiver.url)
+    hospital = world.auth("city_hospital")
+    shown = (await client.get(f"/v1/webhooks/endpoints/{endpoint['id']}", headers=hospital)).json()
+    listed = (await client.get("/v1/webhooks/endpoints", headers=hospital)).json()["items"]
+    assert "secret" not in shown and all("secret" not in e for e in listed)
+    assert endpoint["secret"].startswith("whsec_")
+    stored = await scalar(db, select(WebhookEndpoint.secret_enc))
+    assert endpoint["secret"].encode() not in bytes(stored)
+    assert endpoint["secret"].removeprefix("whsec_").encode() not in bytes(stored)
+
+
+async def test_hospitals_see_only_their_own_endpoints_and_deliveries(client, world, db, receiver):
+    mine = await register(client, world, receiver.url)
+    other = world.auth("district_hospital")
+    base = f"/v1/webhooks/endpoints/{mine['id']}"
+    assert (await client.get(base, headers=other)).status_code == 404
+    assert (
+        await client.patch(base, json={"event_types": ["slots.returned"]}, headers=other)
+    ).status_code == 404
+    assert (await client.post(base + "/rotate-secret", headers=other)).status_code == 404
+    assert (await client.delete(base, headers=other)).status_code == 404
+    assert (await client.get("/v1/webhooks/endpoints", headers=other)).json()["items"] == []
+    assert (await client.get("/v1/webhooks/endpoints", headers=world.auth("chc_a"))).status_code == 403
+
+    await emit_returned(db, world, 1)
+    delivery_id = await scalar(db, select(WebhookDelivery.id))
+    await db.run(lambda s: s.execute(text("UPDATE webhook_deliveries SET status = 'dead', dead_at = now()")))
+    r = await client.post(f"/v1/webhooks/deliveries/{delivery_id}/replay", headers=other)
+    assert r.status_code == 404 and r.json()["code"] == "webhook_delivery_not_found"
+    assert (await client.get("/v1/webhooks/deliveries", headers=other)).json()["items"] == []
+    mine_dead = (await client.get("/v1/webhooks/deliveries", headers=world.auth("city_hospital"))).json()
+    assert [d["id"] for d in mine_dead["items"]] == [delivery_id]
+
+
+async def test_deleting_an_endpoint_drops_its_queue(client, world, db, receiver, dispatcher):
+    endpoint = await register(client, world, receiver.url)
+    await emit_returned(db, world, 2)
+    hospital = world.auth("city_hospital")
+    assert (
+        await client.delete(f"/v1/webhooks/endpoints/{endpoint['id']}", headers=hospital)
+    ).status_code == 204
+    assert await drain(dispatcher) == 0
+    assert await scalar(db, select(func.count()).select_from(WebhookDelivery)) == 0
+    assert await scalar(db, select(func.count()).select_from(Event)) == 2
