@@ -301,8 +301,8 @@ def appointment(out: ReferralOut, *, hospital_id: int) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "Appointment",
         "id": out.reference,
-        "identifier": [{"system": SID_REFERRAL, "value": out.reference}],
         "extension": [kind_extension(out.resource_kind)],
+        "identifier": [{"system": SID_REFERRAL, "value": out.reference}],
         "status": "booked" if out.status == "booked" else "cancelled",
     }
     if out.priority:
