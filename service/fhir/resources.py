@@ -202,6 +202,14 @@ def session_service_type(cs: ClinicSession) -> list[dict[str, Any]]:
     )
 
 
+def headline(kind: str, doctor_name: str | None, services: list[dict[str, Any]]) -> str:
+    """What a session is, in a word: a visit's doctor; an examination's modality or a bed's ward."""
+    if kind == "outpatient" and doctor_name is not None:
+        return doctor_name
+    text: str = services[-1]["text"]
+    return text
+
+
 def number_label(kind: str, number: int) -> str:
     return f"Bed {number}" if kind == "bed" else f"No. {number}"
 
@@ -236,7 +244,7 @@ def schedule(cs: ClinicSession, department: Department, doctor: Doctor | None) -
             actor["extension"] = [{"url": EXT_DOCTOR_TITLE, "valueCode": cs.doctor_title}]
         actors.append(actor)
     services = session_service_type(cs)
-    what = doctor.name if doctor is not None and cs.resource_kind == "outpatient" else services[-1]["text"]
+    what = headline(cs.resource_kind, doctor.name if doctor else None, services)
     return {
         "resourceType": "Schedule",
         "id": str(cs.id),
@@ -317,7 +325,7 @@ def appointment(out: ReferralOut, *, hospital_id: int) -> dict[str, Any]:
             "description": " · ".join(
                 [
                     out.department.name,
-                    out.doctor.name if out.doctor else services[-1]["text"],
+                    headline(out.resource_kind, out.doctor.name if out.doctor else None, services),
                     number_label(out.resource_kind, out.slot.number),
                 ]
             ),
