@@ -20,11 +20,18 @@ from service.clock import SHANGHAI
 from service.fhir.validation import code_list_errors
 from service.slots.models import ClinicSession, Slot
 from tests.factories import booking, pool_slots, push, session_item, sign, synthetic_id
+from tests.test_resource_kinds import STROKE_AND_MI, bed_item, exam_item, kind_policy, publish_and_assign
 
 DAY = date(2026, 3, 10)  # pool window open at the tests' start (opened 2 March 08:00)
 LATER = date(2026, 3, 12)  # pool opens 4 March 08:00: reserved, not yet bookable
 POOL_RESERVED = "https://slotpool.example/fhir/StructureDefinition/pool-reserved"
 PUBLIC_AT = "https://slotpool.example/fhir/StructureDefinition/public-at"
+RESOURCE_KIND = "https://slotpool.example/fhir/StructureDefinition/resource-kind"
+MODALITY = "https://slotpool.example/fhir/CodeSystem/modality"
+KIND = "https://slotpool.example/fhir/CodeSystem/resource-kind"
+DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+SERVICE_CATEGORY = "http://terminology.hl7.org/CodeSystem/service-category"
 
 # The required code lists, written out from the FHIR R4 specification.
 SLOT_STATUS = {"busy", "free", "busy-unavailable", "busy-tentative", "entered-in-error"}
@@ -149,6 +156,8 @@ async def test_r19_metadata_declares_fhir_r4_read_only(client, world):
     assert body["format"] == ["json"]
     served = {r["type"]: {i["code"] for i in r["interaction"]} for r in body["rest"][0]["resource"]}
     assert served == {t: {"read", "search-type"} for t in ("Location", "Schedule", "Slot", "Appointment")}
+    params = {r["type"]: {p["name"] for p in r["searchParam"]} for r in body["rest"][0]["resource"]}
+    assert "service-type" in params["Slot"] and "service-type" in params["Schedule"]
 
 
 async def test_r19_every_resource_type_served_validates(client, world, pool):
@@ -326,3 +335,193 @@ async def test_r19_fhir_is_read_only(client, world):
     body = r.json()
     validate(body)
     assert outcome_code(body) == "method_not_allowed"
+
+
+# --- resource kinds (R18): examinations and beds ------------------------------------------------
+
+
+def codings(concepts: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(c["system"], c["code"]) for concept in concepts for c in concept.get("coding", [])}
+
+
+@pytest.fixture
+async def kinds(client, world, clock, pool):
+    """Beside ``pool``, the city hospital's CT pool (own district only) and its city-wide bed pool.
+
+    A CT and an MRI block (both under the examination policy) and a ward's bed day, all on DAY.
+    chc_b (the hospital's district) books a CT slot; chc_a (another district of the city) may book
+    the hospital's visits and beds but not its examinations.
+    """
+    await publish_and_assign(client, world, kind_policy("test-ct", "examination", scope="jurisdiction"))
+    await publish_and_assign(client, world, kind_policy("test-beds", "bed", disease_prefixes=STROKE_AND_MI))
+    results = await push(
+        client,
+        world,
+        [exam_item("CT1", slots=8), exam_item("MR1", modality="MRI", slots=4), bed_item("W1", beds=10)],
+    )
+    assert [r["result"] for r in results] == ["created"] * 3
+    await sign(client, world, [7], institution="P-B", region="340104")
+    [ct, *_] = await pool_slots(client, world, who="chc_b", resource_kind="examination", modality="CT")
+    r = await client.post(
+        "/v1/referrals",
+        json=booking(ct["slot_id"], 7, clock=clock, region="340104", diagnoses=["R91"]),
+        headers=world.auth("chc_b"),
+    )
+    assert r.status_code == 201, r.text
+    [bed, *_] = await pool_slots(client, world, who="chc_a", resource_kind="bed")
+    r2 = await client.post(
+        "/v1/referrals",
+        json=booking(bed["slot_id"], 2, clock=clock, diagnoses=["I63.9"]),
+        headers=world.auth("chc_a"),
+    )
+    assert r2.status_code == 201, r2.text
+    return pool | {
+        "ct_slot": ct["slot_id"],
+        "ct_reference": r.json()["reference"],
+        "bed_slot": bed["slot_id"],
+        "bed_reference": r2.json()["reference"],
+    }
+
+
+async def test_r18_fhir_serves_every_kind_and_marks_it(client, world, db, kinds):
+    rows = await db_slots(db)
+    sessions = {str(cs.id): cs for _, cs in rows}
+    assert {cs.resource_kind for cs in sessions.values()} == {"outpatient", "examination", "bed"}
+
+    schedules = {s["id"]: s for s in await search_all(client, world, "/fhir/Schedule", "platform")}
+    assert set(schedules) == set(sessions)
+    for sid, schedule in schedules.items():
+        cs = sessions[sid]
+        assert ext(schedule, RESOURCE_KIND) == cs.resource_kind
+        assert (KIND, cs.resource_kind) in codings(schedule["serviceType"])
+        assert schedule["actor"][0] == {"reference": f"Location/{cs.hospital_id}"}
+        assert await fhir_get(client, world, f"/fhir/Schedule/{sid}", "platform") == schedule
+        category = {c["code"] for c in schedule["serviceCategory"][0]["coding"]}
+        if cs.resource_kind == "outpatient":
+            [doctor] = schedule["actor"][1:]
+            assert doctor["type"] == "Practitioner" and doctor["display"] == "王医生"
+            assert (ACT_CODE, "AMB") in codings(schedule["serviceType"])
+            assert category == {"35"}
+        elif cs.resource_kind == "examination":
+            assert len(schedule["actor"]) == 1  # no doctor: the Location alone
+            dicom = {"CT": "CT", "MRI": "MR"}[cs.modality]
+            assert {(MODALITY, cs.modality), (DICOM, dicom)} <= codings(schedule["serviceType"])
+            assert f"{cs.modality}检查" in {c.get("text") for c in schedule["serviceType"]}
+            assert category == {"30"}  # Specialist Radiology/Imaging
+        else:
+            assert len(schedule["actor"]) == 1
+            assert (ACT_CODE, "IMP") in codings(schedule["serviceType"])
+            [ward] = [c for c in schedule["serviceType"] if c.get("text") == "心内科一病区"]
+            assert ward["coding"][0]["code"] == "W-CARD-1"
+            assert "心内科一病区" in schedule["comment"]
+            assert category == {"35"}
+
+    slots = {s["id"]: s for s in await search_all(client, world, "/fhir/Slot", "platform", _count=500)}
+    assert set(slots) == {str(s.id) for s, _ in rows}
+    for row, cs in rows:
+        resource = slots[str(row.id)]
+        assert ext(resource, RESOURCE_KIND) == row.resource_kind == cs.resource_kind
+        assert resource["serviceType"] == schedules[str(cs.id)]["serviceType"][:-1]  # all but the period
+        assert resource["comment"] == (
+            f"Bed {row.number}" if cs.resource_kind == "bed" else f"No. {row.number}"
+        )
+    for key in ("ct_slot", "bed_slot"):
+        read = await fhir_get(client, world, f"/fhir/Slot/{kinds[key]}", "platform")
+        assert read == slots[str(kinds[key])] and read["status"] == "busy"
+
+
+async def test_r18_fhir_scope_is_per_hospital_and_kind(client, world, db, kinds):
+    """chc_a may book the city hospital's visits and beds but not its CT pool: FHIR shows it the same."""
+    city = {str(r.id): r.resource_kind for r, _ in await db_slots(db, "city_hospital", world)}
+    at_city = f"Location/{world.ids['city_hospital']}"
+    for who, kinds_seen in (
+        ("chc_a", {"outpatient", "bed"}),
+        ("chc_b", {"outpatient", "examination", "bed"}),
+    ):
+        slots = await search_all(client, world, "/fhir/Slot", who, _count=500)
+        expected = {sid for sid, kind in city.items() if kind in kinds_seen}
+        assert {s["id"] for s in slots if s["id"] in city} == expected, who
+        free = await search_all(client, world, "/fhir/Slot", who, status="free", _count=500)
+        bookable = await pool_slots(client, world, who)
+        assert sorted(int(s["id"]) for s in free) == sorted(s["slot_id"] for s in bookable)
+        schedules = await search_all(client, world, "/fhir/Schedule", who)
+        assert {
+            ext(s, RESOURCE_KIND) for s in schedules if s["actor"][0]["reference"] == at_city
+        } == kinds_seen
+    ct_schedule = (await fhir_get(client, world, f"/fhir/Slot/{kinds['ct_slot']}", "chc_b"))["schedule"][
+        "reference"
+    ]
+    for path in (f"/fhir/Slot/{kinds['ct_slot']}", f"/fhir/{ct_schedule}"):
+        body = await fhir_get(client, world, path, "chc_a", expect=404)
+        assert outcome_code(body) == "resource_not_found"
+    assert await search_all(client, world, "/fhir/Schedule", "chc_a", **{"service-type": "examination"}) == []
+    # The hospital itself reads every kind of its own.
+    own = await search_all(client, world, "/fhir/Slot", "city_hospital", _count=500)
+    assert {ext(s, RESOURCE_KIND) for s in own} == {"outpatient", "examination", "bed"}
+
+
+async def test_r18_fhir_service_type_search(client, world, db, kinds):
+    rows = await db_slots(db)
+
+    async def slot_ids(who: str = "platform", **params: Any) -> set[str]:
+        found = await search_all(client, world, "/fhir/Slot", who, _count=500, **params)
+        return {s["id"] for s in found}
+
+    def where(test: Any) -> set[str]:
+        return {str(s.id) for s, cs in rows if test(cs)}
+
+    exams = where(lambda cs: cs.resource_kind == "examination")
+    assert exams and await slot_ids(**{"service-type": "examination"}) == exams
+    assert await slot_ids(**{"service-type": "CT"}) == where(lambda cs: cs.modality == "CT")
+    mri = where(lambda cs: cs.modality == "MRI")
+    assert mri and await slot_ids(**{"service-type": f"{DICOM}|MR"}) == mri
+    assert await slot_ids(**{"service-type": ["examination", "MRI"]}) == mri  # repeated: AND
+    assert await slot_ids(**{"service-type": ["examination", "bed"]}) == set()
+    beds = where(lambda cs: cs.resource_kind == "bed")
+    assert beds and await slot_ids(**{"service-type": f"{ACT_CODE}|IMP"}) == beds
+    visits = where(lambda cs: cs.resource_kind == "outpatient")
+    assert await slot_ids(**{"service-type": "outpatient,bed"}) == visits | beds  # comma: OR
+    assert await slot_ids(**{"service-type": "AMB"}) == visits | exams
+    # Combined with scope and status: what chc_a may book in the ward right now.
+    free_beds = await slot_ids("chc_a", status="free", **{"service-type": f"{KIND}|bed"})
+    assert free_beds == {str(s["slot_id"]) for s in await pool_slots(client, world, resource_kind="bed")}
+    assert free_beds and await slot_ids("chc_a", **{"service-type": "CT"}) == set()
+
+    [ct_schedule] = await search_all(client, world, "/fhir/Schedule", "platform", **{"service-type": "CT"})
+    assert ct_schedule["id"] == str(next(cs.id for _, cs in rows if cs.modality == "CT"))
+    both = await search_all(client, world, "/fhir/Schedule", "platform", **{"service-type": "CT,MRI"})
+    assert sorted(ext(s, RESOURCE_KIND) for s in both) == ["examination", "examination"]
+
+    for bad in ("mri", f"{KIND}|CT", "|CT", "CT scan"):
+        body = await fhir_get(client, world, "/fhir/Slot", "platform", expect=400, **{"service-type": bad})
+        assert outcome_code(body) == "invalid_search_parameter", bad
+
+
+async def test_r18_fhir_examination_appointment_has_no_doctor(client, world, db, kinds):
+    ref = kinds["ct_reference"]
+    seen = await fhir_get(client, world, f"/fhir/Appointment/{ref}", "chc_b")
+    assert seen == await fhir_get(client, world, f"/fhir/Appointment/{ref}", "city_hospital")
+    assert seen["status"] == "booked"
+    assert ext(seen, RESOURCE_KIND) == "examination"
+    assert seen["slot"] == [{"reference": f"Slot/{kinds['ct_slot']}"}]
+    types = [p.get("type", [{}])[0].get("coding", [{}])[0].get("code") for p in seen["participant"]]
+    assert "PPRF" not in types  # no doctor is booked for a machine
+    assert [p["actor"].get("type") for p in seen["participant"]] == ["Patient", "Practitioner", None]
+    assert {(MODALITY, "CT"), (DICOM, "CT"), (KIND, "examination")} <= codings(seen["serviceType"])
+    assert seen["serviceCategory"][0]["coding"][0] == {
+        "system": SERVICE_CATEGORY,
+        "code": "30",
+        "display": "Specialist Radiology/Imaging",
+    }
+    assert "CT检查" in seen["description"]
+    # chc_a did not make it and may not read the CT pool.
+    assert outcome_code(await fhir_get(client, world, f"/fhir/Appointment/{ref}", "chc_a", expect=404)) == (
+        "resource_not_found"
+    )
+
+    bed = await fhir_get(client, world, f"/fhir/Appointment/{kinds['bed_reference']}", "chc_a")
+    assert ext(bed, RESOURCE_KIND) == "bed"
+    assert (ACT_CODE, "IMP") in codings(bed["serviceType"])
+    assert "心内科一病区" in bed["description"] and "Bed " in bed["description"]
+    mine = await search_all(client, world, "/fhir/Appointment", "chc_a", _count=500)
+    assert {ext(a, RESOURCE_KIND) for a in mine} == {"outpatient", "bed"}

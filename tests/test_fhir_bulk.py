@@ -13,9 +13,9 @@ from service.registry.schemas import OrganisationIn
 from service.registry.service import create_api_client, create_organisation
 from service.slots.models import ClinicSession, Slot
 from tests.factories import booking, pool_slots
-from tests.test_fhir import LATER, pool, validate
+from tests.test_fhir import LATER, RESOURCE_KIND, ext, kinds, pool, validate
 
-__all__ = ["pool"]  # the fixture, shared with the FHIR view tests
+__all__ = ["kinds", "pool"]  # the fixtures, shared with the FHIR view tests
 
 
 async def manifest(client, world, who: str = "platform", **headers: str) -> tuple[int, dict[str, Any], str]:
@@ -167,3 +167,40 @@ async def test_r19_platforms_read_their_own_region_only(client, world, clock, cr
     assert r.status_code == 404
     # The Hefei platform, whose region holds both hospitals, gets a different generation.
     assert (await manifest(client, world))[2] != etag
+
+
+async def test_r18_bulk_publishes_examinations_and_beds_with_their_kind(client, world, clock, db, kinds):
+    status, body, etag = await manifest(client, world)
+    assert status == 200
+    files = await published(client, world, body, etag)
+    slots = {s["id"]: s for s in files["Slot"]}
+    assert {k: s["status"] for k, s in slots.items()} == await expected_slots(db, clock.now())
+
+    async def kind_of(session):
+        rows = await session.execute(select(Slot.id, Slot.resource_kind, Slot.session_id))
+        return {str(i): (k, str(sid)) for i, k, sid in rows}
+
+    kinds_by_slot = await db.run(kind_of)
+    assert {ext(s, RESOURCE_KIND) for s in slots.values()} == {"outpatient", "examination", "bed"}
+    for sid, resource in slots.items():
+        assert ext(resource, RESOURCE_KIND) == kinds_by_slot[sid][0]
+    assert slots[str(kinds["ct_slot"])]["status"] == slots[str(kinds["bed_slot"])]["status"] == "busy"
+    schedules = {s["id"]: s for s in files["Schedule"]}
+    assert {ext(s, RESOURCE_KIND) for s in schedules.values()} == {"outpatient", "examination", "bed"}
+    for resource in slots.values():
+        schedule = schedules[resource["schedule"]["reference"].removeprefix("Schedule/")]
+        assert ext(schedule, RESOURCE_KIND) == ext(resource, RESOURCE_KIND)
+        if ext(schedule, RESOURCE_KIND) != "outpatient":
+            assert schedule["actor"] == [{"reference": f"Location/{world.ids['city_hospital']}"}]
+
+    # Cancelling the CT booking changes only an examination slot: a new generation shows it free.
+    r = await client.post(
+        f"/v1/referrals/{kinds['ct_reference']}/cancel",
+        json={"reason": "已在他院检查"},
+        headers=world.auth("chc_b"),
+    )
+    assert r.status_code == 200, r.text
+    _, after, after_etag = await manifest(client, world)
+    assert after_etag != etag
+    files = await published(client, world, after, after_etag)
+    assert {s["id"]: s["status"] for s in files["Slot"]}[str(kinds["ct_slot"])] == "free"

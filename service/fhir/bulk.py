@@ -2,7 +2,8 @@
 
 The published set is the pool's open availability in a region: every slot held for the pool
 (reserved or booked) of an active session that has not started, whose FHIR status is "free"
-(bookable now) or "busy" (booked); with the Schedules and Locations those slots hang on.
+(bookable now) or "busy" (booked), of every resource kind (visits, examinations, beds: R18);
+with the Schedules and Locations those slots hang on.
 
 Files are not rewritten on every change. A request first asks the database for a fingerprint
 of the rows the files are built from (one aggregate query over the same joins), plus the
@@ -51,7 +52,7 @@ def _candidates(now: datetime, region_code: str) -> Select[Any]:
         select(Slot, ClinicSession, Department, Doctor, Organisation, resources.slot_status(now))
         .join(ClinicSession, ClinicSession.id == Slot.session_id)
         .join(Department, Department.id == ClinicSession.department_id)
-        .join(Doctor, Doctor.id == ClinicSession.doctor_id)
+        .outerjoin(Doctor, Doctor.id == ClinicSession.doctor_id)  # examinations and beds may have none
         .join(Organisation, Organisation.id == Slot.hospital_id)
         .where(
             resources.pool_held_clause(),
@@ -64,11 +65,15 @@ def _candidates(now: datetime, region_code: str) -> Select[Any]:
 
 async def _fingerprint(session: AsyncSession, now: datetime, region_code: str) -> str:
     """A digest of every column the files are built from, and of the next time-driven change."""
+    # Nullable columns are coalesced: concat_ws skips NULLs, which would let two rows collide.
     columns = [
         Slot.id, Slot.status, Slot.number, func.coalesce(Slot.external_id, ""), Slot.starts_at,
-        Slot.ends_at, Slot.pool_opens_at, Slot.public_at, ClinicSession.id, ClinicSession.version,
-        ClinicSession.updated_at, Department.name, func.coalesce(Department.specialty, ""),
-        Doctor.name, Organisation.name, Organisation.code, Organisation.region_code,
+        Slot.ends_at, Slot.pool_opens_at, Slot.public_at, Slot.resource_kind, ClinicSession.id,
+        ClinicSession.version, ClinicSession.updated_at, ClinicSession.resource_kind,
+        func.coalesce(ClinicSession.modality, ""), func.coalesce(ClinicSession.ward_code, ""),
+        func.coalesce(ClinicSession.ward_name, ""), func.coalesce(ClinicSession.doctor_title, ""),
+        Department.name, func.coalesce(Department.specialty, ""), func.coalesce(Doctor.name, ""),
+        Organisation.name, Organisation.code, Organisation.region_code,
     ]  # fmt: skip
     row_text = func.concat_ws("|", *[cast(c, String) for c in columns])
     next_change = func.least(
@@ -105,7 +110,7 @@ async def _generate(db: Database, now: datetime, region_code: str) -> Generation
     files = {
         "Location": _ndjson([resources.location(h, names) for _, h in sorted(hospitals.items())]),
         "Schedule": _ndjson([resources.schedule(*schedules[k]) for k in sorted(schedules)]),
-        "Slot": _ndjson([resources.slot(slot, status) for slot, *_, status in rows]),
+        "Slot": _ndjson([resources.slot(slot, cs, status) for slot, cs, *_, status in rows]),
     }
     return Generation(etag=etag, transaction_time=now, files=files)
 

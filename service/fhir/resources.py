@@ -1,8 +1,9 @@
 """Building FHIR R4 resources (as JSON objects) from the pool's rows.
 
-Ids are the database ids (``Location`` = a hospital, ``Schedule`` = one doctor's clinic
-session, ``Slot`` = a numbered slot), except ``Appointment``, whose id is the referral's
-public reference. Extensions and code systems of our own live under ``BASE``.
+Ids are the database ids (``Location`` = a hospital, ``Schedule`` = one clinic session: a
+doctor's clinic, a modality's examination block or a ward's bed day, ``Slot`` = a numbered
+slot or bed), except ``Appointment``, whose id is the referral's public reference. Extensions
+and code systems of our own live under ``BASE``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from sqlalchemy.sql.elements import Case
 from service.clock import SHANGHAI
 from service.referrals.schemas import ReferralOut
 from service.registry.models import Department, Doctor, Organisation
+from service.resources import MODALITIES
+from service.slip.service import MODALITIES_ZH
 from service.slots.models import ClinicSession, Slot
 
 FHIR_VERSION = "4.0.1"
@@ -25,14 +28,19 @@ EXT_POOL_OPENS_AT = f"{BASE}/StructureDefinition/pool-opens-at"
 EXT_PUBLIC_AT = f"{BASE}/StructureDefinition/public-at"
 EXT_DOCTOR_TITLE = f"{BASE}/StructureDefinition/doctor-title"
 EXT_PRIORITY_REFERRAL = f"{BASE}/StructureDefinition/priority-referral"
+EXT_RESOURCE_KIND = f"{BASE}/StructureDefinition/resource-kind"
 SID_ORGANISATION = f"{BASE}/sid/organisation-code"
 SID_REFERRAL = f"{BASE}/sid/referral-reference"
 CS_SPECIALTY = f"{BASE}/CodeSystem/specialty"
 CS_PERIOD = f"{BASE}/CodeSystem/clinic-period"
 CS_PROBLEM = f"{BASE}/CodeSystem/problem"
+CS_RESOURCE_KIND = f"{BASE}/CodeSystem/resource-kind"
+CS_MODALITY = f"{BASE}/CodeSystem/modality"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 SERVICE_CATEGORY = "http://terminology.hl7.org/CodeSystem/service-category"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+DICOM = "http://dicom.nema.org/resources/ontology/DCM"
 
 # The FHIR Slot.status of every slot, computed by the database so that a search by status
 # and the status shown are one expression. Only a reserved slot inside its pool window
@@ -81,6 +89,131 @@ def day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=SHANGHAI)
 
 
+# --- what a session offers: its resource kind (R18), and the modality of an examination --------
+
+# The kind as an encounter class (HL7 v3 ActCode): visits and examinations are ambulatory, a bed
+# is an inpatient stay. The kind's own code (CS_RESOURCE_KIND) rides beside it in the same concept.
+KIND_ACT_CODES = {
+    "outpatient": ("AMB", "ambulatory"),
+    "examination": ("AMB", "ambulatory"),
+    "bed": ("IMP", "inpatient encounter"),
+}
+KIND_ZH = {"outpatient": "门诊", "examination": "检查", "bed": "住院床位"}
+# The DICOM acquisition modality (CID 29) of each modality on the pool's closed list. PET-CT and
+# PET-MRI are both PT (the emission part names the study), SPECT is NM, DSA is XA.
+DICOM_MODALITIES = {
+    "CT": ("CT", "Computed Tomography"),
+    "MRI": ("MR", "Magnetic Resonance"),
+    "PET-CT": ("PT", "Positron emission tomography"),
+    "PET-MRI": ("PT", "Positron emission tomography"),
+    "SPECT": ("NM", "Nuclear Medicine"),
+    "X-ray": ("DX", "Digital Radiography"),
+    "mammography": ("MG", "Mammography"),
+    "ultrasound": ("US", "Ultrasound"),
+    "DSA": ("XA", "X-Ray Angiography"),
+    "endoscopy": ("ES", "Endoscopy"),
+    "ECG": ("ECG", "Electrocardiography"),
+}
+assert set(DICOM_MODALITIES) == set(MODALITIES), "every modality needs its DICOM code"
+NOT_IMAGING = frozenset({"endoscopy", "ECG"})
+HOSPITAL = ("35", "Hospital")
+IMAGING = ("30", "Specialist Radiology/Imaging")
+
+# Every service a session can offer, as (kind, modality): the vocabulary of service-type searches.
+SERVICES: tuple[tuple[str, str | None], ...] = (
+    ("outpatient", None),
+    *(("examination", m) for m in MODALITIES),
+    ("bed", None),
+)
+
+
+def kind_extension(kind: str) -> dict[str, Any]:
+    """The resource kind as a bare code, so that machines filter without reading text."""
+    return {"url": EXT_RESOURCE_KIND, "valueCode": kind}
+
+
+def service_category(kind: str, modality: str | None) -> list[dict[str, Any]]:
+    """HL7 service-category: imaging examinations are radiology/imaging, everything else is hospital."""
+    code, display = IMAGING if modality is not None and modality not in NOT_IMAGING else HOSPITAL
+    return [{"coding": [{"system": SERVICE_CATEGORY, "code": code, "display": display}]}]
+
+
+def _service_concepts(kind: str, modality: str | None) -> list[dict[str, Any]]:
+    """The searchable serviceType concepts: the kind, then an examination's modality."""
+    act, act_display = KIND_ACT_CODES[kind]
+    concepts: list[dict[str, Any]] = [
+        {
+            "coding": [
+                {"system": CS_RESOURCE_KIND, "code": kind},
+                {"system": ACT_CODE, "code": act, "display": act_display},
+            ],
+            "text": KIND_ZH[kind],
+        }
+    ]
+    if modality is not None:
+        dicom, dicom_display = DICOM_MODALITIES[modality]
+        concepts.append(
+            {
+                "coding": [
+                    {"system": CS_MODALITY, "code": modality},
+                    {"system": DICOM, "code": dicom, "display": dicom_display},
+                ],
+                "text": f"{MODALITIES_ZH.get(modality, modality)}检查",
+            }
+        )
+    return concepts
+
+
+def service_codings(kind: str, modality: str | None) -> list[tuple[str, str]]:
+    """(system, code) of every coding a service-type search can match on this service."""
+    return [
+        (c["system"], c["code"]) for concept in _service_concepts(kind, modality) for c in concept["coding"]
+    ]
+
+
+def service_type(
+    *, hospital_id: int, kind: str, modality: str | None, ward_code: str | None, ward_name: str | None
+) -> list[dict[str, Any]]:
+    """The kind and modality concepts, and for a bed the ward, coded in the hospital's own ward list."""
+    concepts = _service_concepts(kind, modality)
+    if ward_code is not None and ward_name is not None:
+        concepts.append(
+            {
+                "coding": [
+                    {
+                        "system": f"{BASE}/CodeSystem/ward/{hospital_id}",
+                        "code": ward_code,
+                        "display": ward_name,
+                    }
+                ],
+                "text": ward_name,
+            }
+        )
+    return concepts
+
+
+def session_service_type(cs: ClinicSession) -> list[dict[str, Any]]:
+    return service_type(
+        hospital_id=cs.hospital_id,
+        kind=cs.resource_kind,
+        modality=cs.modality,
+        ward_code=cs.ward_code,
+        ward_name=cs.ward_name,
+    )
+
+
+def headline(kind: str, doctor_name: str | None, services: list[dict[str, Any]]) -> str:
+    """What a session is, in a word: a visit's doctor; an examination's modality or a bed's ward."""
+    if kind == "outpatient" and doctor_name is not None:
+        return doctor_name
+    text: str = services[-1]["text"]
+    return text
+
+
+def number_label(kind: str, number: int) -> str:
+    return f"Bed {number}" if kind == "bed" else f"No. {number}"
+
+
 def location(hospital: Organisation, regions: dict[str, str]) -> dict[str, Any]:
     """A hospital as a Location; ``regions`` maps GB/T 2260 codes to names."""
     code = hospital.region_code
@@ -99,83 +232,102 @@ def location(hospital: Organisation, regions: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def schedule(cs: ClinicSession, department: Department, doctor: Doctor) -> dict[str, Any]:
-    """One doctor's clinic session as a Schedule at its hospital's Location."""
+def schedule(cs: ClinicSession, department: Department, doctor: Doctor | None) -> dict[str, Any]:
+    """One clinic session as a Schedule at its hospital's Location; its doctor too when it names one."""
     specialty: dict[str, Any] = {"text": department.name}
     if department.specialty:
         specialty["coding"] = [{"system": CS_SPECIALTY, "code": department.specialty}]
+    actors: list[dict[str, Any]] = [{"reference": f"Location/{cs.hospital_id}"}]
+    if doctor is not None:
+        actor: dict[str, Any] = {"type": "Practitioner", "display": doctor.name}
+        if cs.doctor_title:
+            actor["extension"] = [{"url": EXT_DOCTOR_TITLE, "valueCode": cs.doctor_title}]
+        actors.append(actor)
+    services = session_service_type(cs)
+    what = headline(cs.resource_kind, doctor.name if doctor else None, services)
     return {
         "resourceType": "Schedule",
         "id": str(cs.id),
+        "extension": [kind_extension(cs.resource_kind)],
         "identifier": [{"system": f"{BASE}/sid/clinic-session/{cs.hospital_id}", "value": cs.external_id}],
         "active": cs.status == "active",
-        "serviceCategory": [{"coding": [{"system": SERVICE_CATEGORY, "code": "35", "display": "Hospital"}]}],
+        "serviceCategory": service_category(cs.resource_kind, cs.modality),
         "serviceType": [
-            {"coding": [{"system": CS_PERIOD, "code": cs.period}], "text": f"{department.name} {cs.period}"}
+            *services,
+            {"coding": [{"system": CS_PERIOD, "code": cs.period}], "text": f"{department.name} {cs.period}"},
         ],
         "specialty": [specialty],
-        "actor": [
-            {"reference": f"Location/{cs.hospital_id}"},
-            {
-                "type": "Practitioner",
-                "display": doctor.name,
-                "extension": [{"url": EXT_DOCTOR_TITLE, "valueCode": cs.doctor_title}],
-            },
-        ],
+        "actor": actors,
         "planningHorizon": {
             "start": instant(day_start(cs.service_date)),
             "end": instant(day_start(cs.service_date + timedelta(days=1))),
         },
-        "comment": f"{department.name} · {doctor.name} · {cs.service_date.isoformat()} {cs.period}",
+        "comment": f"{department.name} · {what} · {cs.service_date.isoformat()} {cs.period}",
     }
 
 
-def slot(row: Slot, status: str) -> dict[str, Any]:
-    """A slot; pool-held ones carry the pool-reserved flag and their window's two instants."""
-    extension: list[dict[str, Any]] = []
+def slot(row: Slot, cs: ClinicSession, status: str) -> dict[str, Any]:
+    """A slot (a bed, for a bed session) with its session's kind; pool-held ones carry the pool flag
+    and their window's two instants."""
+    extension: list[dict[str, Any]] = [kind_extension(row.resource_kind)]
     if pool_held(row):
-        extension = [
+        extension += [
             {"url": EXT_POOL_RESERVED, "valueBoolean": True},
             {"url": EXT_POOL_OPENS_AT, "valueInstant": instant(row.pool_opens_at)},
             {"url": EXT_PUBLIC_AT, "valueInstant": instant(row.public_at)},
         ]
-    resource: dict[str, Any] = {"resourceType": "Slot", "id": str(row.id)}
-    if extension:
-        resource["extension"] = extension
+    resource: dict[str, Any] = {"resourceType": "Slot", "id": str(row.id), "extension": extension}
     if row.external_id:
         resource["identifier"] = [{"system": f"{BASE}/sid/slot/{row.hospital_id}", "value": row.external_id}]
     resource.update(
         {
+            "serviceCategory": service_category(cs.resource_kind, cs.modality),
+            "serviceType": session_service_type(cs),
             "schedule": {"reference": f"Schedule/{row.session_id}"},
             "status": status,
             "start": instant(row.starts_at),
             "end": instant(row.ends_at),
-            "comment": f"No. {row.number}",
+            "comment": number_label(row.resource_kind, row.number),
         }
     )
     return resource
 
 
 def appointment(out: ReferralOut, *, hospital_id: int) -> dict[str, Any]:
-    """A referral as an Appointment: masked patient name, never the ID number or the code."""
+    """A referral as an Appointment: masked patient name, never the ID number or the code.
+
+    The booked doctor is a participant only when the session names one: an examination or a bed
+    usually has none.
+    """
+    services = service_type(
+        hospital_id=hospital_id,
+        kind=out.resource_kind,
+        modality=out.modality,
+        ward_code=out.ward.code if out.ward else None,
+        ward_name=out.ward.name if out.ward else None,
+    )
     resource: dict[str, Any] = {
         "resourceType": "Appointment",
         "id": out.reference,
+        "extension": [kind_extension(out.resource_kind)],
         "identifier": [{"system": SID_REFERRAL, "value": out.reference}],
         "status": "booked" if out.status == "booked" else "cancelled",
     }
     if out.priority:
-        resource["extension"] = [{"url": EXT_PRIORITY_REFERRAL, "valueBoolean": True}]
+        resource["extension"].append({"url": EXT_PRIORITY_REFERRAL, "valueBoolean": True})
     if out.cancel_reason:
         resource["cancelationReason"] = {"text": out.cancel_reason}
     resource.update(
         {
-            "serviceCategory": [
-                {"coding": [{"system": SERVICE_CATEGORY, "code": "35", "display": "Hospital"}]}
-            ],
+            "serviceCategory": service_category(out.resource_kind, out.modality),
+            "serviceType": services,
             "reasonCode": [{"coding": [{"system": ICD10, "code": code}]} for code in out.diagnoses],
             "description": " · ".join(
-                [out.department.name, *([out.doctor.name] if out.doctor else []), f"No. {out.slot.number}"]
+                [
+                    out.department.name,
+                    headline(out.resource_kind, out.doctor.name if out.doctor else None, services),
+                    number_label(out.resource_kind, out.slot.number),
+                ]
             ),
             "start": instant(out.slot.starts_at),
             "end": instant(out.slot.ends_at),

@@ -33,6 +33,7 @@ from service.fhir.search import (
     encode_cursor,
     parse_date,
     parse_reference,
+    parse_service_types,
     parse_tokens,
 )
 from service.fhir.validation import checked
@@ -90,6 +91,15 @@ Publisher = Annotated[Caller, Depends(require("platform", "commission"))]
 Count = Annotated[int, Query(alias="_count", ge=1, le=MAX_COUNT, description="Page size.")]
 Cursor = Annotated[str | None, Query(alias="_cursor", max_length=100, description="From Bundle.link next.")]
 Dates = Annotated[list[str] | None, Query(max_length=10, description="FHIR date: eq|ge|gt|le|lt prefix.")]
+ServiceTypes = Annotated[
+    list[str] | None,
+    Query(
+        alias="service-type",
+        max_length=10,
+        description="Token: a resource kind (outpatient, examination, bed) or a modality (CT, MRI, ...), "
+        "optionally system|code; comma = OR, repeated = AND.",
+    ),
+]
 OUTCOME = {"content": {FHIR_JSON: {}}, "description": "OperationOutcome."}
 ERRORS: dict[int | str, dict[str, Any]] = {400: OUTCOME, 401: OUTCOME, 403: OUTCOME, 404: OUTCOME}
 
@@ -132,9 +142,9 @@ def path_id(resource_type: str, value: str) -> int:
         raise NotFound("resource_not_found", f"No {resource_type}/{value} visible to you.") from exc
 
 
-async def _hospitals(state: AppState, caller: Caller, now: datetime) -> list[int]:
+async def _pools(state: AppState, caller: Caller, now: datetime) -> list[service.Pool]:
     async with state.db.sessionmaker() as session:
-        return await service.visible_hospital_ids(session=session, caller=caller, now=now)
+        return await service.visible_pools(session=session, caller=caller, now=now)
 
 
 @router.get("/metadata", responses=ERRORS)
@@ -150,10 +160,10 @@ async def _locations(
     state: AppState, caller: Caller, location_id: int | None, after: int | None, count: int
 ) -> tuple[datetime, tuple[list[dict[str, Any]], int | None]]:
     now = state.clock.now()
-    hospitals = await _hospitals(state, caller, now)
+    pools = await _pools(state, caller, now)
     async with state.db.sessionmaker() as session:
         page = await service.search_locations(
-            session=session, hospital_ids=hospitals, location_id=location_id, after=after, count=count
+            session=session, pools=pools, location_id=location_id, after=after, count=count
         )
     return now, page
 
@@ -186,9 +196,9 @@ async def _schedules(
     state: AppState, caller: Caller, **filters: Any
 ) -> tuple[datetime, tuple[list[dict[str, Any]], int | None]]:
     now = state.clock.now()
-    hospitals = await _hospitals(state, caller, now)
+    pools = await _pools(state, caller, now)
     async with state.db.sessionmaker() as session:
-        page = await service.search_schedules(session=session, hospital_ids=hospitals, **filters)
+        page = await service.search_schedules(session=session, pools=pools, **filters)
     return now, page
 
 
@@ -200,10 +210,11 @@ async def search_schedules(
     actor: Annotated[str | None, Query(max_length=100, description="Location/<id>")] = None,
     active: bool | None = None,
     date: Dates = None,
+    service_type: ServiceTypes = None,
     count: Count = DEFAULT_COUNT,
     cursor: Cursor = None,
 ) -> FhirJSONResponse:
-    """One Schedule per doctor's clinic session; ``date`` matches the session's day."""
+    """One Schedule per clinic session, of every kind; ``date`` matches the session's day."""
     now, page = await _schedules(
         state,
         caller,
@@ -211,6 +222,7 @@ async def search_schedules(
         location_id=parse_reference("actor", actor, "Location") if actor is not None else None,
         active=active,
         dates=[parse_date("date", d) for d in date or []],
+        services=parse_service_types("service-type", service_type),
         after=decode_cursor(cursor),
         count=count,
     )
@@ -226,6 +238,7 @@ async def read_schedule(schedule_id: str, state: State, caller: Reader) -> FhirJ
         location_id=None,
         active=None,
         dates=[],
+        services=None,
         after=None,
         count=1,
     )
@@ -239,9 +252,9 @@ async def _slots(
     state: AppState, caller: Caller, **filters: Any
 ) -> tuple[datetime, tuple[list[dict[str, Any]], int | None]]:
     now = state.clock.now()
-    hospitals = await _hospitals(state, caller, now)
+    pools = await _pools(state, caller, now)
     async with state.db.sessionmaker() as session:
-        page = await service.search_slots(session=session, hospital_ids=hospitals, now=now, **filters)
+        page = await service.search_slots(session=session, pools=pools, now=now, **filters)
     return now, page
 
 
@@ -253,6 +266,7 @@ async def search_slots(
     schedule: Annotated[str | None, Query(max_length=100, description="Schedule/<id>")] = None,
     start: Dates = None,
     status: Annotated[str | None, Query(max_length=100, description="free,busy,busy-unavailable")] = None,
+    service_type: ServiceTypes = None,
     count: Count = DEFAULT_COUNT,
     cursor: Cursor = None,
 ) -> FhirJSONResponse:
@@ -264,6 +278,7 @@ async def search_slots(
         schedule_id=parse_reference("schedule", schedule, "Schedule") if schedule is not None else None,
         starts=[parse_date("start", s) for s in start or []],
         statuses=parse_tokens("status", status, resources.SLOT_STATUSES),
+        services=parse_service_types("service-type", service_type),
         after=decode_cursor(cursor),
         count=count,
     )
@@ -279,6 +294,7 @@ async def read_slot(slot_id: str, state: State, caller: Reader) -> FhirJSONRespo
         schedule_id=None,
         starts=[],
         statuses=None,
+        services=None,
         after=None,
         count=1,
     )
@@ -413,17 +429,20 @@ async def unsupported(rest: str, request: Request) -> FhirJSONResponse:
 
 # --- CapabilityStatement ------------------------------------------------------------------
 
+SERVICE_TYPE_DOC = "Resource kind (outpatient|examination|bed, or ActCode AMB|IMP) or modality (CT, MRI, ..., or its DICOM code)"
 _SEARCH: dict[str, list[tuple[str, str, str]]] = {
     "Location": [("_id", "token", "Logical id")],
     "Schedule": [
         ("actor", "reference", "Location/<id>"),
         ("active", "token", "true|false"),
         ("date", "date", "The session's day (Beijing time)"),
+        ("service-type", "token", SERVICE_TYPE_DOC),
     ],
     "Slot": [
         ("schedule", "reference", "Schedule/<id>"),
         ("start", "date", "Slot start; repeat with ge/le for a range"),
         ("status", "token", "free|busy|busy-unavailable, comma-separated"),
+        ("service-type", "token", SERVICE_TYPE_DOC),
     ],
     "Appointment": [
         ("status", "token", "booked|cancelled"),

@@ -14,7 +14,9 @@ from sqlalchemy import ColumnElement, and_
 
 from service.clock import SHANGHAI
 from service.errors import Problem
+from service.fhir import resources
 from service.ids import MAX_ID
+from service.resources import MODALITIES, RESOURCE_KINDS
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
@@ -139,3 +141,34 @@ def decode_cursor(cursor: str | None) -> int | None:
     if kind != "after" or not number.isascii() or not number.isdigit() or int(number) > MAX_ID:
         raise BadSearch("invalid_cursor", "The _cursor value is not one this server issued.")
     return int(number)
+
+
+def parse_service_types(name: str, values: Sequence[str] | None) -> list[tuple[str, str | None]] | None:
+    """``service-type`` tokens to the services (kind, modality) whose serviceType carries them.
+
+    A token is ``code`` or ``system|code``, matched against the kind and modality codings a
+    Slot or Schedule shows (``resources.service_codings``), so that the search and what is shown
+    are one table. Commas are an OR, a repeated parameter an AND. A token no service carries is
+    refused, as a typo ("mri") would otherwise silently find nothing.
+    """
+    if not values:
+        return None
+    matched = set(resources.SERVICES)
+    for value in values:
+        either: set[tuple[str, str | None]] = set()
+        for token in (t.strip() for t in value.split(",")):
+            system, bar, code = token.rpartition("|")
+            hits = {
+                service
+                for service in resources.SERVICES
+                if any(c == code and (not bar or s == system) for s, c in resources.service_codings(*service))
+            }
+            if not hits:
+                raise BadSearch(
+                    "invalid_search_parameter",
+                    f"{name}: {token!r} names no service offered here; use a resource kind "
+                    f"({', '.join(RESOURCE_KINDS)}) or a modality ({', '.join(MODALITIES)}).",
+                )
+            either |= hits
+        matched &= either
+    return [service for service in resources.SERVICES if service in matched]

@@ -1,9 +1,11 @@
 """What each caller may read through /fhir, and the searches behind it.
 
-Scope (OWASP API1, as everywhere in the pool): a hospital reads its own Locations,
-Schedules and Slots; a primary institution reads the hospitals whose pool it may book today
-(the same scope as ``GET /v1/pool/slots``); a platform or the commission reads every hospital
-in its region. Appointments are referrals: only the receiving hospital and the referring
+Scope (OWASP API1, as everywhere in the pool) is a set of pools, one per (hospital, resource
+kind): a hospital reads every kind of its own; a primary institution reads the pools it may
+book today, each kind under its own policy (the same scope as ``GET /v1/pool/slots``, R18), so
+a hospital's CT pool may be visible to it while the hospital's clinics are not; a platform or
+the commission reads every kind of every hospital in its region. A Location is visible with any
+of its pools. Appointments are referrals: only the receiving hospital and the referring
 institution see them.
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, Select, func, select
+from sqlalchemy import ColumnElement, DateTime, Select, and_, false, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
@@ -26,22 +28,45 @@ from service.referrals.models import Referral
 from service.referrals.service import pools_in_scope, referral_out
 from service.regions import city_of, covers, province_of
 from service.registry.models import Department, Doctor, Organisation, Region
+from service.resources import RESOURCE_KINDS
 from service.slots.models import ClinicSession, Slot
 
+Pool = tuple[int, str]  # (hospital id, resource kind)
+Service = tuple[str, str | None]  # (resource kind, modality)
 
-async def visible_hospital_ids(*, session: AsyncSession, caller: Caller, now: datetime) -> list[int]:
-    """The hospitals whose Locations, Schedules and Slots ``caller`` may read."""
-    if caller.role == "hospital":
-        return [caller.org_id]
+
+async def visible_pools(*, session: AsyncSession, caller: Caller, now: datetime) -> list[Pool]:
+    """The (hospital, kind) pools whose Schedules and Slots ``caller`` may read."""
     if caller.role == "primary":
         booker = await session.get(Organisation, caller.org_id)
         assert booker is not None
-        pools = await pools_in_scope(session=session, booker=booker, on=local_date(now))
-        return sorted({hospital_id for hospital_id, _kind in pools})
-    rows = await session.execute(
-        select(Organisation.id, Organisation.region_code).where(Organisation.kind == "hospital")
+        return await pools_in_scope(session=session, booker=booker, on=local_date(now))
+    if caller.role == "hospital":
+        hospitals = [caller.org_id]
+    else:
+        rows = await session.execute(
+            select(Organisation.id, Organisation.region_code).where(Organisation.kind == "hospital")
+        )
+        hospitals = [org_id for org_id, region in rows if covers(caller.region_code, region)]
+    return [(hospital_id, kind) for hospital_id in hospitals for kind in RESOURCE_KINDS]
+
+
+def in_pools(hospital_column: Any, kind_column: Any, pools: list[Pool]) -> ColumnElement[bool]:
+    return tuple_(hospital_column, kind_column).in_(pools) if pools else false()
+
+
+def offers(services: list[Service]) -> ColumnElement[bool]:
+    """SQL: the clinic session offers one of ``services``."""
+    return or_(
+        *[
+            and_(
+                ClinicSession.resource_kind == kind,
+                ClinicSession.modality.is_(None) if modality is None else ClinicSession.modality == modality,
+            )
+            for kind, modality in services
+        ],
+        false(),
     )
-    return [org_id for org_id, region in rows if covers(caller.region_code, region)]
 
 
 async def _page(
@@ -65,9 +90,9 @@ async def region_names(session: AsyncSession, hospitals: Sequence[Organisation])
 
 
 async def search_locations(
-    *, session: AsyncSession, hospital_ids: list[int], location_id: int | None, after: int | None, count: int
+    *, session: AsyncSession, pools: list[Pool], location_id: int | None, after: int | None, count: int
 ) -> tuple[list[dict[str, Any]], int | None]:
-    stmt = select(Organisation).where(Organisation.id.in_(hospital_ids))
+    stmt = select(Organisation).where(Organisation.id.in_(sorted({h for h, _ in pools})))
     if location_id is not None:
         stmt = stmt.where(Organisation.id == location_id)
     rows, next_after = await _page(session, stmt, Organisation.id, after, count)
@@ -87,20 +112,23 @@ def _session_day() -> tuple[ColumnElement[datetime], ColumnElement[datetime]]:
 async def search_schedules(
     *,
     session: AsyncSession,
-    hospital_ids: list[int],
+    pools: list[Pool],
     schedule_id: int | None,
     location_id: int | None,
     active: bool | None,
     dates: list[DateBound],
+    services: list[Service] | None,
     after: int | None,
     count: int,
 ) -> tuple[list[dict[str, Any]], int | None]:
     stmt = (
         select(ClinicSession, Department, Doctor)
         .join(Department, Department.id == ClinicSession.department_id)
-        .join(Doctor, Doctor.id == ClinicSession.doctor_id)
-        .where(ClinicSession.hospital_id.in_(hospital_ids))
+        .outerjoin(Doctor, Doctor.id == ClinicSession.doctor_id)  # examinations and beds may have none
+        .where(in_pools(ClinicSession.hospital_id, ClinicSession.resource_kind, pools))
     )
+    if services is not None:
+        stmt = stmt.where(offers(services))
     if schedule_id is not None:
         stmt = stmt.where(ClinicSession.id == schedule_id)
     if location_id is not None:
@@ -117,17 +145,24 @@ async def search_schedules(
 async def search_slots(
     *,
     session: AsyncSession,
-    hospital_ids: list[int],
+    pools: list[Pool],
     now: datetime,
     slot_id: int | None,
     schedule_id: int | None,
     starts: list[DateBound],
     statuses: list[str] | None,
+    services: list[Service] | None,
     after: int | None,
     count: int,
 ) -> tuple[list[dict[str, Any]], int | None]:
     status = resources.slot_status(now)
-    stmt = select(Slot, status).where(Slot.hospital_id.in_(hospital_ids))
+    stmt = (
+        select(Slot, ClinicSession, status)
+        .join(ClinicSession, ClinicSession.id == Slot.session_id)
+        .where(in_pools(Slot.hospital_id, Slot.resource_kind, pools))
+    )
+    if services is not None:
+        stmt = stmt.where(offers(services))
     if slot_id is not None:
         stmt = stmt.where(Slot.id == slot_id)
     if schedule_id is not None:
@@ -137,7 +172,7 @@ async def search_slots(
     if statuses is not None:
         stmt = stmt.where(status.in_(statuses))
     rows, next_after = await _page(session, stmt, Slot.id, after, count)
-    return [resources.slot(row, fhir_status) for row, fhir_status in rows], next_after
+    return [resources.slot(row, cs, fhir_status) for row, cs, fhir_status in rows], next_after
 
 
 async def search_appointments(
