@@ -33,6 +33,7 @@ from service.registry.router import router as registry_router
 from service.residents.router import router as residents_router
 from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
+from service.supervision.router import router as supervision_router
 
 log = structlog.get_logger("slotpool.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -149,4 +150,5 @@ def create_app(
     app.include_router(slip_router)
     app.include_router(fhir_router)
     app.include_router(attendance_router)
+    app.include_router(supervision_router)
     return app

@@ -16,8 +16,10 @@ from service.registry.models import (
 )
 from service.residents.models import FamilyDoctorContract, Resident
 from service.slots.models import ClinicSession, ReservationShortfall, Slot
+from service.supervision.models import AccessSuspension
 
 __all__ = [
+    "AccessSuspension",
     "Alliance",
     "AllianceMember",
     "ApiClient",
