@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, literal_column, or_, select
+from sqlalchemy import ColumnElement, func, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -300,7 +300,7 @@ def _mentions_resident(resident_id: int) -> ColumnElement[bool]:
     The expression is spelt as in ix_audit_entries_resident_ids, so the GIN index serves it.
     """
     listed = literal_column("(audit_entries.detail -> 'resident_ids')", JSONB)
-    return or_(AuditEntry.resident_id == resident_id, listed.contains(resident_id))
+    return or_(AuditEntry.resident_id == resident_id, listed.contains(func.jsonb_build_array(resident_id)))
 
 
 async def query_audit(
