@@ -34,6 +34,7 @@ from service.registry.router import router as registry_router
 from service.residents.router import router as residents_router
 from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
+from service.supervision.router import router as supervision_router
 from service.webhooks.router import router as webhooks_router
 
 log = structlog.get_logger("slotpool.http")
@@ -163,6 +164,7 @@ def create_app(
         slip_router,
         webhooks_router,
         fhir_router,
+        supervision_router,
     ):
         app.include_router(router)
     return app

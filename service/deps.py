@@ -16,6 +16,8 @@ from service.crypto import Crypto
 from service.db import Database
 from service.errors import Forbidden, Unauthorized
 from service.registry.models import ApiClient, Organisation
+from service.supervision.access import blocking_suspension, refusal
+from service.supervision.models import AccessSuspension
 
 
 @dataclass
@@ -42,19 +44,29 @@ async def authenticate(request: Request, state: State) -> Caller:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing_credentials", "Send 'Authorization: Bearer <API key>'.")
     digest = state.crypto.api_key_digest(token.strip())
+    now = state.clock.now()
     async with state.db.sessionmaker() as session:
         row = (
             await session.execute(
-                select(ApiClient, Organisation)
+                select(
+                    ApiClient,
+                    Organisation,
+                    blocking_suspension(now, client_id=ApiClient.id, organisation_id=Organisation.id),
+                )
                 .join(Organisation, Organisation.id == ApiClient.organisation_id)
                 .where(ApiClient.key_digest == digest)
             )
         ).first()
-    if row is None:
-        raise Unauthorized("invalid_credentials", "The API key is not valid.")
-    client, org = row
-    if client.revoked_at is not None:
-        raise Unauthorized("key_revoked", "This API key has been revoked.")
+        if row is None:
+            raise Unauthorized("invalid_credentials", "The API key is not valid.")
+        client, org, suspension_id = row
+        if client.revoked_at is not None:
+            raise Unauthorized("key_revoked", "This API key has been revoked.")
+        if suspension_id is not None:
+            # R14: the commission's action takes effect on the very next request.
+            suspension = await session.get(AccessSuspension, suspension_id)
+            assert suspension is not None
+            raise refusal(suspension)
     caller = Caller(
         client_id=client.id,
         org_id=org.id,

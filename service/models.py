@@ -16,9 +16,11 @@ from service.registry.models import (
 )
 from service.residents.models import FamilyDoctorContract, Resident
 from service.slots.models import ClinicSession, ReservationShortfall, Slot
+from service.supervision.models import AccessSuspension
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
+    "AccessSuspension",
     "Alliance",
     "AllianceMember",
     "ApiClient",

@@ -18,7 +18,6 @@ from service.attendance.schemas import (
     ReceiveIn,
     Worklist,
 )
-from service.clock import local_date
 from service.context import Caller
 from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
 from service.deps import State, actor_for, require
@@ -56,6 +55,7 @@ def _instant_and_id(parts: list[Any]) -> tuple[datetime, int]:
 
 @router.get("/hospital/worklist", response_model=Worklist, responses={422: PROBLEM})
 async def worklist(
+    request: Request,
     state: State,
     caller: Hospital,
     cursor: CursorQuery = None,
@@ -66,15 +66,17 @@ async def worklist(
     They stay here until the HIS reports: the service never marks a referral as a no-show.
     """
     after = decode_cursor(cursor, _instant_and_id) if cursor is not None else None
-    async with state.db.sessionmaker() as session:
-        items, following = await service.list_worklist(
+    actor = actor_for(request, state, caller)
+    items, following = await state.db.run(
+        lambda session: service.list_worklist(
             session=session,
+            actor=actor,
             crypto=state.crypto,
             hospital_id=caller.org_id,
-            now=state.clock.now(),
             after=after,
             limit=limit,
         )
+    )
     next_cursor = encode_cursor(following[0].isoformat(), following[1]) if following else None
     return Worklist(items=items, next_cursor=next_cursor)
 
@@ -110,6 +112,7 @@ async def receive_referral(
 
 @router.get("/no-show-bars", response_model=NoShowBarList, responses={422: PROBLEM})
 async def list_bars(
+    request: Request,
     state: State,
     caller: Commission,
     hospital_id: QueryId = None,
@@ -119,17 +122,19 @@ async def list_bars(
 ) -> NoShowBarList:
     """No-show bars at the hospitals of the commission's region, newest first (R13)."""
     before = decode_cursor(cursor, lambda p: cursor_id(p[0])) if cursor is not None else None
-    async with state.db.sessionmaker() as session:
-        items, following = await service.list_bars(
+    actor = actor_for(request, state, caller)
+    items, following = await state.db.run(
+        lambda session: service.list_bars(
             session=session,
+            actor=actor,
             crypto=state.crypto,
             region_code=caller.region_code,
-            today=local_date(state.clock.now()),
             hospital_id=hospital_id,
             active=active,
             before_id=before,
             limit=limit,
         )
+    )
     return NoShowBarList(items=items, next_cursor=encode_cursor(following) if following is not None else None)
 
 

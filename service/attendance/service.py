@@ -16,7 +16,7 @@ from service.attendance.schemas import (
     NoShowBarOut,
     ReportResult,
 )
-from service.audit.service import record
+from service.audit.service import record, record_read
 from service.clock import local_date
 from service.context import Actor
 from service.crypto import Crypto, mask_id_number, mask_name
@@ -267,9 +267,9 @@ async def _bar_after_correction(session: AsyncSession, actor: Actor, referral: R
 async def list_worklist(
     *,
     session: AsyncSession,
+    actor: Actor,
     crypto: Crypto,
     hospital_id: int,
-    now: datetime,
     after: tuple[datetime, int] | None,
     limit: int,
 ) -> tuple[list[ReferralOut], tuple[datetime, int] | None]:
@@ -281,7 +281,7 @@ async def list_worklist(
             Referral.hospital_id == hospital_id,
             Referral.status == "booked",
             Referral.attendance.is_(None),
-            Slot.ends_at <= now,
+            Slot.ends_at <= actor.now,
         )
         .order_by(Slot.ends_at, Referral.id)
         .limit(limit + 1)
@@ -294,6 +294,14 @@ async def list_worklist(
         await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
         for referral, _ in rows[:limit]
     ]
+    await record_read(
+        session=session,
+        actor=actor,
+        action="referrals.listed",
+        hospital_id=hospital_id,
+        reads=[(referral.id, referral.resident_id) for referral, _ in rows[:limit]],
+        detail={"via": "worklist"},
+    )
     return items, following
 
 
@@ -376,15 +384,16 @@ async def bar_out(*, session: AsyncSession, crypto: Crypto, bar: NoShowBar, toda
 async def list_bars(
     *,
     session: AsyncSession,
+    actor: Actor,
     crypto: Crypto,
     region_code: str,
-    today: date,
     hospital_id: int | None,
     active: bool | None,
     before_id: int | None,
     limit: int,
 ) -> tuple[list[NoShowBarOut], int | None]:
-    """Bars at the hospitals of the commission's region, newest first."""
+    """Bars at the hospitals of the commission's region, newest first; the read is audited (R15)."""
+    today = local_date(actor.now)
     hospitals = [
         h for h in await _hospitals_in_region(session, region_code) if hospital_id is None or h == hospital_id
     ]
@@ -402,6 +411,13 @@ async def list_bars(
     bars = list(await session.scalars(stmt))
     following = bars[limit - 1].id if len(bars) > limit else None
     items = [await bar_out(session=session, crypto=crypto, bar=bar, today=today) for bar in bars[:limit]]
+    await record_read(
+        session=session,
+        actor=actor,
+        action="no_show_bars.listed",
+        reads=[(None, bar.resident_id) for bar in bars[:limit]],
+        detail={"bar_ids": [bar.id for bar in bars[:limit]]},
+    )
     return items, following
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Identity, Index, String, Text
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Identity, Index, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -13,12 +13,17 @@ from service.db import Base
 
 
 class AuditEntry(Base):
-    """One decision or personal-data access. A trigger forbids UPDATE and DELETE."""
+    """One decision or personal-data access. Triggers forbid UPDATE, DELETE and TRUNCATE."""
 
     __tablename__ = "audit_entries"
     __table_args__ = (
         Index("ix_audit_entries_resident_at", "resident_id", "at"),
         Index("ix_audit_entries_at", "at"),
+        # The commission's queries by actor (R15), paged by id.
+        Index("ix_audit_entries_actor_client_id", "actor_client_id", "id"),
+        Index("ix_audit_entries_actor_org_id", "actor_org_id", "id"),
+        # A list read records one entry naming every resident it showed, in detail.resident_ids.
+        Index("ix_audit_entries_resident_ids", text("(detail -> 'resident_ids')"), postgresql_using="gin"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

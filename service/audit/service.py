@@ -39,3 +39,34 @@ async def record(
             detail=detail or {},
         )
     )
+
+
+async def record_read(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    action: str,
+    reads: list[tuple[int | None, int]],
+    hospital_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """One entry for a request that showed residents' personal data (R15).
+
+    ``reads`` are (referral id or None, resident id) pairs. However many there are, the
+    request leaves one entry; it names every resident in ``detail.resident_ids``, which the
+    commission's query by resident searches, and fills the columns when there is just one.
+    Showing nothing records nothing.
+    """
+    if not reads:
+        return
+    referral_ids = sorted({r for r, _ in reads if r is not None})
+    resident_ids = sorted({p for _, p in reads})
+    await record(
+        session=session,
+        actor=actor,
+        action=action,
+        hospital_id=hospital_id,
+        resident_id=resident_ids[0] if len(resident_ids) == 1 else None,
+        referral_id=referral_ids[0] if len(referral_ids) == 1 else None,
+        detail={**(detail or {}), "referral_ids": referral_ids, "resident_ids": resident_ids},
+    )

@@ -131,6 +131,7 @@ async def book_referral(
 
 @router.get("/referrals", response_model=ReferralList)
 async def list_referrals(
+    request: Request,
     state: State,
     caller: Annotated[Caller, Depends(require("primary", "hospital"))],
     service_date: date | None = None,
@@ -148,9 +149,11 @@ async def list_referrals(
         if cursor is not None
         else None
     )
-    async with state.db.sessionmaker() as session:
-        items, following = await service.list_referrals(
+    actor = actor_for(request, state, caller)
+    items, following = await state.db.run(
+        lambda session: service.list_referrals(
             session=session,
+            actor=actor,
             caller=caller,
             crypto=state.crypto,
             service_date=service_date,
@@ -159,19 +162,25 @@ async def list_referrals(
             after=after,
             limit=limit,
         )
+    )
     next_cursor = encode_cursor(following[0].isoformat(), following[1]) if following else None
     return ReferralList(items=items, next_cursor=next_cursor)
 
 
 @router.get("/referrals/{reference}", response_model=ReferralOut, responses={404: PROBLEM})
 async def get_referral(
-    reference: str, state: State, caller: Annotated[Caller, Depends(require("primary", "hospital"))]
+    reference: str,
+    request: Request,
+    state: State,
+    caller: Annotated[Caller, Depends(require("primary", "hospital"))],
 ) -> ReferralOut:
     """One referral, visible to the institution that made it and the hospital that receives it."""
-    async with state.db.sessionmaker() as session:
-        return await service.get_referral(
-            session=session, caller=caller, crypto=state.crypto, reference=reference
+    actor = actor_for(request, state, caller)
+    return await state.db.run(
+        lambda session: service.read_referral(
+            session=session, actor=actor, caller=caller, crypto=state.crypto, reference=reference
         )
+    )
 
 
 @router.post(

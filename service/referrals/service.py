@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.attendance.bars import refuse_if_barred
-from service.audit.service import record
+from service.audit.service import record, record_read
 from service.clock import SHANGHAI, local_date
 from service.context import Actor, Caller
 from service.crypto import Crypto, mask_id_number, mask_name
@@ -49,6 +49,7 @@ from service.registry.models import (
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
 from service.residents.models import FamilyDoctorContract, Resident
 from service.slots.models import ClinicSession, Slot
+from service.supervision.access import refuse_if_suspended
 
 REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
@@ -329,6 +330,7 @@ async def book_referral(
             "referring_doctor_unknown",
             "The referring doctor is not a doctor of the calling institution.",
         )
+    await refuse_if_suspended(session, subject_type="doctor", subject_id=doctor.id, now=now)
     try:
         id_number = normalise_id_number(booking.resident.id_number, today=local_date(now))
     except InvalidIdNumber as exc:
@@ -650,6 +652,15 @@ async def cancel_by_hotline(
     return await _cancel(session, actor, crypto, referral, by="hotline", reason=reason, enforce_cutoff=True)
 
 
+async def cancel_by_commission(
+    *, session: AsyncSession, actor: Actor, crypto: Crypto, referral: Referral, reason: str
+) -> ReferralOut:
+    """The commission cancels a referral of a party whose access it suspends or revokes (R14)."""
+    return await _cancel(
+        session, actor, crypto, referral, by="commission", reason=reason, enforce_cutoff=False
+    )
+
+
 async def cancel_for_withdrawal(
     *,
     session: AsyncSession,
@@ -857,9 +868,28 @@ async def get_referral(
     )
 
 
+async def read_referral(
+    *, session: AsyncSession, actor: Actor, caller: Caller, crypto: Crypto, reference: str
+) -> ReferralOut:
+    """``get_referral``, with the read recorded in the audit trail (R15)."""
+    out = await get_referral(session=session, caller=caller, crypto=crypto, reference=reference)
+    referral = await session.scalar(select(Referral).where(Referral.reference == reference))
+    assert referral is not None
+    await record_read(
+        session=session,
+        actor=actor,
+        action="referral.read",
+        hospital_id=referral.hospital_id,
+        reads=[(referral.id, referral.resident_id)],
+        detail={"via": "api"},
+    )
+    return out
+
+
 async def list_referrals(
     *,
     session: AsyncSession,
+    actor: Actor,
     caller: Caller,
     crypto: Crypto,
     service_date: date | None,
@@ -894,4 +924,12 @@ async def list_referrals(
         await referral_out(session=session, crypto=crypto, referral=r, show_code=caller.role == "primary")
         for r in rows[:limit]
     ]
+    await record_read(
+        session=session,
+        actor=actor,
+        action="referrals.listed",
+        hospital_id=caller.org_id if caller.role == "hospital" else None,
+        reads=[(r.id, r.resident_id) for r in rows[:limit]],
+        detail={"via": "api"},
+    )
     return items, following

@@ -1,0 +1,141 @@
+"""The commission suspends, revokes and reinstates access (R14) and reads the audit trail (R15)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from service.context import Caller
+from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
+from service.deps import State, actor_for, require
+from service.errors import Unprocessable
+from service.ids import PathId, QueryId
+from service.supervision import service
+from service.supervision.schemas import (
+    AuditPage,
+    ReinstateIn,
+    SubjectType,
+    SuspensionIn,
+    SuspensionList,
+    SuspensionOut,
+)
+
+router = APIRouter(prefix="/v1", tags=["supervision"])
+Commission = Annotated[Caller, Depends(require("commission"))]
+PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
+
+
+@router.post(
+    "/supervision/suspensions",
+    response_model=SuspensionOut,
+    status_code=201,
+    responses={404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+)
+async def suspend_access(
+    body: SuspensionIn, request: Request, state: State, caller: Commission
+) -> SuspensionOut:
+    """Suspend or revoke a family doctor, an institution or an API client of the region (R14).
+
+    It takes effect on the subject's very next request. Booked referrals stay valid unless
+    ``cancel_active_referrals`` is set; then they are cancelled like any other cancellation.
+    """
+    actor = actor_for(request, state, caller)
+    return await state.db.run(
+        lambda session: service.suspend_access(
+            session=session, actor=actor, caller=caller, crypto=state.crypto, body=body
+        )
+    )
+
+
+@router.get("/supervision/suspensions", response_model=SuspensionList, responses={422: PROBLEM})
+async def list_suspensions(
+    state: State,
+    caller: Commission,
+    subject_type: SubjectType | None = None,
+    organisation_id: QueryId = None,
+    active: Annotated[bool | None, Query(description="In force now (true) or ended (false).")] = None,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> SuspensionList:
+    """Suspensions and revocations of subjects in the commission's region, newest first."""
+    before = decode_cursor(cursor, lambda p: cursor_id(p[0])) if cursor is not None else None
+    async with state.db.sessionmaker() as session:
+        items, following = await service.list_suspensions(
+            session=session,
+            caller=caller,
+            now=state.clock.now(),
+            subject_type=subject_type,
+            organisation_id=organisation_id,
+            active=active,
+            before_id=before,
+            limit=limit,
+        )
+    return SuspensionList(
+        items=items, next_cursor=encode_cursor(following) if following is not None else None
+    )
+
+
+@router.post(
+    "/supervision/suspensions/{suspension_id}/reinstate",
+    response_model=SuspensionOut,
+    responses={404: PROBLEM, 409: PROBLEM},
+)
+async def reinstate_access(
+    suspension_id: PathId, body: ReinstateIn, request: Request, state: State, caller: Commission
+) -> SuspensionOut:
+    """End a suspension or revocation, with a recorded reason; access returns on the next request."""
+    actor = actor_for(request, state, caller)
+    return await state.db.run(
+        lambda session: service.reinstate_access(
+            session=session, actor=actor, caller=caller, suspension_id=suspension_id, reason=body.reason
+        )
+    )
+
+
+def _aware(name: str, value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise Unprocessable("naive_datetime", f"'{name}' needs a UTC offset, e.g. 2026-03-02T09:00:00+08:00.")
+    return value
+
+
+@router.get("/audit", response_model=AuditPage, responses={422: PROBLEM})
+async def query_audit(
+    request: Request,
+    state: State,
+    caller: Commission,
+    resident_id_number: Annotated[
+        str | None, Query(min_length=15, max_length=20, description="Found through the blind index.")
+    ] = None,
+    actor_client_id: QueryId = None,
+    actor_org_id: QueryId = None,
+    action: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+    from_: Annotated[datetime | None, Query(alias="from", description="Inclusive.")] = None,
+    to: Annotated[datetime | None, Query(description="Exclusive.")] = None,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> AuditPage:
+    """The audit trail of the commission's region, newest first (R15); this query is recorded too.
+
+    Filter by resident (ID number), by actor (client or organisation), by action and by time.
+    """
+    before = decode_cursor(cursor, lambda p: cursor_id(p[0])) if cursor is not None else None
+    actor = actor_for(request, state, caller)
+    items, following = await state.db.run(
+        lambda session: service.query_audit(
+            session=session,
+            actor=actor,
+            caller=caller,
+            crypto=state.crypto,
+            resident_id_number=resident_id_number,
+            actor_client_id=actor_client_id,
+            actor_org_id=actor_org_id,
+            action=action,
+            from_=_aware("from", from_),
+            to=_aware("to", to),
+            before_id=before,
+            limit=limit,
+        )
+    )
+    return AuditPage(items=items, next_cursor=encode_cursor(following) if following is not None else None)

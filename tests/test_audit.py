@@ -1,0 +1,298 @@
+"""The append-only audit trail (R15): what it refuses, what it records, and the commission's queries."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy.exc
+from sqlalchemy import select, text
+
+from service.attendance.models import NoShowBar
+from service.audit.models import AuditEntry
+from service.context import Actor
+from service.crypto import mask_id_number
+from service.referrals.models import Referral
+from service.registry.schemas import OrganisationIn
+from service.registry.service import create_api_client, create_organisation
+from tests.factories import booking, pool_slots, push, session_item, sign, synthetic_id
+
+DAY = date(2026, 3, 10)
+ID1 = synthetic_id("340102", seq=1)
+ID2 = synthetic_id("340102", seq=2)
+
+
+@pytest.fixture
+async def booked(client, world, clock) -> dict[str, Any]:
+    """Residents 1 and 2 signed with chc_a's FD-1 and booked on 10 March, one minute apart."""
+    await push(client, world, [session_item("S1", DAY, slots=10)])
+    await sign(client, world, [1, 2])
+    slots = await pool_slots(client, world)
+    references = {}
+    for seq, slot in ((1, slots[0]), (2, slots[1])):
+        clock.advance(timedelta(minutes=1))
+        r = await client.post(
+            "/v1/referrals", json=booking(slot["slot_id"], seq, clock=clock), headers=world.auth("chc_a")
+        )
+        assert r.status_code == 201, r.text
+        references[seq] = r.json()["reference"]
+    return references
+
+
+async def resident_of(db, reference: str) -> int:
+    value: int = await db.run(
+        lambda s: s.scalar(select(Referral.resident_id).where(Referral.reference == reference))
+    )
+    return value
+
+
+async def entries(db, action: str) -> list[AuditEntry]:
+    rows = await db.run(
+        lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id))
+    )
+    return list(rows)
+
+
+async def query(client, world, who: str = "commission", **params: Any) -> Any:
+    r = await client.get("/v1/audit", params={"limit": 500, **params}, headers=world.auth(who))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+# --- append-only --------------------------------------------------------------------------------
+
+
+async def test_r15_audit_table_refuses_update_delete_and_truncate_from_the_service_role(
+    client, world, booked, db
+):
+    """``db`` connects exactly as the service does; no statement may rewrite or remove the trail."""
+    before = await db.run(lambda s: s.scalar(text("SELECT count(*) FROM audit_entries")))
+    assert before > 0
+    for statement in (
+        "UPDATE audit_entries SET reason = 'rewritten'",
+        "DELETE FROM audit_entries",
+        "TRUNCATE audit_entries",
+        # Removing residents would cascade into the trail: refused as well.
+        "TRUNCATE residents CASCADE",
+    ):
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
+            await db.run(lambda s, sql=statement: s.execute(text(sql)))
+    assert await db.run(lambda s: s.scalar(text("SELECT count(*) FROM audit_entries"))) == before
+    # Appending is what the role may do.
+    await db.run(
+        lambda s: s.execute(
+            text("INSERT INTO audit_entries (at, actor, action, detail) VALUES (now(), 't', 't', '{}')")
+        )
+    )
+
+
+async def test_r15_a_role_granted_every_privilege_still_cannot_rewrite_the_trail(world, booked, database_url):
+    """A deployment that splits the owner from a runtime role is held by the same triggers."""
+    role = f"slotpool_rt_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(_plain(database_url))
+    try:
+        await conn.execute(f"CREATE ROLE {role} NOLOGIN")
+        await conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON audit_entries TO {role}")
+        for statement in (
+            "UPDATE audit_entries SET reason = 'x'",
+            "DELETE FROM audit_entries",
+            "TRUNCATE audit_entries",
+        ):
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL ROLE {role}")
+                assert await conn.fetchval("SELECT current_user") == role
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                    await conn.execute(statement)
+        assert await conn.fetchval("SELECT count(*) FROM audit_entries") > 0
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}")
+        await conn.execute(f"DROP ROLE {role}")
+        await conn.close()
+
+
+# --- every read of personal data leaves an entry ---------------------------------------------------
+
+
+async def test_r15_reading_one_referral_is_recorded(client, world, booked, db):
+    r = await client.get(f"/v1/referrals/{booked[1]}", headers=world.auth("city_hospital"))
+    assert r.status_code == 200
+    [entry] = await entries(db, "referral.read")
+    assert entry.resident_id == await resident_of(db, booked[1])
+    assert entry.actor_org_id == world.ids["city_hospital"]
+    assert entry.request_id == r.headers["x-request-id"]
+    # Refused reads show nothing and record nothing.
+    r = await client.get(f"/v1/referrals/{booked[1]}", headers=world.auth("chc_b"))
+    assert r.status_code == 404
+    assert len(await entries(db, "referral.read")) == 1
+
+
+async def test_r15_a_list_read_is_one_entry_naming_every_resident(client, world, booked, db):
+    r = await client.get("/v1/referrals", headers=world.auth("chc_a"))
+    assert len(r.json()["items"]) == 2
+    [entry] = await entries(db, "referrals.listed")
+    residents = sorted([await resident_of(db, booked[1]), await resident_of(db, booked[2])])
+    assert entry.detail["resident_ids"] == residents
+    assert entry.resident_id is None
+    # An empty page showed no one.
+    await client.get("/v1/referrals", params={"status": "cancelled"}, headers=world.auth("chc_a"))
+    assert len(await entries(db, "referrals.listed")) == 1
+
+
+async def test_r15_worklist_and_bar_list_reads_are_recorded(client, world, booked, db, clock):
+    clock.set(datetime.fromisoformat("2026-03-10T12:00:00+08:00"))
+    r = await client.get("/v1/hospital/worklist", headers=world.auth("city_hospital"))
+    assert len(r.json()["items"]) == 2
+    [entry] = await entries(db, "referrals.listed")
+    assert (entry.detail["via"], len(entry.detail["referral_ids"])) == ("worklist", 2)
+
+    resident = await resident_of(db, booked[1])
+    referral = await db.run(lambda s: s.scalar(select(Referral).where(Referral.reference == booked[1])))
+
+    async def bar(session: Any) -> None:
+        session.add(
+            NoShowBar(
+                resident_id=resident,
+                hospital_id=referral.hospital_id,
+                policy_id=referral.policy_id,
+                starts_on=DAY,
+                ends_on=DAY + timedelta(days=30),
+                trigger_referral_ids=[referral.id],
+                created_at=clock.now(),
+            )
+        )
+
+    await db.run(bar)
+    r = await client.get("/v1/no-show-bars", headers=world.auth("commission"))
+    assert len(r.json()["items"]) == 1
+    [entry] = await entries(db, "no_show_bars.listed")
+    assert entry.resident_id == resident
+
+
+# --- the commission's queries ------------------------------------------------------------------------
+
+
+async def test_r15_query_by_resident_id_number_finds_every_entry_about_them(client, world, booked, db):
+    await client.get(f"/v1/referrals/{booked[1]}", headers=world.auth("city_hospital"))
+    await client.get("/v1/referrals", headers=world.auth("chc_a"))
+    one = await resident_of(db, booked[1])
+
+    r = await client.get("/v1/audit", params={"resident_id_number": ID1}, headers=world.auth("commission"))
+    assert r.status_code == 200, r.text
+    page = r.json()
+    actions = [e["action"] for e in page["items"]]
+    assert actions == ["referrals.listed", "referral.read", "referral.booked", "contract.synced"]
+    for e in page["items"]:
+        assert e["resident_id"] == one or one in e["detail"]["resident_ids"]
+    assert {e["resident_id_masked"] for e in page["items"] if e["resident_id"]} == {mask_id_number(ID1)}
+    assert ID1 not in r.text and ID2 not in r.text
+
+    # The query itself is a read of personal data: recorded, without the ID number.
+    [queried] = await entries(db, "audit.queried")
+    assert queried.resident_id == one
+    assert queried.actor_org_id == world.ids["commission"]
+    assert queried.detail["entries"] == 4
+    assert ID1 not in str(queried.detail)
+    page = await query(client, world, resident_id_number=ID1, action="audit.queried")
+    assert [e["id"] for e in page["items"]] == [queried.id]
+
+
+async def test_r15_query_for_an_unknown_resident_is_empty_and_still_recorded(client, world, booked, db):
+    unknown = synthetic_id("340102", seq=99)
+    assert (await query(client, world, resident_id_number=unknown))["items"] == []
+    [queried] = await entries(db, "audit.queried")
+    assert queried.detail["filters"]["resident"] == "not_found"
+    assert unknown not in str(queried.detail)
+
+
+async def test_r15_query_refuses_an_invalid_id_number(client, world):
+    r = await client.get(
+        "/v1/audit", params={"resident_id_number": "340102195804120019"}, headers=world.auth("commission")
+    )
+    assert r.status_code == 422
+    assert r.json()["code"] == "invalid_id_number"
+
+
+async def test_r15_query_by_actor(client, world, booked, db):
+    await client.get(f"/v1/referrals/{booked[2]}", headers=world.auth("city_hospital"))
+    hospital_client = (await client.get("/v1/me", headers=world.auth("city_hospital"))).json()["client_id"]
+    page = await query(client, world, actor_client_id=hospital_client)
+    assert [e["action"] for e in page["items"]] == ["referral.read"]
+    page = await query(client, world, actor_org_id=world.ids["chc_a"])
+    assert [e["action"] for e in page["items"]] == ["referral.booked", "referral.booked"]
+    assert {e["actor_org_id"] for e in page["items"]} == {world.ids["chc_a"]}
+
+
+async def test_r15_query_by_time_range(client, world, booked, db, clock):
+    booked_at = [e.at for e in await entries(db, "referral.booked")]
+    page = await query(
+        client,
+        world,
+        action="referral.booked",
+        **{"from": booked_at[1].isoformat(), "to": (clock.now() + timedelta(minutes=1)).isoformat()},
+    )
+    assert [datetime.fromisoformat(e["at"]) for e in page["items"]] == [booked_at[1]]
+    page = await query(client, world, **{"from": booked_at[0].isoformat(), "to": booked_at[1].isoformat()})
+    assert [e["action"] for e in page["items"]] == ["referral.booked"]
+    r = await client.get(
+        "/v1/audit", params={"from": "2026-03-02T09:00:00"}, headers=world.auth("commission")
+    )
+    assert r.status_code == 422
+    assert r.json()["code"] == "naive_datetime"
+
+
+async def test_r15_query_pages_with_a_cursor(client, world, booked, db):
+    for reference in booked.values():
+        await client.get(f"/v1/referrals/{reference}", headers=world.auth("chc_a"))
+        await client.get("/v1/referrals", headers=world.auth("chc_a"))
+    everything = [e["id"] for e in (await query(client, world, actor_org_id=world.ids["chc_a"]))["items"]]
+    assert len(everything) == 6
+    assert everything == sorted(everything, reverse=True)
+    seen, cursor = [], None
+    while True:
+        params = {"actor_org_id": world.ids["chc_a"], "limit": 4, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/v1/audit", params=params, headers=world.auth("commission"))).json()
+        seen += [e["id"] for e in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == everything
+    r = await client.get("/v1/audit", params={"cursor": "bm9wZQ"}, headers=world.auth("commission"))
+    assert r.json()["code"] == "invalid_cursor"
+
+
+async def test_r15_query_is_scoped_to_the_commissions_region(client, world, booked, db, crypto, clock):
+    async def work(session: Any) -> None:
+        org = await create_organisation(
+            session=session,
+            org=OrganisationIn(
+                code="A-WUHU", name="芜湖市卫生健康委", kind="authority", region_code="340200"
+            ),
+        )
+        _, token = await create_api_client(
+            session=session,
+            actor=Actor.system("test", now=clock.now()),
+            crypto=crypto,
+            organisation_id=org.id,
+            role="commission",
+            name="wuhu_commission",
+        )
+        world.keys["wuhu_commission"] = token
+
+    await db.run(work)
+    assert (await query(client, world, who="wuhu_commission"))["items"] == []
+    assert (await query(client, world, who="wuhu_commission", resident_id_number=ID1))["items"] == []
+    assert len((await query(client, world, action="referral.booked"))["items"]) == 2
+
+
+async def test_r15_only_the_commission_reads_the_trail(client, world):
+    r = await client.get("/v1/audit", headers=world.auth("city_hospital"))
+    assert r.status_code == 403
+    assert r.json()["code"] == "wrong_role"
