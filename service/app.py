@@ -31,6 +31,8 @@ from service.policy.router import router as policy_router
 from service.referrals.router import router as referrals_router
 from service.registry.router import router as registry_router
 from service.residents.router import router as residents_router
+from service.signals.loop import detection_loop
+from service.signals.router import router as signals_router
 from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
 
@@ -74,6 +76,11 @@ def create_app(
                         batch_size=settings.release_batch_size,
                         stop=stop,
                     )
+                )
+            )
+            tasks.append(
+                asyncio.create_task(
+                    detection_loop(db, state.clock, interval=settings.signals_interval_seconds, stop=stop)
                 )
             )
         try:
@@ -149,4 +156,5 @@ def create_app(
     app.include_router(slip_router)
     app.include_router(fhir_router)
     app.include_router(attendance_router)
+    app.include_router(signals_router)
     return app

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     run_loops: bool = True
     release_interval_seconds: float = 5.0
     release_batch_size: int = 500
+    signals_interval_seconds: float = 300.0
     lock_timeout_ms: int = 2000
     db_pool_size: int = 10
     log_level: str = "INFO"

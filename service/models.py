@@ -15,9 +15,11 @@ from service.registry.models import (
     Region,
 )
 from service.residents.models import FamilyDoctorContract, Resident
+from service.signals.models import Alert
 from service.slots.models import ClinicSession, ReservationShortfall, Slot
 
 __all__ = [
+    "Alert",
     "Alliance",
     "AllianceMember",
     "ApiClient",
