@@ -79,7 +79,7 @@ class Organisation(Base):
     # 'pool': the pool picks reserved slots; 'hospital': the HIS marks them and the pool checks.
     reservation_mode: Mapped[str] = mapped_column(String(10), default="pool", server_default="pool")
     # {"mon": [["07:30", "12:00"], ["13:30", "18:00"]], ...} in Beijing time; null: the default hours.
-    opening_hours: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    opening_hours: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
 
 
 class Alliance(Base):

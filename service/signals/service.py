@@ -8,14 +8,14 @@ from the hospital's outpatient policy in force today (docs/signals.md).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import Select, or_, select, text
+from sqlalchemy import Select, bindparam, or_, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -72,7 +72,7 @@ QUERIES: dict[str, SignalQuery] = {
         hit="(SELECT min(c.starts_on) FROM family_doctor_contracts c"
         " WHERE c.resident_id = r.resident_id AND c.family_doctor_id = r.referring_doctor_id"
         " AND c.institution_id = r.booker_org_id)"
-        " > CAST(r.booked_at AT TIME ZONE 'Asia/Shanghai' AS date) - :recent_days",
+        " > CAST(r.booked_at AT TIME ZONE 'Asia/Shanghai' AS date) - CAST(:recent_days AS integer)",
     ),
     # Outpatient referrals booked in the window; hits: a senior doctor's slot.
     "senior_only_referrals": SignalQuery(
@@ -95,7 +95,7 @@ QUERIES: dict[str, SignalQuery] = {
         joins="JOIN organisations bo ON bo.id = r.booker_org_id",
         base=BOOKED_IN_WINDOW,
         hit="NOT EXISTS (SELECT 1 FROM jsonb_array_elements("
-        "COALESCE(bo.opening_hours, CAST(:default_hours AS jsonb))"
+        "COALESCE(bo.opening_hours, :default_hours)"
         f" -> to_char({LOCAL}, 'dy')) AS iv(span)"
         f" WHERE CAST({LOCAL} AS time) >= CAST(iv.span ->> 0 AS time)"
         f" AND CAST({LOCAL} AS time) < CAST(iv.span ->> 1 AS time))",
@@ -202,9 +202,11 @@ async def _compute(
     for name in EXTRA_PARAMS:
         if f":{name}" in sql:
             params[name] = getattr(rule, name)
+    statement = text(sql)
     if ":default_hours" in sql:
-        params["default_hours"] = json.dumps(DEFAULT_OPENING_HOURS)
-    rows = (await session.execute(text(sql), params)).all()
+        params["default_hours"] = DEFAULT_OPENING_HOURS
+        statement = statement.bindparams(bindparam("default_hours", type_=JSONB))
+    rows = (await session.execute(statement, params)).all()
     baseline = Fraction(0)
     if signal == "senior_only_referrals" and rows:
         baseline = await _pool_senior_share(session, hospital_id=hospital_id, start=start, now=now)
