@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +17,6 @@ from service.registry.schemas import OrganisationIn
 from service.registry.service import create_api_client, create_organisation
 from service.signals.loop import run_detection
 from service.signals.models import Alert
-from tests.conftest import START
 from tests.factories import TEST_POLICY, booking, pool_slots, push, session_item, sign, synthetic_id
 
 DAY = date(2026, 3, 10)  # public release Tue 3 March 08:00; the pool is open from Mon 2 March 08:00
@@ -500,9 +499,3 @@ async def test_r14_concurrent_passes_raise_each_alert_once(client, world, db):
     results = await asyncio.gather(*(run_detection(db, world.clock) for _ in range(4)))
     assert sum(r.raised for r in results if r is not None) == 2
     assert await db.run(lambda s: s.scalar(select(func.count()).select_from(Alert))) == 2
-
-
-def test_start_is_a_monday_morning():
-    # The scripts above rely on it: the pool of DAY is open at START and SUNDAY is the day before.
-    assert START == datetime(2026, 3, 2, 9, 0, tzinfo=START.tzinfo)
-    assert PUBLIC_AT - START == timedelta(hours=23)
