@@ -24,14 +24,14 @@ from service.db import Database
 from service.deps import AppState
 from service.errors import install_handlers, problem_response
 from service.fhir.router import router as fhir_router
-from service.loops.dispatcher import dispatch_loop
-from service.loops.release import release_loop
+from service.loops import background_loops
 from service.metrics import HTTP_REQUESTS
 from service.migrations import head_revision
 from service.policy.router import router as policy_router
 from service.referrals.router import router as referrals_router
 from service.registry.router import router as registry_router
 from service.residents.router import router as residents_router
+from service.signals.router import router as signals_router
 from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
 from service.supervision.router import router as supervision_router
@@ -68,24 +68,17 @@ def create_app(
         stop = asyncio.Event()
         tasks = []
         if loops_enabled:
-            tasks.append(
-                asyncio.create_task(
-                    release_loop(
-                        db,
-                        state.clock,
-                        interval=settings.release_interval_seconds,
-                        batch_size=settings.release_batch_size,
-                        stop=stop,
-                    )
+            tasks = [
+                asyncio.create_task(loop)
+                for loop in background_loops(
+                    db=db,
+                    clock=state.clock,
+                    crypto=state.crypto,
+                    settings=settings,
+                    database_url=database_url,
+                    stop=stop,
                 )
-            )
-            tasks.append(
-                asyncio.create_task(
-                    dispatch_loop(
-                        db, state.clock, state.crypto, settings, database_url=database_url, stop=stop
-                    )
-                )
-            )
+            ]
         try:
             yield
         finally:
@@ -165,6 +158,7 @@ def create_app(
         webhooks_router,
         fhir_router,
         supervision_router,
+        signals_router,
     ):
         app.include_router(router)
     return app

@@ -78,25 +78,23 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
-    from service.loops.dispatcher import dispatch_loop
-    from service.loops.release import release_loop
+    from service.loops import background_loops
 
     url = resolve_database_url(settings)
 
     async def main() -> None:
         db = Database(url, pool_size=settings.db_pool_size)
         stop = asyncio.Event()
-        clock = Clock()
         try:
             await asyncio.gather(
-                release_loop(
-                    db,
-                    clock,
-                    interval=settings.release_interval_seconds,
-                    batch_size=settings.release_batch_size,
+                *background_loops(
+                    db=db,
+                    clock=Clock(),
+                    crypto=crypto_from(settings),
+                    settings=settings,
+                    database_url=url,
                     stop=stop,
-                ),
-                dispatch_loop(db, clock, crypto_from(settings), settings, database_url=url, stop=stop),
+                )
             )
         finally:
             await db.dispose()

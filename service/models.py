@@ -15,12 +15,14 @@ from service.registry.models import (
     Region,
 )
 from service.residents.models import FamilyDoctorContract, Resident
+from service.signals.models import Alert
 from service.slots.models import ClinicSession, ReservationShortfall, Slot
 from service.supervision.models import AccessSuspension
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "AccessSuspension",
+    "Alert",
     "Alliance",
     "AllianceMember",
     "ApiClient",

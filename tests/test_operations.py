@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import asyncpg
 import pytest
 import sqlalchemy.exc
@@ -206,3 +208,32 @@ async def test_nul_in_the_url_is_a_422(client, world, path):
     r = await client.get(path, headers=world.auth("city_hospital"))
     assert r.status_code == 422
     assert r.json()["code"] == "invalid_request"
+
+
+async def test_background_loops_do_their_work_and_stop_together(db, crypto, clock, world, client, clean_db):
+    """serve and worker run the same loops; a due slot is returned while they run, and all stop on one event."""
+    import asyncio
+    from datetime import datetime
+
+    from service.loops import background_loops
+    from tests.factories import pool_slots, push, session_item
+
+    [pushed] = await push(client, world, [session_item("S1", date(2026, 3, 10))])
+    assert await pool_slots(client, world)
+    clock.set(datetime.fromisoformat(pushed["public_at"]))
+    settings = Settings(log_json=False, release_interval_seconds=0.05, signals_interval_seconds=0.05)
+    stop = asyncio.Event()
+    loops = [
+        asyncio.create_task(loop)
+        for loop in background_loops(
+            db=db, clock=clock, crypto=crypto, settings=settings, database_url=clean_db, stop=stop
+        )
+    ]
+    assert len(loops) == 3
+    async with asyncio.timeout(10):
+        while await pool_slots(client, world):  # noqa: ASYNC110 (polling the API, as a client would)
+            await asyncio.sleep(0.05)
+    stop.set()
+    async with asyncio.timeout(10):
+        await asyncio.gather(*loops)
+    assert all(task.done() and task.exception() is None for task in loops)

@@ -1,1 +1,43 @@
+"""The background loops, one list for both ``serve`` and ``worker``.
 
+Every loop is safe to run in several replicas at once, so each process that
+runs loops runs all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+from service.clock import Clock
+from service.config import Settings
+from service.crypto import Crypto
+from service.db import Database
+
+
+def background_loops(
+    *,
+    db: Database,
+    clock: Clock,
+    crypto: Crypto,
+    settings: Settings,
+    database_url: str,
+    stop: asyncio.Event,
+) -> list[Coroutine[Any, Any, None]]:
+    """Release (R6), webhook delivery, and scalping detection (R14), each until ``stop`` is set."""
+    from service.loops.dispatcher import dispatch_loop
+    from service.loops.release import release_loop
+    from service.signals.loop import detection_loop
+
+    return [
+        release_loop(
+            db,
+            clock,
+            interval=settings.release_interval_seconds,
+            batch_size=settings.release_batch_size,
+            stop=stop,
+        ),
+        dispatch_loop(db, clock, crypto, settings, database_url=database_url, stop=stop),
+        detection_loop(db, clock, interval=settings.signals_interval_seconds, stop=stop),
+    ]

@@ -11,6 +11,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from service.signals.rules import default_thresholds
+
 # R10: hypertension, diabetes, coronary heart disease, stroke (ICD-10 prefixes).
 CHRONIC_DISEASES = [
     "I10", "I11", "I12", "I13", "I15",  # hypertensive diseases
@@ -49,6 +51,7 @@ def _preset(code: str, name: str, source: str, **rules: Any) -> dict[str, Any]:
         "cancel_cutoff_minutes": 120,
         "cancel_hotline": "12320",
         "no_show_rule": DEFAULT_NO_SHOW,
+        "signal_thresholds": default_thresholds(),
         "source": source,
     }
     base.update(rules)

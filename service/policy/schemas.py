@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from service.policy.models import MIN_LEAD_MINUTES
 from service.resources import ResourceKind
 from service.schemas import ApiModel
+from service.signals.rules import SignalThresholds
 
 
 class NoShowRule(ApiModel):
@@ -51,6 +52,11 @@ class PolicyIn(ApiModel):
     cancel_cutoff_minutes: int = Field(ge=0, le=7 * 24 * 60)
     cancel_hotline: str = Field(min_length=3, max_length=40)
     no_show_rule: NoShowRule
+    signal_thresholds: SignalThresholds = Field(
+        default_factory=SignalThresholds,
+        description="R14: when each scalping signal raises an alert (docs/signals.md). "
+        "A signal left out takes its default.",
+    )
     source: str = ""
 
     @model_validator(mode="after")

@@ -119,5 +119,6 @@ def policy_out(policy: Policy) -> dict[str, Any]:
         "cancel_cutoff_minutes": policy.cancel_cutoff_minutes,
         "cancel_hotline": policy.cancel_hotline,
         "no_show_rule": policy.no_show_rule,
+        "signal_thresholds": policy.signal_thresholds,
         "source": policy.source,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base
@@ -76,6 +78,8 @@ class Organisation(Base):
     primary_kind: Mapped[str | None] = mapped_column(String(10))
     # 'pool': the pool picks reserved slots; 'hospital': the HIS marks them and the pool checks.
     reservation_mode: Mapped[str] = mapped_column(String(10), default="pool", server_default="pool")
+    # {"mon": [["07:30", "12:00"], ["13:30", "18:00"]], ...} in Beijing time; null: the default hours.
+    opening_hours: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
 
 
 class Alliance(Base):

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.context import Caller
-from service.deps import State, authenticate, require
+from service.deps import State, actor_for, authenticate, require
 from service.errors import NotFound
+from service.ids import PathId
 from service.registry import service
 from service.registry.models import AllianceMember, Organisation
 from service.registry.schemas import (
     AllianceIn,
     AllianceOut,
     Me,
+    OpeningHoursIn,
     OrganisationIn,
     OrganisationList,
     OrganisationOut,
@@ -47,6 +49,28 @@ async def upsert_regions(body: RegionBatch, state: State, caller: Commission) ->
 async def create_organisation(body: OrganisationIn, state: State, caller: Commission) -> OrganisationOut:
     """Register a hospital, a primary institution or an authority."""
     org = await state.db.run(lambda s: service.create_organisation(session=s, org=body))
+    return service.organisation_out(org)
+
+
+@router.put(
+    "/organisations/{organisation_id}/opening-hours",
+    response_model=OrganisationOut,
+    responses={404: {"content": {"application/problem+json": {}}, "description": "Not in your region."}},
+)
+async def set_opening_hours(
+    organisation_id: PathId, body: OpeningHoursIn, request: Request, state: State, caller: Commission
+) -> OrganisationOut:
+    """The commission records an institution's opening hours (R14: off-hours consultations)."""
+    actor = actor_for(request, state, caller)
+    org = await state.db.run(
+        lambda s: service.set_opening_hours(
+            session=s,
+            actor=actor,
+            region_code=caller.region_code,
+            organisation_id=organisation_id,
+            hours=body,
+        )
+    )
     return service.organisation_out(org)
 
 

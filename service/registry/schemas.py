@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from service.schemas import ApiModel
 
@@ -20,6 +20,27 @@ class RegionBatch(ApiModel):
     regions: list[RegionIn] = Field(min_length=1, max_length=5000)
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ClockTime = Annotated[str, Field(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
+
+
+def _intervals_ordered(intervals: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # Zero-padded HH:MM strings order as the times they name.
+    for start, end in intervals:
+        if start >= end:
+            raise ValueError(f"an opening interval must end after it starts: {start}-{end}")
+    return intervals
+
+
+OpeningHours = dict[
+    Weekday,
+    Annotated[list[tuple[ClockTime, ClockTime]], Field(max_length=6), AfterValidator(_intervals_ordered)],
+]
+# When an institution has not said: every day 07:30-18:00, Beijing time (docs/signals.md).
+DEFAULT_OPENING_HOURS: dict[str, list[tuple[str, str]]] = {day: [("07:30", "18:00")] for day in WEEKDAYS}
+
+
 class OrganisationIn(ApiModel):
     code: str = Field(
         min_length=1, max_length=64, description="The organisation's own code (e.g. 统一社会信用代码)."
@@ -31,6 +52,18 @@ class OrganisationIn(ApiModel):
     hospital_tier: Literal["provincial", "city", "county"] | None = None
     primary_kind: Literal["community", "township", "village"] | None = None
     reservation_mode: Literal["pool", "hospital"] = "pool"
+    opening_hours: OpeningHours | None = Field(
+        default=None,
+        description='Opening hours per weekday in Beijing time, e.g. {"mon": [["07:30", "12:00"], '
+        '["13:30", "18:00"]]}; a weekday left out is closed. Null: every day 07:30-18:00. '
+        "Consultations outside them feed the consultation_off_hours signal (R14).",
+    )
+
+
+class OpeningHoursIn(ApiModel):
+    opening_hours: OpeningHours | None = Field(
+        description="Null returns the institution to the default hours."
+    )
 
 
 class OrganisationOut(OrganisationIn):

@@ -6,11 +6,13 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.audit.service import record
 from service.context import Actor
 from service.crypto import Crypto, new_api_key
 from service.errors import Conflict, NotFound, Unprocessable
+from service.regions import covers
 from service.registry.models import Alliance, AllianceMember, ApiClient, Organisation, Region
-from service.registry.schemas import AllianceIn, OrganisationIn, OrganisationOut, RegionIn
+from service.registry.schemas import AllianceIn, OpeningHoursIn, OrganisationIn, OrganisationOut, RegionIn
 
 ROLE_ORG_KINDS = {
     "hospital": ("hospital",),
@@ -51,7 +53,7 @@ async def create_organisation(*, session: AsyncSession, org: OrganisationIn) -> 
         raise Unprocessable("primary_fields", "A primary institution needs primary_kind.")
     if await session.scalar(select(Organisation.id).where(Organisation.code == org.code)):
         raise Conflict("organisation_exists", f"An organisation with code {org.code} exists.")
-    fields = org.model_dump()
+    fields = org.model_dump(mode="json")
     if org.kind != "hospital":
         fields.update(hospital_level=None, hospital_tier=None)
     if org.kind != "primary":
@@ -73,7 +75,26 @@ def organisation_out(org: Organisation) -> OrganisationOut:
         hospital_tier=org.hospital_tier,
         primary_kind=org.primary_kind,
         reservation_mode=org.reservation_mode,
+        opening_hours=org.opening_hours,
     )
+
+
+async def set_opening_hours(
+    *, session: AsyncSession, actor: Actor, region_code: str, organisation_id: int, hours: OpeningHoursIn
+) -> Organisation:
+    """The commission records an organisation's opening hours (null: the default hours)."""
+    org = await session.get(Organisation, organisation_id, with_for_update=True)
+    if org is None or not covers(region_code, org.region_code):
+        raise NotFound("organisation_not_found", f"No organisation {organisation_id} in your region.")
+    org.opening_hours = hours.model_dump(mode="json")["opening_hours"]
+    await session.flush()
+    await record(
+        session=session,
+        actor=actor,
+        action="organisation.opening_hours",
+        detail={"organisation_id": org.id, "opening_hours": org.opening_hours},
+    )
+    return org
 
 
 async def org_by_code(session: AsyncSession, code: str) -> Organisation:

@@ -1,0 +1,1 @@
+"""Scalping signals over sliding windows and the alerts they raise (R14)."""

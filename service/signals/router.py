@@ -1,0 +1,93 @@
+"""The commission lists scalping alerts of its region, reads one, and acknowledges it (R14)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.context import Caller
+from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
+from service.deps import State, actor_for, require
+from service.ids import PathId, QueryId
+from service.signals import service
+from service.signals.rules import Signal, SubjectType
+from service.signals.schemas import AcknowledgeIn, AlertList, AlertOut
+
+router = APIRouter(prefix="/v1/supervision", tags=["supervision"])
+Commission = Annotated[Caller, Depends(require("commission"))]
+PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
+
+
+@router.get("/alerts", response_model=AlertList, responses={422: PROBLEM})
+async def list_alerts(
+    request: Request,
+    state: State,
+    caller: Commission,
+    signal: Signal | None = None,
+    status: Annotated[str | None, Query(pattern="^(open|acknowledged|closed)$")] = None,
+    subject_type: SubjectType | None = None,
+    institution_id: QueryId = None,
+    doctor_id: QueryId = None,
+    hospital_id: QueryId = None,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> AlertList:
+    """Alerts about the region's hospitals or booking institutions, newest first, with their evidence."""
+    before = decode_cursor(cursor, lambda p: cursor_id(p[0])) if cursor is not None else None
+    actor = actor_for(request, state, caller)
+
+    async def work(session: AsyncSession) -> AlertList:
+        alerts, following = await service.list_alerts(
+            session=session,
+            region_code=caller.region_code,
+            signal=signal,
+            status=status,
+            subject_type=subject_type,
+            institution_id=institution_id,
+            doctor_id=doctor_id,
+            hospital_id=hospital_id,
+            before_id=before,
+            limit=limit,
+        )
+        if alerts:
+            await service.record_alert_read(session=session, actor=actor, alerts=alerts)
+        items = await service.alerts_out(session=session, crypto=state.crypto, alerts=alerts)
+        return AlertList(items=items, next_cursor=encode_cursor(following) if following is not None else None)
+
+    return await state.db.run(work)
+
+
+@router.get("/alerts/{alert_id}", response_model=AlertOut, responses={404: PROBLEM})
+async def get_alert(alert_id: PathId, request: Request, state: State, caller: Commission) -> AlertOut:
+    """One alert with every referral behind it."""
+    actor = actor_for(request, state, caller)
+
+    async def work(session: AsyncSession) -> AlertOut:
+        alert = await service.get_alert(session=session, region_code=caller.region_code, alert_id=alert_id)
+        await service.record_alert_read(session=session, actor=actor, alerts=[alert])
+        [out] = await service.alerts_out(session=session, crypto=state.crypto, alerts=[alert])
+        return out
+
+    return await state.db.run(work)
+
+
+@router.post(
+    "/alerts/{alert_id}/acknowledge", response_model=AlertOut, responses={404: PROBLEM, 409: PROBLEM}
+)
+async def acknowledge_alert(
+    alert_id: PathId, request: Request, state: State, caller: Commission, body: AcknowledgeIn | None = None
+) -> AlertOut:
+    """The commission has looked into the alert; a note may say what it found or did."""
+    actor = actor_for(request, state, caller)
+    note = body.note if body is not None else None
+
+    async def work(session: AsyncSession) -> AlertOut:
+        alert = await service.acknowledge_alert(
+            session=session, actor=actor, region_code=caller.region_code, alert_id=alert_id, note=note
+        )
+        [out] = await service.alerts_out(session=session, crypto=state.crypto, alerts=[alert])
+        return out
+
+    return await state.db.run(work)
