@@ -120,4 +120,8 @@ def policy_out(policy: Policy) -> dict[str, Any]:
         "cancel_hotline": policy.cancel_hotline,
         "no_show_rule": policy.no_show_rule,
         "source": policy.source,
+        "doctor_hourly_limit": policy.doctor_hourly_limit,
+        "doctor_daily_limit": policy.doctor_daily_limit,
+        "institution_share_limit": policy.institution_share_limit,
+        "resident_active_limit": policy.resident_active_limit,
     }
