@@ -53,6 +53,13 @@ class Policy(Base):
             "resource_kind = 'outpatient' OR (ratio_base = 'all_outpatient' AND min_senior_share = 0)",
             name="kind_rules",
         ),
+        # R14 booking limits; NULL means no limit (docs/limits.md).
+        CheckConstraint("doctor_hourly_limit > 0", name="doctor_hourly_limit"),
+        CheckConstraint("doctor_daily_limit > 0", name="doctor_daily_limit"),
+        CheckConstraint(
+            "institution_share_limit > 0 AND institution_share_limit <= 1", name="institution_share_limit"
+        ),
+        CheckConstraint("resident_active_limit > 0", name="resident_active_limit"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -78,6 +85,11 @@ class Policy(Base):
     # R14: per-signal scalping thresholds (service/signals/rules.py); a signal left out takes its default.
     signal_thresholds: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     source: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # R14 booking limits (service/limits); NULL means no limit.
+    doctor_hourly_limit: Mapped[int | None] = mapped_column(Integer)
+    doctor_daily_limit: Mapped[int | None] = mapped_column(Integer)
+    institution_share_limit: Mapped[Decimal | None] = mapped_column(Numeric(5, 4))
+    resident_active_limit: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

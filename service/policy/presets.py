@@ -32,6 +32,15 @@ DEFAULT_NO_SHOW = {
     "text": "180天内爽约3次，90天内不能通过基层号源池预约本院号源。",
 }
 
+# R14: generous enough for any honest family doctor, tight enough to stop a scalper
+# sweeping a hospital's pool. None would mean no limit (docs/limits.md).
+DEFAULT_LIMITS: dict[str, Any] = {
+    "doctor_hourly_limit": 20,
+    "doctor_daily_limit": 60,
+    "institution_share_limit": Decimal("0.50"),
+    "resident_active_limit": 5,
+}
+
 
 def _preset(code: str, name: str, source: str, **rules: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
@@ -53,6 +62,7 @@ def _preset(code: str, name: str, source: str, **rules: Any) -> dict[str, Any]:
         "no_show_rule": DEFAULT_NO_SHOW,
         "signal_thresholds": default_thresholds(),
         "source": source,
+        **DEFAULT_LIMITS,
     }
     base.update(rules)
     return base

@@ -58,6 +58,35 @@ class PolicyIn(ApiModel):
         "A signal left out takes its default.",
     )
     source: str = ""
+    # R14 booking limits: null (or omitted) means no limit; the presets set them (docs/limits.md).
+    doctor_hourly_limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Bookings one family doctor may make in any 60 minutes, across hospitals; null: no limit.",
+    )
+    doctor_daily_limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Bookings one family doctor may make per Beijing-time day, across hospitals; "
+        "null: no limit.",
+    )
+    institution_share_limit: Decimal | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        max_digits=5,
+        decimal_places=4,
+        description="Most of a hospital's pool of one kind on one service date that one institution's "
+        "active referrals may hold: ceil(share × pool slots); null: no limit.",
+    )
+    resident_active_limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Active referrals one resident may hold across hospitals; null: no limit.",
+    )
 
     @model_validator(mode="after")
     def _title_rules_are_outpatient_only(self) -> PolicyIn:

@@ -121,4 +121,8 @@ def policy_out(policy: Policy) -> dict[str, Any]:
         "no_show_rule": policy.no_show_rule,
         "signal_thresholds": policy.signal_thresholds,
         "source": policy.source,
+        "doctor_hourly_limit": policy.doctor_hourly_limit,
+        "doctor_daily_limit": policy.doctor_daily_limit,
+        "institution_share_limit": policy.institution_share_limit,
+        "resident_active_limit": policy.resident_active_limit,
     }

@@ -55,6 +55,8 @@ class Referral(Base):
             postgresql_where=text("status = 'booked'"),
         ),
         Index("ix_referrals_booker_booked_at", "booker_org_id", "booked_at"),
+        # Counting a family doctor's recent bookings (R14 limits).
+        Index("ix_referrals_doctor_booked_at", "referring_doctor_id", "booked_at"),
         Index("ix_referrals_hospital_date", "hospital_id", "service_date"),
         # The hospital's worklist: booked referrals that no attendance report has resolved.
         Index(

@@ -22,6 +22,7 @@ from service.crypto import Crypto, mask_id_number, mask_name
 from service.db import constraint_name
 from service.errors import Conflict, Forbidden, NotFound, Problem, Unprocessable
 from service.events.service import emit
+from service.limits.service import enforce_booking_limits
 from service.policy.models import HospitalPolicy, Policy
 from service.policy.service import policy_in_force
 from service.referrals.models import IdempotencyKey, Referral
@@ -401,6 +402,17 @@ async def book_referral(
     )
     if duplicate is not None:
         raise _duplicate_referral()
+    await enforce_booking_limits(
+        session=session,
+        policy=policy,
+        now=now,
+        doctor_id=doctor.id,
+        institution_id=booker.id,
+        hospital_id=hospital.id,
+        resource_kind=cs.resource_kind,
+        service_date=cs.service_date,
+        resident_id=resident.id,
+    )
 
     code = f"{secrets.randbelow(1_000_000):06d}"
     referral = Referral(

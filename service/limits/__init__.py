@@ -1,0 +1,1 @@
+"""Booking limits (R14): per-policy caps that stop scalping before it happens."""
