@@ -8,8 +8,8 @@ keep NULL: a published version is never edited; a commission adopts limits by
 publishing the next version. Referrals gain an index for counting a doctor's
 recent bookings.
 
-Revision ID: 0010
-Revises: 0004
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-26 09:00:00.000000
 """
 
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0010"
-down_revision: str | None = "0004"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
