@@ -30,6 +30,7 @@ from service.migrations import head_revision
 from service.policy.router import router as policy_router
 from service.referrals.router import router as referrals_router
 from service.registry.router import router as registry_router
+from service.reports.router import router as reports_router
 from service.residents.router import router as residents_router
 from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
@@ -149,4 +150,5 @@ def create_app(
     app.include_router(slip_router)
     app.include_router(fhir_router)
     app.include_router(attendance_router)
+    app.include_router(reports_router)
     return app
