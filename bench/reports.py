@@ -142,7 +142,7 @@ SEED: list[tuple[str, str]] = [
                                cancelled_at, cancelled_by, attendance, attendance_reported_at)
         SELECT CASE WHEN s.status = 'booked' THEN 'B' ELSE 'C' END || s.id,
                cs.hospital_id, cs.department_id, cs.id, s.id, cs.service_date,
-               (SELECT min(id) FROM residents) + s.id % 1000,
+               (SELECT min(id) FROM residents) + (cs.id * 7 + s.number) % 1000,
                p.id, fd.id, (SELECT min(id) FROM api_clients WHERE organisation_id = p.id), cs.policy_id,
                'E' || s.id, s.pool_opens_at, ARRAY['I10'], '\\x00'::bytea,
                CASE WHEN s.status = 'booked' THEN 'booked' ELSE 'cancelled' END,
