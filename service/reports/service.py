@@ -93,8 +93,8 @@ def report_sql(granularity: Granularity, group: Group, region_level: RegionLevel
     period = _PERIOD_SQL[granularity]
     joins, keys, group_by = _group_sql(group, region_level)
     return f"""
-WITH ss AS (
-    SELECT cs.id, cs.hospital_id, cs.department_id, cs.policy_id,
+WITH ss AS MATERIALIZED (
+    SELECT cs.id, cs.hospital_id, cs.department_id, cs.policy_id, cs.status,
            cs.doctor_title IN ({_sql_list(SENIOR_TITLES)}) AS senior,
            {period.format(col="cs.service_date")} AS period_start
     FROM clinic_sessions cs
@@ -102,43 +102,34 @@ WITH ss AS (
       AND cs.resource_kind = :resource_kind
       AND cs.service_date BETWEEN :date_from AND :date_to
 ),
-sc AS (
-    SELECT s.session_id,
+session_cells AS (
+    SELECT hospital_id, department_id, period_start,
+           string_agg(DISTINCT policy_id::text, ',') FILTER (WHERE status = 'active') AS policy_ids
+    FROM ss
+    GROUP BY hospital_id, department_id, period_start
+),
+slot_cells AS (
+    SELECT ss.hospital_id, ss.department_id, ss.period_start,
            count(*) FILTER (WHERE s.status <> 'withdrawn') AS offered,
            count(*) FILTER (WHERE s.status IN ({_sql_list(POOL_HELD)})) AS reserved,
+           count(*) FILTER (WHERE s.status IN ({_sql_list(POOL_HELD)}) AND ss.senior) AS senior_reserved,
            count(*) FILTER (WHERE s.status = 'returned') AS returned
-    FROM slots s JOIN ss ON ss.id = s.session_id
-    GROUP BY s.session_id
+    FROM ss JOIN slots s ON s.session_id = ss.id
+    GROUP BY ss.hospital_id, ss.department_id, ss.period_start
 ),
-rc AS (
-    SELECT r.session_id,
+referral_cells AS (
+    SELECT ss.hospital_id, ss.department_id, ss.period_start,
            count(*) AS bookings,
            count(*) FILTER (WHERE r.status = 'cancelled') AS cancelled,
            count(*) FILTER (WHERE r.attendance = 'attended') AS attended,
            count(*) FILTER (WHERE r.attendance = 'no_show') AS no_show
-    FROM referrals r
+    FROM referrals r JOIN ss ON ss.id = r.session_id
     WHERE r.hospital_id = ANY(:hospital_ids)
       AND r.service_date BETWEEN :date_from AND :date_to
-    GROUP BY r.session_id
-),
-cells AS (
-    SELECT ss.hospital_id, ss.department_id, ss.period_start,
-           sum(coalesce(sc.offered, 0)) AS offered,
-           sum(coalesce(sc.reserved, 0)) AS reserved,
-           sum(CASE WHEN ss.senior THEN coalesce(sc.reserved, 0) ELSE 0 END) AS senior_reserved,
-           sum(coalesce(sc.returned, 0)) AS returned,
-           sum(coalesce(rc.bookings, 0)) AS bookings,
-           sum(coalesce(rc.cancelled, 0)) AS cancelled,
-           sum(coalesce(rc.attended, 0)) AS attended,
-           sum(coalesce(rc.no_show, 0)) AS no_show,
-           string_agg(DISTINCT ss.policy_id::text, ',') FILTER (WHERE sc.offered > 0) AS policy_ids
-    FROM ss
-    LEFT JOIN sc ON sc.session_id = ss.id
-    LEFT JOIN rc ON rc.session_id = ss.id
     GROUP BY ss.hospital_id, ss.department_id, ss.period_start
 ),
-sf AS (
-    SELECT department_id, {period.format(col="service_date")} AS period_start,
+shortfall_cells AS (
+    SELECT hospital_id, department_id, {period.format(col="service_date")} AS period_start,
            count(*) FILTER (WHERE kind = 'ratio') AS ratio_short,
            count(*) FILTER (WHERE kind = 'senior_share') AS senior_short,
            count(*) FILTER (WHERE kind = 'lead_time') AS lead_short
@@ -146,12 +137,21 @@ sf AS (
     WHERE hospital_id = ANY(:hospital_ids)
       AND resource_kind = :resource_kind
       AND service_date BETWEEN :date_from AND :date_to
-    GROUP BY 1, 2
+    GROUP BY 1, 2, 3
 ),
 c AS (
-    SELECT cells.*, coalesce(sf.ratio_short, 0) AS ratio_short,
-           coalesce(sf.senior_short, 0) AS senior_short, coalesce(sf.lead_short, 0) AS lead_short
-    FROM cells LEFT JOIN sf USING (department_id, period_start)
+    SELECT session_cells.hospital_id, session_cells.department_id, session_cells.period_start,
+           session_cells.policy_ids,
+           coalesce(sl.offered, 0) AS offered, coalesce(sl.reserved, 0) AS reserved,
+           coalesce(sl.senior_reserved, 0) AS senior_reserved, coalesce(sl.returned, 0) AS returned,
+           coalesce(rf.bookings, 0) AS bookings, coalesce(rf.cancelled, 0) AS cancelled,
+           coalesce(rf.attended, 0) AS attended, coalesce(rf.no_show, 0) AS no_show,
+           coalesce(sf.ratio_short, 0) AS ratio_short, coalesce(sf.senior_short, 0) AS senior_short,
+           coalesce(sf.lead_short, 0) AS lead_short
+    FROM session_cells
+    LEFT JOIN slot_cells sl USING (hospital_id, department_id, period_start)
+    LEFT JOIN referral_cells rf USING (hospital_id, department_id, period_start)
+    LEFT JOIN shortfall_cells sf USING (hospital_id, department_id, period_start)
 )
 SELECT {keys}, c.period_start,
        sum(c.offered)::bigint AS offered,
