@@ -35,7 +35,8 @@ from service.resources import ResourceKind
 
 # The longest range each granularity answers: bounded rows, bounded work.
 MAX_DAYS: dict[str, int] = {"day": 92, "week": 26 * 7, "month": 366}
-POOL_HELD = ("reserved", "booked", "returned")  # a slot the pool holds or once held
+POOL_HELD = ("reserved", "booked", "returned")
+REPORT_WORK_MEM = "64MB"  # a slot the pool holds or once held
 
 _PERIOD_SQL = {
     "day": "{col}",
@@ -92,6 +93,9 @@ def report_sql(granularity: Granularity, group: Group, region_level: RegionLevel
     """The one statement of a report; only fixed fragments are formatted in, every value is bound."""
     period = _PERIOD_SQL[granularity]
     joins, keys, group_by = _group_sql(group, region_level)
+    # Cells are as fine as the group needs: departments only when reporting per department.
+    cell = "hospital_id, department_id" if group == "department" else "hospital_id"
+    ss_cell = ", ".join(f"ss.{column.strip()}" for column in cell.split(","))
     return f"""
 WITH ss AS MATERIALIZED (
     SELECT cs.id, cs.hospital_id, cs.department_id, cs.policy_id, cs.status,
@@ -103,22 +107,22 @@ WITH ss AS MATERIALIZED (
       AND cs.service_date BETWEEN :date_from AND :date_to
 ),
 session_cells AS (
-    SELECT hospital_id, department_id, period_start,
+    SELECT {cell}, period_start,
            string_agg(DISTINCT policy_id::text, ',') FILTER (WHERE status = 'active') AS policy_ids
     FROM ss
-    GROUP BY hospital_id, department_id, period_start
+    GROUP BY {cell}, period_start
 ),
 slot_cells AS (
-    SELECT ss.hospital_id, ss.department_id, ss.period_start,
+    SELECT {ss_cell}, ss.period_start,
            count(*) FILTER (WHERE s.status <> 'withdrawn') AS offered,
            count(*) FILTER (WHERE s.status IN ({_sql_list(POOL_HELD)})) AS reserved,
            count(*) FILTER (WHERE s.status IN ({_sql_list(POOL_HELD)}) AND ss.senior) AS senior_reserved,
            count(*) FILTER (WHERE s.status = 'returned') AS returned
     FROM ss JOIN slots s ON s.session_id = ss.id
-    GROUP BY ss.hospital_id, ss.department_id, ss.period_start
+    GROUP BY {ss_cell}, ss.period_start
 ),
 referral_cells AS (
-    SELECT ss.hospital_id, ss.department_id, ss.period_start,
+    SELECT {ss_cell}, ss.period_start,
            count(*) AS bookings,
            count(*) FILTER (WHERE r.status = 'cancelled') AS cancelled,
            count(*) FILTER (WHERE r.attendance = 'attended') AS attended,
@@ -126,10 +130,10 @@ referral_cells AS (
     FROM referrals r JOIN ss ON ss.id = r.session_id
     WHERE r.hospital_id = ANY(:hospital_ids)
       AND r.service_date BETWEEN :date_from AND :date_to
-    GROUP BY ss.hospital_id, ss.department_id, ss.period_start
+    GROUP BY {ss_cell}, ss.period_start
 ),
 shortfall_cells AS (
-    SELECT hospital_id, department_id, {period.format(col="service_date")} AS period_start,
+    SELECT {cell}, {period.format(col="service_date")} AS period_start,
            count(*) FILTER (WHERE kind = 'ratio') AS ratio_short,
            count(*) FILTER (WHERE kind = 'senior_share') AS senior_short,
            count(*) FILTER (WHERE kind = 'lead_time') AS lead_short
@@ -137,11 +141,10 @@ shortfall_cells AS (
     WHERE hospital_id = ANY(:hospital_ids)
       AND resource_kind = :resource_kind
       AND service_date BETWEEN :date_from AND :date_to
-    GROUP BY 1, 2, 3
+    GROUP BY {cell}, period_start
 ),
 c AS (
-    SELECT session_cells.hospital_id, session_cells.department_id, session_cells.period_start,
-           session_cells.policy_ids,
+    SELECT session_cells.*,
            coalesce(sl.offered, 0) AS offered, coalesce(sl.reserved, 0) AS reserved,
            coalesce(sl.senior_reserved, 0) AS senior_reserved, coalesce(sl.returned, 0) AS returned,
            coalesce(rf.bookings, 0) AS bookings, coalesce(rf.cancelled, 0) AS cancelled,
@@ -149,9 +152,9 @@ c AS (
            coalesce(sf.ratio_short, 0) AS ratio_short, coalesce(sf.senior_short, 0) AS senior_short,
            coalesce(sf.lead_short, 0) AS lead_short
     FROM session_cells
-    LEFT JOIN slot_cells sl USING (hospital_id, department_id, period_start)
-    LEFT JOIN referral_cells rf USING (hospital_id, department_id, period_start)
-    LEFT JOIN shortfall_cells sf USING (hospital_id, department_id, period_start)
+    LEFT JOIN slot_cells sl USING ({cell}, period_start)
+    LEFT JOIN referral_cells rf USING ({cell}, period_start)
+    LEFT JOIN shortfall_cells sf USING ({cell}, period_start)
 )
 SELECT {keys}, c.period_start,
        sum(c.offered)::bigint AS offered,
@@ -275,6 +278,8 @@ async def compliance_report(
         }
         if group == "alliance":
             params["alliance_id"] = alliance_id
+        # A report aggregates up to a few million rows; let its hashes and sorts stay in memory.
+        await session.execute(text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
         rows = list((await session.execute(stmt, params)).mappings())
     policy_ids = {int(p) for row in rows if row["policy_ids"] for p in row["policy_ids"].split(",")}
     policies = {
