@@ -30,6 +30,7 @@ from service.migrations import head_revision
 from service.policy.router import router as policy_router
 from service.referrals.router import router as referrals_router
 from service.registry.router import router as registry_router
+from service.reports.router import router as reports_router
 from service.residents.router import router as residents_router
 from service.signals.router import router as signals_router
 from service.slip.router import router as slip_router
@@ -159,6 +160,7 @@ def create_app(
         fhir_router,
         supervision_router,
         signals_router,
+        reports_router,
     ):
         app.include_router(router)
     return app

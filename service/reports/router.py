@@ -1,0 +1,89 @@
+"""GET /v1/reports/compliance: the commission's compliance report, as JSON or CSV (R20)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from service.context import Caller
+from service.deps import State, require
+from service.ids import QueryId
+from service.reports import service
+from service.reports.csvfile import report_csv
+from service.reports.schemas import ComplianceReport, Granularity, Group, RegionLevel
+from service.resources import ResourceKind
+
+router = APIRouter(prefix="/v1", tags=["reports"])
+Commission = Annotated[Caller, Depends(require("commission"))]
+PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
+
+
+def wants_csv(request: Request, fmt: str | None) -> bool:
+    """``format`` decides when given; otherwise an Accept header naming text/csv does."""
+    if fmt is not None:
+        return fmt == "csv"
+    return "text/csv" in request.headers.get("accept", "")
+
+
+@router.get(
+    "/reports/compliance",
+    response_model=ComplianceReport,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "The report (JSON, or CSV with format=csv)."},
+        403: PROBLEM,
+        404: PROBLEM,
+        422: PROBLEM,
+    },
+)
+async def compliance_report(
+    request: Request,
+    state: State,
+    caller: Commission,
+    date_from: Annotated[date, Query(alias="from", description="First service date (Beijing).")],
+    date_to: Annotated[date, Query(alias="to", description="Last service date, inclusive.")],
+    granularity: Granularity = "day",
+    group: Group = "hospital",
+    region_level: Annotated[
+        RegionLevel, Query(description="With group=region: roll up per province, city or county.")
+    ] = "city",
+    hospital_id: QueryId = None,
+    region: Annotated[str | None, Query(pattern=r"^[0-9]{6}$")] = None,
+    alliance_id: QueryId = None,
+    resource_kind: ResourceKind = "outpatient",
+    fmt: Annotated[Literal["json", "csv"] | None, Query(alias="format")] = None,
+) -> ComplianceReport | Response:
+    """Reserved ratio, senior share, use and up-referral share per group and period, with shortfalls.
+
+    Only hospitals of the commission's region count; a filter naming another region is refused.
+    """
+    service.check_range(date_from, date_to, granularity)
+    async with state.db.sessionmaker() as session:
+        hospital_ids = await service.hospitals_in_scope(
+            session=session,
+            commission_region=caller.region_code,
+            hospital_id=hospital_id,
+            region=region,
+            alliance_id=alliance_id,
+        )
+        report = await service.compliance_report(
+            session=session,
+            hospital_ids=hospital_ids,
+            date_from=date_from,
+            date_to=date_to,
+            granularity=granularity,
+            group=group,
+            region_level=region_level,
+            resource_kind=resource_kind,
+            alliance_id=alliance_id,
+            now=state.clock.now(),
+        )
+    if not wants_csv(request, fmt):
+        return report
+    filename = f"compliance-{group}-{granularity}-{date_from.isoformat()}-{date_to.isoformat()}.csv"
+    return Response(
+        content=report_csv(report).encode("utf-8"),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

@@ -1,0 +1,343 @@
+"""Compliance figures aggregated in SQL, per group and period (R1–R4, R6, R20).
+
+One statement reads the clinic sessions of the range, counts their slots and
+their referrals per session with FILTER clauses, folds the sessions into
+department-period cells, joins the recorded shortfalls, and rolls the cells up
+to the requested group. Python only labels the rows and divides.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ARRAY, BigInteger, bindparam, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import BindParameter
+
+from service.errors import Forbidden, NotFound, Unprocessable
+from service.policy.models import Policy
+from service.regions import covers, significant_prefix
+from service.registry.models import SENIOR_TITLES, Alliance, AllianceMember, Organisation
+from service.reports.schemas import (
+    ComplianceReport,
+    Granularity,
+    Group,
+    RegionLevel,
+    ReportDepartmentRef,
+    ReportOrgRef,
+    ReportPolicyRef,
+    ReportRegionRef,
+    ReportRow,
+    ReportShortfalls,
+)
+from service.resources import ResourceKind
+
+# The longest range each granularity answers: bounded rows, bounded work.
+MAX_DAYS: dict[str, int] = {"day": 92, "week": 26 * 7, "month": 366}
+POOL_HELD = ("reserved", "booked", "returned")
+REPORT_WORK_MEM = "64MB"  # a slot the pool holds or once held
+
+_PERIOD_SQL = {
+    "day": "{col}",
+    "week": "date_trunc('week', {col}::timestamp)::date",  # ISO weeks start on Monday
+    "month": "date_trunc('month', {col}::timestamp)::date",
+}
+
+_REGION_SQL = {
+    "province": "left(o.region_code, 2) || '0000'",
+    "city": "left(o.region_code, 4) || '00'",
+    "county": "o.region_code",
+}
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def _group_sql(group: Group, region_level: RegionLevel) -> tuple[str, str, str]:
+    """The FROM additions, the key columns and the GROUP BY list that roll cells up to ``group``."""
+    if group == "hospital":
+        return (
+            "JOIN organisations o ON o.id = c.hospital_id",
+            "o.id AS hospital_id, o.name AS hospital_name",
+            "o.id, o.name",
+        )
+    if group == "department":
+        return (
+            "JOIN organisations o ON o.id = c.hospital_id JOIN departments d ON d.id = c.department_id",
+            "o.id AS hospital_id, o.name AS hospital_name,"
+            " d.id AS department_id, d.code AS department_code, d.name AS department_name",
+            "o.id, o.name, d.id, d.code, d.name",
+        )
+    if group == "region":
+        code = _REGION_SQL[region_level]
+        return (
+            f"JOIN organisations o ON o.id = c.hospital_id LEFT JOIN regions rg ON rg.code = {code}",
+            f"{code} AS region_code, rg.name AS region_name",
+            f"{code}, rg.name",
+        )
+    # A hospital belongs to an alliance it leads or is a member of; in two alliances, it counts in both.
+    return (
+        "JOIN (SELECT id AS alliance_id, lead_hospital_id AS hospital_id FROM alliances"
+        " UNION SELECT alliance_id, organisation_id FROM alliance_members) m"
+        " ON m.hospital_id = c.hospital_id"
+        " JOIN alliances a ON a.id = m.alliance_id"
+        " AND (CAST(:alliance_id AS bigint) IS NULL OR a.id = :alliance_id)",
+        "a.id AS alliance_id, a.name AS alliance_name",
+        "a.id, a.name",
+    )
+
+
+def report_sql(granularity: Granularity, group: Group, region_level: RegionLevel) -> str:
+    """The one statement of a report; only fixed fragments are formatted in, every value is bound."""
+    period = _PERIOD_SQL[granularity]
+    joins, keys, group_by = _group_sql(group, region_level)
+    # Cells are as fine as the group needs: departments only when reporting per department.
+    cell = "hospital_id, department_id" if group == "department" else "hospital_id"
+    ss_cell = ", ".join(f"ss.{column.strip()}" for column in cell.split(","))
+    return f"""
+WITH ss AS MATERIALIZED (
+    SELECT cs.id, cs.hospital_id, cs.department_id, cs.policy_id, cs.status,
+           cs.doctor_title IN ({_sql_list(SENIOR_TITLES)}) AS senior,
+           {period.format(col="cs.service_date")} AS period_start
+    FROM clinic_sessions cs
+    WHERE cs.hospital_id = ANY(:hospital_ids)
+      AND cs.resource_kind = :resource_kind
+      AND cs.service_date BETWEEN :date_from AND :date_to
+),
+session_cells AS (
+    SELECT {cell}, period_start,
+           string_agg(DISTINCT policy_id::text, ',') FILTER (WHERE status = 'active') AS policy_ids
+    FROM ss
+    GROUP BY {cell}, period_start
+),
+slot_cells AS (
+    SELECT {ss_cell}, ss.period_start,
+           count(*) FILTER (WHERE s.status <> 'withdrawn') AS offered,
+           count(*) FILTER (WHERE s.status IN ({_sql_list(POOL_HELD)})) AS reserved,
+           count(*) FILTER (WHERE s.status IN ({_sql_list(POOL_HELD)}) AND ss.senior) AS senior_reserved,
+           count(*) FILTER (WHERE s.status = 'returned') AS returned
+    FROM ss JOIN slots s ON s.session_id = ss.id
+    GROUP BY {ss_cell}, ss.period_start
+),
+referral_cells AS (
+    SELECT {ss_cell}, ss.period_start,
+           count(*) AS bookings,
+           count(*) FILTER (WHERE r.status = 'cancelled') AS cancelled,
+           count(*) FILTER (WHERE r.attendance = 'attended') AS attended,
+           count(*) FILTER (WHERE r.attendance = 'no_show') AS no_show
+    FROM referrals r JOIN ss ON ss.id = r.session_id
+    WHERE r.hospital_id = ANY(:hospital_ids)
+      AND r.service_date BETWEEN :date_from AND :date_to
+    GROUP BY {ss_cell}, ss.period_start
+),
+shortfall_cells AS (
+    SELECT {cell}, {period.format(col="service_date")} AS period_start,
+           count(*) FILTER (WHERE kind = 'ratio') AS ratio_short,
+           count(*) FILTER (WHERE kind = 'senior_share') AS senior_short,
+           count(*) FILTER (WHERE kind = 'lead_time') AS lead_short
+    FROM reservation_shortfalls
+    WHERE hospital_id = ANY(:hospital_ids)
+      AND resource_kind = :resource_kind
+      AND service_date BETWEEN :date_from AND :date_to
+    GROUP BY {cell}, period_start
+),
+c AS (
+    SELECT session_cells.*,
+           coalesce(sl.offered, 0) AS offered, coalesce(sl.reserved, 0) AS reserved,
+           coalesce(sl.senior_reserved, 0) AS senior_reserved, coalesce(sl.returned, 0) AS returned,
+           coalesce(rf.bookings, 0) AS bookings, coalesce(rf.cancelled, 0) AS cancelled,
+           coalesce(rf.attended, 0) AS attended, coalesce(rf.no_show, 0) AS no_show,
+           coalesce(sf.ratio_short, 0) AS ratio_short, coalesce(sf.senior_short, 0) AS senior_short,
+           coalesce(sf.lead_short, 0) AS lead_short
+    FROM session_cells
+    LEFT JOIN slot_cells sl USING ({cell}, period_start)
+    LEFT JOIN referral_cells rf USING ({cell}, period_start)
+    LEFT JOIN shortfall_cells sf USING ({cell}, period_start)
+)
+SELECT {keys}, c.period_start,
+       sum(c.offered)::bigint AS offered,
+       sum(c.reserved)::bigint AS reserved,
+       sum(c.senior_reserved)::bigint AS senior_reserved,
+       sum(c.returned)::bigint AS returned,
+       sum(c.bookings)::bigint AS bookings,
+       sum(c.cancelled)::bigint AS cancelled,
+       sum(c.attended)::bigint AS attended,
+       sum(c.no_show)::bigint AS no_show,
+       sum(c.ratio_short)::bigint AS ratio_short,
+       sum(c.senior_short)::bigint AS senior_short,
+       sum(c.lead_short)::bigint AS lead_short,
+       string_agg(c.policy_ids, ',') AS policy_ids
+FROM c {joins}
+GROUP BY {group_by}, c.period_start
+ORDER BY {group_by}, c.period_start
+"""
+
+
+def check_range(date_from: date, date_to: date, granularity: Granularity) -> None:
+    """Refuse a reversed range, or one longer than the granularity answers."""
+    if date_to < date_from:
+        raise Unprocessable("report_range_reversed", "'from' must not be after 'to'.")
+    days = (date_to - date_from).days + 1
+    if days > MAX_DAYS[granularity]:
+        raise Unprocessable(
+            "report_range_too_long",
+            f"A {granularity} report covers at most {MAX_DAYS[granularity]} days; this asks for {days}.",
+            max_days=MAX_DAYS[granularity],
+        )
+
+
+async def hospitals_in_scope(
+    *,
+    session: AsyncSession,
+    commission_region: str,
+    hospital_id: int | None,
+    region: str | None,
+    alliance_id: int | None,
+) -> list[int]:
+    """The hospitals the commission sees that the filters select; 403 for a filter outside its region."""
+    stmt = select(Organisation.id).where(
+        Organisation.kind == "hospital",
+        Organisation.region_code.startswith(significant_prefix(commission_region)),
+    )
+    if region is not None:
+        if not covers(commission_region, region):
+            raise Forbidden("region_outside", f"Region {region} is outside this commission's region.")
+        stmt = stmt.where(Organisation.region_code.startswith(significant_prefix(region)))
+    if hospital_id is not None:
+        hospital = await session.get(Organisation, hospital_id)
+        if hospital is None or hospital.kind != "hospital":
+            raise NotFound("hospital_not_found", f"No hospital {hospital_id}.")
+        if not covers(commission_region, hospital.region_code):
+            raise Forbidden("hospital_outside_region", "This hospital is outside the commission's region.")
+        stmt = stmt.where(Organisation.id == hospital_id)
+    if alliance_id is not None:
+        alliance = await session.get(Alliance, alliance_id)
+        if alliance is None:
+            raise NotFound("alliance_not_found", f"No alliance {alliance_id}.")
+        members = select(AllianceMember.organisation_id).where(AllianceMember.alliance_id == alliance_id)
+        stmt = stmt.where(or_(Organisation.id == alliance.lead_hospital_id, Organisation.id.in_(members)))
+        ids = list(await session.scalars(stmt.order_by(Organisation.id)))
+        if not ids:
+            raise Forbidden(
+                "alliance_outside_region", "No hospital of this alliance is in the commission's region."
+            )
+        return ids
+    return list(await session.scalars(stmt.order_by(Organisation.id)))
+
+
+def period_label(start: date, granularity: Granularity) -> str:
+    if granularity == "day":
+        return start.isoformat()
+    if granularity == "week":
+        year, week, _ = start.isocalendar()
+        return f"{year}-W{week:02d}"
+    return f"{start:%Y-%m}"
+
+
+def period_last_day(start: date, granularity: Granularity) -> date:
+    if granularity == "day":
+        return start
+    if granularity == "week":
+        return start + timedelta(days=6)
+    following = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return following - timedelta(days=1)
+
+
+def share(part: int, whole: int) -> float | None:
+    """A ratio rounded to four places; none when there is nothing to divide by."""
+    return round(part / whole, 4) if whole else None
+
+
+async def compliance_report(
+    *,
+    session: AsyncSession,
+    hospital_ids: list[int],
+    date_from: date,
+    date_to: date,
+    granularity: Granularity,
+    group: Group,
+    region_level: RegionLevel,
+    resource_kind: ResourceKind,
+    alliance_id: int | None,
+    now: datetime,
+) -> ComplianceReport:
+    """The report rows for ``hospital_ids`` over ``[date_from, date_to]``."""
+    rows: list[Any] = []
+    if hospital_ids:
+        binds: list[BindParameter[Any]] = [bindparam("hospital_ids", type_=ARRAY(BigInteger))]
+        if group == "alliance":
+            binds.append(bindparam("alliance_id", type_=BigInteger()))
+        stmt = text(report_sql(granularity, group, region_level)).bindparams(*binds)
+        params: dict[str, Any] = {
+            "hospital_ids": hospital_ids,
+            "resource_kind": resource_kind,
+            "date_from": date_from,
+            "date_to": date_to,
+        }
+        if group == "alliance":
+            params["alliance_id"] = alliance_id
+        # A report aggregates up to a few million rows; let its hashes and sorts stay in memory.
+        await session.execute(text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
+        rows = list((await session.execute(stmt, params)).mappings())
+    policy_ids = {int(p) for row in rows if row["policy_ids"] for p in row["policy_ids"].split(",")}
+    policies = {
+        p.id: ReportPolicyRef(id=p.id, code=p.code, version=p.version)
+        for p in await session.scalars(select(Policy).where(Policy.id.in_(policy_ids)))
+    }
+    return ComplianceReport(
+        date_from=date_from,
+        date_to=date_to,
+        granularity=granularity,
+        group=group,
+        region_level=region_level if group == "region" else None,
+        resource_kind=resource_kind,
+        generated_at=now,
+        rows=[_row(row, granularity, date_from, date_to, policies) for row in rows],
+    )
+
+
+def _row(
+    row: Any, granularity: Granularity, date_from: date, date_to: date, policies: dict[int, ReportPolicyRef]
+) -> ReportRow:
+    start: date = row["period_start"]
+    kept = row["bookings"] - row["cancelled"]  # pool bookings that still stand (active or attended)
+    ids = sorted({int(p) for p in row["policy_ids"].split(",")}) if row["policy_ids"] else []
+    shortfalls = ReportShortfalls(
+        ratio=row["ratio_short"], senior_share=row["senior_short"], lead_time=row["lead_short"]
+    )
+    return ReportRow(
+        hospital=ReportOrgRef(id=row["hospital_id"], name=row["hospital_name"])
+        if "hospital_id" in row
+        else None,
+        department=ReportDepartmentRef(
+            id=row["department_id"], code=row["department_code"], name=row["department_name"]
+        )
+        if "department_id" in row
+        else None,
+        region=ReportRegionRef(code=row["region_code"], name=row["region_name"])
+        if "region_code" in row
+        else None,
+        alliance=ReportOrgRef(id=row["alliance_id"], name=row["alliance_name"])
+        if "alliance_id" in row
+        else None,
+        period=period_label(start, granularity),
+        period_start=max(start, date_from),
+        period_end=min(period_last_day(start, granularity), date_to),
+        offered=row["offered"],
+        reserved=row["reserved"],
+        reserved_ratio=share(row["reserved"], row["offered"]),
+        senior_reserved=row["senior_reserved"],
+        senior_share=share(row["senior_reserved"], row["reserved"]),
+        pool_bookings=row["bookings"],
+        returned=row["returned"],
+        cancelled=row["cancelled"],
+        attended=row["attended"],
+        no_show=row["no_show"],
+        utilisation=share(kept, row["reserved"]),
+        up_referral_share=share(kept, row["offered"]),
+        shortfall=bool(shortfalls.ratio or shortfalls.senior_share or shortfalls.lead_time),
+        shortfalls=shortfalls,
+        policies=sorted((policies[i] for i in ids), key=lambda p: (p.code, p.version)),
+    )
