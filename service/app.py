@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from service.availability.router import router as availability_router
 from service.clock import Clock
 from service.config import Settings
 from service.crypto import Crypto
@@ -143,4 +144,5 @@ def create_app(
 
     for router in (registry_router, policy_router, residents_router, slots_router, referrals_router):
         app.include_router(router)
+    app.include_router(availability_router)
     return app

@@ -1,6 +1,7 @@
 """Every model, imported once so that metadata is complete (Alembic, tests)."""
 
 from service.audit.models import AuditEntry
+from service.availability.models import AvailabilityCount
 from service.events.models import Event
 from service.policy.models import HospitalPolicy, Policy
 from service.referrals.models import IdempotencyKey, Referral
@@ -21,6 +22,7 @@ __all__ = [
     "AllianceMember",
     "ApiClient",
     "AuditEntry",
+    "AvailabilityCount",
     "ClinicSession",
     "Department",
     "Doctor",
