@@ -1,7 +1,7 @@
 """Aggregated availability for platforms: counts per hospital, department, date, period and title.
 
 Reads ``availability_counts`` (one row per session and pool window, kept by
-triggers) in one REPEATABLE READ snapshot, splits reserved slots by the clock
+triggers) in one statement, so in one snapshot; splits reserved slots by the clock
 into pending / pool-open / returned, and hands out the snapshot as a cursor so
 the next poll can ask for what changed since. See docs/availability.md.
 """
@@ -22,8 +22,6 @@ from service.regions import significant_prefix
 
 _SNAPSHOT = re.compile(r"[0-9]{1,20}:[0-9]{1,20}:([0-9]{1,20}(,[0-9]{1,20})*)?")
 MAX_DAYS = 7  # the widest span one query may cover: one city, one week
-PERIOD_ORDER = "ARRAY['morning', 'afternoon', 'evening']::text[]"
-TITLE_ORDER = "ARRAY['chief', 'associate_chief', 'attending', 'resident']::text[]"
 
 
 @dataclass(frozen=True)
@@ -104,29 +102,17 @@ def check_window(region: str, date_from: date, date_to: date) -> None:
         )
 
 
-_SCOPE = """
-    scope AS (
-        SELECT c.* FROM availability_counts c
-        WHERE c.hospital_id = ANY(:hospital_ids) AND c.service_date BETWEEN :date_from AND :date_to
-    )"""
-
-# A department-day changed after the cursor when a transaction the cursor's snapshot could not see
-# wrote one of its rows, or when a pool window of a reserved slot opened or closed in between.
-# Rows keep only their last writer's ID, which is enough: a row's writers commit in turn (row
-# locks), so if any of them was invisible to the snapshot, the last one is too.
-_CHANGED = """,
-    since AS (SELECT CAST(CAST(:since_snapshot AS text) AS pg_snapshot) AS snapshot),
-    changed AS (
-        SELECT DISTINCT hospital_id, department_id, service_date FROM scope, since
-        WHERE (changed_xid >= pg_snapshot_xmin(since.snapshot)
-               AND NOT pg_visible_in_snapshot(changed_xid, since.snapshot))
-           OR (reserved > 0 AND (pool_opens_at > :since_as_of AND pool_opens_at <= :now
-                                 OR public_at > :since_as_of AND public_at <= :now))
-    )"""
-
-_GROUPS = """
-    SELECT s.hospital_id, d.code AS department_code, d.name AS department_name, s.service_date,
-           cs.period, cs.doctor_title,
+# One statement, so one snapshot: the counts and the cursor handed out with them always agree.
+_READ = """
+WITH scope AS (
+    SELECT c.* FROM availability_counts c
+    JOIN organisations o ON o.id = c.hospital_id
+    WHERE o.kind = 'hospital' AND o.region_code LIKE :prefix
+      AND c.service_date BETWEEN :date_from AND :date_to{filters}
+){since},
+grouped AS (
+    SELECT s.hospital_id, s.department_id, s.service_date, cs.period::text AS period,
+           cs.doctor_title::text AS doctor_title,
            sum(s.public) AS public,
            coalesce(sum(s.reserved) FILTER (WHERE :now < s.pool_opens_at), 0) AS pool_pending,
            coalesce(sum(s.reserved) FILTER (WHERE s.pool_opens_at <= :now AND :now < s.public_at), 0)
@@ -135,20 +121,43 @@ _GROUPS = """
            sum(s.returned) + coalesce(sum(s.reserved) FILTER (WHERE s.public_at <= :now), 0) AS returned
     FROM scope s
     JOIN clinic_sessions cs ON cs.id = s.session_id
-    JOIN departments d ON d.id = s.department_id
-    WHERE {where}
-    GROUP BY s.hospital_id, d.id, s.service_date, cs.period, cs.doctor_title
+    {only_changed}
+    GROUP BY s.hospital_id, s.department_id, s.service_date, cs.period, cs.doctor_title
     HAVING sum(s.public + s.reserved + s.booked + s.returned) > 0
-    ORDER BY s.hospital_id, d.code, s.service_date,
-             array_position({periods}, cs.period::text), array_position({titles}, cs.doctor_title::text)
+),
+found AS (
+    SELECT 'group' AS kind, * FROM grouped{replaced}
+)
+SELECT snap.snapshot, f.kind, f.hospital_id, o.code AS hospital_code, o.name AS hospital_name,
+       o.region_code, d.code AS department_code, d.name AS department_name, f.service_date,
+       f.period, f.doctor_title, f.public, f.pool_pending, f.pool_open, f.booked, f.returned
+FROM (SELECT pg_current_snapshot()::text AS snapshot) AS snap
+LEFT JOIN (found f
+           JOIN organisations o ON o.id = f.hospital_id
+           JOIN departments d ON d.id = f.department_id) ON true
+ORDER BY f.kind, f.hospital_id, d.code, f.service_date,
+         array_position(ARRAY['morning', 'afternoon', 'evening'], f.period),
+         array_position(ARRAY['chief', 'associate_chief', 'attending', 'resident'], f.doctor_title)
 """
 
+# A department-day changed after the cursor when a transaction the cursor's snapshot could not see
+# wrote one of its rows, or when a pool window of a reserved slot opened or closed in between.
+# Rows keep only their last writer's ID, which is enough: a row's writers commit in turn (row
+# locks), so if any of them was invisible to the snapshot, the last one is too.
+_CHANGED = """,
+since AS (SELECT CAST(CAST(:since_snapshot AS text) AS pg_snapshot) AS snapshot),
+changed AS (
+    SELECT DISTINCT hospital_id, department_id, service_date FROM scope, since
+    WHERE (changed_xid >= pg_snapshot_xmin(since.snapshot)
+           AND NOT pg_visible_in_snapshot(changed_xid, since.snapshot))
+       OR (reserved > 0 AND (pool_opens_at > :since_as_of AND pool_opens_at <= :now
+                             OR public_at > :since_as_of AND public_at <= :now))
+)"""
+_ONLY_CHANGED = "WHERE (s.hospital_id, s.department_id, s.service_date) IN (SELECT * FROM changed)"
 _REPLACED = """
-    SELECT ch.hospital_id, d.code AS department_code, d.name AS department_name, ch.service_date
-    FROM changed ch JOIN departments d ON d.id = ch.department_id
-    WHERE {where}
-    ORDER BY ch.hospital_id, d.code, ch.service_date
-"""
+    UNION ALL
+    SELECT 'replaced', hospital_id, department_id, service_date, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+    FROM changed"""
 
 
 async def read_availability(
@@ -163,65 +172,63 @@ async def read_availability(
     since: Cursor | None = None,
 ) -> Availability:
     """The counts of a region's hospitals over a date window, or only what changed after ``since``."""
-    # One snapshot for every statement below, so the cursor is exactly what was read.
-    await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-    hospital_rows = (
-        await session.execute(
-            text(
-                "SELECT id, code, name, region_code FROM organisations "
-                "WHERE kind = 'hospital' AND region_code LIKE :prefix "
-                "AND (CAST(:hospital_id AS bigint) IS NULL OR id = :hospital_id) ORDER BY id"
-            ),
-            {"prefix": significant_prefix(region) + "%", "hospital_id": hospital_id},
-        )
-    ).all()
-    hospitals = {row.id: Hospital(row.id, row.code, row.name, row.region_code) for row in hospital_rows}
-    snapshot = (await session.execute(text("SELECT pg_current_snapshot()::text"))).scalar_one()
-    cursor = Cursor(snapshot=snapshot, as_of=now)
     params: dict[str, object] = {
-        "hospital_ids": list(hospitals),
+        "prefix": significant_prefix(region) + "%",
         "date_from": date_from,
         "date_to": date_to,
         "now": now,
     }
-    where = ["true"]
+    filters = ""
+    if hospital_id is not None:
+        filters += "\n      AND c.hospital_id = :hospital_id"
+        params["hospital_id"] = hospital_id
     if department_code is not None:
-        where.append("d.code = :department_code")
+        filters += "\n      AND c.department_id IN (SELECT id FROM departments WHERE code = :department_code)"
         params["department_code"] = department_code
-    ctes = _SCOPE
     if since is not None:
-        ctes += _CHANGED
         params["since_snapshot"] = since.snapshot
         params["since_as_of"] = since.as_of
-    group_where = list(where)
-    if since is not None:
-        group_where.append("(s.hospital_id, s.department_id, s.service_date) IN (SELECT * FROM changed)")
-    groups_sql = (
-        "WITH"
-        + ctes
-        + _GROUPS.format(where=" AND ".join(group_where), periods=PERIOD_ORDER, titles=TITLE_ORDER)
+    sql = _READ.format(
+        filters=filters,
+        since=_CHANGED if since else "",
+        only_changed=_ONLY_CHANGED if since else "",
+        replaced=_REPLACED if since else "",
     )
-    groups = [
-        Group(
-            hospital_id=r.hospital_id,
-            department_code=r.department_code,
-            department_name=r.department_name,
-            service_date=r.service_date,
-            period=r.period,
-            doctor_title=r.doctor_title,
-            public=r.public,
-            pool_pending=r.pool_pending,
-            pool_open=r.pool_open,
-            booked=r.booked,
-            returned=r.returned,
-        )
-        for r in await session.execute(text(groups_sql), params)
-    ]
-    replaced = None
-    if since is not None:
-        replaced_sql = "WITH" + ctes + _REPLACED.format(where=" AND ".join(where))
-        replaced = [
-            DepartmentDay(r.hospital_id, r.department_code, r.department_name, r.service_date)
-            for r in await session.execute(text(replaced_sql), params)
-        ]
-    return Availability(hospitals=list(hospitals.values()), groups=groups, replaced=replaced, cursor=cursor)
+    hospitals: dict[int, Hospital] = {}
+    groups: list[Group] = []
+    replaced: list[DepartmentDay] | None = [] if since is not None else None
+    snapshot = ""
+    for r in await session.execute(text(sql), params):
+        snapshot = r.snapshot
+        if r.kind is None:
+            continue
+        if r.hospital_id not in hospitals:
+            hospitals[r.hospital_id] = Hospital(
+                r.hospital_id, r.hospital_code, r.hospital_name, r.region_code
+            )
+        if r.kind == "group":
+            groups.append(
+                Group(
+                    hospital_id=r.hospital_id,
+                    department_code=r.department_code,
+                    department_name=r.department_name,
+                    service_date=r.service_date,
+                    period=r.period,
+                    doctor_title=r.doctor_title,
+                    public=r.public,
+                    pool_pending=r.pool_pending,
+                    pool_open=r.pool_open,
+                    booked=r.booked,
+                    returned=r.returned,
+                )
+            )
+        elif replaced is not None:
+            replaced.append(
+                DepartmentDay(r.hospital_id, r.department_code, r.department_name, r.service_date)
+            )
+    return Availability(
+        hospitals=sorted(hospitals.values(), key=lambda h: h.id),
+        groups=groups,
+        replaced=replaced,
+        cursor=Cursor(snapshot=snapshot, as_of=now),
+    )
