@@ -6,8 +6,9 @@ Statement-level triggers on ``slots`` apply the net change of each statement
 (sorted by key, so concurrent statements lock rows in the same order), and
 stamp the row with the writing transaction's ID (``changed_xid``), which the
 feed's ``since`` cursor compares against a reader's snapshot xmin. A trigger
-on ``clinic_sessions`` stamps the rows of a session whose period, title or
-status changes. Withdrawn slots are not counted. See docs/availability.md.
+on ``clinic_sessions`` copies a session's period and title (the feed's group
+keys, kept here so reads need no join) and stamps its rows when they or its
+status change. Withdrawn slots are not counted. See docs/availability.md.
 
 Revision ID: 0005
 Revises: 0001
@@ -54,9 +55,10 @@ _UPDATED = """
 def _apply(changes: str) -> str:
     return f"""
     INSERT INTO availability_counts AS c
-        (session_id, pool_opens_at, public_at, hospital_id, department_id, service_date,
-         public, reserved, booked, returned, changed_xid)
+        (session_id, pool_opens_at, public_at, hospital_id, department_id, service_date, period,
+         doctor_title, public, reserved, booked, returned, changed_xid)
     SELECT d.session_id, d.pool_opens_at, d.public_at, cs.hospital_id, cs.department_id, cs.service_date,
+           cs.period, cs.doctor_title,
            coalesce(sum(d.n) FILTER (WHERE d.status = 'public'), 0),
            coalesce(sum(d.n) FILTER (WHERE d.status = 'reserved'), 0),
            coalesce(sum(d.n) FILTER (WHERE d.status = 'booked'), 0),
@@ -65,7 +67,7 @@ def _apply(changes: str) -> str:
     FROM ({changes}) AS d
     JOIN clinic_sessions cs ON cs.id = d.session_id
     WHERE d.status <> 'withdrawn'
-    GROUP BY d.session_id, d.pool_opens_at, d.public_at, cs.hospital_id, cs.department_id, cs.service_date
+    GROUP BY d.session_id, d.pool_opens_at, d.public_at, cs.id
     ORDER BY d.session_id, d.pool_opens_at, d.public_at
     ON CONFLICT (session_id, pool_opens_at, public_at) DO UPDATE SET
         public = c.public + excluded.public,
@@ -95,6 +97,8 @@ def upgrade() -> None:
         sa.Column("hospital_id", sa.BigInteger(), nullable=False),
         sa.Column("department_id", sa.BigInteger(), nullable=False),
         sa.Column("service_date", sa.Date(), nullable=False),
+        sa.Column("period", sa.String(length=10), nullable=False),
+        sa.Column("doctor_title", sa.String(length=20), nullable=False),
         sa.Column("public", sa.Integer(), nullable=False),
         sa.Column("reserved", sa.Integer(), nullable=False),
         sa.Column("booked", sa.Integer(), nullable=False),
@@ -142,6 +146,8 @@ def upgrade() -> None:
             SET hospital_id = NEW.hospital_id,
                 department_id = NEW.department_id,
                 service_date = NEW.service_date,
+                period = NEW.period,
+                doctor_title = NEW.doctor_title,
                 changed_xid = pg_current_xact_id()
             WHERE session_id = NEW.id;
             RETURN NULL;

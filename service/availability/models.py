@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, DateTime, ForeignKey, Index, Integer
+from sqlalchemy import BigInteger, Date, DateTime, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import UserDefinedType
 
@@ -39,6 +39,9 @@ class AvailabilityCount(Base):
     hospital_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("organisations.id"))
     department_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("departments.id"))
     service_date: Mapped[date] = mapped_column(Date)
+    # Copied from the session by the triggers, so the feed groups without a join.
+    period: Mapped[str] = mapped_column(String(10))
+    doctor_title: Mapped[str] = mapped_column(String(20))
     public: Mapped[int] = mapped_column(Integer)
     reserved: Mapped[int] = mapped_column(Integer)
     booked: Mapped[int] = mapped_column(Integer)

@@ -26,58 +26,15 @@ def _body(query: dict[str, Any], result: service.Availability) -> tuple[bytes, s
 
     Every cursor handed out stays valid, so a client that keeps an earlier body
     (after a 304) keeps a usable cursor; leaving it out lets the ETag stay put
-    while other regions' writes move the database's transaction horizon.
+    while writes elsewhere move the database's snapshots on.
     """
-    departments: dict[int, dict[str, str]] = {}
-    for g in result.groups:
-        departments.setdefault(g.hospital_id, {})[g.department_code] = g.department_name
-    for day in result.replaced or []:
-        departments.setdefault(day.hospital_id, {})[day.department_code] = day.department_name
-    data = {
-        "query": query,
-        "hospitals": [
-            {
-                "id": h.id,
-                "code": h.code,
-                "name": h.name,
-                "region_code": h.region_code,
-                "departments": [
-                    {"code": code, "name": name} for code, name in sorted(departments[h.id].items())
-                ],
-            }
-            for h in result.hospitals
-            if h.id in departments
-        ],
-        "items": [
-            {
-                "hospital_id": g.hospital_id,
-                "department_code": g.department_code,
-                "service_date": g.service_date.isoformat(),
-                "period": g.period,
-                "doctor_title": g.doctor_title,
-                "public": g.public,
-                "pool_pending": g.pool_pending,
-                "pool_open": g.pool_open,
-                "booked": g.booked,
-                "returned": g.returned,
-            }
-            for g in result.groups
-        ],
-        "replaces": None
-        if result.replaced is None
-        else [
-            {
-                "hospital_id": d.hospital_id,
-                "department_code": d.department_code,
-                "service_date": d.service_date.isoformat(),
-            }
-            for d in result.replaced
-        ],
-    }
-    content = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    replaces = "null" if result.replaces is None else f"[{result.replaces}]"
+    content = (
+        f'{{"query":{json.dumps(query, ensure_ascii=False, separators=(",", ":"))},'
+        f'"hospitals":[{result.hospitals}],"items":[{result.items}],"replaces":{replaces}'
+    ).encode()
     etag = '"' + hashlib.blake2b(content, digest_size=16).hexdigest() + '"'
-    cursor = json.dumps(result.cursor.encode()).encode()
-    return content[:-1] + b',"cursor":' + cursor + b"}", etag
+    return content + f',"cursor":{json.dumps(result.cursor.encode())}}}'.encode(), etag
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:

@@ -52,41 +52,12 @@ class Cursor:
 
 
 @dataclass(frozen=True)
-class Hospital:
-    id: int
-    code: str
-    name: str
-    region_code: str
-
-
-@dataclass(frozen=True)
-class Group:
-    hospital_id: int
-    department_code: str
-    department_name: str
-    service_date: date
-    period: str
-    doctor_title: str
-    public: int
-    pool_pending: int
-    pool_open: int
-    booked: int
-    returned: int
-
-
-@dataclass(frozen=True)
-class DepartmentDay:
-    hospital_id: int
-    department_code: str
-    department_name: str
-    service_date: date
-
-
-@dataclass(frozen=True)
 class Availability:
-    hospitals: list[Hospital]
-    groups: list[Group]
-    replaced: list[DepartmentDay] | None  # None: the whole window is replaced
+    """The answer's parts as JSON text, built by PostgreSQL: arrays of hospitals, items, department-days."""
+
+    hospitals: str
+    items: str
+    replaces: str | None  # None without since: the whole window is replaced
     cursor: Cursor
 
 
@@ -103,41 +74,47 @@ def check_window(region: str, date_from: date, date_to: date) -> None:
 
 
 # One statement, so one snapshot: the counts and the cursor handed out with them always agree.
+# PostgreSQL renders the JSON (row_to_json is compact and keeps column order), so a poll costs
+# the aggregation of the window's count rows and little Python.
 _READ = """
 WITH scope AS (
     SELECT c.* FROM availability_counts c
-    JOIN organisations o ON o.id = c.hospital_id
-    WHERE o.kind = 'hospital' AND o.region_code LIKE :prefix
+    WHERE c.hospital_id = ANY(ARRAY(
+              SELECT id FROM organisations WHERE kind = 'hospital' AND region_code LIKE :prefix))
       AND c.service_date BETWEEN :date_from AND :date_to{filters}
 ){since},
 grouped AS (
-    SELECT s.hospital_id, s.department_id, s.service_date, cs.period::text AS period,
-           cs.doctor_title::text AS doctor_title,
+    SELECT s.hospital_id, s.department_id, s.service_date, s.period, s.doctor_title,
            sum(s.public) AS public,
            coalesce(sum(s.reserved) FILTER (WHERE :now < s.pool_opens_at), 0) AS pool_pending,
            coalesce(sum(s.reserved) FILTER (WHERE s.pool_opens_at <= :now AND :now < s.public_at), 0)
                AS pool_open,
            sum(s.booked) AS booked,
            sum(s.returned) + coalesce(sum(s.reserved) FILTER (WHERE s.public_at <= :now), 0) AS returned
-    FROM scope s
-    JOIN clinic_sessions cs ON cs.id = s.session_id
-    {only_changed}
-    GROUP BY s.hospital_id, s.department_id, s.service_date, cs.period, cs.doctor_title
+    FROM scope s{only_changed}
+    GROUP BY s.hospital_id, s.department_id, s.service_date, s.period, s.doctor_title
     HAVING sum(s.public + s.reserved + s.booked + s.returned) > 0
 ),
-found AS (
-    SELECT 'group' AS kind, * FROM grouped{replaced}
+mentioned AS (
+    SELECT DISTINCT hospital_id, department_id FROM {mentioned}
 )
-SELECT snap.snapshot, f.kind, f.hospital_id, o.code AS hospital_code, o.name AS hospital_name,
-       o.region_code, d.code AS department_code, d.name AS department_name, f.service_date,
-       f.period, f.doctor_title, f.public, f.pool_pending, f.pool_open, f.booked, f.returned
-FROM (SELECT pg_current_snapshot()::text AS snapshot) AS snap
-LEFT JOIN (found f
-           JOIN organisations o ON o.id = f.hospital_id
-           JOIN departments d ON d.id = f.department_id) ON true
-ORDER BY f.kind, f.hospital_id, d.code, f.service_date,
-         array_position(ARRAY['morning', 'afternoon', 'evening'], f.period),
-         array_position(ARRAY['chief', 'associate_chief', 'attending', 'resident'], f.doctor_title)
+SELECT pg_current_snapshot()::text AS snapshot,
+    (SELECT coalesce(string_agg(row_to_json(h)::text, ',' ORDER BY h.id), '') FROM (
+        SELECT o.id, o.code, o.name, o.region_code,
+               (SELECT json_agg(row_to_json(x) ORDER BY x.code) FROM (
+                    SELECT d.code, d.name FROM mentioned m JOIN departments d ON d.id = m.department_id
+                    WHERE m.hospital_id = o.id) AS x) AS departments
+        FROM organisations o WHERE o.id IN (SELECT hospital_id FROM mentioned)) AS h
+    ) AS hospitals,
+    (SELECT coalesce(string_agg(row_to_json(i)::text, ',' ORDER BY i.hospital_id, i.department_code,
+                                i.service_date, array_position(ARRAY['morning', 'afternoon', 'evening'],
+                                                               i.period::text),
+                                array_position(ARRAY['chief', 'associate_chief', 'attending', 'resident'],
+                                               i.doctor_title::text)), '') FROM (
+        SELECT g.hospital_id, d.code AS department_code, g.service_date, g.period, g.doctor_title,
+               g.public, g.pool_pending, g.pool_open, g.booked, g.returned
+        FROM grouped g JOIN departments d ON d.id = g.department_id) AS i
+    ) AS items{replaces}
 """
 
 # A department-day changed after the cursor when a transaction the cursor's snapshot could not see
@@ -153,11 +130,13 @@ changed AS (
        OR (reserved > 0 AND (pool_opens_at > :since_as_of AND pool_opens_at <= :now
                              OR public_at > :since_as_of AND public_at <= :now))
 )"""
-_ONLY_CHANGED = "WHERE (s.hospital_id, s.department_id, s.service_date) IN (SELECT * FROM changed)"
-_REPLACED = """
-    UNION ALL
-    SELECT 'replaced', hospital_id, department_id, service_date, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-    FROM changed"""
+_ONLY_CHANGED = "\n    WHERE (s.hospital_id, s.department_id, s.service_date) IN (SELECT * FROM changed)"
+_REPLACES = """,
+    (SELECT coalesce(string_agg(row_to_json(r)::text, ',' ORDER BY r.hospital_id, r.department_code,
+                                r.service_date), '') FROM (
+        SELECT ch.hospital_id, d.code AS department_code, ch.service_date
+        FROM changed ch JOIN departments d ON d.id = ch.department_id) AS r
+    ) AS replaces"""
 
 
 async def read_availability(
@@ -192,43 +171,16 @@ async def read_availability(
         filters=filters,
         since=_CHANGED if since else "",
         only_changed=_ONLY_CHANGED if since else "",
-        replaced=_REPLACED if since else "",
+        mentioned="(SELECT hospital_id, department_id FROM grouped UNION ALL "
+        "SELECT hospital_id, department_id FROM changed) AS both_"
+        if since
+        else "grouped",
+        replaces=_REPLACES if since else "",
     )
-    hospitals: dict[int, Hospital] = {}
-    groups: list[Group] = []
-    replaced: list[DepartmentDay] | None = [] if since is not None else None
-    snapshot = ""
-    for r in await session.execute(text(sql), params):
-        snapshot = r.snapshot
-        if r.kind is None:
-            continue
-        if r.hospital_id not in hospitals:
-            hospitals[r.hospital_id] = Hospital(
-                r.hospital_id, r.hospital_code, r.hospital_name, r.region_code
-            )
-        if r.kind == "group":
-            groups.append(
-                Group(
-                    hospital_id=r.hospital_id,
-                    department_code=r.department_code,
-                    department_name=r.department_name,
-                    service_date=r.service_date,
-                    period=r.period,
-                    doctor_title=r.doctor_title,
-                    public=r.public,
-                    pool_pending=r.pool_pending,
-                    pool_open=r.pool_open,
-                    booked=r.booked,
-                    returned=r.returned,
-                )
-            )
-        elif replaced is not None:
-            replaced.append(
-                DepartmentDay(r.hospital_id, r.department_code, r.department_name, r.service_date)
-            )
+    row = (await session.execute(text(sql), params)).one()
     return Availability(
-        hospitals=sorted(hospitals.values(), key=lambda h: h.id),
-        groups=groups,
-        replaced=replaced,
-        cursor=Cursor(snapshot=snapshot, as_of=now),
+        hospitals=row.hospitals,
+        items=row.items,
+        replaces=row.replaces if since is not None else None,
+        cursor=Cursor(snapshot=row.snapshot, as_of=now),
     )
