@@ -38,7 +38,10 @@ What it does, all on loopback and all cleaned up afterwards:
      revalidations with If-None-Match (304) and of ``since`` polls;
    - rush: full queries back to back for as long as a booking rush of ``--rush-clients``
      attempts by ``--concurrency`` family-doctor clients over ``--rush-slots`` pool slots runs
-     (``POST /v1/referrals``, the same code as ``booking_rush.py``).
+     (``POST /v1/referrals``, the same code as ``booking_rush.py``);
+   - with ``--floor``: the rush's referrals are cancelled and its slots held again, and a
+     second rush runs while the reader loops ``GET /v1/me`` (authentication and one small
+     query): the latency any authenticated GET gets on this machine under the same load.
 6. Prints p50/p99/max per phase, the response size and item count, the rush's own
    figures, and checks that the counts the feed reports for the rush department-day
    equal the number of 201s.
@@ -219,11 +222,12 @@ async def read_loop(base_url: str, token: str, mode: str, count: int) -> dict[st
         etag, cursor = first.headers["etag"], body["cursor"]
         for _ in range(20):  # warm up
             await c.get("/v1/availability", params=QUERY)
-        params = QUERY | {"since": cursor} if mode == "since" else QUERY
+        path = "/v1/me" if mode == "me" else "/v1/availability"
+        params = {} if mode == "me" else QUERY | {"since": cursor} if mode == "since" else QUERY
         extra = {"If-None-Match": etag} if mode == "304" else {}
         while not stop.is_set() and (count == 0 or len(latencies) < count):
             started = time.perf_counter()
-            r = await c.get("/v1/availability", params=params, headers=extra)
+            r = await c.get(path, params=params, headers=extra)
             _ = r.content
             latencies.append(time.perf_counter() - started)
             statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
@@ -251,6 +255,21 @@ def describe(name: str, result: dict[str, Any]) -> str:
         f"{name:34} {len(lat):6} {quantile(lat, 0.5):8.1f} {quantile(lat, 0.99):8.1f} "
         f"{quantile(lat, 1.0):8.1f}   {result['statuses']}"
     )
+
+
+async def reopen(url: str, slot_ids: list[int]) -> None:
+    """Cancel the rush's referrals and hold its slots for the pool again, for a second rush."""
+    conn = await asyncpg.connect(rush.plain(url))
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE referrals SET status = 'cancelled', cancelled_at = now(), cancelled_by = 'hospital' "
+                "WHERE slot_id = ANY($1::bigint[]) AND status = 'booked'",
+                slot_ids,
+            )
+            await conn.execute("UPDATE slots SET status = 'reserved' WHERE id = ANY($1::bigint[])", slot_ids)
+    finally:
+        await conn.close()
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -295,20 +314,25 @@ async def run(args: Namespace) -> bool:
 
         results: dict[str, dict[str, Any]] = {}
         for mode in ("full", "304", "since"):
-            proc, communicate = await run_reader(read_server.base_url, token, mode, args.requests)
+            _, communicate = await run_reader(read_server.base_url, token, mode, args.requests)
             out, _ = await communicate()
             results[f"quiet {mode}"] = json.loads(out)
 
-        proc, communicate = await run_reader(read_server.base_url, token, "full", 0)
-        reading = asyncio.create_task(communicate())
-        await asyncio.sleep(2)  # the reader is warm and looping
-        rush_args = Namespace(clients=args.rush_clients, concurrency=args.concurrency, time_limit=300.0)
-        phase = await rush.http_rush(booking_server.base_url, world, slot_ids, rush_args, ManualClock(START))
-        assert proc.stdin is not None
-        proc.stdin.close()
-        out, _ = await reading
-        results["during the booking rush, full"] = json.loads(out)
+        async def during_rush(mode: str) -> rush.Phase:
+            proc, communicate = await run_reader(read_server.base_url, token, mode, 0)
+            reading = asyncio.create_task(communicate())
+            await asyncio.sleep(2)  # the reader is warm and looping
+            rush_args = Namespace(clients=args.rush_clients, concurrency=args.concurrency, time_limit=300.0)
+            phase = await rush.http_rush(
+                booking_server.base_url, world, slot_ids, rush_args, ManualClock(START)
+            )
+            assert proc.stdin is not None
+            proc.stdin.close()
+            out, _ = await reading
+            results[f"during the booking rush, {mode}"] = json.loads(out)
+            return phase
 
+        phase = await during_rush("full")
         async with httpx.AsyncClient(base_url=read_server.base_url, timeout=30) as c:
             r = await c.get(
                 "/v1/availability",
@@ -319,6 +343,9 @@ async def run(args: Namespace) -> bool:
             rush_items = [i for i in r.json()["items"] if i["service_date"] == rush.DAY.isoformat()]
         feed_booked = sum(i["booked"] for i in rush_items)
         feed_open = sum(i["pool_open"] for i in rush_items)
+        if args.floor:
+            await reopen(pg.url, slot_ids)
+            await during_rush("me")
 
         quiet = results["quiet full"]
         print()
@@ -370,6 +397,11 @@ def main() -> None:
     parser.add_argument("--rush-slots", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=30)
     parser.add_argument("--same-server", action="store_true", help="reads share the booking server")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="then a second rush while reading GET /v1/me: the latency floor of any authenticated GET",
+    )
     args = parser.parse_args()
     if not 1 <= args.cities <= 16 or not 1 <= args.hospitals_per_city <= 50:
         parser.error("--cities must be 1..16 and --hospitals-per-city 1..50")
