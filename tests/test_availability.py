@@ -154,8 +154,8 @@ async def test_since_reports_a_window_that_opened_by_the_clock(client, world, cl
     # LATER's pool opened; DAY's closed on the way (3 March 08:00): all three department-days moved.
     assert [(d["department_code"], d["service_date"]) for d in body["replaces"]] == [
         ("CARD", DAY.isoformat()),
-        ("CARD", LATER.isoformat()),
         ("NEUR", DAY.isoformat()),
+        ("CARD", LATER.isoformat()),
     ]
     assert counts(body, service_date=LATER.isoformat()) == ZERO | {"public": 8, "pool_open": 2}
     assert counts(body, department_code="CARD", service_date=DAY.isoformat()) == ZERO | {
@@ -303,3 +303,32 @@ async def test_counts_table_equals_a_recount_of_the_slots(client, world, clock, 
         )
     )
     assert negative == 0
+
+
+async def test_warm_answers_follow_renames_and_agree_with_since_answers(client, world, clock, pushed, db):
+    """Full answers are assembled from cached hospital-days; every change reaches them."""
+    from sqlalchemy import text
+
+    first = (await feed(client, world)).json()
+    await push(client, world, [session_item("S1", DAY, slots=10, version=2) | {
+        "department": {"code": "CARD", "name": "心内科", "specialty": "cardiology"}}])  # fmt: skip
+    await db.run(
+        lambda s: s.execute(text("UPDATE organisations SET name = '合肥一院' WHERE code = 'H-CITY'"))
+    )
+    slots = await pool_slots(client, world, service_date=DAY.isoformat(), title="attending")
+    await book(client, world, clock, slots[0]["slot_id"], 1)
+    body = (await feed(client, world)).json()
+    [hospital] = body["hospitals"]
+    assert hospital["name"] == "合肥一院"
+    assert {"code": "CARD", "name": "心内科"} in hospital["departments"]
+    assert counts(body, department_code="NEUR") == ZERO | {"public": 4, "booked": 1}
+    # Ordered by hospital, date, department, period, title.
+    keys = [(i["hospital_id"], i["service_date"], i["department_code"]) for i in body["items"]]
+    assert keys == sorted(keys)
+
+    changes = (await feed(client, world, since=first["cursor"])).json()
+    replaced = {(d["department_code"], d["service_date"]) for d in changes["replaces"]}
+    assert ("NEUR", DAY.isoformat()) in replaced
+    assert [i for i in body["items"] if (i["department_code"], i["service_date"]) in replaced] == changes[
+        "items"
+    ]

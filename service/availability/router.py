@@ -37,6 +37,14 @@ def _body(query: dict[str, Any], result: service.Availability) -> tuple[bytes, s
     return content + f',"cursor":{json.dumps(result.cursor.encode())}}}'.encode(), etag
 
 
+def _cache(request: Request) -> service.FragmentCache:
+    """This app's cache of rendered hospital-days (each replica keeps its own)."""
+    cache: service.FragmentCache | None = getattr(request.app.state, "availability_fragments", None)
+    if cache is None:
+        cache = request.app.state.availability_fragments = service.FragmentCache()
+    return cache
+
+
 def _matches(if_none_match: str | None, etag: str) -> bool:
     """RFC 9110 weak comparison, as If-None-Match requires."""
     if not if_none_match:
@@ -76,18 +84,23 @@ async def read_availability(
             f"This platform serves {caller.region_code}, which does not cover {region}.",
         )
     cursor = service.Cursor.decode(since) if since is not None else None
-    now = state.clock.now()
+    window = service.Window(
+        now=state.clock.now(),
+        region=region,
+        date_from=date_from,
+        date_to=date_to,
+        hospital_id=hospital_id,
+        department_code=department_code,
+    )
     async with state.db.sessionmaker() as session:
-        result = await service.read_availability(
-            session=session,
-            now=now,
-            region=region,
-            date_from=date_from,
-            date_to=date_to,
-            hospital_id=hospital_id,
-            department_code=department_code,
-            since=cursor,
-        )
+        if cursor is not None:
+            result = await service.read_changes(session=session, window=window, since=cursor)
+        else:
+            # Digests, fragments and cursor must share one snapshot.
+            await session.connection(
+                execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+            )
+            result = await service.read_window(session=session, window=window, cache=_cache(request))
     query = {
         "region": region,
         "from": date_from.isoformat(),
