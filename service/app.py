@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from service.attendance.router import router as attendance_router
+from service.availability.router import router as availability_router
 from service.clock import Clock
 from service.config import Settings
 from service.crypto import Crypto
@@ -161,6 +162,7 @@ def create_app(
         supervision_router,
         signals_router,
         reports_router,
+        availability_router,
     ):
         app.include_router(router)
     return app

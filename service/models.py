@@ -2,6 +2,7 @@
 
 from service.attendance.models import NoShowBar
 from service.audit.models import AuditEntry
+from service.availability.models import AvailabilityCount
 from service.events.models import Event
 from service.policy.models import HospitalPolicy, Policy
 from service.referrals.models import IdempotencyKey, Referral
@@ -27,6 +28,7 @@ __all__ = [
     "AllianceMember",
     "ApiClient",
     "AuditEntry",
+    "AvailabilityCount",
     "ClinicSession",
     "Department",
     "Doctor",

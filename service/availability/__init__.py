@@ -1,0 +1,1 @@
+"""The availability feed for regional platforms: aggregated counts, ETags and a change cursor."""

@@ -1,0 +1,116 @@
+"""GET /v1/availability: a platform polls a city's counts, revalidates with ETags, follows a cursor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from service.availability import service
+from service.availability.schemas import AvailabilityOut
+from service.context import Caller
+from service.deps import State, require
+from service.errors import Forbidden
+from service.ids import QueryId
+from service.regions import covers
+
+router = APIRouter(prefix="/v1", tags=["availability"])
+CACHE_CONTROL = "private, no-cache"  # per-client scope; always revalidate (cheap with If-None-Match)
+
+
+def _body(query: dict[str, Any], result: service.Availability) -> tuple[bytes, str]:
+    """The JSON body and its strong ETag, which covers everything but the cursor.
+
+    Every cursor handed out stays valid, so a client that keeps an earlier body
+    (after a 304) keeps a usable cursor; leaving it out lets the ETag stay put
+    while writes elsewhere move the database's snapshots on.
+    """
+    replaces = "null" if result.replaces is None else f"[{result.replaces}]"
+    content = (
+        f'{{"query":{json.dumps(query, ensure_ascii=False, separators=(",", ":"))},'
+        f'"hospitals":[{result.hospitals}],"items":[{result.items}],"replaces":{replaces}'
+    ).encode()
+    etag = '"' + hashlib.blake2b(content, digest_size=16).hexdigest() + '"'
+    return content + f',"cursor":{json.dumps(result.cursor.encode())}}}'.encode(), etag
+
+
+def _cache(request: Request) -> service.FragmentCache:
+    """This app's cache of rendered hospital-days (each replica keeps its own)."""
+    cache: service.FragmentCache | None = getattr(request.app.state, "availability_fragments", None)
+    if cache is None:
+        cache = request.app.state.availability_fragments = service.FragmentCache()
+    return cache
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 weak comparison, as If-None-Match requires."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
+@router.get(
+    "/availability",
+    response_model=None,
+    responses={
+        200: {"model": AvailabilityOut, "description": "Counts, with an ETag."},
+        304: {"description": "If-None-Match matched: the counts have not changed."},
+    },
+)
+async def read_availability(
+    request: Request,
+    state: State,
+    caller: Annotated[Caller, Depends(require("platform"))],
+    region: Annotated[str, Query(pattern=r"^[0-9]{6}$", description="A city or county code (GB/T 2260).")],
+    date_from: Annotated[date, Query(alias="from")],
+    date_to: Annotated[date, Query(alias="to", description="Inclusive; at most 7 days after from.")],
+    hospital_id: QueryId = None,
+    department_code: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    since: Annotated[
+        str | None, Query(min_length=1, max_length=8192, description="cursor of an earlier answer")
+    ] = None,
+) -> Response:
+    """Pool-open, pending, booked, returned and public slot counts of a city or county, per
+    hospital, department, date, period and doctor title; no personal data."""
+    service.check_window(region, date_from, date_to)
+    if not covers(caller.region_code, region):
+        raise Forbidden(
+            "region_out_of_scope",
+            f"This platform serves {caller.region_code}, which does not cover {region}.",
+        )
+    cursor = service.Cursor.decode(since) if since is not None else None
+    window = service.Window(
+        now=state.clock.now(),
+        region=region,
+        date_from=date_from,
+        date_to=date_to,
+        hospital_id=hospital_id,
+        department_code=department_code,
+    )
+    async with state.db.sessionmaker() as session:
+        if cursor is not None:
+            result = await service.read_changes(session=session, window=window, since=cursor)
+        else:
+            # Digests, fragments and cursor must share one snapshot.
+            await session.connection(
+                execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+            )
+            result = await service.read_window(session=session, window=window, cache=_cache(request))
+    query = {
+        "region": region,
+        "from": date_from.isoformat(),
+        "to": date_to.isoformat(),
+        "hospital_id": hospital_id,
+        "department_code": department_code,
+        "since": since,
+    }
+    content, etag = _body(query, result)
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(content=content, media_type="application/json", headers=headers)

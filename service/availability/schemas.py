@@ -1,0 +1,71 @@
+"""What a platform reads. The feed shows counts only: no resident, referral or doctor is named."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Period = Literal["morning", "afternoon", "evening"]
+Title = Literal["chief", "associate_chief", "attending", "resident"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class AvailabilityQuery(_Out):
+    """The query this answer is for, echoed so that the ETag covers it."""
+
+    region: str
+    date_from: date = Field(alias="from")
+    date_to: date = Field(alias="to")
+    hospital_id: int | None
+    department_code: str | None
+    since: str | None
+
+
+class DepartmentOut(_Out):
+    code: str
+    name: str
+
+
+class HospitalOut(_Out):
+    id: int
+    code: str
+    name: str
+    region_code: str
+    departments: list[DepartmentOut] = Field(description="The departments this answer mentions.")
+
+
+class AvailabilityItem(_Out):
+    """Slot counts of one hospital, department, date, period and doctor title."""
+
+    hospital_id: int
+    department_code: str
+    service_date: date
+    period: Period
+    doctor_title: Title
+    public: int = Field(description="Public slots that were never held for the pool.")
+    pool_pending: int = Field(description="Held for the pool; the pool window has not opened yet (R5).")
+    pool_open: int = Field(description="Held for the pool and bookable by family doctors now.")
+    booked: int = Field(description="Booked through the pool.")
+    returned: int = Field(description="Held for the pool, unbooked when the public release came (R6).")
+
+
+class DepartmentDayOut(_Out):
+    hospital_id: int
+    department_code: str
+    service_date: date
+
+
+class AvailabilityOut(_Out):
+    query: AvailabilityQuery
+    hospitals: list[HospitalOut]
+    items: list[AvailabilityItem] = Field(description="Groups with at least one live slot.")
+    replaces: list[DepartmentDayOut] | None = Field(
+        description="Only with since: the department-days whose groups are all in items (a group "
+        "missing from items now has no slots). Without since, the whole window is replaced."
+    )
+    cursor: str = Field(description="Pass as since to receive only what changes after this answer.")
