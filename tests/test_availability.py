@@ -209,7 +209,8 @@ async def test_r15_platform_responses_carry_no_personal_data(client, world, cloc
     for r in (await feed(client, world), await feed(client, world, since=cursor)):
         body = r.json()
         AvailabilityOut.model_validate(body)  # extra="forbid": only the documented fields
-        item_keys = {"hospital_id", "department_code", "service_date", "period", "doctor_title", *ZERO}
+        item_keys = {"hospital_id", "department_code", "service_date", "period", "resource_kind",
+                     "doctor_title", "modality", "ward", *ZERO}  # fmt: skip
         assert all(set(i) == item_keys for i in body["items"])
         assert all(set(h) == {"id", "code", "name", "region_code", "departments"} for h in body["hospitals"])
         text = r.text
