@@ -4,7 +4,8 @@ without a booking rush running at the same time.
 Run from the repository root:
 
     .venv/bin/python bench/availability.py [--cities 8] [--hospitals-per-city 16] [--departments 10]
-                                           [--days 28] [--slots-per-session 14] [--requests 400]
+                                           [--exam-departments 1] [--days 28] [--slots-per-session 14]
+                                           [--requests 400]
                                            [--rush-clients 3000] [--rush-slots 300] [--concurrency 30]
                                            [--same-server]
 
@@ -17,8 +18,10 @@ What it does, all on loopback and all cleaned up afterwards:
    hospitals each (one district per city), ``--departments`` departments and four doctors
    (one per title) per hospital, and for every department, date and period (morning,
    afternoon) one clinic session of ``--slots-per-session`` 15-minute slots, over ``--days``
-   days ending 15 March 2026. Defaults: 8 x 16 = 128 hospitals, 71,680 sessions,
-   1,003,520 slots. Every fifth slot was held for the pool; depending on its pool window
+   days ending 15 March 2026. The last ``--exam-departments`` departments of each hospital
+   are imaging departments instead (R18): their sessions are examination blocks without a
+   doctor, CT in the morning and MRI in the afternoon. Defaults: 8 x 16 = 128 hospitals,
+   71,680 sessions (a tenth of them examinations), 1,003,520 slots. Every fifth slot was held for the pool; depending on its pool window
    (public release 7 days before, pool one day earlier) at the bench's clock (Monday 2 March
    2026 09:00 Beijing time) it is pending, open, partly booked, or returned/booked. All of
    it is written with INSERT ... SELECT generate_series through the real tables, so the
@@ -116,14 +119,19 @@ SEED_SQL = [
          unnest(ARRAY['chief', 'associate_chief', 'attending', 'resident']) WITH ORDINALITY t(title, n)
     WHERE o.code LIKE 'BH-%'
     """,
-    # Sessions: every department, date and period; the doctor (and so the title) rotates.
+    # Sessions: every department, date and period; the doctor (and so the title) rotates. Departments
+    # numbered above $3 are imaging: CT blocks in the morning, MRI in the afternoon, no doctor.
     """
-    INSERT INTO clinic_sessions (hospital_id, external_id, version, department_id, doctor_id, doctor_title,
-                                 service_date, period, status, updated_at)
-    SELECT dep.hospital_id, format('BS-%s-%s-%s', dep.code, day, p.period), 1, dep.id, doc.id, doc.title,
+    INSERT INTO clinic_sessions (hospital_id, external_id, version, department_id, resource_kind, modality,
+                                 doctor_id, doctor_title, service_date, period, status, updated_at)
+    SELECT dep.hospital_id, format('BS-%s-%s-%s', dep.code, day, p.period), 1, dep.id,
+           CASE WHEN k.exam THEN 'examination' ELSE 'outpatient' END,
+           CASE WHEN k.exam THEN CASE p.period WHEN 'morning' THEN 'CT' ELSE 'MRI' END END,
+           CASE WHEN NOT k.exam THEN doc.id END, CASE WHEN NOT k.exam THEN doc.title END,
            day, p.period, 'active', now()
     FROM departments dep
     JOIN organisations o ON o.id = dep.hospital_id AND o.code LIKE 'BH-%'
+    CROSS JOIN LATERAL (SELECT substr(dep.code, 4)::int > $3::int AS exam) k
     CROSS JOIN generate_series($1::date, $2::date, interval '1 day') AS g(day_ts)
     CROSS JOIN LATERAL (SELECT g.day_ts::date AS day) d
     CROSS JOIN (VALUES ('morning', 0), ('afternoon', 1)) AS p(period, k)
@@ -133,8 +141,9 @@ SEED_SQL = [
     # Slots: 15 minutes each from 08:00 or 14:00; public release 7 days before at 08:00, pool a day
     # earlier. Every fifth slot was held for the pool; its state follows the window at $2 (now).
     """
-    INSERT INTO slots (session_id, hospital_id, number, starts_at, ends_at, pool_opens_at, public_at, status)
-    SELECT cs.id, cs.hospital_id, n, t.starts_at, t.starts_at + interval '15 minutes',
+    INSERT INTO slots (session_id, resource_kind, hospital_id, number, starts_at, ends_at, pool_opens_at,
+                       public_at, status)
+    SELECT cs.id, cs.resource_kind, cs.hospital_id, n, t.starts_at, t.starts_at + interval '15 minutes',
            t.public_at - interval '1 day', t.public_at,
            CASE
                WHEN n % 5 <> 0 THEN 'public'
@@ -165,7 +174,7 @@ async def seed_province(url: str, args: Namespace) -> dict[str, Any]:
             (SEED_SQL[2], [args.cities, args.hospitals_per_city]),
             (SEED_SQL[3], [args.departments]),
             (SEED_SQL[4], []),
-            (SEED_SQL[5], [first_day, LAST_DAY]),
+            (SEED_SQL[5], [first_day, LAST_DAY, args.departments - args.exam_departments]),
             (SEED_SQL[6], [args.slots_per_session, START]),
         ]
         for i, (sql, params) in enumerate(steps):
@@ -180,6 +189,8 @@ async def seed_province(url: str, args: Namespace) -> dict[str, Any]:
                 """
                 SELECT (SELECT count(*) FROM slots) AS slots,
                        (SELECT count(*) FROM clinic_sessions) AS sessions,
+                       (SELECT count(*) FROM clinic_sessions WHERE resource_kind = 'examination')
+                           AS exam_sessions,
                        (SELECT count(*) FROM organisations WHERE kind = 'hospital') AS hospitals,
                        (SELECT count(*) FROM availability_counts) AS count_rows,
                        (SELECT count(*) FROM slots s JOIN organisations o ON o.id = s.hospital_id
@@ -290,7 +301,8 @@ async def run(args: Namespace) -> bool:
         province = await seed_province(pg.url, args)
         print(
             f"seeded the province in {time.perf_counter() - started:.1f} s: {province['slots']:,} slots, "
-            f"{province['sessions']:,} sessions, {province['hospitals']} hospitals, "
+            f"{province['sessions']:,} sessions ({province['exam_sessions']:,} examination blocks), "
+            f"{province['hospitals']} hospitals, "
             f"{province['count_rows']:,} availability_counts rows; the query covers "
             f"{province['query_slots']:,} slots (step seconds {province['seconds']})",
             flush=True,
@@ -390,6 +402,9 @@ def main() -> None:
     parser.add_argument("--cities", type=int, default=8)
     parser.add_argument("--hospitals-per-city", type=int, default=16)
     parser.add_argument("--departments", type=int, default=10)
+    parser.add_argument(
+        "--exam-departments", type=int, default=1, help="imaging departments per hospital (CT, MRI blocks)"
+    )
     parser.add_argument("--days", type=int, default=28)
     parser.add_argument("--slots-per-session", type=int, default=14)
     parser.add_argument("--requests", type=int, default=400, help="requests per quiet phase")
@@ -407,6 +422,8 @@ def main() -> None:
         parser.error("--cities must be 1..16 and --hospitals-per-city 1..50")
     if not 7 <= args.days <= 60 or not 1 <= args.slots_per_session <= 32 or not 1 <= args.departments <= 40:
         parser.error("--days must be 7..60, --slots-per-session 1..32, --departments 1..40")
+    if not 0 <= args.exam_departments <= args.departments:
+        parser.error("--exam-departments must be 0..--departments")
     if not 1 <= args.rush_slots <= 2000 or not args.rush_slots <= args.rush_clients <= 20_000:
         parser.error("--rush-slots must be 1..2000 and --rush-clients between it and 20000")
     if not 1 <= args.concurrency <= 60:

@@ -6,9 +6,11 @@ Statement-level triggers on ``slots`` apply the net change of each statement
 (sorted by key, so concurrent statements lock rows in the same order), and
 stamp the row with the writing transaction's ID (``changed_xid``), which the
 feed's ``since`` cursor compares against a reader's snapshot xmin. A trigger
-on ``clinic_sessions`` copies a session's period and title (the feed's group
-keys, kept here so reads need no join) and stamps its rows when they or its
-status change. Withdrawn slots are not counted. See docs/availability.md.
+on ``clinic_sessions`` copies a session's group keys (period, resource kind
+and what the kind names: the doctor's title of a visit, the modality of an
+examination, the ward of a bed day), kept here so reads need no join, and
+stamps its rows when they or its status change. Withdrawn slots are not
+counted. See docs/availability.md.
 
 Revision ID: 0010
 Revises: 0009
@@ -52,13 +54,30 @@ _UPDATED = """
 """
 
 
+# What a count row copies from its session ``cs``: the feed's group keys (and the ward's name). A
+# visit is grouped by its doctor's title, an examination by its modality, a bed day by its ward;
+# an examination's optional doctor is no group key, so its title is not copied.
+_SESSION_COLUMNS = {
+    "hospital_id": "cs.hospital_id",
+    "department_id": "cs.department_id",
+    "service_date": "cs.service_date",
+    "period": "cs.period",
+    "resource_kind": "cs.resource_kind",
+    "doctor_title": "CASE WHEN cs.resource_kind = 'outpatient' THEN cs.doctor_title END",
+    "modality": "cs.modality",
+    "ward_code": "cs.ward_code",
+    "ward_name": "cs.ward_name",
+}
+# A change of any of these session columns rewrites and stamps the session's rows.
+_SESSION_WATCHED = (*_SESSION_COLUMNS, "status")
+
+
 def _apply(changes: str) -> str:
     return f"""
     INSERT INTO availability_counts AS c
-        (session_id, pool_opens_at, public_at, hospital_id, department_id, service_date, period,
-         doctor_title, public, reserved, booked, returned, changed_xid)
-    SELECT d.session_id, d.pool_opens_at, d.public_at, cs.hospital_id, cs.department_id, cs.service_date,
-           cs.period, cs.doctor_title,
+        (session_id, pool_opens_at, public_at, {", ".join(_SESSION_COLUMNS)},
+         public, reserved, booked, returned, changed_xid)
+    SELECT d.session_id, d.pool_opens_at, d.public_at, {", ".join(_SESSION_COLUMNS.values())},
            coalesce(sum(d.n) FILTER (WHERE d.status = 'public'), 0),
            coalesce(sum(d.n) FILTER (WHERE d.status = 'reserved'), 0),
            coalesce(sum(d.n) FILTER (WHERE d.status = 'booked'), 0),
@@ -98,7 +117,11 @@ def upgrade() -> None:
         sa.Column("department_id", sa.BigInteger(), nullable=False),
         sa.Column("service_date", sa.Date(), nullable=False),
         sa.Column("period", sa.String(length=10), nullable=False),
-        sa.Column("doctor_title", sa.String(length=20), nullable=False),
+        sa.Column("resource_kind", sa.String(length=12), nullable=False),
+        sa.Column("doctor_title", sa.String(length=20), nullable=True),
+        sa.Column("modality", sa.String(length=20), nullable=True),
+        sa.Column("ward_code", sa.String(length=64), nullable=True),
+        sa.Column("ward_name", sa.String(length=200), nullable=True),
         sa.Column("public", sa.Integer(), nullable=False),
         sa.Column("reserved", sa.Integer(), nullable=False),
         sa.Column("booked", sa.Integer(), nullable=False),
@@ -138,16 +161,15 @@ def upgrade() -> None:
             f"CREATE TRIGGER {name} AFTER {event} ON slots REFERENCING {referencing} "
             f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
         )
+    copy = ",\n                ".join(
+        f"{c} = {e.replace('cs.', 'NEW.')}" for c, e in _SESSION_COLUMNS.items()
+    )
     op.execute(
-        """
+        f"""
         CREATE FUNCTION availability_counts_session_changed() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             UPDATE availability_counts
-            SET hospital_id = NEW.hospital_id,
-                department_id = NEW.department_id,
-                service_date = NEW.service_date,
-                period = NEW.period,
-                doctor_title = NEW.doctor_title,
+            SET {copy},
                 changed_xid = pg_current_xact_id()
             WHERE session_id = NEW.id;
             RETURN NULL;
@@ -155,14 +177,12 @@ def upgrade() -> None:
         $$
         """
     )
+    watched = ", ".join(_SESSION_WATCHED)
+    old, new = (", ".join(f"{row}.{c}" for c in _SESSION_WATCHED) for row in ("OLD", "NEW"))
     op.execute(
-        "CREATE TRIGGER availability_counts_session_changed "
-        "AFTER UPDATE OF hospital_id, department_id, service_date, period, doctor_title, status "
-        "ON clinic_sessions FOR EACH ROW WHEN ("
-        "(OLD.hospital_id, OLD.department_id, OLD.service_date, OLD.period, OLD.doctor_title, OLD.status) "
-        "IS DISTINCT FROM "
-        "(NEW.hospital_id, NEW.department_id, NEW.service_date, NEW.period, NEW.doctor_title, NEW.status)"
-        ") EXECUTE FUNCTION availability_counts_session_changed()"
+        f"CREATE TRIGGER availability_counts_session_changed AFTER UPDATE OF {watched} ON clinic_sessions "
+        f"FOR EACH ROW WHEN (({old}) IS DISTINCT FROM ({new})) "
+        "EXECUTE FUNCTION availability_counts_session_changed()"
     )
     # Counts for the slots that exist already.
     op.execute(_apply(_INSERTED.replace("new_slots", "slots")))

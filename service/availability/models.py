@@ -1,4 +1,4 @@
-"""Per-session slot counts, maintained by triggers on ``slots`` and ``clinic_sessions`` (revision 0005)."""
+"""Per-session slot counts, maintained by triggers on ``slots`` and ``clinic_sessions`` (revision 0010)."""
 
 from __future__ import annotations
 
@@ -39,9 +39,15 @@ class AvailabilityCount(Base):
     hospital_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("organisations.id"))
     department_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("departments.id"))
     service_date: Mapped[date] = mapped_column(Date)
-    # Copied from the session by the triggers, so the feed groups without a join.
+    # Copied from the session by the triggers, so the feed groups without a join: the period, the
+    # kind (R18) and what the kind is grouped by (a visit's doctor title, an examination's
+    # modality, a bed day's ward), with the ward's name.
     period: Mapped[str] = mapped_column(String(10))
-    doctor_title: Mapped[str] = mapped_column(String(20))
+    resource_kind: Mapped[str] = mapped_column(String(12))
+    doctor_title: Mapped[str | None] = mapped_column(String(20))
+    modality: Mapped[str | None] = mapped_column(String(20))
+    ward_code: Mapped[str | None] = mapped_column(String(64))
+    ward_name: Mapped[str | None] = mapped_column(String(200))
     public: Mapped[int] = mapped_column(Integer)
     reserved: Mapped[int] = mapped_column(Integer)
     booked: Mapped[int] = mapped_column(Integer)

@@ -16,6 +16,7 @@ from service.deps import State, require
 from service.errors import Forbidden
 from service.ids import QueryId
 from service.regions import covers
+from service.resources import Modality, ResourceKind
 
 router = APIRouter(prefix="/v1", tags=["availability"])
 CACHE_CONTROL = "private, no-cache"  # per-client scope; always revalidate (cheap with If-None-Match)
@@ -71,12 +72,15 @@ async def read_availability(
     date_to: Annotated[date, Query(alias="to", description="Inclusive; at most 7 days after from.")],
     hospital_id: QueryId = None,
     department_code: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    resource_kind: ResourceKind | None = None,
+    modality: Modality | None = None,
     since: Annotated[
         str | None, Query(min_length=1, max_length=8192, description="cursor of an earlier answer")
     ] = None,
 ) -> Response:
     """Pool-open, pending, booked, returned and public slot counts of a city or county, per
-    hospital, department, date, period and doctor title; no personal data."""
+    hospital, department, date, period and resource kind (R18), and within the kind per doctor
+    title (visits), modality (examinations) or ward (beds); no personal data."""
     service.check_window(region, date_from, date_to)
     if not covers(caller.region_code, region):
         raise Forbidden(
@@ -91,6 +95,8 @@ async def read_availability(
         date_to=date_to,
         hospital_id=hospital_id,
         department_code=department_code,
+        resource_kind=resource_kind,
+        modality=modality,
     )
     async with state.db.sessionmaker() as session:
         if cursor is not None:
@@ -107,6 +113,8 @@ async def read_availability(
         "to": date_to.isoformat(),
         "hospital_id": hospital_id,
         "department_code": department_code,
+        "resource_kind": resource_kind,
+        "modality": modality,
         "since": since,
     }
     content, etag = _body(query, result)

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.resources import Modality, ResourceKind
+
 Period = Literal["morning", "afternoon", "evening"]
 Title = Literal["chief", "associate_chief", "attending", "resident"]
 
@@ -23,6 +25,8 @@ class AvailabilityQuery(_Out):
     date_to: date = Field(alias="to")
     hospital_id: int | None
     department_code: str | None
+    resource_kind: ResourceKind | None
+    modality: Modality | None
     since: str | None
 
 
@@ -39,14 +43,23 @@ class HospitalOut(_Out):
     departments: list[DepartmentOut] = Field(description="The departments this answer mentions.")
 
 
+class WardOut(_Out):
+    code: str
+    name: str
+
+
 class AvailabilityItem(_Out):
-    """Slot counts of one hospital, department, date, period and doctor title."""
+    """Slot counts of one hospital, department, date, period and resource kind (R18), and within the
+    kind of one doctor title (visits), modality (examinations) or ward (beds)."""
 
     hospital_id: int
     department_code: str
     service_date: date
     period: Period
-    doctor_title: Title
+    resource_kind: ResourceKind
+    doctor_title: Title | None = Field(description="Visits only; null for examinations and beds.")
+    modality: Modality | None = Field(description="Examinations only.")
+    ward: WardOut | None = Field(description="Beds only.")
     public: int = Field(description="Public slots that were never held for the pool.")
     pool_pending: int = Field(description="Held for the pool; the pool window has not opened yet (R5).")
     pool_open: int = Field(description="Held for the pool and bookable by family doctors now.")

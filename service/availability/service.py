@@ -1,4 +1,5 @@
-"""Aggregated availability for platforms: counts per hospital, department, date, period and title.
+"""Aggregated availability for platforms: counts per hospital, department, date, period and kind,
+and within the kind per doctor title (visits), modality (examinations) or ward (beds).
 
 Reads ``availability_counts`` (one row per session and pool window, kept by
 triggers), splits reserved slots by the clock into pending / pool-open /
@@ -22,9 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.errors import Unprocessable
 from service.regions import significant_prefix
+from service.resources import MODALITIES, RESOURCE_KINDS
 
 _SNAPSHOT = re.compile(r"[0-9]{1,20}:[0-9]{1,20}:([0-9]{1,20}(,[0-9]{1,20})*)?")
 MAX_DAYS = 7  # the widest span one query may cover: one city, one week
+
+
+def _array(values: tuple[str, ...]) -> str:
+    """A SQL text array literal of known, quote-free values: the order items are sorted in."""
+    return "ARRAY[" + ", ".join(f"'{v}'" for v in values) + "]"
 
 
 @dataclass(frozen=True)
@@ -83,9 +90,13 @@ _SCOPE = """
               SELECT id FROM organisations WHERE kind = 'hospital' AND region_code LIKE :prefix))
       AND c.service_date BETWEEN :date_from AND :date_to{filters}"""
 
-# Counts per group; the pool window of each row is applied with the clock reading :now.
+# Counts per group; the pool window of each row is applied with the clock reading :now. A group is
+# a hospital, department, date, period and kind, and within the kind a doctor title (visits), a
+# modality (examinations) or a ward (beds): the other two are NULL in the count rows. Sessions of
+# one ward normally agree on its name; if they do not, the first name is shown.
 _GROUPED = """
-    SELECT s.hospital_id, s.department_id, s.service_date, s.period, s.doctor_title,
+    SELECT s.hospital_id, s.department_id, s.service_date, s.period, s.resource_kind, s.doctor_title,
+           s.modality, s.ward_code, min(s.ward_name) AS ward_name,
            sum(s.public) AS public,
            coalesce(sum(s.reserved) FILTER (WHERE :now < s.pool_opens_at), 0) AS pool_pending,
            coalesce(sum(s.reserved) FILTER (WHERE s.pool_opens_at <= :now AND :now < s.public_at), 0)
@@ -93,31 +104,40 @@ _GROUPED = """
            sum(s.booked) AS booked,
            sum(s.returned) + coalesce(sum(s.reserved) FILTER (WHERE s.public_at <= :now), 0) AS returned
     FROM scope s{where}
-    GROUP BY s.hospital_id, s.department_id, s.service_date, s.period, s.doctor_title
+    GROUP BY s.hospital_id, s.department_id, s.service_date, s.period, s.resource_kind, s.doctor_title,
+             s.modality, s.ward_code
     HAVING sum(s.public + s.reserved + s.booked + s.returned) > 0"""
 
-# Items in the order of the answer: hospital, date, department, period, title. row_to_json is
-# compact and keeps column order, so PostgreSQL renders each item once.
-_ITEMS = """
+# Items in the order of the answer: hospital, date, department, period, kind, then title (chief
+# first), modality (in the list's order) or ward code. row_to_json is compact and keeps column
+# order, so PostgreSQL renders each item once.
+_ITEMS = f"""
     SELECT g.hospital_id, g.service_date, d.code AS department_code, d.name AS department_name,
            o.code AS hospital_code, o.name AS hospital_name, o.region_code,
            row_to_json(i)::text AS item,
            row_number() OVER (ORDER BY g.hospital_id, g.service_date, d.code,
                               array_position(ARRAY['morning', 'afternoon', 'evening'], g.period::text),
+                              array_position({_array(RESOURCE_KINDS)}, g.resource_kind::text),
                               array_position(ARRAY['chief', 'associate_chief', 'attending', 'resident'],
-                                             g.doctor_title::text)) AS position
+                                             g.doctor_title::text),
+                              array_position({_array(MODALITIES)}, g.modality::text),
+                              g.ward_code) AS position
     FROM grouped g
     JOIN departments d ON d.id = g.department_id
     JOIN organisations o ON o.id = g.hospital_id
     CROSS JOIN LATERAL (
-        SELECT g.hospital_id, d.code AS department_code, g.service_date, g.period, g.doctor_title,
+        SELECT g.hospital_id, d.code AS department_code, g.service_date, g.period, g.resource_kind,
+               g.doctor_title, g.modality,
+               CASE WHEN g.ward_code IS NOT NULL
+                    THEN json_build_object('code', g.ward_code, 'name', g.ward_name) END AS ward,
                g.public, g.pool_pending, g.pool_open, g.booked, g.returned
     ) AS i"""
 
 # A hospital-day's digest changes whenever anything its fragment shows could: a count row's
-# writer (every write stamps the row with its transaction ID, period and title included), the
-# set of rows, which side of each pool window the clock is on, and the names shown. It is a sum
-# of 64-bit hashes, one per row, so no text of the rows is built: about 1 ms for a city-week.
+# writer (every write stamps the row with its transaction ID, the session trigger's copy of
+# period, title, modality and ward included), the set of rows, which side of each pool window
+# the clock is on, and the names shown. It is a sum of 64-bit hashes, one per row, so no text of
+# the rows is built: about 1 ms for a city-week.
 _DIGESTS = """
 WITH scope AS ({scope})
 SELECT snap.snapshot, f.hospital_id, f.service_date,
@@ -195,7 +215,9 @@ class Fragment:
     items: str  # comma-separated JSON objects, possibly empty
 
 
-FragmentKey = tuple[int, date, str | None]
+# A hospital-day under one set of the query's filters (department code, resource kind, modality):
+# the same hospital-day filtered otherwise is another fragment.
+FragmentKey = tuple[int, date, tuple[str | None, ...]]
 
 
 class FragmentCache:
@@ -229,6 +251,13 @@ class Window:
     date_to: date
     hospital_id: int | None = None
     department_code: str | None = None
+    resource_kind: str | None = None
+    modality: str | None = None
+
+    @property
+    def filters(self) -> tuple[str | None, ...]:
+        """The filters a hospital-day's fragment depends on (the hospital is in its key already)."""
+        return (self.department_code, self.resource_kind, self.modality)
 
 
 def _params(w: Window) -> tuple[dict[str, object], str]:
@@ -245,6 +274,12 @@ def _params(w: Window) -> tuple[dict[str, object], str]:
     if w.department_code is not None:
         filters += "\n      AND c.department_id IN (SELECT id FROM departments WHERE code = :department_code)"
         params["department_code"] = w.department_code
+    if w.resource_kind is not None:
+        filters += "\n      AND c.resource_kind = :resource_kind"
+        params["resource_kind"] = w.resource_kind
+    if w.modality is not None:
+        filters += "\n      AND c.modality = :modality"
+        params["modality"] = w.modality
     return params, _SCOPE.format(filters=filters)
 
 
@@ -272,13 +307,13 @@ async def read_window(*, session: AsyncSession, window: Window, cache: FragmentC
     rendered for the missing ones, and the cursor all come from one snapshot.
     """
     params, scope = _params(window)
-    department_code = window.department_code
+    filters = window.filters
     rows = (await session.execute(text(_DIGESTS.format(scope=scope)), params)).all()
     snapshot = rows[0].snapshot
     digests = {(r.hospital_id, r.service_date): r.digest for r in rows if r.hospital_id is not None}
     fragments: dict[tuple[int, date], Fragment] = {}
     for (h, day), digest in digests.items():
-        cached = cache.get((h, day, department_code), digest)
+        cached = cache.get((h, day, filters), digest)
         if cached is not None:
             fragments[h, day] = cached
     missing = [key for key in digests if key not in fragments]
@@ -296,7 +331,7 @@ async def read_window(*, session: AsyncSession, window: Window, cache: FragmentC
         for key in missing:
             hospital, departments, items = rendered.get(key, (("", "", ""), {}, []))
             fragment = Fragment(hospital, tuple(sorted(departments.items())), ",".join(items))
-            cache.put((key[0], key[1], department_code), digests[key], fragment)
+            cache.put((key[0], key[1], filters), digests[key], fragment)
             fragments[key] = fragment
     parts: dict[int, tuple[tuple[str, str, str], dict[str, str]]] = {}
     items_json = []
