@@ -545,7 +545,7 @@ async def test_r19_receipt_without_a_his_reference_and_of_a_cancelled_referral(c
     assert (r.status_code, r.json()["code"]) == (409, "referral_cancelled")
 
 
-async def test_r13_concurrent_reports_reach_the_threshold_once(client, world, signed, db):
+async def test_r13_concurrent_reports_reach_the_threshold_once(client, world, signed, db, crypto):
     """A report that is deciding waits for another batch deciding for the same resident and hospital.
 
     Without that, each would count only its own uncommitted no-show and neither would bar.
@@ -558,6 +558,7 @@ async def test_r13_concurrent_reports_reach_the_threshold_once(client, world, si
         held = await report_attendance(
             session=session,
             actor=Actor.system("test", now=world.clock.now()),
+            crypto=crypto,
             hospital_id=world.ids["city_hospital"],
             reports=[AttendanceReport(reference=first["reference"], outcome="no_show")],
         )
@@ -571,7 +572,7 @@ async def test_r13_concurrent_reports_reach_the_threshold_once(client, world, si
     assert await bar_count(db) == 1
 
 
-async def test_r13_a_booking_waits_for_a_bar_being_decided(client, world, signed, db):
+async def test_r13_a_booking_waits_for_a_bar_being_decided(client, world, signed, db, crypto):
     """The bar check is in the booking transaction: a booking racing the deciding report sees its bar."""
     await set_city_rule(client, world)
     first = await refer(client, world, D1, 1)
@@ -586,6 +587,7 @@ async def test_r13_a_booking_waits_for_a_bar_being_decided(client, world, signed
         held = await report_attendance(
             session=session,
             actor=Actor.system("test", now=world.clock.now()),
+            crypto=crypto,
             hospital_id=world.ids["city_hospital"],
             reports=[AttendanceReport(reference=second["reference"], outcome="no_show")],
         )
