@@ -312,6 +312,41 @@ def test_schemas_reject_drift():
         raise AssertionError(f"accepted a drifted payload: {copy}")
 
 
+def test_access_schema_rejects_drift():
+    """access.revoked ties the subject's fields to its type, and the fixed reason to the mode."""
+    payload = {
+        "type": "access.revoked",
+        "timestamp": "2026-03-03T08:01:00+08:00",
+        "data": {
+            "subject": {
+                "type": "doctor",
+                "institution": {"code": "P-A", "name": "瑶海区明光路社区卫生服务中心"},
+                "doctor": {"code": "FD-1", "name": "李家庭"},
+                "api_client": None,
+            },
+            "mode": "revoked",
+            "until": None,
+            "reason": "转诊方的平台访问权限已被卫生健康委撤销",
+            "cancel_active_referrals": False,
+            "references": ["R260310BMHK3A"],
+        },
+    }
+    validator = _validator("access.revoked")
+    validator.validate(payload)
+    for mutate in (
+        lambda p: p["data"].update(resident={"name_masked": "张*"}),
+        lambda p: p["data"]["subject"].update(doctor=None),  # a doctor subject names the doctor
+        lambda p: p["data"]["subject"].update(type="institution"),  # an institution names no doctor
+        lambda p: p["data"].update(until="2026-04-01T00:00:00+08:00"),  # a revocation has no end
+        lambda p: p["data"].update(mode="suspended"),  # the fixed text is the revocation's
+        lambda p: p["data"].update(reason="倒卖号源"),  # never the commission's own words
+        lambda p: p["data"].update(references=[]),
+    ):
+        copy = _json(payload)
+        mutate(copy)
+        assert not validator.is_valid(copy), f"accepted a drifted payload: {copy}"
+
+
 # --- personal data ----------------------------------------------------------------------------
 
 
