@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,7 +17,18 @@ from service.attendance.service import report_attendance
 from service.audit.models import AuditEntry
 from service.clock import local_datetime
 from service.context import Actor
-from tests.factories import TEST_POLICY, booking, pool_slots, push, session_item, sign, to_local
+from service.events.models import Event
+from tests.factories import (
+    TEST_POLICY,
+    booking,
+    pool_slots,
+    push,
+    session_item,
+    sign,
+    synthetic_id,
+    to_local,
+)
+from tests.test_contracts import _validator
 
 D1 = date(2026, 3, 10)
 D2 = date(2026, 3, 12)
@@ -545,7 +557,7 @@ async def test_r19_receipt_without_a_his_reference_and_of_a_cancelled_referral(c
     assert (r.status_code, r.json()["code"]) == (409, "referral_cancelled")
 
 
-async def test_r13_concurrent_reports_reach_the_threshold_once(client, world, signed, db):
+async def test_r13_concurrent_reports_reach_the_threshold_once(client, world, signed, db, crypto):
     """A report that is deciding waits for another batch deciding for the same resident and hospital.
 
     Without that, each would count only its own uncommitted no-show and neither would bar.
@@ -558,6 +570,7 @@ async def test_r13_concurrent_reports_reach_the_threshold_once(client, world, si
         held = await report_attendance(
             session=session,
             actor=Actor.system("test", now=world.clock.now()),
+            crypto=crypto,
             hospital_id=world.ids["city_hospital"],
             reports=[AttendanceReport(reference=first["reference"], outcome="no_show")],
         )
@@ -571,7 +584,7 @@ async def test_r13_concurrent_reports_reach_the_threshold_once(client, world, si
     assert await bar_count(db) == 1
 
 
-async def test_r13_a_booking_waits_for_a_bar_being_decided(client, world, signed, db):
+async def test_r13_a_booking_waits_for_a_bar_being_decided(client, world, signed, db, crypto):
     """The bar check is in the booking transaction: a booking racing the deciding report sees its bar."""
     await set_city_rule(client, world)
     first = await refer(client, world, D1, 1)
@@ -586,6 +599,7 @@ async def test_r13_a_booking_waits_for_a_bar_being_decided(client, world, signed
         held = await report_attendance(
             session=session,
             actor=Actor.system("test", now=world.clock.now()),
+            crypto=crypto,
             hospital_id=world.ids["city_hospital"],
             reports=[AttendanceReport(reference=second["reference"], outcome="no_show")],
         )
@@ -598,3 +612,76 @@ async def test_r13_a_booking_waits_for_a_bar_being_decided(client, world, signed
         await session.commit()
     r = await racing
     assert (r.status_code, r.json()["code"]) == (403, "resident_barred")
+
+
+# --- referral.attendance_recorded: what the hospital's other systems hear ----------------------------
+
+
+async def attendance_events(db) -> list[Event]:
+    rows = await db.run(
+        lambda s: s.scalars(
+            select(Event).where(Event.type == "referral.attendance_recorded").order_by(Event.id)
+        )
+    )
+    return list(rows)
+
+
+async def test_each_recorded_or_corrected_outcome_is_an_event_and_a_repeat_is_not(client, world, signed, db):
+    await set_city_rule(client, world)  # 2 no-shows in 30 days bar for 10 days
+    first = await refer(client, world, D1, 1)
+    second = await refer(client, world, D2, 1)
+    after_slot(world, second)  # 12 March, 2 hours after the second slot ended
+    reported_at = world.clock.now()
+
+    await report(client, world, (first["reference"], "no_show"))
+    await report(client, world, (first["reference"], "no_show"))  # unchanged: no event
+    assert len(await attendance_events(db)) == 1
+    body = await report(client, world, (second["reference"], "no_show"))
+    assert body["results"][0]["bar"]["effect"] == "started"
+    world.clock.advance(timedelta(hours=1))
+    body = await report(client, world, (second["reference"], "attended"))
+    assert (body["results"][0]["result"], body["results"][0]["bar"]["effect"]) == ("corrected", "lifted")
+    await report(client, world, (second["reference"], "attended"))  # unchanged again
+
+    events = await attendance_events(db)
+    assert [e.hospital_id for e in events] == [world.ids["city_hospital"]] * 3
+    for event in events:
+        assert list(_validator(event.type).iter_errors(event.payload)) == []
+        assert event.payload["timestamp"] == event.payload["data"]["attendance"]["reported_at"]
+    data = [e.payload["data"] for e in events]
+    assert [(d["referral"]["reference"], d["attendance"]["outcome"]) for d in data] == [
+        (first["reference"], "no_show"),
+        (second["reference"], "no_show"),
+        (second["reference"], "attended"),
+    ]
+    assert [d["attendance"]["previous_outcome"] for d in data] == [None, None, "no_show"]
+    assert [d["no_show_bar"] for d in data] == [
+        None,
+        {"starts_on": "2026-03-12", "ends_on": "2026-03-21"},
+        None,  # the correction lifted the bar; only a bar the report started is carried
+    ]
+    assert to_local(data[0]["attendance"]["reported_at"]) == reported_at
+    assert to_local(data[2]["attendance"]["reported_at"]) == reported_at + timedelta(hours=1)
+    # The referral as booked, in the same shape as referral.booked.
+    assert data[0]["slot"]["external_id"] == first["slot"]["external_id"]
+    assert data[0]["session"]["service_date"] == D1.isoformat()
+    assert data[0]["department"]["code"] == "CARD"
+    assert data[0]["patient"] == {"name_masked": "张*"}
+    text = json.dumps([e.payload for e in events], ensure_ascii=False)
+    id_number = synthetic_id("340102", seq=1)
+    assert id_number not in text and id_number[:17] not in text and first["resident_id_masked"] not in text
+
+
+async def test_a_refused_report_is_no_event(client, world, signed, db):
+    ok = await refer(client, world, D1, 1)
+    cancelled = await refer(client, world, D1, 2)
+    r = await client.post(
+        f"/v1/referrals/{cancelled['reference']}/cancel", json={"reason": "改期"}, headers=world.auth("chc_a")
+    )
+    assert r.status_code == 200, r.text
+    world.clock.set(to_local(ok["slot"]["starts_at"]) - timedelta(minutes=1))
+    body = await report(client, world, (ok["reference"], "attended"), (cancelled["reference"], "attended"))
+    assert [r["code"] for r in body["results"]] == ["too_early", "referral_cancelled"]
+    other = await report(client, world, (ok["reference"], "attended"), who="district_hospital")
+    assert other["results"][0]["code"] == "referral_not_found"
+    assert await attendance_events(db) == []

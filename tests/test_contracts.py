@@ -20,7 +20,7 @@ from tests.factories import booking, contract_row, session_item, synthetic_id
 CONTRACTS = Path(__file__).resolve().parent.parent / "contracts"
 EVENT_SCHEMAS = CONTRACTS / "events"
 DAY = date(2026, 3, 10)  # public release 3 March 08:00; the pool opened 2 March 08:00
-RESIDENTS = {1: "340102", 2: "340102", 3: "340102"}  # seq -> region of the synthetic ID
+RESIDENTS = {1: "340102", 2: "340102", 3: "340102", 4: "340102"}  # seq -> region of the synthetic ID
 
 # RFC 3339 date-time, offset required. jsonschema only checks "date-time" when the optional
 # rfc3339-validator is installed, so the check is registered here rather than left to chance.
@@ -142,12 +142,13 @@ async def _post(client, path: str, body: dict[str, Any], headers: dict[str, str]
 
 
 async def run_flow(client, world, clock, db) -> dict[str, Any]:
-    """Push, book, cancel (pool and public), withdraw a session, release: every event type.
+    """Push, book, cancel (pool and public), withdraw a session, release, suspend and reinstate the
+    referring doctor, report attendance and correct it: every event type.
 
     Returns the verification codes handed out, so callers can check they leak nowhere.
     """
     hospital, platform, chc = world.auth("city_hospital"), world.auth("platform"), world.auth("chc_a")
-    cardiology = session_item("S1", DAY, slots=10)
+    cardiology = session_item("S1", DAY, slots=15)
     neurology = session_item("S2", DAY, slots=10, department="NEUR", specialty="neurology", doctor_code="D-N")
     pushed = await _post(client, "/v1/hospital/sessions", {"sessions": [cardiology, neurology]}, hospital)
     assert [r["result"] for r in pushed["results"]] == ["created", "created"], pushed
@@ -162,7 +163,7 @@ async def run_flow(client, world, clock, db) -> dict[str, Any]:
     items = r.json()["items"]
     card = [s for s in items if s["department"]["code"] == "CARD"]
     neur = [s for s in items if s["department"]["code"] == "NEUR"]
-    assert len(card) >= 2 and neur, items
+    assert len(card) >= 3 and neur, items
     codes: list[str] = []
 
     # 1. booked, then cancelled by the referring institution: the slot goes back to the pool.
@@ -177,15 +178,49 @@ async def run_flow(client, world, clock, db) -> dict[str, Any]:
     pushed = await _post(client, "/v1/hospital/sessions", {"sessions": [withdrawn]}, hospital)
     assert pushed["results"][0]["result"] == "withdrawn", pushed
 
-    # 3. booked, then cancelled after the public release: the slot goes to the public.
+    # 3. booked and kept: the referral the later steps act on.
+    kept = await _post(client, "/v1/referrals", booking(card[2]["slot_id"], 4, clock=clock), chc, 201)
+    codes.append(kept["verification_code"])
+
+    # 4. booked, then cancelled after the public release: the slot goes to the public.
     ref = await _post(client, "/v1/referrals", booking(card[1]["slot_id"], 3, clock=clock), chc, 201)
     codes.append(ref["verification_code"])
     clock.set(datetime.fromisoformat(card[0]["public_at"]) + timedelta(minutes=1))
     await _post(client, f"/v1/referrals/{ref['reference']}/cancel", {"reason": "went elsewhere"}, chc)
 
-    # 4. the release loop returns the slot still reserved from step 1.
+    # 5. the release loop returns the slot still reserved from step 1.
     assert await release_due_slots(db, clock) >= 1
-    return {"verification_codes": codes}
+
+    # 6. the commission suspends the referring doctor (the kept referral stays valid), then reinstates.
+    commission = world.auth("commission")
+    suspension = await _post(
+        client,
+        "/v1/supervision/suspensions",
+        {
+            "subject_type": "doctor",
+            "organisation_code": "P-A",
+            "doctor_code": "FD-1",
+            "mode": "suspended",
+            "reason": "核查转诊记录",
+            "until": (clock.now() + timedelta(days=30)).isoformat(),
+        },
+        commission,
+        201,
+    )
+    await _post(
+        client,
+        f"/v1/supervision/suspensions/{suspension['id']}/reinstate",
+        {"reason": "核查完毕"},
+        commission,
+    )
+
+    # 7. after the visit the hospital reports a no-show, then corrects it to attended.
+    clock.set(datetime.fromisoformat(kept["slot"]["ends_at"]) + timedelta(hours=1))
+    for outcome in ("no_show", "attended"):
+        body = {"reports": [{"reference": kept["reference"], "outcome": outcome}]}
+        reported = await _post(client, "/v1/hospital/attendance", body, hospital)
+        assert reported["results"][0]["result"] in ("recorded", "corrected"), reported
+    return {"verification_codes": codes, "kept": kept["reference"]}
 
 
 async def _stored_events(db) -> list[tuple[str, dict[str, Any]]]:
@@ -195,7 +230,7 @@ async def _stored_events(db) -> list[tuple[str, dict[str, Any]]]:
 
 
 async def test_stored_events_match_their_schemas(client, world, clock, db):
-    await run_flow(client, world, clock, db)
+    flow = await run_flow(client, world, clock, db)
     events = await _stored_events(db)
     assert {t for t, _ in events} == set(EVENT_TYPES), [t for t, _ in events]
 
@@ -212,6 +247,19 @@ async def test_stored_events_match_their_schemas(client, world, clock, db):
         ("family_doctor", "public"),
         ("hospital", None),
     ]
+    kept = flow["kept"]
+    attendance = [p["data"] for t, p in events if t == "referral.attendance_recorded"]
+    assert [(a["referral"]["reference"], a["attendance"]["outcome"]) for a in attendance] == [
+        (kept, "no_show"),
+        (kept, "attended"),
+    ]
+    assert [a["attendance"]["previous_outcome"] for a in attendance] == [None, "no_show"]
+    access = [(t, p["data"]) for t, p in events if t.startswith("access.")]
+    assert [(t, d["subject"]["doctor"], d["references"]) for t, d in access] == [
+        ("access.revoked", {"code": "FD-1", "name": "李家庭"}, [kept]),
+        ("access.reinstated", {"code": "FD-1", "name": "李家庭"}, [kept]),
+    ]
+    assert "核查" not in json.dumps(access, ensure_ascii=False)  # the commission's reasons stay in its audit
 
 
 def test_schemas_reject_drift():
@@ -262,6 +310,41 @@ def test_schemas_reject_drift():
         except jsonschema.ValidationError:
             continue
         raise AssertionError(f"accepted a drifted payload: {copy}")
+
+
+def test_access_schema_rejects_drift():
+    """access.revoked ties the subject's fields to its type, and the fixed reason to the mode."""
+    payload = {
+        "type": "access.revoked",
+        "timestamp": "2026-03-03T08:01:00+08:00",
+        "data": {
+            "subject": {
+                "type": "doctor",
+                "institution": {"code": "P-A", "name": "瑶海区明光路社区卫生服务中心"},
+                "doctor": {"code": "FD-1", "name": "李家庭"},
+                "api_client": None,
+            },
+            "mode": "revoked",
+            "until": None,
+            "reason": "转诊方的平台访问权限已被卫生健康委撤销",
+            "cancel_active_referrals": False,
+            "references": ["R260310BMHK3A"],
+        },
+    }
+    validator = _validator("access.revoked")
+    validator.validate(payload)
+    for mutate in (
+        lambda p: p["data"].update(resident={"name_masked": "张*"}),
+        lambda p: p["data"]["subject"].update(doctor=None),  # a doctor subject names the doctor
+        lambda p: p["data"]["subject"].update(type="institution"),  # an institution names no doctor
+        lambda p: p["data"].update(until="2026-04-01T00:00:00+08:00"),  # a revocation has no end
+        lambda p: p["data"].update(mode="suspended"),  # the fixed text is the revocation's
+        lambda p: p["data"].update(reason="倒卖号源"),  # never the commission's own words
+        lambda p: p["data"].update(references=[]),
+    ):
+        copy = _json(payload)
+        mutate(copy)
+        assert not validator.is_valid(copy), f"accepted a drifted payload: {copy}"
 
 
 # --- personal data ----------------------------------------------------------------------------

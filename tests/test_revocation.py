@@ -18,7 +18,9 @@ from service.events.models import Event
 from service.registry.schemas import OrganisationIn
 from service.registry.service import create_api_client, create_organisation
 from service.supervision.models import AccessSuspension
-from tests.factories import booking, pool_slots, push, session_item, sign
+from tests.factories import booking, pool_slots, push, session_item, sign, synthetic_id
+from tests.test_attendance import refer
+from tests.test_contracts import _validator
 
 DAY = date(2026, 3, 10)  # pool window: 2 March 08:00 to 3 March 08:00; the clock starts 2 March 09:00
 EVENTS = Path(__file__).resolve().parent.parent / "contracts" / "events"
@@ -281,7 +283,7 @@ async def test_r14_referrals_booked_before_stay_valid(client, world, referral, d
     assert r.status_code == 200
     assert r.json()["status"] == "booked"
     events = await db.run(lambda s: s.scalars(select(Event.type).order_by(Event.id)))
-    assert list(events) == ["referral.booked"]
+    assert list(events) == ["referral.booked", "access.revoked"]
 
 
 async def test_r14_the_commission_may_cancel_active_referrals_like_any_cancellation(
@@ -409,3 +411,141 @@ async def test_r14_list_filters_and_pages(client, world):
         headers=world.auth("commission"),
     )
     assert [s["id"] for s in r.json()["items"]] == [ids[1]]
+
+
+# --- telling hospitals: access.revoked and access.reinstated ------------------------------------
+
+
+async def access_events(db) -> list[Event]:
+    rows = await db.run(
+        lambda s: s.scalars(select(Event).where(Event.type.startswith("access.")).order_by(Event.id))
+    )
+    return list(rows)
+
+
+def check_event(event: Event) -> dict[str, Any]:
+    """Valid against its schema and free of resident data; its data."""
+    assert list(_validator(event.type).iter_errors(event.payload)) == []
+    text = json.dumps(event.payload, ensure_ascii=False)
+    for seq in range(1, 10):
+        assert synthetic_id("340102", seq=seq)[:17] not in text, text
+        assert f"张{seq}" not in text, text
+    assert "倒卖" not in text and "调查" not in text, text  # the commission's reasons stay in the audit
+    data: dict[str, Any] = event.payload["data"]
+    return data
+
+
+async def test_r14_each_hospital_holding_active_referrals_hears_of_a_revocation_with_its_own(
+    client, world, clock, db
+):
+    await sign(client, world, [1, 2, 3, 4])
+    city = [await refer(client, world, DAY, 1), await refer(client, world, date(2026, 3, 12), 2)]
+    district = await refer(client, world, DAY, 3, hospital="district_hospital")
+    gone = await refer(client, world, date(2026, 3, 12), 4)
+    r = await client.post(
+        f"/v1/referrals/{gone['reference']}/cancel", json={"reason": "改期"}, headers=world.auth("chc_a")
+    )
+    assert r.status_code == 200, r.text
+    clock.set(local_datetime(date(2026, 3, 9), 9))
+    r = await suspend(client, world, subject_type="institution", organisation_code="P-A")
+    assert r.status_code == 201, r.text
+
+    events = await access_events(db)
+    assert [(e.type, e.hospital_id) for e in events] == [
+        ("access.revoked", world.ids["city_hospital"]),
+        ("access.revoked", world.ids["district_hospital"]),
+    ]  # one each; the provincial hospital holds none and hears nothing
+    city_data, district_data = (check_event(e) for e in events)
+    assert city_data["references"] == [ref["reference"] for ref in city]
+    assert district_data["references"] == [district["reference"]]
+    assert city_data["subject"] == {
+        "type": "institution",
+        "institution": {"code": "P-A", "name": "瑶海区明光路社区卫生服务中心"},
+        "doctor": None,
+        "api_client": None,
+    }
+    assert (city_data["mode"], city_data["until"], city_data["cancel_active_referrals"]) == (
+        "revoked",
+        None,
+        False,
+    )
+    assert city_data["reason"] == "转诊方的平台访问权限已被卫生健康委撤销"
+    assert events[0].created_at == clock.now()
+
+
+async def test_r14_a_suspension_that_cancels_tells_first_then_cancels(client, world, clock, referral, db):
+    until = clock.now() + timedelta(days=5)
+    r = await suspend(
+        client,
+        world,
+        subject_type="doctor",
+        organisation_code="P-A",
+        doctor_code="FD-1",
+        mode="suspended",
+        until=until.isoformat(),
+        cancel_active_referrals=True,
+    )
+    assert r.status_code == 201, r.text
+    rows = await db.run(lambda s: s.scalars(select(Event).order_by(Event.id)))
+    events = list(rows)
+    assert [e.type for e in events] == ["referral.booked", "access.revoked", "referral.cancelled"]
+    data = check_event(events[1])
+    assert data["subject"]["type"] == "doctor"
+    assert data["subject"]["doctor"] == {"code": "FD-1", "name": "李家庭"}
+    assert datetime.fromisoformat(data["until"]) == until
+    assert (data["mode"], data["cancel_active_referrals"]) == ("suspended", True)
+    assert data["references"] == [referral["reference"]]
+    # The same fixed text as the cancellation the hospital receives right after it.
+    assert data["reason"] == events[2].payload["data"]["cancellation"]["reason"]
+
+    # Reinstating: the referral is cancelled, so no hospital holds an active one and none is told.
+    suspension_id = r.json()["id"]
+    r = await client.post(
+        f"{URL}/{suspension_id}/reinstate", json={"reason": "调查结束"}, headers=world.auth("commission")
+    )
+    assert r.status_code == 200, r.text
+    assert [e.type for e in await access_events(db)] == ["access.revoked"]
+
+
+async def test_r14_no_active_referrals_means_no_event(client, world, clock, referral, db):
+    # chc_b booked nothing; chc_a's only referral has started by the time chc_a is suspended.
+    r = await suspend(client, world, subject_type="institution", organisation_code="P-B")
+    assert r.status_code == 201, r.text
+    clock.set(datetime.fromisoformat(referral["slot"]["starts_at"]))
+    r = await suspend(client, world, subject_type="institution", organisation_code="P-A")
+    assert r.status_code == 201, r.text
+    r = await client.post(
+        f"{URL}/{r.json()['id']}/reinstate", json={"reason": "调查结束"}, headers=world.auth("commission")
+    )
+    assert r.status_code == 200, r.text
+    assert await access_events(db) == []
+
+
+async def test_r14_reinstating_tells_the_hospitals_holding_active_referrals(
+    client, world, clock, referral, db
+):
+    chc_client = await client_id(client, world, "chc_a")
+    r = await suspend(client, world, subject_type="api_client", subject_id=chc_client, mode="suspended")
+    assert r.status_code == 201, r.text
+    clock.advance(timedelta(hours=1))
+    r = await client.post(
+        f"{URL}/{r.json()['id']}/reinstate", json={"reason": "调查结束"}, headers=world.auth("commission")
+    )
+    assert r.status_code == 200, r.text
+    revoked, reinstated = await access_events(db)
+    assert (revoked.type, reinstated.type) == ("access.revoked", "access.reinstated")
+    assert reinstated.hospital_id == world.ids["city_hospital"]
+    assert reinstated.created_at == clock.now()
+    data = check_event(reinstated)
+    assert data == {
+        "subject": {
+            "type": "api_client",
+            "institution": {"code": "P-A", "name": "瑶海区明光路社区卫生服务中心"},
+            "doctor": None,
+            "api_client": "chc_a",
+        },
+        "mode": "suspended",
+        "reason": "转诊方的平台访问权限已被卫生健康委恢复",
+        "references": [referral["reference"]],
+    }
+    assert check_event(revoked)["subject"] == data["subject"]

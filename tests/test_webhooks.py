@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,7 +28,7 @@ from service.loops.dispatcher import BACKOFF, JITTER, MAX_ATTEMPTS, Dispatcher, 
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from service.webhooks.signing import signature, signature_header
 from service.webhooks.urls import check_url
-from tests.factories import World, synthetic_id
+from tests.factories import World, booking, pool_slots, push, session_item, sign, synthetic_id
 from tests.test_contracts import RESIDENTS, _validator, run_flow
 from tests.webhook_receiver import Receiver, verify
 
@@ -188,6 +188,42 @@ async def test_only_subscribed_types_and_only_events_after_registration(
     assert receiver.ids("/other-hospital") == []
     assert receiver.ids("/all") == [wid(later[0])]
     verify(receiver.requests[0], everything["secret"])
+
+
+async def test_attendance_recorded_reaches_a_his_subscribed_to_it_alone(
+    client, world, clock, db, receiver, dispatcher
+):
+    endpoint = await register(client, world, receiver.url + "/emr", types=["referral.attendance_recorded"])
+    await push(client, world, [session_item("S1", date(2026, 3, 10), slots=10)])
+    await sign(client, world, [1])
+    [slot, *_] = await pool_slots(client, world)
+    r = await client.post(
+        "/v1/referrals", json=booking(slot["slot_id"], 1, clock=clock), headers=world.auth("chc_a")
+    )
+    assert r.status_code == 201, r.text
+    reference = r.json()["reference"]
+    clock.set(datetime.fromisoformat(r.json()["slot"]["ends_at"]) + timedelta(hours=1))
+    r = await client.post(
+        "/v1/hospital/attendance",
+        json={"reports": [{"reference": reference, "outcome": "attended"}]},
+        headers=world.auth("city_hospital"),
+    )
+    assert r.status_code == 200, r.text
+    [event] = await db.run(
+        lambda s: s.scalars(select(Event).where(Event.type == "referral.attendance_recorded"))
+    )
+
+    assert await drain(dispatcher) == 1  # the booking is not one of this endpoint's types
+    [request] = receiver.requests
+    assert (request.path, request.webhook_id) == ("/emr", wid(event.id))
+    body = verify(request, endpoint["secret"])
+    assert body == event.payload
+    assert list(_validator("referral.attendance_recorded").iter_errors(body)) == []
+    assert (body["data"]["referral"]["reference"], body["data"]["attendance"]["outcome"]) == (
+        reference,
+        "attended",
+    )
+    assert synthetic_id("340102", seq=1)[:17] not in request.body.decode()
 
 
 async def test_500s_are_retried_with_backoff_and_every_attempt_is_recorded(

@@ -41,7 +41,11 @@ async def report_attendance(
     actor = actor_for(request, state, caller)
     return await state.db.run(
         lambda session: service.report_attendance(
-            session=session, actor=actor, hospital_id=caller.org_id, reports=body.reports
+            session=session,
+            actor=actor,
+            crypto=state.crypto,
+            hospital_id=caller.org_id,
+            reports=body.reports,
         )
     )
 

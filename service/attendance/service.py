@@ -21,11 +21,12 @@ from service.clock import local_date
 from service.context import Actor
 from service.crypto import Crypto, mask_id_number, mask_name
 from service.errors import Conflict, NotFound, Problem
+from service.events.service import emit
 from service.policy.models import Policy
 from service.policy.schemas import NoShowRule
 from service.referrals.models import Referral
 from service.referrals.schemas import NamedRef, ReferralOut
-from service.referrals.service import referral_out
+from service.referrals.service import instant, referral_event_data, referral_out
 from service.regions import covers
 from service.registry.models import Organisation
 from service.residents.models import Resident
@@ -35,14 +36,19 @@ from service.slots.models import Slot
 
 
 async def report_attendance(
-    *, session: AsyncSession, actor: Actor, hospital_id: int, reports: list[AttendanceReport]
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    crypto: Crypto,
+    hospital_id: int,
+    reports: list[AttendanceReport],
 ) -> AttendanceResult:
     """Apply each report in its own savepoint; one refused item never spoils another."""
     results: list[ReportResult] = []
     for item in reports:
         try:
             async with session.begin_nested():
-                results.append(await _apply_report(session, actor, hospital_id, item))
+                results.append(await _apply_report(session, actor, crypto, hospital_id, item))
         except Problem as exc:
             results.append(
                 ReportResult(reference=item.reference, result="refused", code=exc.code, detail=exc.detail)
@@ -64,7 +70,7 @@ async def _own_referral(session: AsyncSession, hospital_id: int, reference: str)
 
 
 async def _apply_report(
-    session: AsyncSession, actor: Actor, hospital_id: int, item: AttendanceReport
+    session: AsyncSession, actor: Actor, crypto: Crypto, hospital_id: int, item: AttendanceReport
 ) -> ReportResult:
     referral = await _own_referral(session, hospital_id, item.reference)
     if referral.status == "cancelled":
@@ -104,11 +110,44 @@ async def _apply_report(
         effect = await _bar_after_no_show(session, actor, referral)
     elif previous == "no_show":
         effect = await _bar_after_correction(session, actor, referral)
+    await _emit_attendance_recorded(session, actor, crypto, referral, previous=previous, effect=effect)
     return ReportResult(
         reference=referral.reference,
         result="recorded" if previous is None else "corrected",
         outcome=item.outcome,
         bar=effect,
+    )
+
+
+async def _emit_attendance_recorded(
+    session: AsyncSession,
+    actor: Actor,
+    crypto: Crypto,
+    referral: Referral,
+    *,
+    previous: str | None,
+    effect: BarEffect | None,
+) -> None:
+    """Tell the hospital what the pool now holds for the visit, and any bar the report started."""
+    assert referral.attendance is not None
+    out = await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
+    data = referral_event_data(out)
+    data["attendance"] = {
+        "outcome": referral.attendance,
+        "reported_at": instant(actor.now),
+        "previous_outcome": previous,
+    }
+    data["no_show_bar"] = (
+        {"starts_on": effect.starts_on.isoformat(), "ends_on": effect.ends_on.isoformat()}
+        if effect is not None and effect.effect == "started"
+        else None
+    )
+    await emit(
+        session=session,
+        hospital_id=referral.hospital_id,
+        event_type="referral.attendance_recorded",
+        data=data,
+        at=actor.now,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Identity, Index, String
 from sqlalchemy.dialects.postgresql import JSONB
@@ -11,7 +11,15 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base
 
-EVENT_TYPES = ("referral.booked", "referral.cancelled", "slots.returned")
+EventType = Literal[
+    "referral.booked",
+    "referral.cancelled",
+    "slots.returned",
+    "referral.attendance_recorded",
+    "access.revoked",
+    "access.reinstated",
+]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 
 class Event(Base):

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.events.models import EVENT_TYPES, Event
+from service.events.models import EVENT_TYPES, Event, EventType
 from service.webhooks.service import fan_out
 
 
@@ -17,7 +17,12 @@ def envelope(event_type: str, data: dict[str, Any], *, at: datetime) -> dict[str
 
 
 async def emit(
-    *, session: AsyncSession, hospital_id: int, event_type: str, data: dict[str, Any], at: datetime
+    *,
+    session: AsyncSession,
+    hospital_id: int,
+    event_type: EventType,
+    data: dict[str, Any],
+    at: datetime,
 ) -> Event:
     """Write one event row for a hospital, and its webhook deliveries, in the caller's transaction."""
     if event_type not in EVENT_TYPES:

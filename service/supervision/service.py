@@ -18,9 +18,11 @@ from service.context import Actor, Caller
 from service.crypto import Crypto, mask_id_number
 from service.db import constraint_name
 from service.errors import Conflict, NotFound, Unprocessable
+from service.events.models import EventType
+from service.events.service import emit
 from service.referrals.models import Referral
 from service.referrals.schemas import NamedRef
-from service.referrals.service import cancel_by_commission
+from service.referrals.service import cancel_by_commission, instant
 from service.regions import covers, significant_prefix
 from service.registry.models import ApiClient, Doctor, Organisation
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
@@ -30,10 +32,12 @@ from service.supervision.access import in_force
 from service.supervision.models import AccessSuspension
 from service.supervision.schemas import AuditEntryOut, SuspensionIn, SuspensionOut
 
-# What a hospital reads in referral.cancelled: the commission's own reason stays in the audit trail.
-CANCEL_REASONS = {
+# What a hospital reads in referral.cancelled and access.* events: the commission's own reason
+# stays in the audit trail.
+HOSPITAL_REASONS = {
     "suspended": "转诊方的平台访问权限已被卫生健康委暂停",
     "revoked": "转诊方的平台访问权限已被卫生健康委撤销",
+    "reinstated": "转诊方的平台访问权限已被卫生健康委恢复",
 }
 
 
@@ -177,11 +181,31 @@ async def suspend_access(
             raise _already(None) from exc
         raise
 
+    active = await _active_referrals(session, now, subject_type=body.subject_type, subject_id=subject_id)
+    await _tell_hospitals(
+        session,
+        now,
+        "access.revoked",
+        active,
+        {
+            "subject": await _subject_event_data(session, body.subject_type, subject_id, org),
+            "mode": body.mode,
+            "until": instant(body.until) if body.until else None,
+            "reason": HOSPITAL_REASONS[body.mode],
+            "cancel_active_referrals": body.cancel_active_referrals,
+        },
+    )
     cancelled: list[str] = []
     if body.cancel_active_referrals:
-        cancelled = await _cancel_active_referrals(
-            session, actor, crypto, subject_type=body.subject_type, subject_id=subject_id, mode=body.mode
-        )
+        for referral in active:
+            await cancel_by_commission(
+                session=session,
+                actor=actor,
+                crypto=crypto,
+                referral=referral,
+                reason=HOSPITAL_REASONS[body.mode],
+            )
+            cancelled.append(referral.reference)
         suspension.cancelled_references = cancelled
         await session.flush()
     await record(
@@ -202,10 +226,10 @@ async def suspend_access(
     return await suspension_out(session, suspension, now)
 
 
-async def _cancel_active_referrals(
-    session: AsyncSession, actor: Actor, crypto: Crypto, *, subject_type: str, subject_id: int, mode: str
-) -> list[str]:
-    """Cancel the subject's booked referrals whose slot has not started, as any cancellation is."""
+async def _active_referrals(
+    session: AsyncSession, now: datetime, *, subject_type: str, subject_id: int
+) -> list[Referral]:
+    """The subject's booked referrals whose slot has not started, locked, in booking order."""
     column = {
         "doctor": Referral.referring_doctor_id,
         "institution": Referral.booker_org_id,
@@ -214,17 +238,46 @@ async def _cancel_active_referrals(
     referrals = await session.scalars(
         select(Referral)
         .join(Slot, Slot.id == Referral.slot_id)
-        .where(column == subject_id, Referral.status == "booked", Slot.starts_at > actor.now)
+        .where(column == subject_id, Referral.status == "booked", Slot.starts_at > now)
         .order_by(Referral.id)
         .with_for_update(of=Referral)
     )
-    references = []
-    for referral in referrals.all():
-        await cancel_by_commission(
-            session=session, actor=actor, crypto=crypto, referral=referral, reason=CANCEL_REASONS[mode]
+    return list(referrals.all())
+
+
+async def _subject_event_data(
+    session: AsyncSession, subject_type: str, subject_id: int, org: Organisation
+) -> dict[str, Any]:
+    """Who lost or regained access, as a hospital knows them: codes and names, nothing personal."""
+    doctor = await session.get(Doctor, subject_id) if subject_type == "doctor" else None
+    client = await session.get(ApiClient, subject_id) if subject_type == "api_client" else None
+    return {
+        "type": subject_type,
+        "institution": {"code": org.code, "name": org.name},
+        "doctor": {"code": doctor.code, "name": doctor.name} if doctor else None,
+        "api_client": client.name if client else None,
+    }
+
+
+async def _tell_hospitals(
+    session: AsyncSession,
+    now: datetime,
+    event_type: EventType,
+    active: list[Referral],
+    data: dict[str, Any],
+) -> None:
+    """One event per hospital holding active referrals of the subject, listing its own; none elsewhere."""
+    by_hospital: dict[int, list[str]] = {}
+    for referral in active:
+        by_hospital.setdefault(referral.hospital_id, []).append(referral.reference)
+    for hospital_id, references in sorted(by_hospital.items()):
+        await emit(
+            session=session,
+            hospital_id=hospital_id,
+            event_type=event_type,
+            data={**data, "references": references},
+            at=now,
         )
-        references.append(referral.reference)
-    return references
 
 
 async def reinstate_access(
@@ -243,6 +296,22 @@ async def reinstate_access(
     suspension.reinstated_by_client_id = caller.client_id
     suspension.reinstate_reason = reason
     await session.flush()
+    active = await _active_referrals(
+        session, actor.now, subject_type=suspension.subject_type, subject_id=suspension.subject_id
+    )
+    await _tell_hospitals(
+        session,
+        actor.now,
+        "access.reinstated",
+        active,
+        {
+            "subject": await _subject_event_data(
+                session, suspension.subject_type, suspension.subject_id, org
+            ),
+            "mode": suspension.mode,
+            "reason": HOSPITAL_REASONS["reinstated"],
+        },
+    )
     await record(
         session=session,
         actor=actor,

@@ -7,10 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from service.events.models import EVENT_TYPES, EventType
 from service.schemas import ApiModel
 from service.webhooks.urls import MAX_URL_LENGTH
-
-EventType = Literal["referral.booked", "referral.cancelled", "slots.returned"]
 
 
 class EndpointIn(ApiModel):
@@ -19,12 +18,12 @@ class EndpointIn(ApiModel):
         max_length=MAX_URL_LENGTH,
         description="https URL of the HIS receiver (http only to loopback in development).",
     )
-    event_types: list[EventType] = Field(min_length=1, max_length=3)
+    event_types: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES))
 
 
 class EndpointPatch(ApiModel):
     url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
-    event_types: list[EventType] | None = Field(default=None, min_length=1, max_length=3)
+    event_types: list[EventType] | None = Field(default=None, min_length=1, max_length=len(EVENT_TYPES))
     status: Literal["active"] | None = Field(
         default=None, description="'active' re-enables an endpoint the dispatcher disabled."
     )
