@@ -283,7 +283,8 @@ async def test_r14_institution_share_holds_under_parallel_requests(client, world
     # A cancelled referral is no longer active: it gives its place back.
     await cancel(client, world, next(r.json() for r in responses if r.status_code == 201)["reference"])
     free = await pool_slots(client, world)
-    r = await book(client, world, booking(free[0]["slot_id"], 12, clock=clock, doctor_code="FD-1"))
+    await sign(client, world, [13], doctor_code="FD-1")  # a resident who took no part in the race
+    r = await book(client, world, booking(free[0]["slot_id"], 13, clock=clock, doctor_code="FD-1"))
     assert r.status_code == 201, r.text
 
 
