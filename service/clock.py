@@ -42,3 +42,9 @@ def local_date(when: datetime) -> date:
 
 def local_datetime(day: date, hour: int, minute: int = 0) -> datetime:
     return datetime(day.year, day.month, day.day, hour, minute, tzinfo=SHANGHAI)
+
+
+def zh_instant(when: datetime) -> str:
+    """An instant as a patient reads it: Beijing time, e.g. 3月10日06:00 (no zero padding)."""
+    local = when.astimezone(SHANGHAI)
+    return f"{local.month}月{local.day}日{local:%H:%M}"

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.attendance.bars import refuse_if_barred
 from service.audit.service import record, record_read
-from service.clock import SHANGHAI, local_date
+from service.clock import SHANGHAI, local_date, zh_instant
 from service.context import Actor, Caller
 from service.crypto import Crypto, mask_id_number, mask_name
 from service.db import constraint_name
@@ -741,7 +741,7 @@ async def referral_out(
         slot_number=slot.number,
         reference=referral.reference,
         how_to_cancel=(
-            f"如不能按时就诊，请于{deadline.astimezone(SHANGHAI):%m月%d日%H:%M}前拨打{policy.cancel_hotline}，"
+            f"如不能按时就诊，请于{zh_instant(deadline)}前拨打{policy.cancel_hotline}，"
             "提供转诊编号和验证码取消预约，或联系您的家庭医生。"
         ),
         cancel_hotline=policy.cancel_hotline,

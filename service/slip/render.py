@@ -24,9 +24,9 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
-from service.clock import SHANGHAI
+from service.clock import SHANGHAI, zh_instant
 from service.slip.schemas import PatientNotice
-from service.slip.service import PERIODS_ZH, TITLES_ZH, booked_for_zh, number_zh, zh_date, zh_instant
+from service.slip.service import PERIODS_ZH, TITLES_ZH, booked_for_zh, number_zh, zh_date
 
 FONT_FILE = Path(__file__).resolve().parent / "fonts" / "wqy-microhei.ttc"
 SANS = "SlipSans"  # WenQuanYi Micro Hei

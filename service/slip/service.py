@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from datetime import date, datetime
+from datetime import date
 from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
-from service.clock import SHANGHAI
+from service.clock import zh_instant
 from service.context import Actor, Caller
 from service.crypto import Crypto
 from service.referrals.models import Referral
@@ -67,11 +67,6 @@ SMS_MAX_CHARACTERS = 2 * SMS_SEGMENT_CONCATENATED - SMS_SIGNATURE_ALLOWANCE
 
 def zh_date(day: date) -> str:
     return f"{day.month}月{day.day}日（周{WEEKDAYS_ZH[day.weekday()]}）"
-
-
-def zh_instant(when: datetime) -> str:
-    local = when.astimezone(SHANGHAI)
-    return f"{local.month}月{local.day}日{local:%H:%M}"
 
 
 def sms_units(text: str) -> int:
