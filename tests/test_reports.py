@@ -406,3 +406,49 @@ async def test_report_is_for_the_commission_of_the_region(client, world, db, cry
     assert out["result"] == "created"
     assert await report_rows(client, world, who="wuhu", **params) == []
     assert len(await report_rows(client, world, **params)) == 1
+
+
+async def test_r20_figures_follow_every_change_after_a_first_read(client, world, db):
+    """Slot figures come from counts the database keeps; each change shows in the next report."""
+    await sign(client, world, [1, 2])
+    [res] = await push(client, world, [session_item("F", D1, title="chief", doctor_code="D-F")])
+    assert res["result"] == "created", res
+    tally = Tally()
+    tally.add("city", "CARD", D1, offered=10, reserved=held(res), senior_reserved=held(res))
+    tally.policies[("city", "CARD", D1)] = {("test-city", 1)}
+    params = {"from": D1.isoformat(), "to": D1.isoformat(), "hospital_id": world.ids["city_hospital"]}
+
+    async def check() -> None:
+        [row] = await report_rows(client, world, **params)
+        assert actual_row(row) == expected_row(tally, city)
+
+    await check()  # read once before anything changes
+    references = []
+    for seq in (1, 2):
+        [free, *_] = await pool_slots(client, world, hospital_id=world.ids["city_hospital"],
+                                      service_date=D1.isoformat())  # fmt: skip
+        r = await client.post("/v1/referrals", json=booking(free["slot_id"], seq, clock=world.clock),
+                              headers=world.auth("chc_a"))  # fmt: skip
+        assert r.status_code == 201, r.text
+        references.append(r.json()["reference"])
+        tally.add("city", "CARD", D1, pool_bookings=1)
+        await check()
+
+    world.clock.set(local_datetime(D1 - timedelta(days=7), 7))
+    r = await client.post(f"/v1/referrals/{references[1]}/cancel", json={"reason": "病情好转"},
+                          headers=world.auth("chc_a"))  # fmt: skip
+    assert r.status_code == 200, r.text
+    tally.add("city", "CARD", D1, cancelled=1)
+    await check()
+
+    world.clock.set(local_datetime(D1 - timedelta(days=7), 9))
+    assert await release_due_slots(db, world.clock) > 0
+    tally.add("city", "CARD", D1, returned=held(res) - 1)  # all held slots but the standing booking's
+    await check()
+
+    world.clock.set(local_datetime(D1, 18))
+    r = await client.post("/v1/hospital/attendance", json={"reports": [{"reference": references[0],
+                          "outcome": "attended"}]}, headers=world.auth("city_hospital"))  # fmt: skip
+    assert r.status_code == 200, r.text
+    tally.add("city", "CARD", D1, attended=1)
+    await check()
