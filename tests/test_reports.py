@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from service.clock import local_datetime
 from service.context import Actor
@@ -452,3 +453,46 @@ async def test_r20_figures_follow_every_change_after_a_first_read(client, world,
     assert r.status_code == 200, r.text
     tally.add("city", "CARD", D1, attended=1)
     await check()
+
+
+async def test_referral_counts_equal_a_recount_of_referrals(client, world, db, story):
+    """The trigger-kept counts match the referrals after bookings, cancellations, attendance and a correction."""
+    recount_sql = """
+        SELECT session_id, hospital_id, service_date, count(*) AS bookings,
+               count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+               count(*) FILTER (WHERE attendance = 'attended') AS attended,
+               count(*) FILTER (WHERE attendance = 'no_show') AS no_show
+        FROM referrals GROUP BY session_id, hospital_id, service_date
+    """
+    kept_sql = """
+        SELECT session_id, hospital_id, service_date, bookings, cancelled, attended, no_show
+        FROM referral_counts WHERE bookings <> 0
+    """
+
+    async def rows(sql: str) -> set[tuple[Any, ...]]:
+        async def read(session: Any) -> set[tuple[Any, ...]]:
+            return {tuple(row) for row in await session.execute(text(sql))}
+
+        return await db.run(read)
+
+    async def compare() -> set[tuple[Any, ...]]:
+        recount = await rows(recount_sql)
+        assert recount and await rows(kept_sql) == recount
+        return recount
+
+    before = await compare()
+    assert sum(row[4] for row in before) == 3 and sum(row[6] for row in before) == 1  # cancelled, no-show
+
+    async def no_show_reference(session: Any) -> str:
+        reference: str = await session.scalar(
+            text("SELECT reference FROM referrals WHERE attendance = 'no_show'")
+        )
+        return reference
+
+    reference = await db.run(no_show_reference)
+    r = await client.post("/v1/hospital/attendance", json={"reports": [{"reference": reference,
+                          "outcome": "attended"}]}, headers=world.auth("city_hospital"))  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["result"] == "corrected", r.text
+    after = await compare()
+    assert sum(row[6] for row in after) == 0 and sum(row[5] for row in after) == 3

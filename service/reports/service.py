@@ -1,9 +1,9 @@
 """Compliance figures aggregated in SQL, per group and period (R1–R4, R6, R20).
 
 One statement reads the clinic sessions of the range, sums their slot counts
-from ``availability_counts`` (kept exact by triggers on slots, revision 0010),
-counts their referrals with FILTER clauses, folds the sessions into
-department-period cells, joins the recorded shortfalls, and rolls the cells up
+from ``availability_counts`` (kept by triggers on slots, revision 0010) and
+their referral counts from ``referral_counts`` (kept by triggers on referrals,
+revision 0011), folds the sessions into department-period cells, joins the recorded shortfalls, and rolls the cells up
 to the requested group. Python only labels the rows and divides.
 """
 
@@ -126,13 +126,13 @@ slot_cells AS (
 ),
 referral_cells AS (
     SELECT {ss_cell}, ss.period_start,
-           count(*) AS bookings,
-           count(*) FILTER (WHERE r.status = 'cancelled') AS cancelled,
-           count(*) FILTER (WHERE r.attendance = 'attended') AS attended,
-           count(*) FILTER (WHERE r.attendance = 'no_show') AS no_show
-    FROM referrals r JOIN ss ON ss.id = r.session_id
-    WHERE r.hospital_id = ANY(:hospital_ids)
-      AND r.service_date BETWEEN :date_from AND :date_to
+           sum(rc.bookings) AS bookings,
+           sum(rc.cancelled) AS cancelled,
+           sum(rc.attended) AS attended,
+           sum(rc.no_show) AS no_show
+    FROM referral_counts rc JOIN ss ON ss.id = rc.session_id
+    WHERE rc.hospital_id = ANY(:hospital_ids)
+      AND rc.service_date BETWEEN :date_from AND :date_to
     GROUP BY {ss_cell}, ss.period_start
 ),
 shortfall_cells AS (
