@@ -106,10 +106,13 @@ WITH ss AS MATERIALIZED (
       AND cs.resource_kind = :resource_kind
       AND cs.service_date BETWEEN :date_from AND :date_to
 ),
-session_cells AS (
-    SELECT {cell}, period_start,
-           string_agg(DISTINCT policy_id::text, ',') FILTER (WHERE status = 'active') AS policy_ids
-    FROM ss
+session_cells AS (  -- each cell's distinct versions, hashed by version rather than sorted
+    SELECT {cell}, period_start, string_agg(policy_id::text, ',') FILTER (WHERE active) AS policy_ids
+    FROM (
+        SELECT {cell}, period_start, policy_id, bool_or(status = 'active') AS active
+        FROM ss
+        GROUP BY {cell}, period_start, policy_id
+    ) versions
     GROUP BY {cell}, period_start
 ),
 slot_cells AS (
