@@ -15,6 +15,7 @@ from service.registry.models import (
     Organisation,
     Region,
 )
+from service.reports.models import ReferralCount
 from service.residents.models import FamilyDoctorContract, Resident
 from service.signals.models import Alert
 from service.slots.models import ClinicSession, ReservationShortfall, Slot
@@ -40,6 +41,7 @@ __all__ = [
     "Organisation",
     "Policy",
     "Referral",
+    "ReferralCount",
     "Region",
     "ReservationShortfall",
     "Resident",

@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from service.clock import local_datetime
 from service.context import Actor
@@ -406,3 +407,92 @@ async def test_report_is_for_the_commission_of_the_region(client, world, db, cry
     assert out["result"] == "created"
     assert await report_rows(client, world, who="wuhu", **params) == []
     assert len(await report_rows(client, world, **params)) == 1
+
+
+async def test_r20_figures_follow_every_change_after_a_first_read(client, world, db):
+    """Slot figures come from counts the database keeps; each change shows in the next report."""
+    await sign(client, world, [1, 2])
+    [res] = await push(client, world, [session_item("F", D1, title="chief", doctor_code="D-F")])
+    assert res["result"] == "created", res
+    tally = Tally()
+    tally.add("city", "CARD", D1, offered=10, reserved=held(res), senior_reserved=held(res))
+    tally.policies[("city", "CARD", D1)] = {("test-city", 1)}
+    params = {"from": D1.isoformat(), "to": D1.isoformat(), "hospital_id": world.ids["city_hospital"]}
+
+    async def check() -> None:
+        [row] = await report_rows(client, world, **params)
+        assert actual_row(row) == expected_row(tally, city)
+
+    await check()  # read once before anything changes
+    references = []
+    for seq in (1, 2):
+        [free, *_] = await pool_slots(client, world, hospital_id=world.ids["city_hospital"],
+                                      service_date=D1.isoformat())  # fmt: skip
+        r = await client.post("/v1/referrals", json=booking(free["slot_id"], seq, clock=world.clock),
+                              headers=world.auth("chc_a"))  # fmt: skip
+        assert r.status_code == 201, r.text
+        references.append(r.json()["reference"])
+        tally.add("city", "CARD", D1, pool_bookings=1)
+        await check()
+
+    world.clock.set(local_datetime(D1 - timedelta(days=7), 7))
+    r = await client.post(f"/v1/referrals/{references[1]}/cancel", json={"reason": "病情好转"},
+                          headers=world.auth("chc_a"))  # fmt: skip
+    assert r.status_code == 200, r.text
+    tally.add("city", "CARD", D1, cancelled=1)
+    await check()
+
+    world.clock.set(local_datetime(D1 - timedelta(days=7), 9))
+    assert await release_due_slots(db, world.clock) > 0
+    tally.add("city", "CARD", D1, returned=held(res) - 1)  # all held slots but the standing booking's
+    await check()
+
+    world.clock.set(local_datetime(D1, 18))
+    r = await client.post("/v1/hospital/attendance", json={"reports": [{"reference": references[0],
+                          "outcome": "attended"}]}, headers=world.auth("city_hospital"))  # fmt: skip
+    assert r.status_code == 200, r.text
+    tally.add("city", "CARD", D1, attended=1)
+    await check()
+
+
+async def test_referral_counts_equal_a_recount_of_referrals(client, world, db, story):
+    """The trigger-kept counts match the referrals after bookings, cancellations, attendance and a correction."""
+    recount_sql = """
+        SELECT session_id, hospital_id, service_date, count(*) AS bookings,
+               count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+               count(*) FILTER (WHERE attendance = 'attended') AS attended,
+               count(*) FILTER (WHERE attendance = 'no_show') AS no_show
+        FROM referrals GROUP BY session_id, hospital_id, service_date
+    """
+    kept_sql = """
+        SELECT session_id, hospital_id, service_date, bookings, cancelled, attended, no_show
+        FROM referral_counts WHERE bookings <> 0
+    """
+
+    async def rows(sql: str) -> set[tuple[Any, ...]]:
+        async def read(session: Any) -> set[tuple[Any, ...]]:
+            return {tuple(row) for row in await session.execute(text(sql))}
+
+        return await db.run(read)
+
+    async def compare() -> set[tuple[Any, ...]]:
+        recount = await rows(recount_sql)
+        assert recount and await rows(kept_sql) == recount
+        return recount
+
+    before = await compare()
+    assert sum(row[4] for row in before) == 3 and sum(row[6] for row in before) == 1  # cancelled, no-show
+
+    async def no_show_reference(session: Any) -> str:
+        reference: str = await session.scalar(
+            text("SELECT reference FROM referrals WHERE attendance = 'no_show'")
+        )
+        return reference
+
+    reference = await db.run(no_show_reference)
+    r = await client.post("/v1/hospital/attendance", json={"reports": [{"reference": reference,
+                          "outcome": "attended"}]}, headers=world.auth("city_hospital"))  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["result"] == "corrected", r.text
+    after = await compare()
+    assert sum(row[6] for row in after) == 0 and sum(row[5] for row in after) == 3

@@ -1,8 +1,9 @@
 """Compliance figures aggregated in SQL, per group and period (R1–R4, R6, R20).
 
-One statement reads the clinic sessions of the range, counts their slots and
-their referrals per session with FILTER clauses, folds the sessions into
-department-period cells, joins the recorded shortfalls, and rolls the cells up
+One statement reads the clinic sessions of the range, sums their slot counts
+from ``availability_counts`` (kept by triggers on slots, revision 0010) and
+their referral counts from ``referral_counts`` (kept by triggers on referrals,
+revision 0011), folds the sessions into department-period cells, joins the recorded shortfalls, and rolls the cells up
 to the requested group. Python only labels the rows and divides.
 """
 
@@ -35,8 +36,7 @@ from service.resources import ResourceKind
 
 # The longest range each granularity answers: bounded rows, bounded work.
 MAX_DAYS: dict[str, int] = {"day": 92, "week": 26 * 7, "month": 366}
-POOL_HELD = ("reserved", "booked", "returned")
-REPORT_WORK_MEM = "64MB"  # a slot the pool holds or once held
+REPORT_WORK_MEM = "64MB"
 
 _PERIOD_SQL = {
     "day": "{col}",
@@ -106,30 +106,36 @@ WITH ss AS MATERIALIZED (
       AND cs.resource_kind = :resource_kind
       AND cs.service_date BETWEEN :date_from AND :date_to
 ),
-session_cells AS (
-    SELECT {cell}, period_start,
-           string_agg(DISTINCT policy_id::text, ',') FILTER (WHERE status = 'active') AS policy_ids
-    FROM ss
+session_cells AS (  -- each cell's distinct versions, hashed by version rather than sorted
+    SELECT {cell}, period_start, string_agg(policy_id::text, ',') FILTER (WHERE active) AS policy_ids
+    FROM (
+        SELECT {cell}, period_start, policy_id, bool_or(status = 'active') AS active
+        FROM ss
+        GROUP BY {cell}, period_start, policy_id
+    ) versions
     GROUP BY {cell}, period_start
 ),
 slot_cells AS (
     SELECT {ss_cell}, ss.period_start,
-           count(*) FILTER (WHERE s.status <> 'withdrawn') AS offered,
-           count(*) FILTER (WHERE s.status IN ({_sql_list(POOL_HELD)})) AS reserved,
-           count(*) FILTER (WHERE s.status IN ({_sql_list(POOL_HELD)}) AND ss.senior) AS senior_reserved,
-           count(*) FILTER (WHERE s.status = 'returned') AS returned
-    FROM ss JOIN slots s ON s.session_id = ss.id
+           sum(ac.public + ac.reserved + ac.booked + ac.returned) AS offered,
+           sum(ac.reserved + ac.booked + ac.returned) AS reserved,
+           sum(ac.reserved + ac.booked + ac.returned) FILTER (WHERE ss.senior) AS senior_reserved,
+           sum(ac.returned) AS returned
+    FROM availability_counts ac JOIN ss ON ss.id = ac.session_id
+    WHERE ac.hospital_id = ANY(:hospital_ids)
+      AND ac.resource_kind = :resource_kind
+      AND ac.service_date BETWEEN :date_from AND :date_to
     GROUP BY {ss_cell}, ss.period_start
 ),
 referral_cells AS (
     SELECT {ss_cell}, ss.period_start,
-           count(*) AS bookings,
-           count(*) FILTER (WHERE r.status = 'cancelled') AS cancelled,
-           count(*) FILTER (WHERE r.attendance = 'attended') AS attended,
-           count(*) FILTER (WHERE r.attendance = 'no_show') AS no_show
-    FROM referrals r JOIN ss ON ss.id = r.session_id
-    WHERE r.hospital_id = ANY(:hospital_ids)
-      AND r.service_date BETWEEN :date_from AND :date_to
+           sum(rc.bookings) AS bookings,
+           sum(rc.cancelled) AS cancelled,
+           sum(rc.attended) AS attended,
+           sum(rc.no_show) AS no_show
+    FROM referral_counts rc JOIN ss ON ss.id = rc.session_id
+    WHERE rc.hospital_id = ANY(:hospital_ids)
+      AND rc.service_date BETWEEN :date_from AND :date_to
     GROUP BY {ss_cell}, ss.period_start
 ),
 shortfall_cells AS (
