@@ -12,8 +12,8 @@ examination, the ward of a bed day), kept here so reads need no join, and
 stamps its rows when they or its status change. Withdrawn slots are not
 counted. See docs/availability.md.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-25 09:00:00
 """
 
@@ -33,8 +33,8 @@ class _Xid8(sa.types.UserDefinedType[int]):
         return "xid8"
 
 
-revision: str = "0010"
-down_revision: str | None = "0009"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

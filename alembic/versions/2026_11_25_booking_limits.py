@@ -10,7 +10,7 @@ recent bookings.
 
 Revision ID: 0008
 Revises: 0007
-Create Date: 2026-11-26 09:00:00.000000
+Create Date: 2026-11-25 09:00:00.000000
 """
 
 from collections.abc import Sequence

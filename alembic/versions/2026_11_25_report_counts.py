@@ -5,11 +5,11 @@ holds how many referrals were booked there (cancelled ones included), how many
 were cancelled, and how many were reported attended or no-show. Statement-level
 triggers on ``referrals`` apply the net change of each statement (sorted by key,
 so concurrent statements lock rows in the same order), as the availability
-counts of revision 0010 do for slots. Reports read these rows instead of the
+counts of revision 0009 do for slots. Reports read these rows instead of the
 referrals themselves. See docs/reports.md.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-11-25 13:00:00
 """
 
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0011"
-down_revision: str | None = "0010"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

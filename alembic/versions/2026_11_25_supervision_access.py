@@ -13,7 +13,7 @@ unless it turns triggers off for its session (session_replication_role).
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-11-26 09:00:00.000000
+Create Date: 2026-11-25 09:00:00.000000
 """
 
 from collections.abc import Sequence

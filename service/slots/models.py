@@ -109,8 +109,6 @@ class Slot(Base):
             postgresql_where=text("status = 'reserved'"),
         ),
         Index("ix_slots_hospital_starts_at", "hospital_id", "starts_at"),
-        # Compliance reports count a session's slots by status with an index-only scan.
-        Index("ix_slots_session_status", "session_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
