@@ -8,7 +8,7 @@ OperationOutcome resources with the HTTP status /v1 would use; the issue's
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.context import Caller
+from service.cursors import encode_cursor
 from service.deps import AppState, State, actor_for, require
 from service.errors import NotFound, Problem
 from service.fhir import resources, service
@@ -30,7 +31,6 @@ from service.fhir.search import (
     MAX_COUNT,
     BadSearch,
     decode_cursor,
-    encode_cursor,
     parse_date,
     parse_reference,
     parse_service_types,
@@ -142,9 +142,16 @@ def path_id(resource_type: str, value: str) -> int:
         raise NotFound("resource_not_found", f"No {resource_type}/{value} visible to you.") from exc
 
 
-async def _pools(state: AppState, caller: Caller, now: datetime) -> list[service.Pool]:
+Page = tuple[list[dict[str, Any]], int | None]
+PoolSearch = Callable[[AsyncSession, list[service.Pool], datetime], Awaitable[Page]]
+
+
+async def _in_pools(state: AppState, caller: Caller, search: PoolSearch) -> tuple[datetime, Page]:
+    """Run ``search`` over the pools the caller may read, in one session, at one clock reading."""
+    now = state.clock.now()
     async with state.db.sessionmaker() as session:
-        return await service.visible_pools(session=session, caller=caller, now=now)
+        pools = await service.visible_pools(session=session, caller=caller, now=now)
+        return now, await search(session, pools, now)
 
 
 @router.get("/metadata", responses=ERRORS)
@@ -154,18 +161,6 @@ async def metadata(request: Request, state: State) -> FhirJSONResponse:
 
 
 # --- Location -----------------------------------------------------------------------------
-
-
-async def _locations(
-    state: AppState, caller: Caller, location_id: int | None, after: int | None, count: int
-) -> tuple[datetime, tuple[list[dict[str, Any]], int | None]]:
-    now = state.clock.now()
-    pools = await _pools(state, caller, now)
-    async with state.db.sessionmaker() as session:
-        page = await service.search_locations(
-            session=session, pools=pools, location_id=location_id, after=after, count=count
-        )
-    return now, page
 
 
 @router.get("/Location", responses=ERRORS)
@@ -179,27 +174,31 @@ async def search_locations(
 ) -> FhirJSONResponse:
     """Hospitals the caller may read, as Locations."""
     location_id = parse_reference("_id", _id, "Location") if _id is not None else None
-    now, page = await _locations(state, caller, location_id, decode_cursor(cursor), count)
+    after = decode_cursor(cursor)
+    now, page = await _in_pools(
+        state,
+        caller,
+        lambda session, pools, _: service.search_locations(
+            session=session, pools=pools, location_id=location_id, after=after, count=count
+        ),
+    )
     return searchset(request, now, page)
 
 
 @router.get("/Location/{location_id}", responses=ERRORS)
 async def read_location(location_id: str, state: State, caller: Reader) -> FhirJSONResponse:
-    _, page = await _locations(state, caller, path_id("Location", location_id), None, 1)
+    wanted = path_id("Location", location_id)
+    _, page = await _in_pools(
+        state,
+        caller,
+        lambda session, pools, _: service.search_locations(
+            session=session, pools=pools, location_id=wanted, count=1
+        ),
+    )
     return single(page, "Location", location_id)
 
 
 # --- Schedule -----------------------------------------------------------------------------
-
-
-async def _schedules(
-    state: AppState, caller: Caller, **filters: Any
-) -> tuple[datetime, tuple[list[dict[str, Any]], int | None]]:
-    now = state.clock.now()
-    pools = await _pools(state, caller, now)
-    async with state.db.sessionmaker() as session:
-        page = await service.search_schedules(session=session, pools=pools, **filters)
-    return now, page
 
 
 @router.get("/Schedule", responses=ERRORS)
@@ -215,47 +214,41 @@ async def search_schedules(
     cursor: Cursor = None,
 ) -> FhirJSONResponse:
     """One Schedule per clinic session, of every kind; ``date`` matches the session's day."""
-    now, page = await _schedules(
+    location_id = parse_reference("actor", actor, "Location") if actor is not None else None
+    dates = [parse_date("date", d) for d in date or []]
+    services = parse_service_types("service-type", service_type)
+    after = decode_cursor(cursor)
+    now, page = await _in_pools(
         state,
         caller,
-        schedule_id=None,
-        location_id=parse_reference("actor", actor, "Location") if actor is not None else None,
-        active=active,
-        dates=[parse_date("date", d) for d in date or []],
-        services=parse_service_types("service-type", service_type),
-        after=decode_cursor(cursor),
-        count=count,
+        lambda session, pools, _: service.search_schedules(
+            session=session,
+            pools=pools,
+            location_id=location_id,
+            active=active,
+            dates=dates,
+            services=services,
+            after=after,
+            count=count,
+        ),
     )
     return searchset(request, now, page)
 
 
 @router.get("/Schedule/{schedule_id}", responses=ERRORS)
 async def read_schedule(schedule_id: str, state: State, caller: Reader) -> FhirJSONResponse:
-    _, page = await _schedules(
+    wanted = path_id("Schedule", schedule_id)
+    _, page = await _in_pools(
         state,
         caller,
-        schedule_id=path_id("Schedule", schedule_id),
-        location_id=None,
-        active=None,
-        dates=[],
-        services=None,
-        after=None,
-        count=1,
+        lambda session, pools, _: service.search_schedules(
+            session=session, pools=pools, schedule_id=wanted, count=1
+        ),
     )
     return single(page, "Schedule", schedule_id)
 
 
 # --- Slot ---------------------------------------------------------------------------------
-
-
-async def _slots(
-    state: AppState, caller: Caller, **filters: Any
-) -> tuple[datetime, tuple[list[dict[str, Any]], int | None]]:
-    now = state.clock.now()
-    pools = await _pools(state, caller, now)
-    async with state.db.sessionmaker() as session:
-        page = await service.search_slots(session=session, pools=pools, now=now, **filters)
-    return now, page
 
 
 @router.get("/Slot", responses=ERRORS)
@@ -271,32 +264,38 @@ async def search_slots(
     cursor: Cursor = None,
 ) -> FhirJSONResponse:
     """Slots with their status as of now: free = bookable through the pool right now."""
-    now, page = await _slots(
+    schedule_id = parse_reference("schedule", schedule, "Schedule") if schedule is not None else None
+    starts = [parse_date("start", s) for s in start or []]
+    statuses = parse_tokens("status", status, resources.SLOT_STATUSES)
+    services = parse_service_types("service-type", service_type)
+    after = decode_cursor(cursor)
+    now, page = await _in_pools(
         state,
         caller,
-        slot_id=None,
-        schedule_id=parse_reference("schedule", schedule, "Schedule") if schedule is not None else None,
-        starts=[parse_date("start", s) for s in start or []],
-        statuses=parse_tokens("status", status, resources.SLOT_STATUSES),
-        services=parse_service_types("service-type", service_type),
-        after=decode_cursor(cursor),
-        count=count,
+        lambda session, pools, now: service.search_slots(
+            session=session,
+            pools=pools,
+            now=now,
+            schedule_id=schedule_id,
+            starts=starts,
+            statuses=statuses,
+            services=services,
+            after=after,
+            count=count,
+        ),
     )
     return searchset(request, now, page)
 
 
 @router.get("/Slot/{slot_id}", responses=ERRORS)
 async def read_slot(slot_id: str, state: State, caller: Reader) -> FhirJSONResponse:
-    _, page = await _slots(
+    wanted = path_id("Slot", slot_id)
+    _, page = await _in_pools(
         state,
         caller,
-        slot_id=path_id("Slot", slot_id),
-        schedule_id=None,
-        starts=[],
-        statuses=None,
-        services=None,
-        after=None,
-        count=1,
+        lambda session, pools, now: service.search_slots(
+            session=session, pools=pools, now=now, slot_id=wanted, count=1
+        ),
     )
     return single(page, "Slot", slot_id)
 
@@ -353,10 +352,6 @@ async def read_appointment(
         state,
         caller,
         reference=reference,
-        statuses=None,
-        dates=[],
-        slot_id=None,
-        after=None,
         count=1,
     )
     return single(page, "Appointment", reference)

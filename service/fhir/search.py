@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,8 +10,10 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_
 
+from service import cursors
 from service.clock import SHANGHAI
-from service.errors import Problem
+from service.cursors import cursor_id
+from service.errors import Problem, Unprocessable
 from service.fhir import resources
 from service.ids import MAX_ID
 from service.resources import MODALITIES, RESOURCE_KINDS
@@ -125,22 +125,19 @@ def parse_tokens(name: str, value: str | None, allowed: Sequence[str]) -> list[s
     return tokens
 
 
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode().rstrip("=")
+def _last_id(parts: list[Any]) -> int:
+    [value] = parts  # anything but exactly one part is a ValueError, hence not a cursor
+    return cursor_id(value)
 
 
 def decode_cursor(cursor: str | None) -> int | None:
-    """The id the previous page ended on; the cursor is opaque to clients."""
+    """The id the previous page ended on; a cursor this service did not issue is a FHIR 400."""
     if cursor is None:
         return None
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    kind, _, number = text.partition(":")
-    if kind != "after" or not number.isascii() or not number.isdigit() or int(number) > MAX_ID:
-        raise BadSearch("invalid_cursor", "The _cursor value is not one this server issued.")
-    return int(number)
+        return cursors.decode_cursor(cursor, _last_id)
+    except Unprocessable:
+        raise BadSearch("invalid_cursor", "The _cursor value is not one this server issued.") from None
 
 
 def parse_service_types(name: str, values: Sequence[str] | None) -> list[tuple[str, str | None]] | None:

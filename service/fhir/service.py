@@ -90,7 +90,12 @@ async def region_names(session: AsyncSession, hospitals: Sequence[Organisation])
 
 
 async def search_locations(
-    *, session: AsyncSession, pools: list[Pool], location_id: int | None, after: int | None, count: int
+    *,
+    session: AsyncSession,
+    pools: list[Pool],
+    location_id: int | None = None,
+    after: int | None = None,
+    count: int,
 ) -> tuple[list[dict[str, Any]], int | None]:
     stmt = select(Organisation).where(Organisation.id.in_(sorted({h for h, _ in pools})))
     if location_id is not None:
@@ -113,12 +118,12 @@ async def search_schedules(
     *,
     session: AsyncSession,
     pools: list[Pool],
-    schedule_id: int | None,
-    location_id: int | None,
-    active: bool | None,
-    dates: list[DateBound],
-    services: list[Service] | None,
-    after: int | None,
+    schedule_id: int | None = None,
+    location_id: int | None = None,
+    active: bool | None = None,
+    dates: Sequence[DateBound] = (),
+    services: list[Service] | None = None,
+    after: int | None = None,
     count: int,
 ) -> tuple[list[dict[str, Any]], int | None]:
     stmt = (
@@ -147,12 +152,12 @@ async def search_slots(
     session: AsyncSession,
     pools: list[Pool],
     now: datetime,
-    slot_id: int | None,
-    schedule_id: int | None,
-    starts: list[DateBound],
-    statuses: list[str] | None,
-    services: list[Service] | None,
-    after: int | None,
+    slot_id: int | None = None,
+    schedule_id: int | None = None,
+    starts: Sequence[DateBound] = (),
+    statuses: list[str] | None = None,
+    services: list[Service] | None = None,
+    after: int | None = None,
     count: int,
 ) -> tuple[list[dict[str, Any]], int | None]:
     status = resources.slot_status(now)
@@ -181,11 +186,11 @@ async def search_appointments(
     actor: Actor,
     caller: Caller,
     crypto: Crypto,
-    reference: str | None,
-    statuses: list[str] | None,
-    dates: list[DateBound],
-    slot_id: int | None,
-    after: int | None,
+    reference: str | None = None,
+    statuses: list[str] | None = None,
+    dates: Sequence[DateBound] = (),
+    slot_id: int | None = None,
+    after: int | None = None,
     count: int,
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Referrals as Appointments, each read recorded in the audit trail (R15)."""
