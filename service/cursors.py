@@ -44,3 +44,13 @@ def cursor_id(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
         raise ValueError("not an id")
     return value
+
+
+def _single_id(parts: list[Any]) -> int:
+    [value] = parts  # anything but exactly one part is a ValueError, hence not a cursor
+    return cursor_id(value)
+
+
+def decode_id_cursor(cursor: str | None) -> int | None:
+    """The id a page ended on, for lists paged by id alone; None for the first page."""
+    return decode_cursor(cursor, _single_id) if cursor is not None else None

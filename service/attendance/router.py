@@ -19,7 +19,7 @@ from service.attendance.schemas import (
     Worklist,
 )
 from service.context import Caller
-from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
+from service.cursors import CursorQuery, cursor_id, decode_cursor, decode_id_cursor, encode_cursor
 from service.deps import State, actor_for, require
 from service.ids import PathId, QueryId
 from service.referrals.schemas import ReferralOut
@@ -125,7 +125,7 @@ async def list_bars(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> NoShowBarList:
     """No-show bars at the hospitals of the commission's region, newest first (R13)."""
-    before = decode_cursor(cursor, lambda p: cursor_id(p[0])) if cursor is not None else None
+    before = decode_id_cursor(cursor)
     actor = actor_for(request, state, caller)
     items, following = await state.db.run(
         lambda session: service.list_bars(

@@ -10,9 +10,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_
 
-from service import cursors
 from service.clock import SHANGHAI
-from service.cursors import cursor_id
+from service.cursors import decode_id_cursor
 from service.errors import Problem, Unprocessable
 from service.fhir import resources
 from service.ids import MAX_ID
@@ -125,17 +124,10 @@ def parse_tokens(name: str, value: str | None, allowed: Sequence[str]) -> list[s
     return tokens
 
 
-def _last_id(parts: list[Any]) -> int:
-    [value] = parts  # anything but exactly one part is a ValueError, hence not a cursor
-    return cursor_id(value)
-
-
 def decode_cursor(cursor: str | None) -> int | None:
     """The id the previous page ended on; a cursor this service did not issue is a FHIR 400."""
-    if cursor is None:
-        return None
     try:
-        return cursors.decode_cursor(cursor, _last_id)
+        return decode_id_cursor(cursor)
     except Unprocessable:
         raise BadSearch("invalid_cursor", "The _cursor value is not one this server issued.") from None
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.context import Caller
-from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
+from service.cursors import CursorQuery, decode_id_cursor, encode_cursor
 from service.deps import State, actor_for, require
 from service.ids import PathId, QueryId
 from service.signals import service
@@ -35,7 +35,7 @@ async def list_alerts(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> AlertList:
     """Alerts about the region's hospitals or booking institutions, newest first, with their evidence."""
-    before = decode_cursor(cursor, lambda p: cursor_id(p[0])) if cursor is not None else None
+    before = decode_id_cursor(cursor)
     actor = actor_for(request, state, caller)
 
     async def work(session: AsyncSession) -> AlertList:

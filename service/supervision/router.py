@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from service.context import Caller
-from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
+from service.cursors import CursorQuery, decode_id_cursor, encode_cursor
 from service.deps import State, actor_for, require
 from service.errors import Unprocessable
 from service.ids import PathId, QueryId
@@ -60,7 +60,7 @@ async def list_suspensions(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> SuspensionList:
     """Suspensions and revocations of subjects in the commission's region, newest first."""
-    before = decode_cursor(cursor, lambda p: cursor_id(p[0])) if cursor is not None else None
+    before = decode_id_cursor(cursor)
     async with state.db.sessionmaker() as session:
         items, following = await service.list_suspensions(
             session=session,
@@ -120,7 +120,7 @@ async def query_audit(
 
     Filter by resident (ID number), by actor (client or organisation), by action and by time.
     """
-    before = decode_cursor(cursor, lambda p: cursor_id(p[0])) if cursor is not None else None
+    before = decode_id_cursor(cursor)
     actor = actor_for(request, state, caller)
     items, following = await state.db.run(
         lambda session: service.query_audit(
