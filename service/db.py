@@ -8,6 +8,7 @@ commit happens before the response is built.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -106,3 +107,11 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def advisory_key(*parts: object) -> int:
+    """A signed 64-bit key for ``pg_advisory_xact_lock`` naming what it serialises, e.g.
+    ``advisory_key("limits", "doctor", 7)``. Every transaction-level advisory lock of the
+    service takes its key from here, so two uses never collide by accident."""
+    name = ":".join(["slotpool", *(str(p) for p in parts)])
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)

@@ -8,6 +8,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.attendance.models import NoShowBar
+from service.db import advisory_key
 from service.errors import Forbidden
 
 
@@ -21,8 +22,8 @@ async def lock_resident_at_hospital(
     """
     function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
     await session.execute(
-        text(f"SELECT {function}(hashtextextended(:key, 0))"),
-        {"key": f"no_show_bar:{hospital_id}:{resident_id}"},
+        text(f"SELECT {function}(:key)"),
+        {"key": advisory_key("no_show_bar", hospital_id, resident_id)},
     )
 
 

@@ -14,7 +14,6 @@ whose policies differ. Decisions are in docs/limits.md.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -23,19 +22,13 @@ from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import SHANGHAI, local_date
+from service.db import advisory_key
 from service.errors import Conflict
 from service.policy.models import Policy
 from service.referrals.models import Referral
 from service.slots.models import ClinicSession, Slot
 
-LOCK_NAMESPACE = "slotpool.limits"
 HOUR = timedelta(hours=1)
-
-
-def lock_key(*parts: object) -> int:
-    """A signed 64-bit advisory lock key, namespaced so it cannot collide with other uses of such locks."""
-    name = ":".join([LOCK_NAMESPACE, *(str(p) for p in parts)])
-    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def active_referral(today: date) -> ColumnElement[bool]:
@@ -65,9 +58,9 @@ async def enforce_booking_limits(
     referral in this same transaction, after this returns.
     """
     keys = {
-        lock_key("doctor", doctor_id),
-        lock_key("pool", institution_id, hospital_id, resource_kind, service_date.isoformat()),
-        lock_key("resident", resident_id),
+        advisory_key("limits", "doctor", doctor_id),
+        advisory_key("limits", "pool", institution_id, hospital_id, resource_kind, service_date.isoformat()),
+        advisory_key("limits", "resident", resident_id),
     }
     for key in sorted(keys):
         await session.execute(select(func.pg_advisory_xact_lock(key)))

@@ -23,6 +23,7 @@ from service.audit.service import record
 from service.clock import local_date
 from service.context import Actor
 from service.crypto import Crypto, mask_name
+from service.db import advisory_key
 from service.errors import Conflict, NotFound, Problem
 from service.policy.service import policy_in_force
 from service.referrals.models import Referral
@@ -37,7 +38,7 @@ from service.signals.schemas import AlertOut, EvidenceReferral
 from service.slots.models import ClinicSession
 
 # One replica computes at a time: the pass takes this transaction-level advisory lock or skips.
-DETECTION_LOCK = 0x51_6E_41_4C  # "QnAL"
+DETECTION_LOCK = advisory_key("signals", "detection")
 CANCELLED_BY_BOOKER = "r.cancelled_by IN ('family_doctor', 'hotline')"
 BOOKED_IN_WINDOW = "r.booked_at > :start AND r.booked_at <= :now"
 LOCAL = "(r.encountered_at AT TIME ZONE 'Asia/Shanghai')"
