@@ -22,7 +22,8 @@ from service.audit.service import record
 from service.clock import Clock
 from service.context import Actor
 from service.db import Database
-from service.metrics import LOOP_ERRORS, SLOTS_RETURNED
+from service.loops.periodic import every
+from service.metrics import SLOTS_RETURNED
 from service.referrals.service import emit_slots_returned
 from service.slots.models import Slot
 
@@ -83,13 +84,6 @@ async def release_loop(
     db: Database, clock: Clock, *, interval: float, batch_size: int, stop: asyncio.Event
 ) -> None:
     """Run ``release_due_slots`` every ``interval`` seconds until ``stop`` is set."""
-    while not stop.is_set():
-        try:
-            await release_due_slots(db, clock, batch_size=batch_size)
-        except Exception:
-            LOOP_ERRORS.labels("release").inc()
-            log.exception("release pass failed; retrying next interval")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        except TimeoutError:
-            pass
+    await every(
+        interval, partial(release_due_slots, db, clock, batch_size=batch_size), name="release", stop=stop
+    )

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import Clock
 from service.db import Database
-from service.metrics import LOOP_ERRORS
+from service.loops.periodic import every
 from service.signals.service import PassResult, detect_signals
 
 log = structlog.get_logger("slotpool.signals")
@@ -35,13 +35,4 @@ async def run_detection(db: Database, clock: Clock) -> PassResult | None:
 
 async def detection_loop(db: Database, clock: Clock, *, interval: float, stop: asyncio.Event) -> None:
     """Run ``run_detection`` every ``interval`` seconds until ``stop`` is set."""
-    while not stop.is_set():
-        try:
-            await run_detection(db, clock)
-        except Exception:
-            LOOP_ERRORS.labels("signals").inc()
-            log.exception("detection pass failed; retrying next interval")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
-        except TimeoutError:
-            pass
+    await every(interval, partial(run_detection, db, clock), name="signals", stop=stop)
