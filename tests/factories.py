@@ -261,3 +261,21 @@ async def pool_slots(client: Any, world: World, who: str = "chc_a", **params: An
     assert r.status_code == 200, r.text
     items: list[dict[str, Any]] = r.json()["items"]
     return items
+
+
+async def add_wuhu_key(world: World, crypto: Crypto, key_name: str, role: str) -> None:
+    """A key of an authority of 芜湖市 (340200), which covers none of the Hefei organisations above."""
+    actor = Actor.system("test", now=world.clock.now())
+
+    async def work(session: Any) -> None:
+        org = await create_organisation(
+            session=session,
+            org=OrganisationIn(
+                code="A-WUHU", name="芜湖市卫生健康委", kind="authority", region_code="340200"
+            ),
+        )
+        _, world.keys[key_name] = await create_api_client(
+            session=session, actor=actor, crypto=crypto, organisation_id=org.id, role=role, name=key_name
+        )
+
+    await world.db.run(work)

@@ -13,12 +13,9 @@ from sqlalchemy import select, text
 
 from service.attendance.models import NoShowBar
 from service.audit.models import AuditEntry
-from service.context import Actor
 from service.crypto import mask_id_number
 from service.referrals.models import Referral
-from service.registry.schemas import OrganisationIn
-from service.registry.service import create_api_client, create_organisation
-from tests.factories import booking, pool_slots, push, session_item, sign, synthetic_id
+from tests.factories import add_wuhu_key, booking, pool_slots, push, session_item, sign, synthetic_id
 
 DAY = date(2026, 3, 10)
 ID1 = synthetic_id("340102", seq=1)
@@ -269,24 +266,7 @@ async def test_r15_query_pages_with_a_cursor(client, world, booked, db):
 
 
 async def test_r15_query_is_scoped_to_the_commissions_region(client, world, booked, db, crypto, clock):
-    async def work(session: Any) -> None:
-        org = await create_organisation(
-            session=session,
-            org=OrganisationIn(
-                code="A-WUHU", name="芜湖市卫生健康委", kind="authority", region_code="340200"
-            ),
-        )
-        _, token = await create_api_client(
-            session=session,
-            actor=Actor.system("test", now=clock.now()),
-            crypto=crypto,
-            organisation_id=org.id,
-            role="commission",
-            name="wuhu_commission",
-        )
-        world.keys["wuhu_commission"] = token
-
-    await db.run(work)
+    await add_wuhu_key(world, crypto, "wuhu_commission", "commission")
     assert (await query(client, world, who="wuhu_commission"))["items"] == []
     assert (await query(client, world, who="wuhu_commission", resident_id_number=ID1))["items"] == []
     assert len((await query(client, world, action="referral.booked"))["items"]) == 2

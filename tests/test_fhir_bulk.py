@@ -8,11 +8,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.context import Actor
-from service.registry.schemas import OrganisationIn
-from service.registry.service import create_api_client, create_organisation
 from service.slots.models import ClinicSession, Slot
-from tests.factories import booking, pool_slots
+from tests.factories import add_wuhu_key, booking, pool_slots
 from tests.test_fhir import LATER, RESOURCE_KIND, ext, kinds, pool, validate
 
 __all__ = ["kinds", "pool"]  # the fixtures, shared with the FHIR view tests
@@ -137,24 +134,7 @@ async def test_r19_bulk_needs_a_platform_or_commission_key(client, world, pool):
 async def test_r19_platforms_read_their_own_region_only(client, world, clock, crypto, db, pool):
     """A platform of another city (Wuhu) sees none of Hefei's hospitals, in search or in bulk."""
 
-    async def wuhu_platform(session):
-        org = await create_organisation(
-            session=session,
-            org=OrganisationIn(
-                code="A-WUHU", name="芜湖市预约诊疗平台", kind="authority", region_code="340200"
-            ),
-        )
-        _, token = await create_api_client(
-            session=session,
-            actor=Actor.system("test", now=clock.now()),
-            crypto=crypto,
-            organisation_id=org.id,
-            role="platform",
-            name="wuhu",
-        )
-        return token
-
-    world.keys["wuhu"] = await db.run(wuhu_platform)
+    await add_wuhu_key(world, crypto, "wuhu", "platform")
     status, body, etag = await manifest(client, world, who="wuhu")
     assert status == 200
     for output in body["output"]:

@@ -26,11 +26,17 @@ import pytest
 from sqlalchemy import text
 
 from service.clock import local_datetime
-from service.context import Actor
 from service.loops.release import release_due_slots
-from service.registry.schemas import OrganisationIn
-from service.registry.service import create_api_client, create_organisation
-from tests.factories import TEST_POLICY, add_alliance, booking, pool_slots, push, session_item, sign
+from tests.factories import (
+    TEST_POLICY,
+    add_alliance,
+    add_wuhu_key,
+    booking,
+    pool_slots,
+    push,
+    session_item,
+    sign,
+)
 
 D1 = date(2026, 3, 10)  # Tuesday of ISO week 11
 D2 = date(2026, 3, 16)  # Monday of ISO week 12, under policy version 2
@@ -388,18 +394,7 @@ async def test_report_is_for_the_commission_of_the_region(client, world, db, cry
     r = await get_report(client, world, **{"from": "2026-03-01", "to": "2026-03-01"}, region="320000")
     assert (r.status_code, r.json()["code"]) == (403, "region_outside")
 
-    async def wuhu_commission(session: Any) -> str:
-        org = await create_organisation(
-            session=session,
-            org=OrganisationIn(
-                code="A-WUHU", name="芜湖市卫生健康委", kind="authority", region_code="340200"
-            ),
-        )
-        _, token = await create_api_client(session=session, actor=Actor.system("test", now=clock.now()),
-                                           crypto=crypto, organisation_id=org.id, role="commission", name="wuhu")  # fmt: skip
-        return token
-
-    world.keys["wuhu"] = await db.run(wuhu_commission)
+    await add_wuhu_key(world, crypto, "wuhu", "commission")
     params = {"from": "2026-03-10", "to": "2026-03-10"}
     r = await get_report(client, world, who="wuhu", **params, hospital_id=world.ids["city_hospital"])
     assert (r.status_code, r.json()["code"]) == (403, "hospital_outside_region")

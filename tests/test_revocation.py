@@ -13,12 +13,9 @@ from sqlalchemy import select
 
 from service.audit.models import AuditEntry
 from service.clock import local_datetime
-from service.context import Actor
 from service.events.models import Event
-from service.registry.schemas import OrganisationIn
-from service.registry.service import create_api_client, create_organisation
 from service.supervision.models import AccessSuspension
-from tests.factories import booking, pool_slots, push, session_item, sign, synthetic_id
+from tests.factories import add_wuhu_key, booking, pool_slots, push, session_item, sign, synthetic_id
 from tests.test_attendance import refer
 from tests.test_contracts import _validator
 
@@ -56,29 +53,6 @@ async def audit(db, action: str) -> list[AuditEntry]:
         lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id))
     )
     return list(rows)
-
-
-async def other_commission(db, crypto, clock, world) -> None:
-    """A commission of 芜湖市 (340200): the Hefei organisations are outside its region."""
-
-    async def work(session: Any) -> None:
-        org = await create_organisation(
-            session=session,
-            org=OrganisationIn(
-                code="A-WUHU", name="芜湖市卫生健康委", kind="authority", region_code="340200"
-            ),
-        )
-        _, token = await create_api_client(
-            session=session,
-            actor=Actor.system("test", now=clock.now()),
-            crypto=crypto,
-            organisation_id=org.id,
-            role="commission",
-            name="wuhu_commission",
-        )
-        world.keys["wuhu_commission"] = token
-
-    await db.run(work)
 
 
 # --- taking effect on the very next request ---------------------------------------------------
@@ -348,7 +322,7 @@ async def test_r14_cancelled_slots_go_back_to_the_pool_while_its_window_is_open(
 
 
 async def test_r14_only_subjects_of_the_commissions_region(client, world, db, crypto, clock):
-    await other_commission(db, crypto, clock, world)
+    await add_wuhu_key(world, crypto, "wuhu_commission", "commission")
     r = await suspend(
         client, world, who="wuhu_commission", subject_type="institution", organisation_code="P-A"
     )

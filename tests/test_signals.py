@@ -12,12 +12,18 @@ from sqlalchemy import func, select
 
 from service.audit.models import AuditEntry
 from service.clock import local_datetime
-from service.context import Actor
-from service.registry.schemas import OrganisationIn
-from service.registry.service import create_api_client, create_organisation
 from service.signals.loop import run_detection
 from service.signals.models import Alert
-from tests.factories import TEST_POLICY, booking, pool_slots, push, session_item, sign, synthetic_id
+from tests.factories import (
+    TEST_POLICY,
+    add_wuhu_key,
+    booking,
+    pool_slots,
+    push,
+    session_item,
+    sign,
+    synthetic_id,
+)
 
 DAY = date(2026, 3, 10)  # public release Tue 3 March 08:00; the pool is open from Mon 2 March 08:00
 PUBLIC_AT = local_datetime(date(2026, 3, 3), 8)
@@ -423,22 +429,8 @@ async def test_r14_evidence_is_masked_and_reads_are_audited(client, world, db):
 
 async def other_commission(world, crypto) -> dict[str, str]:
     """A commission of Wuhu, which covers none of the test hospitals or institutions."""
-    actor = Actor.system("test", now=world.clock.now())
-
-    async def work(session):
-        org = await create_organisation(
-            session=session,
-            org=OrganisationIn(
-                code="A-WUHU", name="芜湖市卫生健康委", kind="authority", region_code="340200"
-            ),
-        )
-        _, token = await create_api_client(
-            session=session, actor=actor, crypto=crypto, organisation_id=org.id, role="commission", name="w"
-        )
-        return token
-
-    token = await world.db.run(work)
-    return {"Authorization": f"Bearer {token}"}
+    await add_wuhu_key(world, crypto, "wuhu_commission", "commission")
+    return world.auth("wuhu_commission")
 
 
 async def test_r14_alerts_are_scoped_to_the_commission_region_and_role(client, world, crypto):
