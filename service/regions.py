@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy import ColumnElement, SQLColumnExpression
+
 
 def city_of(code: str) -> str:
     return code[:4] + "00"
@@ -23,3 +25,8 @@ def significant_prefix(code: str) -> str:
 def covers(area: str, code: str) -> bool:
     """Whether the division ``area`` contains (or is) the division ``code``."""
     return code.startswith(significant_prefix(area))
+
+
+def within(column: SQLColumnExpression[str], area: str) -> ColumnElement[bool]:
+    """SQL for ``covers(area, column)``: the region code in ``column`` lies in the division ``area``."""
+    return column.startswith(significant_prefix(area), autoescape=True)

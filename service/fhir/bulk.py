@@ -29,7 +29,7 @@ from service.db import Database
 from service.fhir import resources
 from service.fhir.service import region_names
 from service.fhir.validation import checked
-from service.regions import significant_prefix
+from service.regions import within
 from service.registry.models import Department, Doctor, Organisation
 from service.slots.models import ClinicSession, Slot
 
@@ -58,7 +58,7 @@ def _candidates(now: datetime, region_code: str) -> Select[Any]:
             resources.pool_held_clause(),
             Slot.starts_at > now,
             ClinicSession.status == "active",
-            Organisation.region_code.startswith(significant_prefix(region_code)),
+            within(Organisation.region_code, region_code),
         )
     )
 

@@ -18,7 +18,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from service.errors import Forbidden, NotFound, Unprocessable
 from service.policy.models import Policy
-from service.regions import covers, significant_prefix
+from service.regions import covers, within
 from service.registry.models import SENIOR_TITLES, Alliance, AllianceMember, Organisation
 from service.reports.schemas import (
     ComplianceReport,
@@ -205,12 +205,12 @@ async def hospitals_in_scope(
     """The hospitals the commission sees that the filters select; 403 for a filter outside its region."""
     stmt = select(Organisation.id).where(
         Organisation.kind == "hospital",
-        Organisation.region_code.startswith(significant_prefix(commission_region)),
+        within(Organisation.region_code, commission_region),
     )
     if region is not None:
         if not covers(commission_region, region):
             raise Forbidden("region_outside", f"Region {region} is outside this commission's region.")
-        stmt = stmt.where(Organisation.region_code.startswith(significant_prefix(region)))
+        stmt = stmt.where(within(Organisation.region_code, region))
     if hospital_id is not None:
         hospital = await session.get(Organisation, hospital_id)
         if hospital is None or hospital.kind != "hospital":

@@ -28,7 +28,7 @@ from service.errors import Conflict, NotFound, Problem
 from service.policy.service import policy_in_force
 from service.referrals.models import Referral
 from service.referrals.schemas import NamedRef
-from service.regions import significant_prefix
+from service.regions import within
 from service.registry.models import Doctor, Organisation
 from service.registry.schemas import DEFAULT_OPENING_HOURS
 from service.residents.models import Resident
@@ -340,15 +340,14 @@ def _in_region(region_code: str) -> Select[Alert]:
     """Alerts about a hospital or a booking institution of the commission's region."""
     hospital = aliased(Organisation)
     institution = aliased(Organisation)
-    prefix = significant_prefix(region_code)
     return (
         select(Alert)
         .join(hospital, hospital.id == Alert.hospital_id)
         .join(institution, institution.id == Alert.institution_id)
         .where(
             or_(
-                hospital.region_code.startswith(prefix, autoescape=True),
-                institution.region_code.startswith(prefix, autoescape=True),
+                within(hospital.region_code, region_code),
+                within(institution.region_code, region_code),
             )
         )
     )

@@ -23,7 +23,7 @@ from service.events.service import emit
 from service.referrals.models import Referral
 from service.referrals.schemas import NamedRef
 from service.referrals.service import cancel_by_commission, instant
-from service.regions import covers, significant_prefix
+from service.regions import covers, within
 from service.registry.models import ApiClient, Doctor, Organisation
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
 from service.residents.models import Resident
@@ -343,7 +343,7 @@ async def list_suspensions(
     stmt = (
         select(AccessSuspension)
         .join(Organisation, Organisation.id == AccessSuspension.organisation_id)
-        .where(Organisation.region_code.startswith(significant_prefix(caller.region_code)))
+        .where(within(Organisation.region_code, caller.region_code))
         .order_by(AccessSuspension.id.desc())
         .limit(limit + 1)
     )
@@ -413,12 +413,16 @@ async def query_audit(
     if resident_id_number is None or resident is not None:
         hospital = aliased(Organisation)
         acting = aliased(Organisation)
-        prefix = significant_prefix(caller.region_code)
         stmt = (
             select(AuditEntry)
             .outerjoin(hospital, hospital.id == AuditEntry.hospital_id)
             .outerjoin(acting, acting.id == AuditEntry.actor_org_id)
-            .where(or_(hospital.region_code.startswith(prefix), acting.region_code.startswith(prefix)))
+            .where(
+                or_(
+                    within(hospital.region_code, caller.region_code),
+                    within(acting.region_code, caller.region_code),
+                )
+            )
             .order_by(AuditEntry.id.desc())
             .limit(limit + 1)
         )
