@@ -97,7 +97,7 @@ async def kinds(client, world, pushed):
     assert [len(r["pool_slot_numbers"]) for r in results] == [4, 2, 2, 3]
 
 
-async def test_counts_per_group_follow_bookings(client, world, clock, pushed):
+async def test_r19_counts_per_group_follow_bookings(client, world, clock, pushed):
     body = (await feed(client, world)).json()
     AvailabilityOut.model_validate(body)
     card = {"department_code": "CARD", "service_date": DAY.isoformat(), "period": "morning"}
@@ -185,7 +185,7 @@ async def test_r5_r6_pending_open_and_returned_follow_the_clock_not_the_release_
     assert counts((await feed(client, world)).json(), **later) == ZERO | {"public": 8, "returned": 2}
 
 
-async def test_filters_by_hospital_and_department(client, world, pushed):
+async def test_r19_filters_by_hospital_and_department(client, world, pushed):
     body = (await feed(client, world, department_code="NEUR")).json()
     assert {i["department_code"] for i in body["items"]} == {"NEUR"}
     body = (await feed(client, world, hospital_id=world.ids["provincial_hospital"])).json()
@@ -193,7 +193,7 @@ async def test_filters_by_hospital_and_department(client, world, pushed):
     assert body["hospitals"] == []
 
 
-async def test_etag_and_304(client, world, clock, pushed):
+async def test_r19_etag_and_304(client, world, clock, pushed):
     first = await feed(client, world)
     etag = first.headers["etag"]
     assert etag.startswith('"') and not etag.startswith("W/")
@@ -215,13 +215,13 @@ async def test_etag_and_304(client, world, clock, pushed):
     assert counts(changed.json(), department_code="CARD", service_date=DAY.isoformat())["booked"] == 1
 
 
-async def test_etag_changes_when_only_the_clock_moves_counts(client, world, clock, pushed):
+async def test_r19_etag_changes_when_only_the_clock_moves_counts(client, world, clock, pushed):
     etag = (await feed(client, world)).headers["etag"]
     clock.set(datetime(2026, 3, 4, 8, 0, tzinfo=SHANGHAI))
     assert (await feed(client, world, headers={"If-None-Match": etag})).headers["etag"] != etag
 
 
-async def test_since_returns_only_changed_department_days_with_full_counts(client, world, clock, pushed):
+async def test_r19_since_returns_only_changed_department_days_with_full_counts(client, world, clock, pushed):
     cursor = (await feed(client, world)).json()["cursor"]
     quiet = (await feed(client, world, since=cursor)).json()
     assert quiet["items"] == []
@@ -242,7 +242,7 @@ async def test_since_returns_only_changed_department_days_with_full_counts(clien
     assert (await feed(client, world, since=body["cursor"])).json()["replaces"] == []
 
 
-async def test_since_reports_a_window_that_opened_by_the_clock(client, world, clock, pushed):
+async def test_r19_since_reports_a_window_that_opened_by_the_clock(client, world, clock, pushed):
     cursor = (await feed(client, world)).json()["cursor"]
     clock.set(datetime(2026, 3, 4, 8, 0, tzinfo=SHANGHAI))
     body = (await feed(client, world, since=cursor)).json()
@@ -261,7 +261,7 @@ async def test_since_reports_a_window_that_opened_by_the_clock(client, world, cl
     assert (await feed(client, world, since=body["cursor"])).json()["replaces"] == []
 
 
-async def test_since_misses_nothing_committed_after_the_poll_by_an_older_transaction(
+async def test_r19_since_misses_nothing_committed_after_the_poll_by_an_older_transaction(
     client, world, clock, pushed, clean_db
 ):
     """A write made before a poll but committed after it is in the next since answer, even though a
@@ -326,7 +326,7 @@ async def test_r18_a_changed_modality_or_ward_reaches_warm_and_since_answers(cli
     ]
 
 
-async def test_since_replaces_a_department_day_whose_session_changed_period(client, world, pushed):
+async def test_r19_since_replaces_a_department_day_whose_session_changed_period(client, world, pushed):
     cursor = (await feed(client, world)).json()["cursor"]
     await push(client, world, [session_item("S1", DAY, slots=10, period="afternoon", version=2)])
     body = (await feed(client, world, since=cursor)).json()
@@ -381,19 +381,19 @@ async def test_r15_platform_responses_carry_no_personal_data(client, world, cloc
         ("platform", {"modality": "MR"}, 422, "invalid_request"),
     ],
 )
-async def test_refusals(client, world, who, params, status, code):
+async def test_r19_refusals(client, world, who, params, status, code):
     r = await client.get("/v1/availability", params={**WINDOW, **params}, headers=world.auth(who))
     assert r.status_code == status, r.text
     assert r.json()["code"] == code
 
 
-async def test_a_county_inside_the_platform_city_is_in_scope(client, world, pushed):
+async def test_r19_a_county_inside_the_platform_city_is_in_scope(client, world, pushed):
     body = (await feed(client, world, region="340104")).json()  # the city hospital's district
     assert body["items"]
     assert (await feed(client, world, region="340102")).json()["items"] == []
 
 
-async def test_counts_table_equals_a_recount_of_the_slots(client, world, clock, kinds, db):
+async def test_r19_counts_table_equals_a_recount_of_the_slots(client, world, clock, kinds, db):
     """Pushes of every kind, updates that drop slots or change a modality or ward, bookings,
     cancellations, withdrawals and releases."""
     from sqlalchemy import text
@@ -463,7 +463,7 @@ async def test_counts_table_equals_a_recount_of_the_slots(client, world, clock, 
     assert negative == 0
 
 
-async def test_warm_answers_follow_renames_and_agree_with_since_answers(client, world, clock, pushed, db):
+async def test_r19_warm_answers_follow_renames_and_agree_with_since_answers(client, world, clock, pushed, db):
     """Full answers are assembled from cached hospital-days; every change reaches them."""
     from sqlalchemy import text
 

@@ -65,7 +65,7 @@ def signed(secret: str, msg_id: str, body: str, at: datetime | None = None) -> d
     }
 
 
-async def test_receiver_accepts_the_dispatchers_requests_once_each(
+async def test_r19_receiver_accepts_the_dispatchers_requests_once_each(
     client, world, clock, crypto, db, settings
 ):
     hook_settings = settings.model_copy(update={"webhook_timeout_seconds": 2.0})
@@ -116,7 +116,7 @@ async def test_receiver_accepts_the_dispatchers_requests_once_each(
     assert printed[0]["data"] == returned_data(0)
 
 
-async def test_receiver_refuses_tampered_stale_and_unsigned_requests(secret, running):
+async def test_r19_receiver_refuses_tampered_stale_and_unsigned_requests(secret, running):
     body = json.dumps({"type": "slots.returned", "timestamp": "2026-03-02T09:00:00+08:00", "data": {}})
     async with httpx.AsyncClient(base_url=running.url) as http:
         good = signed(secret, "evt_1", body)
@@ -137,7 +137,7 @@ async def test_receiver_refuses_tampered_stale_and_unsigned_requests(secret, run
     assert [p["webhook_id"] for p in printed] == ["evt_1"]
 
 
-async def test_receiver_accepts_either_secret_during_a_rotation():
+async def test_r19_receiver_accepts_either_secret_during_a_rotation():
     old, new = new_secret(), new_secret()
     receiver = Running([new])
     body = '{"type":"slots.returned"}'

@@ -377,7 +377,7 @@ async def test_r20_other_resource_kinds_are_reported_apart(client, world, story)
     assert rows == []
 
 
-async def test_report_ranges_are_bounded(client, world):
+async def test_r20_report_ranges_are_bounded(client, world):
     longest = await get_report(client, world, **{"from": "2026-01-01", "to": "2026-04-02"}, granularity="day")
     assert longest.status_code == 200, longest.text  # 92 days
     r = await get_report(client, world, **{"from": "2026-01-01", "to": "2026-04-03"}, granularity="day")
@@ -388,7 +388,7 @@ async def test_report_ranges_are_bounded(client, world):
     assert (r.status_code, r.json()["code"]) == (422, "report_range_reversed")
 
 
-async def test_report_is_for_the_commission_of_the_region(client, world, db, crypto, clock):
+async def test_r20_report_is_for_the_commission_of_the_region(client, world, db, crypto, clock):
     r = await get_report(client, world, who="city_hospital", **{"from": "2026-03-01", "to": "2026-03-01"})
     assert (r.status_code, r.json()["code"]) == (403, "wrong_role")
     r = await get_report(client, world, **{"from": "2026-03-01", "to": "2026-03-01"}, region="320000")
@@ -450,7 +450,7 @@ async def test_r20_figures_follow_every_change_after_a_first_read(client, world,
     await check()
 
 
-async def test_referral_counts_equal_a_recount_of_referrals(client, world, db, story):
+async def test_r20_referral_counts_equal_a_recount_of_referrals(client, world, db, story):
     """The trigger-kept counts match the referrals after bookings, cancellations, attendance and a correction."""
     recount_sql = """
         SELECT session_id, hospital_id, service_date, count(*) AS bookings,

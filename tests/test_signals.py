@@ -280,7 +280,7 @@ async def test_r14_opening_hours_set_by_the_commission_decide(client, world):
     assert evidence(alerts[0]) == refs(referrals)
 
 
-async def test_opening_hours_are_validated_and_scoped(client, world, crypto):
+async def test_r14_opening_hours_are_validated_and_scoped(client, world, crypto):
     bad = await client.put(
         f"/v1/organisations/{world.ids['chc_a']}/opening-hours",
         json={"opening_hours": {"mon": [["18:00", "07:30"]]}},

@@ -126,7 +126,7 @@ def wid(event_id: int) -> str:
 # --- signing -----------------------------------------------------------------------------------
 
 
-def test_signer_reproduces_the_standard_webhooks_test_vector():
+def test_r19_signer_reproduces_the_standard_webhooks_test_vector():
     """The vector published with the specification's reference libraries (test_sign_function)."""
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     msg_id, timestamp, body = "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}'
@@ -147,7 +147,7 @@ def _utc(timestamp: int) -> Any:
 # --- delivery ----------------------------------------------------------------------------------
 
 
-async def test_every_event_is_delivered_signed_schema_valid_and_without_id_numbers(
+async def test_r19_every_event_is_delivered_signed_schema_valid_and_without_id_numbers(
     client, world, clock, db, receiver, dispatcher
 ):
     endpoint = await register(client, world, receiver.url + "/his")
@@ -174,7 +174,7 @@ async def test_every_event_is_delivered_signed_schema_valid_and_without_id_numbe
     assert delivered == len(events)
 
 
-async def test_only_subscribed_types_and_only_events_after_registration(
+async def test_r19_only_subscribed_types_and_only_events_after_registration(
     client, world, clock, db, receiver, dispatcher
 ):
     await emit_returned(db, world, 1)  # before any endpoint: nobody gets it
@@ -190,7 +190,7 @@ async def test_only_subscribed_types_and_only_events_after_registration(
     verify(receiver.requests[0], everything["secret"])
 
 
-async def test_attendance_recorded_reaches_a_his_subscribed_to_it_alone(
+async def test_r19_attendance_recorded_reaches_a_his_subscribed_to_it_alone(
     client, world, clock, db, receiver, dispatcher
 ):
     endpoint = await register(client, world, receiver.url + "/emr", types=["referral.attendance_recorded"])
@@ -226,7 +226,7 @@ async def test_attendance_recorded_reaches_a_his_subscribed_to_it_alone(
     assert synthetic_id("340102", seq=1)[:17] not in request.body.decode()
 
 
-async def test_500s_are_retried_with_backoff_and_every_attempt_is_recorded(
+async def test_r19_500s_are_retried_with_backoff_and_every_attempt_is_recorded(
     client, world, clock, db, receiver, dispatcher
 ):
     endpoint = await register(client, world, receiver.url)
@@ -255,7 +255,7 @@ async def test_500s_are_retried_with_backoff_and_every_attempt_is_recorded(
     assert delivery["attempts"] == 3 and delivery["delivered_at"] is not None
 
 
-async def test_timeouts_are_retried(client, world, clock, db, receiver, dispatcher):
+async def test_r19_timeouts_are_retried(client, world, clock, db, receiver, dispatcher):
     await register(client, world, receiver.url)
     await emit_returned(db, world, 1)
     receiver.answer = "stall"
@@ -270,7 +270,7 @@ async def test_timeouts_are_retried(client, world, clock, db, receiver, dispatch
     assert 900 <= attempts[0].duration_ms < 5000
 
 
-async def test_410_disables_the_endpoint_until_it_is_re_enabled(
+async def test_r19_410_disables_the_endpoint_until_it_is_re_enabled(
     client, world, clock, db, receiver, dispatcher
 ):
     endpoint = await register(client, world, receiver.url)
@@ -297,7 +297,7 @@ async def test_410_disables_the_endpoint_until_it_is_re_enabled(
     assert receiver.ids() == [wid(first[0]), *(wid(i) for i in first + later)]
 
 
-async def test_dead_letter_after_three_days_of_retries_then_replay(
+async def test_r19_dead_letter_after_three_days_of_retries_then_replay(
     client, world, clock, db, receiver, dispatcher
 ):
     endpoint = await register(client, world, receiver.url)
@@ -338,7 +338,7 @@ async def test_dead_letter_after_three_days_of_retries_then_replay(
     assert replays == 1
 
 
-async def test_two_dispatchers_deliver_every_event_exactly_once(
+async def test_r19_two_dispatchers_deliver_every_event_exactly_once(
     client, world, clock, crypto, db, clean_db, receiver, hook_settings
 ):
     paths = [f"/his-{n}" for n in range(4)]
@@ -361,7 +361,7 @@ async def test_two_dispatchers_deliver_every_event_exactly_once(
     assert len(receiver.requests) == len(paths) * len(events)
 
 
-async def test_receiver_down_then_back_gets_everything_in_order(
+async def test_r19_receiver_down_then_back_gets_everything_in_order(
     client, world, clock, db, receiver, dispatcher
 ):
     paths = ["/a", "/b"]
@@ -383,7 +383,7 @@ async def test_receiver_down_then_back_gets_everything_in_order(
     assert pending == 0
 
 
-async def test_notify_at_commit_wakes_the_dispatcher(
+async def test_r19_notify_at_commit_wakes_the_dispatcher(
     client, world, db, clean_db, receiver, hook_settings, crypto
 ):
     await register(client, world, receiver.url)
@@ -410,7 +410,7 @@ async def test_notify_at_commit_wakes_the_dispatcher(
 # --- URLs and SSRF -------------------------------------------------------------------------------
 
 
-async def test_registration_requires_https_except_loopback_in_development(client, world):
+async def test_r19_registration_requires_https_except_loopback_in_development(client, world):
     hospital = world.auth("city_hospital")
     for url, code in [
         ("http://his.example.org/hook", "webhook_url_not_https"),
@@ -480,18 +480,18 @@ DNS = fake_dns(
         ("https://nowhere.example.org/hook", "webhook_url_unresolvable"),
     ],
 )
-async def test_production_refuses_non_public_addresses(url, code):
+async def test_r19_production_refuses_non_public_addresses(url, code):
     with pytest.raises(Unprocessable) as refused:
         await check_url(url, development=False, resolver=DNS)
     assert refused.value.code == code
 
 
-async def test_production_accepts_public_https():
+async def test_r19_production_accepts_public_https():
     assert await check_url("https://his.example.org:8443/hook", development=False, resolver=DNS)
     assert await check_url("https://93.184.216.34/hook", development=False, resolver=DNS)
 
 
-async def test_delivery_rechecks_the_address_dns_rebinding(world, clock, crypto, db, receiver, settings):
+async def test_r19_delivery_rechecks_the_address_dns_rebinding(world, clock, crypto, db, receiver, settings):
     """Registered while it resolved to a public address; at delivery it resolves inside: refused."""
     production = settings.model_copy(
         update={"env": "production", "data_key": PRODUCTION_KEY, "index_key": PRODUCTION_KEY}
@@ -525,7 +525,7 @@ async def test_delivery_rechecks_the_address_dns_rebinding(world, clock, crypto,
 # --- secrets -------------------------------------------------------------------------------------
 
 
-async def test_rotation_signs_with_both_secrets_during_the_overlap_only(
+async def test_r19_rotation_signs_with_both_secrets_during_the_overlap_only(
     client, world, clock, db, receiver, dispatcher
 ):
     endpoint = await register(client, world, receiver.url)
@@ -556,7 +556,7 @@ async def test_rotation_signs_with_both_secrets_during_the_overlap_only(
     assert rotations == 1
 
 
-async def test_secrets_are_shown_once_and_encrypted_at_rest(client, world, db, receiver):
+async def test_r19_secrets_are_shown_once_and_encrypted_at_rest(client, world, db, receiver):
     endpoint = await register(client, world, receiver.url)
     hospital = world.auth("city_hospital")
     shown = (await client.get(f"/v1/webhooks/endpoints/{endpoint['id']}", headers=hospital)).json()
@@ -568,7 +568,7 @@ async def test_secrets_are_shown_once_and_encrypted_at_rest(client, world, db, r
     assert endpoint["secret"].removeprefix("whsec_").encode() not in bytes(stored)
 
 
-async def test_hospitals_see_only_their_own_endpoints_and_deliveries(client, world, db, receiver):
+async def test_r19_hospitals_see_only_their_own_endpoints_and_deliveries(client, world, db, receiver):
     mine = await register(client, world, receiver.url)
     other = world.auth("district_hospital")
     base = f"/v1/webhooks/endpoints/{mine['id']}"
@@ -591,7 +591,7 @@ async def test_hospitals_see_only_their_own_endpoints_and_deliveries(client, wor
     assert [d["id"] for d in mine_dead["items"]] == [delivery_id]
 
 
-async def test_deleting_an_endpoint_drops_its_queue(client, world, db, receiver, dispatcher):
+async def test_r19_deleting_an_endpoint_drops_its_queue(client, world, db, receiver, dispatcher):
     endpoint = await register(client, world, receiver.url)
     await emit_returned(db, world, 2)
     hospital = world.auth("city_hospital")
