@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "SLOTPOOL_DATABASE_URL")
     )
+    # The schema owner, used only by `slotpool migrate` (and `bootstrap`). The runtime role that
+    # serves requests (the user in DATABASE_URL, or `runtime_role` on the embedded server) owns
+    # nothing and may only insert into and read the audit trail.
+    migration_database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLOTPOOL_MIGRATION_DATABASE_URL")
+    )
+    runtime_role: str = "slotpool_app"
     data_dir: Path = Field(default_factory=default_data_dir)
 
     # base64 of 32 random bytes each: AES-256-GCM key for personal data, HMAC
@@ -60,6 +67,8 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=60)
     webhook_secret_overlap_hours: int = Field(default=24, ge=0, le=24 * 7)
     db_pool_size: int = 10
+    # Prometheus metrics are served on their own port, never on the API port; unset: not served.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     log_level: str = "INFO"
     log_json: bool = True
 
