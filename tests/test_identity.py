@@ -25,11 +25,13 @@ from service.app import create_app
 from service.audit.models import AuditEntry
 from service.clock import ManualClock
 from service.config import Settings
+from service.context import Actor
 from service.db import Database
 from service.events.models import Event
 from service.migrations import downgrade, upgrade
 from service.referrals.models import REFERRAL_RESIDENT_NAME, Referral
 from service.residents.models import CONTRACT_NAME, CONTRACT_PHONE, FamilyDoctorContract
+from service.signals.identity import note_declared_identity
 from tests.conftest import START
 from tests.factories import add_wuhu_key, booking, build_world, contract_row, pool_slots, push, session_item
 from tests.test_slip import _text
@@ -216,6 +218,19 @@ async def test_concurrent_syncs_of_two_names_raise_one_conflict(client, world):
     assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
     [conflict] = await conflicts(client, world)
     assert len(conflict["declarations"]) == 2
+
+
+async def test_a_sync_in_progress_does_not_hold_up_a_booking_for_the_resident(
+    client, world, pools, db, crypto
+):
+    """The conflict check locks the resident against other syncs only, not against bookings."""
+    await synced(client, world, "chc_a", "P-A", A_NAME)
+    resident_id = await db.run(lambda s: s.scalar(select(FamilyDoctorContract.resident_id)))
+    actor = Actor.system("test", now=world.clock.now())
+    async with db.sessionmaker() as held, held.begin():
+        await note_declared_identity(session=held, actor=actor, crypto=crypto, resident_id=resident_id)
+        r = await asyncio.wait_for(book(client, world, pools["CARD"][0]["slot_id"], A_NAME, "chc_a"), 4)
+        assert r.status_code == 201, r.text
 
 
 async def test_identity_conflict_evidence_and_logs_carry_no_id_number_or_name(client, world, db, caplog):

@@ -36,8 +36,11 @@ async def note_declared_identity(
     another institution declares a different name; one institution's own contracts never
     conflict with each other.
     """
-    # Serialises syncs for one resident, so that two of them never both raise a conflict.
-    await session.execute(select(Resident.id).where(Resident.id == resident_id).with_for_update())
+    # Serialises syncs for one resident, so that two of them never both raise a conflict. NO KEY
+    # UPDATE leaves the KEY SHARE that a booking's foreign key to the resident takes unblocked.
+    await session.execute(
+        select(Resident.id).where(Resident.id == resident_id).with_for_update(key_share=True)
+    )
     contracts = list(
         await session.scalars(
             select(FamilyDoctorContract)
