@@ -388,3 +388,25 @@ async def test_migration_gives_existing_contracts_and_referrals_the_residents_na
         conn = await asyncpg.connect(admin)
         await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await conn.close()
+
+
+async def test_a_lower_tier_hospital_is_not_locked_out_by_whoever_registered_the_resident(client, world):
+    """Hospital bookers have no contract: any name on record in force will do, not only the first."""
+    await synced(client, world, "chc_b", "P-B", B_NAME)  # registers the resident under B's name
+    await synced(client, world, "chc_a", "P-A", A_NAME)
+    await push(client, world, [session_item("P1", DAY, slots=20)], who="provincial_hospital")
+    await push(client, world, [session_item("X1", DAY, slots=2, title="attending")], who="district_hospital")
+    slots = await pool_slots(client, world, who="district_as_booker")
+    r = await client.post(
+        "/v1/referrals",
+        json=booking(slots[0]["slot_id"], SEQ, clock=world.clock, doctor_code="D-attending", name="王五"),
+        headers=world.auth("district_as_booker"),
+    )
+    assert r.json()["code"] == "name_mismatch"
+    r = await client.post(
+        "/v1/referrals",
+        json=booking(slots[0]["slot_id"], SEQ, clock=world.clock, doctor_code="D-attending", name=A_NAME),
+        headers=world.auth("district_as_booker"),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["resident_name_masked"] == "张**"
