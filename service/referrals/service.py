@@ -399,7 +399,12 @@ async def book_referral(
         resident = await _ensure_resident(session, crypto, actor, id_number, name)
         declared = await _names_on_record(session, crypto, resident, local_date(now))
     if name not in declared:
-        raise Unprocessable("name_mismatch", "The name does not match the resident's real name (R8).")
+        raise Unprocessable(
+            "name_mismatch",
+            "The name does not match the name declared on your contract with this resident (R8)."
+            if booker.kind == "primary"
+            else "The name does not match the resident's name on record (R8).",
+        )
     await refuse_if_barred(session, hospital_id=hospital.id, resident_id=resident.id, on=local_date(now))
 
     encountered = booking.consultation.encountered_at
