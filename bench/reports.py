@@ -137,12 +137,13 @@ SEED: list[tuple[str, str]] = [
         "referrals",
         """
         INSERT INTO referrals (reference, hospital_id, department_id, session_id, slot_id, service_date,
-                               resident_id, booker_org_id, referring_doctor_id, booked_by_client_id, policy_id,
+                               resident_id, resident_name_enc, booker_org_id, referring_doctor_id,
+                               booked_by_client_id, policy_id,
                                encounter_id, encountered_at, diagnoses, verification_code_enc, status, booked_at,
                                cancelled_at, cancelled_by, attendance, attendance_reported_at)
         SELECT CASE WHEN s.status = 'booked' THEN 'B' ELSE 'C' END || s.id,
                cs.hospital_id, cs.department_id, cs.id, s.id, cs.service_date,
-               (SELECT min(id) FROM residents) + (cs.id * 7 + s.number) % 1000,
+               (SELECT min(id) FROM residents) + (cs.id * 7 + s.number) % 1000, '\\x00'::bytea,
                p.id, fd.id, (SELECT min(id) FROM api_clients WHERE organisation_id = p.id), cs.policy_id,
                'E' || s.id, s.pool_opens_at, ARRAY['I10'], '\\x00'::bytea,
                CASE WHEN s.status = 'booked' THEN 'booked' ELSE 'cancelled' END,

@@ -16,8 +16,8 @@ from service.registry.models import (
     Region,
 )
 from service.reports.models import ReferralCount
-from service.residents.models import FamilyDoctorContract, Resident
-from service.signals.models import Alert
+from service.residents.models import FamilyDoctorContract, RegionContractSource, Resident
+from service.signals.models import Alert, IdentityConflict, IdentityConflictParty
 from service.slots.models import ClinicSession, ReservationShortfall, Slot
 from service.supervision.models import AccessSuspension
 from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -37,12 +37,15 @@ __all__ = [
     "FamilyDoctorContract",
     "HospitalPolicy",
     "IdempotencyKey",
+    "IdentityConflict",
+    "IdentityConflictParty",
     "NoShowBar",
     "Organisation",
     "Policy",
     "Referral",
     "ReferralCount",
     "Region",
+    "RegionContractSource",
     "ReservationShortfall",
     "Resident",
     "Slot",

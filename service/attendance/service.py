@@ -24,7 +24,7 @@ from service.errors import Conflict, NotFound, Problem
 from service.events.service import emit
 from service.policy.models import Policy
 from service.policy.schemas import NoShowRule
-from service.referrals.models import Referral
+from service.referrals.models import REFERRAL_RESIDENT_NAME, Referral
 from service.referrals.schemas import NamedRef, ReferralOut
 from service.referrals.service import instant, referral_event_data, referral_out
 from service.regions import covers
@@ -395,22 +395,30 @@ async def bar_out(*, session: AsyncSession, crypto: Crypto, bar: NoShowBar, toda
     resident = await session.get(Resident, bar.resident_id)
     policy, rule = await _rule(session, bar.policy_id)
     assert hospital is not None and resident is not None
-    references = await session.scalars(
-        select(Referral.reference)
-        .where(Referral.id.in_(bar.trigger_referral_ids))
-        .order_by(Referral.service_date, Referral.id)
+    triggers = (
+        await session.execute(
+            select(Referral.reference, Referral.resident_name_enc)
+            .where(Referral.id.in_(bar.trigger_referral_ids))
+            .order_by(Referral.service_date, Referral.id)
+        )
+    ).all()
+    # The name of the latest no-show referral, as booked: the resident row holds no shared name.
+    name = (
+        crypto.decrypt(triggers[-1].resident_name_enc, column=REFERRAL_RESIDENT_NAME)
+        if triggers
+        else crypto.decrypt(resident.name_enc, column="residents.name")
     )
     return NoShowBarOut(
         id=bar.id,
         hospital=NamedRef(id=hospital.id, code=hospital.code, name=hospital.name),
-        resident_name_masked=mask_name(crypto.decrypt(resident.name_enc, column="residents.name")),
+        resident_name_masked=mask_name(name),
         resident_id_masked=mask_id_number(
             crypto.decrypt(resident.id_number_enc, column="residents.id_number")
         ),
         starts_on=bar.starts_on,
         ends_on=bar.ends_on,
         active=bar.lifted_at is None and bar.starts_on <= today <= bar.ends_on,
-        no_show_references=list(references),
+        no_show_references=[t.reference for t in triggers],
         policy=f"{policy.code} v{policy.version}",
         rule=rule.text,
         created_at=bar.created_at,

@@ -25,6 +25,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base
 
+# AES-GCM associated data of the name a referral was booked under (service/crypto.py).
+REFERRAL_RESIDENT_NAME = "referrals.resident_name"
+
 
 class Referral(Base):
     """A booking of one reserved slot for one resident, from one consultation."""
@@ -83,6 +86,8 @@ class Referral(Base):
     slot_id: Mapped[int] = mapped_column(ForeignKey("slots.id"), index=True)
     service_date: Mapped[date] = mapped_column(Date)
     resident_id: Mapped[int] = mapped_column(ForeignKey("residents.id"), index=True)
+    # The name the referral was booked under (AES-GCM ciphertext): what its notice, slip and events show.
+    resident_name_enc: Mapped[bytes] = mapped_column(LargeBinary)
     booker_org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"))
     referring_doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"))
     booked_by_client_id: Mapped[int] = mapped_column(ForeignKey("api_clients.id"))

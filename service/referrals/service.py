@@ -25,7 +25,7 @@ from service.events.service import emit
 from service.limits.service import enforce_booking_limits
 from service.policy.models import HospitalPolicy, Policy
 from service.policy.service import policy_in_force
-from service.referrals.models import IdempotencyKey, Referral
+from service.referrals.models import REFERRAL_RESIDENT_NAME, IdempotencyKey, Referral
 from service.referrals.schemas import (
     AttendanceOut,
     BookableSlot,
@@ -48,7 +48,7 @@ from service.registry.models import (
     Organisation,
 )
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
-from service.residents.models import FamilyDoctorContract, Resident
+from service.residents.models import CONTRACT_NAME, FamilyDoctorContract, Resident
 from service.slots.models import ClinicSession, Slot
 from service.supervision.access import refuse_if_suspended
 
@@ -307,6 +307,22 @@ async def _ensure_resident(
     return resident
 
 
+async def _names_on_record(
+    session: AsyncSession, crypto: Crypto, resident: Resident, today: date
+) -> set[str]:
+    """For a booker without a contract: the name first registered, and any contract's in force."""
+    contracts = await session.scalars(
+        select(FamilyDoctorContract.name_enc).where(
+            FamilyDoctorContract.resident_id == resident.id,
+            FamilyDoctorContract.starts_on <= today,
+            FamilyDoctorContract.ends_on >= today,
+        )
+    )
+    names = {crypto.decrypt(blob, column=CONTRACT_NAME) for blob in contracts}
+    names.add(crypto.decrypt(resident.name_enc, column="residents.name"))
+    return names
+
+
 async def book_referral(
     *,
     session: AsyncSession,
@@ -355,28 +371,40 @@ async def book_referral(
 
     _check_slot_window(slot, now)
 
+    name = booking.resident.name.strip()
     if booker.kind == "primary":
         resident = await _find_resident(session, crypto, id_number)
-        contract = None
+        contracts: list[FamilyDoctorContract] = []
         if resident is not None:
-            contract = await session.scalar(
-                select(FamilyDoctorContract.id).where(
-                    FamilyDoctorContract.resident_id == resident.id,
-                    FamilyDoctorContract.family_doctor_id == doctor.id,
-                    FamilyDoctorContract.institution_id == booker.id,
-                    FamilyDoctorContract.starts_on <= local_date(now),
-                    FamilyDoctorContract.ends_on >= local_date(now),
+            contracts = list(
+                await session.scalars(
+                    select(FamilyDoctorContract).where(
+                        FamilyDoctorContract.resident_id == resident.id,
+                        FamilyDoctorContract.family_doctor_id == doctor.id,
+                        FamilyDoctorContract.institution_id == booker.id,
+                        FamilyDoctorContract.starts_on <= local_date(now),
+                        FamilyDoctorContract.ends_on >= local_date(now),
+                    )
                 )
             )
-        if resident is None or contract is None:
+        if resident is None or not contracts:
             raise Unprocessable(
                 "not_signed",
                 "The resident has no family-doctor contract in force with this doctor (R8).",
             )
+        # The booker answers to its own contract only: another institution's declaration
+        # neither vouches for nor refuses this name (docs/identity.md).
+        declared = {crypto.decrypt(c.name_enc, column=CONTRACT_NAME) for c in contracts}
     else:
-        resident = await _ensure_resident(session, crypto, actor, id_number, booking.resident.name.strip())
-    if crypto.decrypt(resident.name_enc, column="residents.name") != booking.resident.name.strip():
-        raise Unprocessable("name_mismatch", "The name does not match the resident's real name (R8).")
+        resident = await _ensure_resident(session, crypto, actor, id_number, name)
+        declared = await _names_on_record(session, crypto, resident, local_date(now))
+    if name not in declared:
+        raise Unprocessable(
+            "name_mismatch",
+            "The name does not match the name declared on your contract with this resident (R8)."
+            if booker.kind == "primary"
+            else "The name does not match the resident's name on record (R8).",
+        )
     await refuse_if_barred(session, hospital_id=hospital.id, resident_id=resident.id, on=local_date(now))
 
     encountered = booking.consultation.encountered_at
@@ -423,6 +451,7 @@ async def book_referral(
         slot_id=slot.id,
         service_date=cs.service_date,
         resident_id=resident.id,
+        resident_name_enc=crypto.encrypt(name, column=REFERRAL_RESIDENT_NAME),
         booker_org_id=booker.id,
         referring_doctor_id=doctor.id,
         booked_by_client_id=caller.client_id,
@@ -722,7 +751,8 @@ async def referral_out(
     assert slot and cs and hospital and dept and booker and referring and resident and policy
     doctor = await session.get(Doctor, cs.doctor_id) if cs.doctor_id is not None else None
     ward = ward_out(cs)
-    name = crypto.decrypt(resident.name_enc, column="residents.name")
+    # The name the referral was booked under, whatever any institution declares since.
+    name = crypto.decrypt(referral.resident_name_enc, column=REFERRAL_RESIDENT_NAME)
     id_number = crypto.decrypt(resident.id_number_enc, column="residents.id_number")
     start_local = slot.starts_at.astimezone(SHANGHAI)
     end_local = slot.ends_at.astimezone(SHANGHAI)

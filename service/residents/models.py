@@ -20,9 +20,17 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base
 
+# AES-GCM associated data: the column each ciphertext belongs to (service/crypto.py).
+CONTRACT_NAME = "family_doctor_contracts.name"
+CONTRACT_PHONE = "family_doctor_contracts.phone"
+
 
 class Resident(Base):
-    """A person, found by the blind index of their ID number; name and ID are AES-GCM ciphertext."""
+    """A person, found by the blind index of their ID number; name and ID are AES-GCM ciphertext.
+
+    The name and phone are those the person was first registered under and are never
+    rewritten: each contract (and each referral) keeps the identity its institution declared.
+    """
 
     __tablename__ = "residents"
 
@@ -52,4 +60,25 @@ class FamilyDoctorContract(Base):
     family_doctor_id: Mapped[int] = mapped_column(ForeignKey("doctors.id"))
     starts_on: Mapped[date] = mapped_column(Date)
     ends_on: Mapped[date] = mapped_column(Date)
+    # The name and phone this contract's institution declared (docs/identity.md), AES-GCM ciphertext.
+    name_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    phone_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+CONTRACT_SOURCES = ("any", "platform")
+
+
+class RegionContractSource(Base):
+    """Who may sync contracts for the primary institutions of a region: anyone in scope, or the platform.
+
+    The most specific division with a row decides; a region without one takes ``any``.
+    """
+
+    __tablename__ = "region_contract_sources"
+    __table_args__ = (CheckConstraint("source IN ('any', 'platform')", name="source"),)
+
+    region_code: Mapped[str] = mapped_column(ForeignKey("regions.code"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(12))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_by_client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Literal
 
 from pydantic import Field
@@ -54,3 +54,22 @@ class ContractSyncResult(ApiModel):
     updated: int
     rejected: int
     results: list[ContractResult]
+
+
+ContractSource = Literal["any", "platform"]
+
+
+class ContractSourceIn(ApiModel):
+    source: ContractSource = Field(
+        description="platform: only the region's signing platform may sync contracts; "
+        "any: each primary institution may also sync its own."
+    )
+
+
+class ContractSourceOut(ApiModel):
+    region_code: str
+    source: ContractSource
+    decided_by: str | None = Field(
+        None, description="The division whose setting applies (this one or one above); null: the default."
+    )
+    updated_at: datetime | None = None

@@ -1,4 +1,8 @@
-"""Syncing signed residents and their contracts (R8). Each row applies whole or not at all."""
+"""Syncing signed residents and their contracts (R8). Each row applies whole or not at all.
+
+Each contract keeps the name and phone its institution declared; the resident row
+only finds the person by ID number and is never rewritten by a sync (docs/identity.md).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,25 @@ from service.audit.service import record
 from service.clock import local_date
 from service.context import Actor, Caller
 from service.crypto import Crypto, mask_id_number
-from service.regions import covers
-from service.registry.models import Doctor, Organisation
+from service.errors import Forbidden, NotFound
+from service.regions import city_of, covers, province_of
+from service.registry.models import Doctor, Organisation, Region
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
-from service.residents.models import FamilyDoctorContract, Resident
-from service.residents.schemas import ContractIn, ContractResult, ContractSyncResult, RowError
+from service.residents.models import (
+    CONTRACT_NAME,
+    CONTRACT_PHONE,
+    FamilyDoctorContract,
+    RegionContractSource,
+    Resident,
+)
+from service.residents.schemas import (
+    ContractIn,
+    ContractResult,
+    ContractSourceOut,
+    ContractSyncResult,
+    RowError,
+)
+from service.signals.identity import note_declared_identity
 
 
 class RowRejected(Exception):
@@ -27,6 +45,14 @@ async def sync_contracts(
     *, session: AsyncSession, actor: Actor, caller: Caller, crypto: Crypto, rows: list[ContractIn]
 ) -> ContractSyncResult:
     """Upsert residents, family doctors and contracts; report every invalid row on its own."""
+    if caller.role == "primary":
+        source = await contract_source_for(session=session, region_code=caller.region_code)
+        if source.source == "platform":
+            raise Forbidden(
+                "contracts_platform_only",
+                "This region accepts family-doctor contracts from its signing platform only.",
+                region_code=source.decided_by,
+            )
     results: list[ContractResult] = []
     for index, row in enumerate(rows):
         try:
@@ -75,27 +101,22 @@ async def _apply_contract(
         raise RowRejected("institution_out_of_scope", "You may not sync contracts for this institution.")
 
     index = crypto.blind_index(id_number, purpose="resident_id")
-    values = {
-        "id_index": index,
-        "id_number_enc": crypto.encrypt(id_number, column="residents.id_number"),
-        "name_enc": crypto.encrypt(row.resident.name.strip(), column="residents.name"),
-        "phone_enc": crypto.encrypt(row.resident.phone, column="residents.phone")
-        if row.resident.phone
-        else None,
-        "created_at": actor.now,
-        "updated_at": actor.now,
-    }
-    stmt = insert(Resident).values(**values)
-    resident_id = await session.scalar(
-        stmt.on_conflict_do_update(
-            index_elements=["id_index"],
-            set_={
-                "name_enc": stmt.excluded.name_enc,
-                "phone_enc": stmt.excluded.phone_enc,
-                "updated_at": stmt.excluded.updated_at,
-            },
-        ).returning(Resident.id)
+    name = row.resident.name.strip()
+    phone = row.resident.phone.strip() if row.resident.phone and row.resident.phone.strip() else None
+    # The first declaration registers the person; later ones live on their own contracts only.
+    await session.execute(
+        insert(Resident)
+        .values(
+            id_index=index,
+            id_number_enc=crypto.encrypt(id_number, column="residents.id_number"),
+            name_enc=crypto.encrypt(name, column="residents.name"),
+            phone_enc=crypto.encrypt(phone, column="residents.phone") if phone else None,
+            created_at=actor.now,
+            updated_at=actor.now,
+        )
+        .on_conflict_do_nothing(index_elements=["id_index"])
     )
+    resident_id = await session.scalar(select(Resident.id).where(Resident.id_index == index))
     doc = row.family_doctor
     dstmt = insert(Doctor).values(
         organisation_id=institution.id, code=doc.code, name=doc.name, title=doc.title
@@ -112,13 +133,18 @@ async def _apply_contract(
         )
     )
     created = existing is None
+    name_changed = False
     if existing is None:
         existing = FamilyDoctorContract(institution_id=institution.id, contract_no=row.contract_no)
         session.add(existing)
     elif existing.resident_id != resident_id:
         raise RowRejected("contract_resident_changed", "A contract number belongs to one resident.")
+    else:
+        name_changed = crypto.decrypt(existing.name_enc, column=CONTRACT_NAME) != name
     assert resident_id is not None and doctor_id is not None
     existing.resident_id = resident_id
+    existing.name_enc = crypto.encrypt(name, column=CONTRACT_NAME)
+    existing.phone_enc = crypto.encrypt(phone, column=CONTRACT_PHONE) if phone else None
     existing.family_doctor_id = doctor_id
     existing.starts_on = row.starts_on
     existing.ends_on = row.ends_on
@@ -129,6 +155,66 @@ async def _apply_contract(
         actor=actor,
         action="contract.synced",
         resident_id=resident_id,
-        detail={"contract_no": row.contract_no, "institution_id": institution.id, "created": created},
+        detail={
+            "contract_no": row.contract_no,
+            "institution_id": institution.id,
+            "created": created,
+            "declared_name_changed": name_changed,
+        },
     )
+    await note_declared_identity(session=session, actor=actor, crypto=crypto, resident_id=resident_id)
     return created, mask_id_number(id_number)
+
+
+# --- where contracts may come from --------------------------------------------------------------
+
+
+def _divisions(region_code: str) -> list[str]:
+    """The division and the divisions above it, most specific first."""
+    return list(dict.fromkeys([region_code, city_of(region_code), province_of(region_code)]))
+
+
+async def contract_source_for(*, session: AsyncSession, region_code: str) -> ContractSourceOut:
+    """Who may sync contracts for institutions of ``region_code``: the most specific setting decides."""
+    divisions = _divisions(region_code)
+    rows = {
+        r.region_code: r
+        for r in await session.scalars(
+            select(RegionContractSource).where(RegionContractSource.region_code.in_(divisions))
+        )
+    }
+    for code in divisions:
+        if code in rows:
+            return ContractSourceOut(
+                region_code=region_code,
+                source=rows[code].source,
+                decided_by=code,
+                updated_at=rows[code].updated_at,
+            )
+    return ContractSourceOut(region_code=region_code, source="any", decided_by=None, updated_at=None)
+
+
+async def set_contract_source(
+    *, session: AsyncSession, actor: Actor, caller: Caller, region_code: str, source: str
+) -> ContractSourceOut:
+    """The commission decides whether its region (or a division in it) takes contracts from the platform only."""
+    if not covers(caller.region_code, region_code):
+        raise Forbidden("region_out_of_scope", f"Region {region_code} is outside your region.")
+    if await session.get(Region, region_code) is None:
+        raise NotFound("region_not_found", f"No region {region_code}.")
+    row = await session.get(RegionContractSource, region_code, with_for_update=True)
+    before = row.source if row is not None else None
+    if row is None:
+        row = RegionContractSource(region_code=region_code)
+        session.add(row)
+    row.source = source
+    row.updated_at = actor.now
+    row.updated_by_client_id = actor.client_id
+    await session.flush()
+    await record(
+        session=session,
+        actor=actor,
+        action="contract_source.set",
+        detail={"region_code": region_code, "before": before, "after": source},
+    )
+    return await contract_source_for(session=session, region_code=region_code)

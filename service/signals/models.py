@@ -14,6 +14,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
@@ -83,3 +84,55 @@ class Alert(Base):
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     acknowledged_by_client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))
     acknowledgement_note: Mapped[str | None] = mapped_column(Text)
+
+
+IDENTITY_SIGNALS = ("identity_name_conflict",)
+
+
+class IdentityConflict(Base):
+    """Institutions declare different names for one ID number (docs/identity.md).
+
+    One live row per resident: a later sync that finds the same disagreement updates it,
+    and a sync after which every institution declares one name closes it.
+    """
+
+    __tablename__ = "identity_conflicts"
+    __table_args__ = (
+        CheckConstraint(f"signal IN {sql_list(IDENTITY_SIGNALS)}", name="signal"),
+        CheckConstraint(f"status IN {sql_list(ALERT_STATUSES)}", name="status"),
+        CheckConstraint("(status = 'closed') = (closed_at IS NOT NULL)", name="closed_at"),
+        CheckConstraint(
+            "(acknowledged_at IS NULL) = (acknowledged_by_client_id IS NULL)", name="acknowledged"
+        ),
+        Index(
+            "uq_identity_conflicts_live",
+            "resident_id",
+            unique=True,
+            postgresql_where=text("status <> 'closed'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    signal: Mapped[str] = mapped_column(String(40))
+    resident_id: Mapped[int] = mapped_column(ForeignKey("residents.id"))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(12))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_by_client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))
+    acknowledgement_note: Mapped[str | None] = mapped_column(Text)
+
+
+class IdentityConflictParty(Base):
+    """One contract behind a conflict: who declared which (masked) name, and when it was seen."""
+
+    __tablename__ = "identity_conflict_parties"
+
+    conflict_id: Mapped[int] = mapped_column(ForeignKey("identity_conflicts.id"), primary_key=True)
+    contract_id: Mapped[int] = mapped_column(ForeignKey("family_doctor_contracts.id"), primary_key=True)
+    institution_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"), index=True)
+    name_masked: Mapped[str] = mapped_column(String(100))
+    # A keyed digest of the declared name: tells a changed declaration without keeping the name.
+    name_index: Mapped[bytes] = mapped_column(LargeBinary(32))
+    declared_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

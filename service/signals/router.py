@@ -1,4 +1,4 @@
-"""The commission lists scalping alerts of its region, reads one, and acknowledges it (R14)."""
+"""The commission lists scalping alerts and identity name conflicts of its region, and acknowledges them."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ from service.context import Caller
 from service.cursors import CursorQuery, decode_id_cursor, encode_cursor
 from service.deps import State, actor_for, require
 from service.ids import PathId, QueryId
-from service.signals import service
+from service.signals import identity, service
 from service.signals.rules import Signal, SubjectType
-from service.signals.schemas import AcknowledgeIn, AlertList, AlertOut
+from service.signals.schemas import (
+    AcknowledgeIn,
+    AlertList,
+    AlertOut,
+    IdentityConflictList,
+    IdentityConflictOut,
+)
 
 router = APIRouter(prefix="/v1/supervision", tags=["supervision"])
 Commission = Annotated[Caller, Depends(require("commission"))]
@@ -88,6 +94,78 @@ async def acknowledge_alert(
             session=session, actor=actor, region_code=caller.region_code, alert_id=alert_id, note=note
         )
         [out] = await service.alerts_out(session=session, crypto=state.crypto, alerts=[alert])
+        return out
+
+    return await state.db.run(work)
+
+
+@router.get("/identity-conflicts", response_model=IdentityConflictList, responses={422: PROBLEM})
+async def list_identity_conflicts(
+    request: Request,
+    state: State,
+    caller: Commission,
+    status: Annotated[str | None, Query(pattern="^(open|acknowledged|closed)$")] = None,
+    institution_id: QueryId = None,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> IdentityConflictList:
+    """Institutions declaring different names for one ID number, where one of them is in the region."""
+    before = decode_id_cursor(cursor)
+    actor = actor_for(request, state, caller)
+
+    async def work(session: AsyncSession) -> IdentityConflictList:
+        conflicts, following = await identity.list_identity_conflicts(
+            session=session,
+            region_code=caller.region_code,
+            status=status,
+            institution_id=institution_id,
+            before_id=before,
+            limit=limit,
+        )
+        await identity.record_conflict_read(session=session, actor=actor, conflicts=conflicts)
+        items = await identity.conflicts_out(session=session, conflicts=conflicts)
+        return IdentityConflictList(
+            items=items, next_cursor=encode_cursor(following) if following is not None else None
+        )
+
+    return await state.db.run(work)
+
+
+@router.get("/identity-conflicts/{conflict_id}", response_model=IdentityConflictOut, responses={404: PROBLEM})
+async def get_identity_conflict(
+    conflict_id: PathId, request: Request, state: State, caller: Commission
+) -> IdentityConflictOut:
+    """One name conflict with every declaration behind it."""
+    actor = actor_for(request, state, caller)
+
+    async def work(session: AsyncSession) -> IdentityConflictOut:
+        conflict = await identity.get_identity_conflict(
+            session=session, region_code=caller.region_code, conflict_id=conflict_id
+        )
+        await identity.record_conflict_read(session=session, actor=actor, conflicts=[conflict])
+        [out] = await identity.conflicts_out(session=session, conflicts=[conflict])
+        return out
+
+    return await state.db.run(work)
+
+
+@router.post(
+    "/identity-conflicts/{conflict_id}/acknowledge",
+    response_model=IdentityConflictOut,
+    responses={404: PROBLEM, 409: PROBLEM},
+)
+async def acknowledge_identity_conflict(
+    conflict_id: PathId, request: Request, state: State, caller: Commission, body: AcknowledgeIn | None = None
+) -> IdentityConflictOut:
+    """The commission has looked into the conflict; it closes by itself once the declarations agree."""
+    actor = actor_for(request, state, caller)
+    note = body.note if body is not None else None
+
+    async def work(session: AsyncSession) -> IdentityConflictOut:
+        conflict = await identity.acknowledge_identity_conflict(
+            session=session, actor=actor, region_code=caller.region_code, conflict_id=conflict_id, note=note
+        )
+        [out] = await identity.conflicts_out(session=session, conflicts=[conflict])
         return out
 
     return await state.db.run(work)

@@ -58,3 +58,29 @@ class AlertList(ApiModel):
 
 class AcknowledgeIn(ApiModel):
     note: str | None = Field(None, min_length=1, max_length=1000)
+
+
+class ConflictParty(ApiModel):
+    """One institution's declaration behind a name conflict; the name masked, no ID number."""
+
+    institution: NamedRef
+    contract_no: str
+    name_masked: str
+    declared_at: datetime = Field(description="When the contract carrying this name was last synced.")
+
+
+class IdentityConflictOut(ApiModel):
+    id: int
+    signal: Literal["identity_name_conflict"]
+    status: Literal["open", "acknowledged", "closed"]
+    first_seen_at: datetime
+    last_seen_at: datetime = Field(description="When a sync last brought a new or changed declaration.")
+    closed_at: datetime | None = Field(None, description="When a sync left every institution agreeing.")
+    acknowledged_at: datetime | None = None
+    acknowledgement_note: str | None = None
+    declarations: list[ConflictParty]
+
+
+class IdentityConflictList(ApiModel):
+    items: list[IdentityConflictOut]
+    next_cursor: str | None = None

@@ -26,12 +26,11 @@ from service.crypto import Crypto, mask_name
 from service.db import advisory_key
 from service.errors import Conflict, NotFound, Problem
 from service.policy.service import policy_in_force
-from service.referrals.models import Referral
+from service.referrals.models import REFERRAL_RESIDENT_NAME, Referral
 from service.referrals.schemas import NamedRef
 from service.regions import within
 from service.registry.models import Doctor, Organisation
 from service.registry.schemas import DEFAULT_OPENING_HOURS
-from service.residents.models import Resident
 from service.signals.models import Alert
 from service.signals.rules import MAX_WINDOW_HOURS, SIGNALS, SignalRule, SignalThresholds
 from service.signals.schemas import AlertOut, EvidenceReferral
@@ -444,15 +443,14 @@ async def alerts_out(*, session: AsyncSession, crypto: Crypto, alerts: list[Aler
     referral_ids = sorted({r for a in alerts for r in a.evidence_referral_ids})
     rows = (
         await session.execute(
-            select(Referral, Organisation, Resident, ClinicSession.doctor_title)
+            select(Referral, Organisation, ClinicSession.doctor_title)
             .join(Organisation, Organisation.id == Referral.hospital_id)
-            .join(Resident, Resident.id == Referral.resident_id)
             .join(ClinicSession, ClinicSession.id == Referral.session_id)
             .where(Referral.id.in_(referral_ids))
         )
     ).all()
     evidence: dict[int, EvidenceReferral] = {}
-    for referral, hospital, resident, title in rows:
+    for referral, hospital, title in rows:
         evidence[referral.id] = EvidenceReferral(
             reference=referral.reference,
             hospital=_named(hospital),
@@ -463,7 +461,9 @@ async def alerts_out(*, session: AsyncSession, crypto: Crypto, alerts: list[Aler
             cancelled_at=referral.cancelled_at,
             cancelled_by=referral.cancelled_by,
             doctor_title=title,
-            resident_name_masked=mask_name(crypto.decrypt(resident.name_enc, column="residents.name")),
+            resident_name_masked=mask_name(
+                crypto.decrypt(referral.resident_name_enc, column=REFERRAL_RESIDENT_NAME)
+            ),
         )
     org_ids = {a.hospital_id for a in alerts} | {a.institution_id for a in alerts}
     orgs = {o.id: o for o in await session.scalars(select(Organisation).where(Organisation.id.in_(org_ids)))}
