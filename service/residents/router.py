@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
+from service.abuse.bounds import refuse_if_too_many
 from service.context import Caller
 from service.deps import State, actor_for, require
 from service.residents import service
-from service.residents.schemas import ContractSync, ContractSyncResult
+from service.residents.schemas import MAX_SYNC_CONTRACTS, ContractSync, ContractSyncResult
 
 router = APIRouter(prefix="/v1", tags=["residents"])
 
@@ -22,6 +23,7 @@ async def sync_contracts(
     caller: Annotated[Caller, Depends(require("platform", "primary"))],
 ) -> ContractSyncResult:
     """Upsert signed residents and their contracts; invalid rows are reported one by one."""
+    refuse_if_too_many("contracts", len(body.contracts), MAX_SYNC_CONTRACTS)
     actor = actor_for(request, state, caller)
     return await state.db.run(
         lambda s: service.sync_contracts(
