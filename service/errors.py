@@ -25,12 +25,13 @@ class Problem(Exception):
         self.detail = detail
         if status is not None:
             self.status = status
-        # Two keywords are response headers, not body members: ``headers`` (a dict) and
-        # ``retry_after`` (whole seconds, sent as Retry-After, RFC 9110 §10.2.3).
+        # ``headers`` (a dict) goes into the response headers, not the body. ``retry_after``
+        # (whole seconds) stays a body member and is also sent as Retry-After (RFC 9110 §10.2.3).
         self.headers: dict[str, str] = dict(extra.pop("headers", None) or {})
-        retry_after = extra.pop("retry_after", None)
+        retry_after = extra.get("retry_after")
         if retry_after is not None:
-            self.headers["Retry-After"] = str(max(1, int(retry_after)))
+            extra["retry_after"] = max(1, int(retry_after))
+            self.headers["Retry-After"] = str(extra["retry_after"])
         self.extra = extra
 
 

@@ -224,6 +224,7 @@ async def test_a_client_past_its_burst_gets_429_with_retry_after(world, settings
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["code"] == "rate_limited"
     assert refused.headers["Retry-After"] == "2"  # one token at 0.5 per second
+    assert refused.json()["retry_after"] == 2
 
 
 async def test_the_bucket_refills_on_the_clock(world, settings, clean_db, clock):
