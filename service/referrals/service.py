@@ -698,7 +698,8 @@ async def cancel_by_hotline(
         if referral is not None
         else f"{secrets.randbelow(1_000_000):06d}"
     )
-    if referral is None or not hmac.compare_digest(expected, verification_code):
+    matches = hmac.compare_digest(expected, verification_code)
+    if referral is None or not matches:
         count_failure(attempts, now, limits)
         await record(
             session=session,
