@@ -42,7 +42,15 @@ def _watch_stdin(server: uvicorn.Server, loop: asyncio.AbstractEventLoop) -> Non
 
 
 async def serve(database_url: str, now: datetime, pool_size: int, max_seconds: float) -> int:
-    settings = Settings(run_loops=False, log_json=False, log_level="WARNING", db_pool_size=pool_size)
+    # The rush plays many family-doctor apps with one key while the clock stands still, so a
+    # bucket would never refill: the per-client rate limit is set out of reach (it still runs).
+    settings = Settings(
+        run_loops=False,
+        log_json=False,
+        log_level="WARNING",
+        db_pool_size=pool_size,
+        rate_limit_burst=1_000_000,
+    )
     configure_logging(settings.log_level, json=False)
     app = create_app(settings, database_url=database_url, clock=ManualClock(now), run_loops=False)
     config = uvicorn.Config(

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from service.abuse.body_limit import BodyLimit
 from service.attendance.router import router as attendance_router
 from service.availability.router import router as availability_router
 from service.clock import Clock
@@ -95,6 +96,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     @app.middleware("http")
     async def request_context(

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Development-only secrets. They are public (they are in this file), so the
@@ -30,6 +30,13 @@ def default_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return base / "slotpool"
+
+
+class RateLimit(BaseModel):
+    """A token bucket: ``burst`` requests at once, refilled at ``per_second``."""
+
+    burst: int = Field(ge=1, le=1_000_000)
+    per_second: float = Field(gt=0, le=100_000)
 
 
 class Settings(BaseSettings):
@@ -69,6 +76,17 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     # Prometheus metrics are served on their own port, never on the API port; unset: not served.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Abuse limits (docs/abuse-limits.md): a token bucket per API client (per role if listed,
+    # e.g. SLOTPOOL_RATE_LIMIT_BY_ROLE='{"platform": {"burst": 2000, "per_second": 50}}'),
+    # the largest request body, and failed hotline verifications per reference and per client.
+    rate_limit_burst: int = Field(default=600, ge=1, le=1_000_000)
+    rate_limit_per_second: float = Field(default=20.0, gt=0, le=100_000)
+    rate_limit_by_role: dict[str, RateLimit] = Field(default_factory=dict)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    hotline_reference_max_failures: int = Field(default=5, ge=1, le=1000)
+    hotline_reference_lock_minutes: int = Field(default=15, ge=1, le=7 * 24 * 60)
+    hotline_client_max_failures: int = Field(default=50, ge=1, le=100_000)
+    hotline_client_window_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
     log_level: str = "INFO"
     log_json: bool = True
 

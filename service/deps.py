@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import select
 
+from service.abuse.ratelimit import limit_for, take_token
 from service.clock import Clock
 from service.config import Settings
 from service.context import Actor, Caller
@@ -67,6 +68,11 @@ async def authenticate(request: Request, state: State) -> Caller:
             suspension = await session.get(AccessSuspension, suspension_id)
             assert suspension is not None
             raise refusal(suspension)
+        # Every authenticated operation spends a token of its client's bucket (docs/abuse-limits.md).
+        await take_token(
+            session=session, client_id=client.id, now=now, limit=limit_for(state.settings, client.role)
+        )
+        await session.commit()
     caller = Caller(
         client_id=client.id,
         org_id=org.id,

@@ -25,6 +25,13 @@ class Problem(Exception):
         self.detail = detail
         if status is not None:
             self.status = status
+        # ``headers`` (a dict) goes into the response headers, not the body. ``retry_after``
+        # (whole seconds) stays a body member and is also sent as Retry-After (RFC 9110 §10.2.3).
+        self.headers: dict[str, str] = dict(extra.pop("headers", None) or {})
+        retry_after = extra.get("retry_after")
+        if retry_after is not None:
+            extra["retry_after"] = max(1, int(retry_after))
+            self.headers["Retry-After"] = str(extra["retry_after"])
         self.extra = extra
 
 
@@ -48,6 +55,10 @@ class Unprocessable(Problem):
     status = 422
 
 
+class TooManyRequests(Problem):
+    status = 429
+
+
 _TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -57,7 +68,9 @@ _TITLES = {
     409: "Conflict",
     410: "Gone",
     412: "Precondition Failed",
+    413: "Content Too Large",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -79,20 +92,30 @@ def problem_body(status: int, code: str, detail: str, request: Request, **extra:
     return body
 
 
-def problem_response(status: int, code: str, detail: str, request: Request, **extra: Any) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    request: Request,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
         problem_body(status, code, detail, request, **extra),
         status_code=status,
         media_type=PROBLEM_JSON,
-        headers=headers,
+        headers=headers or None,
     )
 
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.code, exc.detail, request, **exc.extra)
+        return problem_response(exc.status, exc.code, exc.detail, request, headers=exc.headers, **exc.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,5 +1,6 @@
 """Every model, imported once so that metadata is complete (Alembic, tests)."""
 
+from service.abuse.models import HotlineAttempts, RateLimitBucket
 from service.attendance.models import NoShowBar
 from service.audit.models import AuditEntry
 from service.availability.models import AvailabilityCount
@@ -36,12 +37,14 @@ __all__ = [
     "Event",
     "FamilyDoctorContract",
     "HospitalPolicy",
+    "HotlineAttempts",
     "IdempotencyKey",
     "IdentityConflict",
     "IdentityConflictParty",
     "NoShowBar",
     "Organisation",
     "Policy",
+    "RateLimitBucket",
     "Referral",
     "ReferralCount",
     "Region",

@@ -8,8 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.abuse.bounds import refuse_if_too_many
 from service.attendance import service
 from service.attendance.schemas import (
+    MAX_REPORTS,
     AttendanceBatch,
     AttendanceResult,
     LiftIn,
@@ -38,6 +40,7 @@ async def report_attendance(
 
     A schema error refuses the whole batch; otherwise each item is applied or refused on its own.
     """
+    refuse_if_too_many("reports", len(body.reports), MAX_REPORTS)
     actor = actor_for(request, state, caller)
     return await state.db.run(
         lambda session: service.report_attendance(

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from service.abuse.bounds import max_items
 from service.referrals.schemas import NamedRef, ReferralOut
 from service.schemas import ApiModel
 
@@ -20,7 +21,12 @@ class AttendanceReport(ApiModel):
 
 
 class AttendanceBatch(ApiModel):
-    reports: list[AttendanceReport] = Field(min_length=1, max_length=MAX_REPORTS)
+    reports: list[AttendanceReport] = Field(
+        min_length=1,
+        json_schema_extra=max_items(MAX_REPORTS),
+        description=f"At most {MAX_REPORTS} per request (422 `too_many_items` beyond); send more in "
+        "several requests: reports are independent and repeating one changes nothing.",
+    )
 
 
 class BarEffect(ApiModel):

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.abuse.hotline import HotlineLimits
 from service.context import Caller
 from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
 from service.deps import State, actor_for, require
@@ -207,7 +208,7 @@ async def cancel_referral(
 @router.post(
     "/hotline/cancellations",
     response_model=ReferralOut,
-    responses={404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+    responses={409: PROBLEM, 422: PROBLEM, 429: PROBLEM},
 )
 async def hotline_cancel(
     body: HotlineCancelIn,
@@ -215,10 +216,16 @@ async def hotline_cancel(
     state: State,
     caller: Annotated[Caller, Depends(require("hotline"))],
 ) -> ReferralOut:
-    """The hotline cancels for a patient who gives the reference and verification code (R12)."""
-    actor = actor_for(request, state, caller)
+    """The hotline cancels for a patient who gives the reference and verification code (R12).
 
-    return await state.db.run(
+    An unknown reference and a wrong code get the same 422 ``verification_failed``. After
+    repeated failures for one reference, or from one hotline client, every attempt (even with
+    the right code) gets 429 ``verification_locked`` with ``Retry-After`` (docs/abuse-limits.md).
+    """
+    actor = actor_for(request, state, caller)
+    limits = HotlineLimits.from_settings(state.settings)
+
+    outcome = await state.db.run(
         lambda session: service.cancel_by_hotline(
             session=session,
             actor=actor,
@@ -227,5 +234,9 @@ async def hotline_cancel(
             reference=body.reference,
             verification_code=body.verification_code,
             reason=body.reason,
+            limits=limits,
         )
     )
+    if isinstance(outcome, Problem):
+        raise outcome  # recorded and committed; now the caller hears it
+    return outcome

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.abuse.hotline import HotlineLimits, count_failure, lock_attempts, refusal_if_locked
 from service.attendance.bars import refuse_if_barred
 from service.audit.service import record, record_read
 from service.clock import SHANGHAI, local_date, zh_instant
@@ -672,6 +673,15 @@ async def cancel_by_institution(
     )
 
 
+def _verification_failed() -> Unprocessable:
+    # One answer for an unknown reference, another region's referral and a wrong code, so the
+    # answer never tells a guesser which references exist.
+    return Unprocessable(
+        "verification_failed",
+        "The reference and verification code do not match a referral in this hotline's region.",
+    )
+
+
 async def cancel_by_hotline(
     *,
     session: AsyncSession,
@@ -681,16 +691,66 @@ async def cancel_by_hotline(
     reference: str,
     verification_code: str,
     reason: str,
-) -> ReferralOut:
-    """The hotline cancels for a caller who knows the reference and the verification code."""
-    referral = await _referral_by_reference(session, reference)
-    hospital = await session.get(Organisation, referral.hospital_id) if referral else None
-    if referral is None or hospital is None or not covers(caller.region_code, hospital.region_code):
-        raise NotFound("referral_not_found", f"No referral {reference} in this hotline's region.")
-    expected = crypto.decrypt(referral.verification_code_enc, column="referrals.verification_code")
-    if not hmac.compare_digest(expected, verification_code):
-        raise Unprocessable("verification_failed", "The verification code does not match this referral.")
+    limits: HotlineLimits,
+) -> ReferralOut | Problem:
+    """The hotline cancels for a caller who knows the reference and the verification code.
+
+    A failed or locked verification is recorded and *returned*, not raised, so that the record
+    commits with the transaction; the route raises it afterwards (docs/abuse-limits.md).
+    """
+    now = actor.now
+    attempts = await lock_attempts(session=session, client_id=caller.client_id, reference=reference, now=now)
+    row = (
+        await session.execute(
+            select(Referral, Organisation.region_code)
+            .join(Organisation, Organisation.id == Referral.hospital_id)
+            .where(Referral.reference == reference)
+            .with_for_update(of=Referral)
+        )
+    ).first()
+    referral = row[0] if row is not None and covers(caller.region_code, row[1]) else None
+    locked = refusal_if_locked(attempts, now)
+    if locked is not None:
+        await record(
+            session=session,
+            actor=actor,
+            action="hotline.verification_locked",
+            code=locked.code,
+            hospital_id=referral.hospital_id if referral else None,
+            referral_id=referral.id if referral else None,
+            detail={"reference": reference, "retry_after_seconds": int(locked.headers["Retry-After"])},
+        )
+        return locked
+    # Compare against a random code when there is no referral, so both paths do the same work.
+    expected = (
+        crypto.decrypt(referral.verification_code_enc, column="referrals.verification_code")
+        if referral is not None
+        else f"{secrets.randbelow(1_000_000):06d}"
+    )
+    matches = hmac.compare_digest(expected, verification_code)
+    if referral is None or not matches:
+        count_failure(attempts, now, limits)
+        await record(
+            session=session,
+            actor=actor,
+            action="hotline.verification_failed",
+            code="verification_failed",
+            hospital_id=referral.hospital_id if referral else None,
+            referral_id=referral.id if referral else None,
+            detail={
+                "reference": reference,
+                "referral_found": referral is not None,
+                "reference_locked_until": _iso(attempts.reference.locked_until, now),
+                "client_locked_until": _iso(attempts.client.locked_until, now),
+            },
+        )
+        await session.flush()
+        return _verification_failed()
     return await _cancel(session, actor, crypto, referral, by="hotline", reason=reason, enforce_cutoff=True)
+
+
+def _iso(until: datetime | None, now: datetime) -> str | None:
+    return until.isoformat() if until is not None and until > now else None
 
 
 async def cancel_by_commission(

@@ -6,10 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 
+from service.abuse.bounds import refuse_if_too_many
 from service.context import Caller
 from service.deps import State, actor_for, require
 from service.residents import service
-from service.residents.schemas import ContractSourceIn, ContractSourceOut, ContractSync, ContractSyncResult
+from service.residents.schemas import (
+    MAX_SYNC_CONTRACTS,
+    ContractSourceIn,
+    ContractSourceOut,
+    ContractSync,
+    ContractSyncResult,
+)
 
 router = APIRouter(prefix="/v1", tags=["residents"])
 PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
@@ -29,6 +36,7 @@ async def sync_contracts(
     from its signing platform only, a primary institution's sync is refused (403
     ``contracts_platform_only``).
     """
+    refuse_if_too_many("contracts", len(body.contracts), MAX_SYNC_CONTRACTS)
     actor = actor_for(request, state, caller)
     return await state.db.run(
         lambda s: service.sync_contracts(

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from service.abuse.bounds import max_items
 from service.schemas import ApiModel
 from service.slots.schemas import Title
 
@@ -32,8 +33,16 @@ class ContractIn(ApiModel):
     ends_on: date
 
 
+MAX_SYNC_CONTRACTS = 5000
+
+
 class ContractSync(ApiModel):
-    contracts: list[ContractIn] = Field(min_length=1, max_length=5000)
+    contracts: list[ContractIn] = Field(
+        min_length=1,
+        json_schema_extra=max_items(MAX_SYNC_CONTRACTS),
+        description=f"At most {MAX_SYNC_CONTRACTS} per request (422 `too_many_items` beyond); sync "
+        "more in several requests: each row is an upsert of its own.",
+    )
 
 
 class RowError(ApiModel):

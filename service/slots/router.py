@@ -9,25 +9,43 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.abuse.bounds import refuse_if_too_many
 from service.context import Caller
 from service.deps import State, actor_for, require
 from service.ids import QueryId
 from service.regions import covers
 from service.registry.models import Organisation
 from service.slots import service
-from service.slots.schemas import PushResult, SessionPush, SessionResult, ShortfallList, ShortfallRow
+from service.slots.schemas import (
+    MAX_PUSH_SESSIONS,
+    MAX_PUSH_SLOTS,
+    PushResult,
+    SessionPush,
+    SessionResult,
+    ShortfallList,
+    ShortfallRow,
+)
 
 router = APIRouter(prefix="/v1", tags=["slots"])
 
 
-@router.post("/hospital/sessions", response_model=PushResult)
+@router.post(
+    "/hospital/sessions",
+    response_model=PushResult,
+    responses={422: {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}},
+)
 async def push_sessions(
     body: SessionPush,
     request: Request,
     state: State,
     caller: Annotated[Caller, Depends(require("hospital"))],
 ) -> PushResult:
-    """Create, update or withdraw clinic sessions; answers with the slots now held for the pool."""
+    """Create, update or withdraw clinic sessions; answers with the slots now held for the pool.
+
+    One push holds at most 500 sessions and 20,000 slots (422 `too_many_items` beyond).
+    """
+    refuse_if_too_many("sessions", len(body.sessions), MAX_PUSH_SESSIONS)
+    refuse_if_too_many("slots", sum(len(s.slots) for s in body.sessions), MAX_PUSH_SLOTS)
     actor = actor_for(request, state, caller)
 
     async def work(session: AsyncSession) -> list[SessionResult]:

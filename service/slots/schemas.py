@@ -7,9 +7,15 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints
 
+from service.abuse.bounds import max_items
 from service.ids import MAX_ID
 from service.resources import Modality, ResourceKind
 from service.schemas import ApiModel
+
+# What one push may carry: one transaction locks and writes all of it (docs/abuse-limits.md).
+MAX_PUSH_SESSIONS = 500
+MAX_PUSH_SLOTS = 20_000
+MAX_SESSION_SLOTS = 500
 
 Title = Literal["chief", "associate_chief", "attending", "resident"]
 Period = Literal["morning", "afternoon", "evening"]
@@ -75,11 +81,18 @@ class SessionIn(ApiModel):
         default=None,
         description="Where the patient goes, e.g. 门诊楼3层B区; printed on the referral slip (R11).",
     )
-    slots: list[SlotIn] = Field(default_factory=list, max_length=500)
+    slots: list[SlotIn] = Field(default_factory=list, max_length=MAX_SESSION_SLOTS)
 
 
 class SessionPush(ApiModel):
-    sessions: list[SessionIn] = Field(min_length=1, max_length=1000)
+    sessions: list[SessionIn] = Field(
+        min_length=1,
+        json_schema_extra=max_items(MAX_PUSH_SESSIONS),
+        description=f"At most {MAX_PUSH_SESSIONS} sessions and {MAX_PUSH_SLOTS} slots in all per push, "
+        "since one push is one transaction; more is refused with 422 `too_many_items`. Split a larger "
+        "schedule into several pushes (e.g. by department or by service date): sessions are "
+        "independent, so the pushes may go in any order.",
+    )
 
 
 class ItemError(ApiModel):

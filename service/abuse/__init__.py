@@ -1,0 +1,1 @@
+"""Abuse limits: per-client rate limits, hotline verification attempts, request sizes."""
