@@ -117,14 +117,20 @@ class Settings(BaseSettings):
         found += [f"SLOTPOOL_{n.upper()}" for n in KEY_FIELDS if getattr(self, n) not in DEV_SECRETS]
         if not found:
             return None
-        return (
-            f"SLOTPOOL_ENV is development but {' and '.join(found)} {'is' if len(found) == 1 else 'are'} "
-            "set, as in a deployment: set SLOTPOOL_ENV=production, or "
-            "SLOTPOOL_ALLOW_DEVELOPMENT_WITH_DEPLOYMENT_SETTINGS=true if this is development on purpose"
-        )
+        verb = "is" if len(found) == 1 else "are"
+        return f"SLOTPOOL_ENV is development, but {' and '.join(found)} {verb} set as in a deployment"
 
     def key_bytes(self, name: Literal["data_key", "index_key", "api_key_pepper"]) -> bytes:
         return base64.b64decode(getattr(self, name))
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field`` (its first alias, or SLOTPOOL_<FIELD>)."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"SLOTPOOL_{field.upper()}"
 
 
 @lru_cache
