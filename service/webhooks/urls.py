@@ -35,8 +35,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_LENGTH = 2000
-# The registry CSVs in iana/ are IANA's, unchanged, as retrieved on this date (the IPv6 registry's
-# newest entry then: 100:0:0:1::/64, RFC 9780, 2025-04). docs/security.md says how to update them.
+# iana/ holds IANA's IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890, RFC 8190) in the
+# CSV form IANA publishes (https://www.iana.org/assignments/iana-ipv4-special-registry/ and
+# .../iana-ipv6-special-registry/), as fetched from IANA on this date; the newest entry then was
+# 100:0:0:1::/64 (RFC 9780, 2025-04). docs/security.md says how to update them.
 REGISTRY_RETRIEVED = "2026-07-18"
 REGISTRY_FILES = ("iana-ipv4-special-registry-1.csv", "iana-ipv6-special-registry-1.csv")
 # Named for the error message; each is also inside a special-purpose block.
