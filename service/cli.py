@@ -69,6 +69,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from service.app import create_app
 
     ensure_port_free(args.host, args.port, what="--port")
+    start_metrics(settings)
     url = resolve_database_url(settings)
     asyncio.run(migrate_and_install_presets(url))
     if args.demo:
@@ -77,15 +78,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         keys = asyncio.run(seed_demo(url, settings))
         print_demo_keys(keys, host=args.host, port=args.port)
     app = create_app(settings, database_url=url, run_loops=not args.no_loops)
-    start_metrics(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from service.loops import background_loops
 
-    url = resolve_database_url(settings)
     start_metrics(settings)
+    url = resolve_database_url(settings)
 
     async def main() -> None:
         db = Database(url, pool_size=settings.db_pool_size)

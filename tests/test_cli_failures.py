@@ -141,24 +141,37 @@ def test_serve_on_a_port_in_use_is_two_lines():
     assert f"127.0.0.1:{port} (--port)" in first and "in use" in first
 
 
+def wait_for(process: subprocess.Popen[str], url: str) -> httpx.Response:
+    deadline = time.monotonic() + 90
+    while True:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        try:
+            response = httpx.get(url, timeout=2)
+            if response.status_code == 200:
+                return response
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url} never answered"
+        time.sleep(0.2)
+
+
+def start(*args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([SLOTPOOL, *args], env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+    if process.stderr:
+        process.stderr.close()
+
+
 def test_serve_exposes_metrics_on_their_own_port_only(clean_db):
     api, metrics = free_port(), free_port()
-    env = {**os.environ, "DATABASE_URL": clean_db, "SLOTPOOL_METRICS_PORT": str(metrics), **ALLOW}
-    process = subprocess.Popen(
-        [SLOTPOOL, "serve", "--port", str(api), "--no-loops"], env=env, stderr=subprocess.PIPE, text=True
-    )
+    process = start("serve", "--port", str(api), "--no-loops",
+                    DATABASE_URL=clean_db, SLOTPOOL_METRICS_PORT=str(metrics), **ALLOW)  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            try:
-                healthy = httpx.get(f"http://127.0.0.1:{api}/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                healthy = False
-            if healthy:
-                break
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
+        wait_for(process, f"http://127.0.0.1:{api}/healthz")
         scraped = httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5)
         assert scraped.status_code == 200
         assert scraped.headers["content-type"].startswith("text/plain")
@@ -166,7 +179,14 @@ def test_serve_exposes_metrics_on_their_own_port_only(clean_db):
         assert 'route="/healthz"' in scraped.text  # the request above, counted by this process
         assert httpx.get(f"http://127.0.0.1:{api}/metrics", timeout=5).status_code == 404
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        if process.stderr:
-            process.stderr.close()
+        stop(process)
+
+
+def test_worker_exposes_metrics_when_the_port_is_set(clean_db):
+    metrics = free_port()
+    process = start("worker", DATABASE_URL=clean_db, SLOTPOOL_METRICS_PORT=str(metrics), **ALLOW)
+    try:
+        scraped = wait_for(process, f"http://127.0.0.1:{metrics}/metrics")
+        assert "# TYPE slotpool_loop_errors_total counter" in scraped.text
+    finally:
+        stop(process)
