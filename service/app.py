@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from urllib.parse import unquote
@@ -13,8 +10,8 @@ from urllib.parse import unquote
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from starlette.types import ASGIApp
 
 from service.abuse.body_limit import BodyLimit
 from service.attendance.router import router as attendance_router
@@ -26,8 +23,8 @@ from service.db import Database
 from service.deps import AppState
 from service.errors import install_handlers, problem_response
 from service.fhir.router import router as fhir_router
+from service.logging import RequestContext
 from service.loops import background_loops
-from service.metrics import HTTP_REQUESTS
 from service.migrations import head_revision
 from service.policy.router import router as policy_router
 from service.referrals.router import router as referrals_router
@@ -41,7 +38,13 @@ from service.supervision.router import router as supervision_router
 from service.webhooks.router import router as webhooks_router
 
 log = structlog.get_logger("slotpool.http")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class SlotpoolApp(FastAPI):
+    """FastAPI with RequestContext outside Starlette's own error layer (see service/logging.py)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestContext(super().build_middleware_stack())
 
 
 def create_app(
@@ -89,7 +92,7 @@ def create_app(
             await asyncio.gather(*tasks, return_exceptions=True)
             await db.dispose()
 
-    app = FastAPI(
+    app = SlotpoolApp(
         title="slotpool",
         version="0.1.0",
         summary="Referral slot pool: hospitals reserve outpatient slots for family doctors (R1–R20).",
@@ -99,30 +102,15 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     @app.middleware("http")
-    async def request_context(
+    async def refuse_nul_in_url(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        incoming = request.headers.get("x-request-id", "")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        request.state.request_id = request_id
         if "\x00" in request.url.path or "\x00" in unquote(request.url.query):
             # Bodies are checked by ApiModel; paths and query strings are checked here.
             return problem_response(
                 422, "invalid_request", "NUL characters are not allowed in the URL.", request
             )
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            structlog.contextvars.unbind_contextvars("request_id")
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).observe(
-            time.perf_counter() - started
-        )
-        response.headers["X-Request-ID"] = request_id
-        return response
+        return await call_next(request)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -145,11 +133,6 @@ def create_app(
                 503, "migrations_pending", f"Schema is at {current}, head is {head}.", request
             )
         return JSONResponse({"status": "ready", "schema": current})
-
-    @app.get("/metrics", tags=["operations"], response_class=Response)
-    async def metrics() -> Response:
-        """Prometheus metrics."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     for router in (
         registry_router,

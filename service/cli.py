@@ -9,12 +9,14 @@ import signal
 import sys
 from typing import Any
 
+from service.cli_failures import StartupError, ensure_port_free, reported
 from service.clock import Clock
 from service.config import Settings, get_settings
 from service.context import Actor
 from service.crypto import Crypto
 from service.db import Database
 from service.logging import configure_logging
+from service.metrics import serve_metrics
 
 _embedded_server: Any = None  # kept referenced so the server lives as long as the process
 
@@ -66,6 +68,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     from service.app import create_app
 
+    ensure_port_free(args.host, args.port, what="--port")
+    start_metrics(settings)
     url = resolve_database_url(settings)
     asyncio.run(migrate_and_install_presets(url))
     if args.demo:
@@ -80,6 +84,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from service.loops import background_loops
 
+    start_metrics(settings)
     url = resolve_database_url(settings)
 
     async def main() -> None:
@@ -100,6 +105,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
             await db.dispose()
 
     asyncio.run(main())
+
+
+def start_metrics(settings: Settings) -> None:
+    """Prometheus on SLOTPOOL_METRICS_PORT (unset: not served); never on the API port."""
+    if settings.metrics_port is None:
+        return
+    ensure_port_free(settings.metrics_host, settings.metrics_port, what="SLOTPOOL_METRICS_PORT")
+    serve_metrics(settings.metrics_port, settings.metrics_host)
 
 
 def cmd_create_client(args: argparse.Namespace, settings: Settings) -> None:
@@ -143,6 +156,7 @@ def cmd_openapi(args: argparse.Namespace, settings: Settings) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slotpool", description="The referral slot pool service.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback when a command fails")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="apply migrations and serve the API (and the release loop)")
@@ -178,9 +192,17 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
-    settings = get_settings()
-    configure_logging(settings.log_level, json=settings.log_json)
-    args.func(args, settings)
+    with reported(debug=args.debug):
+        settings = get_settings()
+        refusal = settings.development_refusal()
+        if refusal is not None and args.command != "openapi":
+            raise StartupError(
+                refusal,
+                "set SLOTPOOL_ENV=production, or SLOTPOOL_ALLOW_DEVELOPMENT_WITH_DEPLOYMENT_SETTINGS=true "
+                "if this is development on purpose",
+            )
+        configure_logging(settings.log_level, json=settings.log_json)
+        args.func(args, settings)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Development-only secrets. They are public (they are in this file), so the
@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEV_DATA_KEY = base64.b64encode(b"slotpool-dev-data-key-0123456789").decode()
 DEV_INDEX_KEY = base64.b64encode(b"slotpool-dev-index-key-012345678").decode()
 DEV_API_KEY_PEPPER = base64.b64encode(b"slotpool-dev-api-key-pepper-0123").decode()
+DEV_SECRETS = frozenset({DEV_DATA_KEY, DEV_INDEX_KEY, DEV_API_KEY_PEPPER})
+KEY_FIELDS = ("data_key", "index_key", "api_key_pepper")
 
 
 def default_data_dir() -> Path:
@@ -73,9 +75,16 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(default=5.0, gt=0)
     webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=60)
     webhook_secret_overlap_hours: int = Field(default=24, ge=0, le=24 * 7)
+    # Development only: webhooks may go to loopback receivers (127.0.0.0/8, ::1, localhost), over
+    # http too. Every other address check stays on (docs/security.md); production refuses it.
+    webhook_allow_loopback: bool = False
+    # Development mode next to a DATABASE_URL or the operator's own keys looks like a production
+    # deployment that forgot SLOTPOOL_ENV=production; the commands refuse it unless this is set.
+    allow_development_with_deployment_settings: bool = False
     db_pool_size: int = 10
     # Prometheus metrics are served on their own port, never on the API port; unset: not served.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
     # Abuse limits (docs/abuse-limits.md): a token bucket per API client (per role if listed,
     # e.g. SLOTPOOL_RATE_LIMIT_BY_ROLE='{"platform": {"burst": 2000, "per_second": 50}}'),
     # the largest request body, and failed hotline verifications per reference and per client.
@@ -90,15 +99,22 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    @field_validator(*KEY_FIELDS)
+    @classmethod
+    def _key_is_32_bytes(cls, value: str) -> str:
+        # The message never repeats the value: these are secrets.
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except ValueError:
+            raise ValueError("must be base64 of 32 bytes (it is not valid base64)") from None
+        if len(raw) != 32:
+            raise ValueError(f"must be base64 of 32 bytes (it decodes to {len(raw)} bytes)")
+        return value
+
     @model_validator(mode="after")
-    def _refuse_dev_secrets_in_production(self) -> Settings:
-        for name in ("data_key", "index_key", "api_key_pepper"):
-            raw = base64.b64decode(getattr(self, name), validate=True)
-            if len(raw) != 32:
-                raise ValueError(f"SLOTPOOL_{name.upper()} must be base64 of 32 bytes")
+    def _refuse_dev_settings_in_production(self) -> Settings:
         if self.env == "production":
-            dev = {DEV_DATA_KEY, DEV_INDEX_KEY, DEV_API_KEY_PEPPER}
-            used = [n for n in ("data_key", "index_key", "api_key_pepper") if getattr(self, n) in dev]
+            used = [n for n in KEY_FIELDS if getattr(self, n) in DEV_SECRETS]
             if used:
                 raise ValueError(
                     "production refuses the development secrets: set "
@@ -106,10 +122,33 @@ class Settings(BaseSettings):
                 )
             if not self.database_url:
                 raise ValueError("production needs DATABASE_URL (the embedded server is for development)")
+            for flag in ("webhook_allow_loopback", "allow_development_with_deployment_settings"):
+                if getattr(self, flag):
+                    raise ValueError(f"production refuses SLOTPOOL_{flag.upper()}: it is for development")
         return self
+
+    def development_refusal(self) -> str | None:
+        """Why a command must not start in development mode with these settings, or None."""
+        if self.env != "development" or self.allow_development_with_deployment_settings:
+            return None
+        found = ["DATABASE_URL"] if self.database_url else []
+        found += [f"SLOTPOOL_{n.upper()}" for n in KEY_FIELDS if getattr(self, n) not in DEV_SECRETS]
+        if not found:
+            return None
+        verb = "is" if len(found) == 1 else "are"
+        return f"SLOTPOOL_ENV is development, but {' and '.join(found)} {verb} set as in a deployment"
 
     def key_bytes(self, name: Literal["data_key", "index_key", "api_key_pepper"]) -> bytes:
         return base64.b64decode(getattr(self, name))
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field`` (its first alias, or SLOTPOOL_<FIELD>)."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"SLOTPOOL_{field.upper()}"
 
 
 @lru_cache

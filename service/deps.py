@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request
 from sqlalchemy import select
 
@@ -82,6 +83,7 @@ async def authenticate(request: Request, state: State) -> Caller:
         region_code=org.region_code,
     )
     request.state.caller = caller
+    structlog.contextvars.bind_contextvars(client_id=client.id)  # in every later line of this request
     return caller
 
 

@@ -410,7 +410,7 @@ async def test_r19_notify_at_commit_wakes_the_dispatcher(
 # --- URLs and SSRF -------------------------------------------------------------------------------
 
 
-async def test_r19_registration_requires_https_except_loopback_in_development(client, world):
+async def test_r19_registration_requires_https_except_to_loopback_when_allowed(client, world):
     hospital = world.auth("city_hospital")
     for url, code in [
         ("http://his.example.org/hook", "webhook_url_not_https"),
@@ -422,7 +422,7 @@ async def test_r19_registration_requires_https_except_loopback_in_development(cl
             "/v1/webhooks/endpoints", json={"url": url, "event_types": ALL_TYPES}, headers=hospital
         )
         assert r.status_code == 422 and r.json()["code"] == code, (url, r.text)
-    for url in ("http://127.0.0.1:8080/hook", "http://localhost/hook", "https://his.example.org/hook"):
+    for url in ("http://127.0.0.1:8080/hook", "http://localhost/hook", "https://93.184.216.34/hook"):
         r = await client.post(
             "/v1/webhooks/endpoints", json={"url": url, "event_types": ALL_TYPES}, headers=hospital
         )
@@ -480,24 +480,29 @@ DNS = fake_dns(
         ("https://nowhere.example.org/hook", "webhook_url_unresolvable"),
     ],
 )
-async def test_r19_production_refuses_non_public_addresses(url, code):
+async def test_r19_refuses_non_public_addresses(url, code):
     with pytest.raises(Unprocessable) as refused:
-        await check_url(url, development=False, resolver=DNS)
+        await check_url(url, allow_loopback=False, resolver=DNS)
     assert refused.value.code == code
 
 
-async def test_r19_production_accepts_public_https():
-    assert await check_url("https://his.example.org:8443/hook", development=False, resolver=DNS)
-    assert await check_url("https://93.184.216.34/hook", development=False, resolver=DNS)
+async def test_r19_accepts_public_https():
+    assert await check_url("https://his.example.org:8443/hook", allow_loopback=False, resolver=DNS)
+    assert await check_url("https://93.184.216.34/hook", allow_loopback=False, resolver=DNS)
 
 
 async def test_r19_delivery_rechecks_the_address_dns_rebinding(world, clock, crypto, db, receiver, settings):
     """Registered while it resolved to a public address; at delivery it resolves inside: refused."""
     production = settings.model_copy(
-        update={"env": "production", "data_key": PRODUCTION_KEY, "index_key": PRODUCTION_KEY}
+        update={
+            "env": "production",
+            "data_key": PRODUCTION_KEY,
+            "index_key": PRODUCTION_KEY,
+            "webhook_allow_loopback": False,
+        }
     )
     url = "https://his.example.org/hook"
-    assert await check_url(url, development=False, resolver=DNS)
+    assert await check_url(url, allow_loopback=False, resolver=DNS)
 
     async def add(session: Any) -> None:
         from service.webhooks.service import SECRET_COLUMN

@@ -284,11 +284,10 @@ class Dispatcher:
 
         try:
             target = await resolve_target(
-                job.url, development=self.settings.env == "development", resolver=self.resolver
+                job.url, allow_loopback=self.settings.webhook_allow_loopback, resolver=self.resolver
             )
         except Problem as exc:
             return done(None, f"{exc.code}: {exc.detail}")
-        url = job.url
         extensions: dict[str, str] = {}
         msg_id = webhook_id(job.event_id)
         timestamp = int(self.clock.now().timestamp())
@@ -300,16 +299,15 @@ class Dispatcher:
                 job.secrets, msg_id=msg_id, timestamp=timestamp, body=job.body
             ),
         }
-        if target.address is not None:
-            # Connect to the address just checked, not to whatever DNS answers next (rebinding);
-            # Host and TLS SNI (and so certificate verification) keep the registered name.
-            parts = urlsplit(job.url)
-            address = f"[{target.address}]" if ":" in target.address else target.address
-            netloc = f"{address}:{parts.port}" if parts.port else address
-            url = urlunsplit(parts._replace(netloc=netloc))
-            headers["host"] = parts.netloc
-            if parts.scheme == "https":
-                extensions["sni_hostname"] = target.host
+        # Connect to the address just checked, not to whatever DNS answers next (rebinding);
+        # Host and TLS SNI (and so certificate verification) keep the registered name.
+        parts = urlsplit(job.url)
+        address = f"[{target.address}]" if ":" in target.address else target.address
+        netloc = f"{address}:{parts.port}" if parts.port else address
+        url = urlunsplit(parts._replace(netloc=netloc))
+        headers["host"] = parts.netloc
+        if parts.scheme == "https":
+            extensions["sni_hostname"] = target.host
         try:
             async with asyncio.timeout(self.settings.webhook_timeout_seconds):
                 async with self.http.stream(

@@ -45,7 +45,7 @@ async def register_endpoint(
             crypto=state.crypto,
             hospital_id=caller.org_id,
             body=body,
-            development=state.settings.env == "development",
+            allow_loopback=state.settings.webhook_allow_loopback,
         )
         return _with_secret(service.endpoint_out(endpoint), secret)
 
@@ -84,7 +84,7 @@ async def update_endpoint(
             hospital_id=caller.org_id,
             endpoint_id=endpoint_id,
             patch=body,
-            development=state.settings.env == "development",
+            allow_loopback=state.settings.webhook_allow_loopback,
         )
         return service.endpoint_out(endpoint)
 

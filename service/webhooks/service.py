@@ -89,11 +89,11 @@ async def register_endpoint(
     crypto: Crypto,
     hospital_id: int,
     body: EndpointIn,
-    development: bool,
+    allow_loopback: bool,
     resolver: Resolver = system_resolver,
 ) -> tuple[WebhookEndpoint, str]:
     """Register an endpoint with a fresh secret; returns the secret, which is never shown again."""
-    url = await check_url(body.url, development=development, resolver=resolver)
+    url = await check_url(body.url, allow_loopback=allow_loopback, resolver=resolver)
     secret = new_secret()
     endpoint = WebhookEndpoint(
         hospital_id=hospital_id,
@@ -144,13 +144,15 @@ async def update_endpoint(
     hospital_id: int,
     endpoint_id: int,
     patch: EndpointPatch,
-    development: bool,
+    allow_loopback: bool,
     resolver: Resolver = system_resolver,
 ) -> WebhookEndpoint:
     """Change the URL or the event types, or re-enable a disabled endpoint."""
     # The URL check may resolve DNS: done before the first statement, so no connection waits on it.
     url = (
-        None if patch.url is None else await check_url(patch.url, development=development, resolver=resolver)
+        None
+        if patch.url is None
+        else await check_url(patch.url, allow_loopback=allow_loopback, resolver=resolver)
     )
     endpoint = await get_endpoint(
         session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
