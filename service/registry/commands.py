@@ -14,16 +14,22 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import service.models  # noqa: F401  (every model, so a flush can order its inserts)
 from service.clock import Clock
 from service.config import Settings
 from service.context import Actor
-from service.db import Database
+from service.db import Database, sqlstate
 from service.errors import Problem
 
 T = TypeVar("T")
+INSUFFICIENT_PRIVILEGE = "42501"
+NO_PRIVILEGE = (
+    "the role in DATABASE_URL has no privileges on the slotpool tables: "
+    "run `slotpool migrate`, which grants them, first"
+)
 STORE_IT = "Store this key now: it is shown once and kept only as a digest."
 
 
@@ -54,6 +60,8 @@ async def check_schema(url: str) -> None:
             version = None
         else:
             version = await conn.fetchval("SELECT version_num FROM alembic_version")
+    except asyncpg.InsufficientPrivilegeError:
+        raise Refused(NO_PRIVILEGE) from None
     finally:
         await conn.close()
     head = head_revision()
@@ -82,6 +90,10 @@ def run_unit(command: str, url: str, work: Callable[[AsyncSession, Actor], Await
         return asyncio.run(main())
     except (Refused, Problem) as exc:
         raise fail(command, str(exc)) from None
+    except DBAPIError as exc:
+        if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
+            raise fail(command, NO_PRIVILEGE) from None
+        raise
 
 
 def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
