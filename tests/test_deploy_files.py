@@ -259,5 +259,5 @@ def test_dockerignore_keeps_the_build_context_to_what_the_image_needs():
         for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert {".git", ".venv", "tests", "bench", "docs", ".env", "**/__pycache__"} <= ignored
+    assert {".git", ".venv", "tests", "bench", "docs", ".env*", "**/__pycache__"} <= ignored
     assert not ignored & {"service", "alembic", "pyproject.toml", "README.md"}
