@@ -6,6 +6,7 @@ Each test gets a database of its own on the test server, empty until the test mi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -247,8 +248,10 @@ def embedded_data_dir() -> Iterator[Path]:
         pid = int(pid_file.read_text().split()[0])
         try:
             os.kill(pid, signal.SIGTERM)
+            time.sleep(1)
         except ProcessLookupError:
             pass
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_create_client_attaches_to_the_embedded_server_of_a_running_serve(embedded_data_dir: Path):
