@@ -1,4 +1,4 @@
-"""The ``slotpool`` command: serve, migrate, worker, create-client, openapi."""
+"""The ``slotpool`` command: serve, migrate, worker, bootstrap, create-client, openapi."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from service.crypto import Crypto
 from service.db import Database
 from service.logging import configure_logging
 from service.metrics import serve_metrics
+from service.registry.commands import cmd_bootstrap, cmd_create_client
 
 _embedded_server: Any = None  # kept referenced so the server lives as long as the process
 
@@ -115,37 +116,6 @@ def start_metrics(settings: Settings) -> None:
     serve_metrics(settings.metrics_port, settings.metrics_host)
 
 
-def cmd_create_client(args: argparse.Namespace, settings: Settings) -> None:
-    from service.registry.service import create_api_client, org_by_code
-
-    url = resolve_database_url(settings)
-
-    async def main() -> str:
-        db = Database(url, pool_size=1)
-        try:
-            now = Clock().now()
-
-            async def work(session: Any) -> str:
-                org = await org_by_code(session, args.org_code)
-                _, token = await create_api_client(
-                    session=session,
-                    actor=Actor.system("cli", now=now),
-                    crypto=crypto_from(settings),
-                    organisation_id=org.id,
-                    role=args.role,
-                    name=args.name,
-                )
-                return token
-
-            return await db.run(work)
-        finally:
-            await db.dispose()
-
-    token = asyncio.run(main())
-    print(token)
-    print("Store this key now: it is shown once and kept only as a digest.", file=sys.stderr)
-
-
 def cmd_openapi(args: argparse.Namespace, settings: Settings) -> None:
     from service.app import create_app
 
@@ -170,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_migrate
     )
     sub.add_parser("worker", help="run the background loops without HTTP").set_defaults(func=cmd_worker)
+
+    boot = sub.add_parser(
+        "bootstrap",
+        help="set up a migrated database for one region: its divisions, its commission, the first key",
+    )
+    boot.add_argument(
+        "--region", required=True, help="GB/T 2260 code of the commission's region, e.g. 120000"
+    )
+    boot.add_argument("--commission-name", required=True, help="e.g. 天津市卫生健康委员会")
+    boot.add_argument(
+        "--commission-code", help="the commission's organisation code (default COMMISSION-<region>)"
+    )
+    boot.add_argument(
+        "--force", action="store_true", help="on a bootstrapped region: issue another commission key"
+    )
+    boot.set_defaults(func=cmd_bootstrap)
 
     client = sub.add_parser("create-client", help="issue an API key (shown once)")
     client.add_argument("--org-code", required=True)
