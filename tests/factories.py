@@ -114,11 +114,11 @@ async def build_world(db: Database, crypto: Crypto, clock: ManualClock) -> World
     actor = Actor.system("test", now=clock.now())
 
     async def work(session: Any) -> None:
-        await upsert_regions(session=session, regions=REGIONS)
+        await upsert_regions(session=session, actor=actor, regions=REGIONS)
         for name, org in ORGS.items():
-            world.ids[name] = (await create_organisation(session=session, org=org)).id
+            world.ids[name] = (await create_organisation(session=session, actor=actor, org=org)).id
         await install_presets(session=session, actor=actor)
-        await publish_policy(session=session, actor=actor, fields=dict(TEST_POLICY))
+        await publish_policy(session=session, actor=actor, fields=dict(TEST_POLICY), area="340000")
         await assign_policy(
             session=session, actor=actor, hospital_id=world.ids["city_hospital"], policy_code="test-city"
         )
@@ -147,9 +147,11 @@ async def build_world(db: Database, crypto: Crypto, clock: ManualClock) -> World
 
 
 async def add_alliance(db: Database, lead_code: str, members: list[str]) -> None:
+    # Set up by the operator: when is of no consequence, so the audit entry takes START's date.
     await db.run(
         lambda s: create_alliance(
             session=s,
+            actor=Actor.system("test", now=datetime(2026, 3, 2, 9, 0, tzinfo=SHANGHAI)),
             alliance=AllianceIn(name="test alliance", lead_hospital_code=lead_code, member_codes=members),
         )
     )
@@ -270,6 +272,7 @@ async def add_wuhu_key(world: World, crypto: Crypto, key_name: str, role: str) -
     async def work(session: Any) -> None:
         org = await create_organisation(
             session=session,
+            actor=actor,
             org=OrganisationIn(
                 code="A-WUHU", name="芜湖市卫生健康委", kind="authority", region_code="340200"
             ),
