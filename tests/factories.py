@@ -282,3 +282,52 @@ async def add_wuhu_key(world: World, crypto: Crypto, key_name: str, role: str) -
         )
 
     await world.db.run(work)
+
+
+JIANGSU_REGIONS = [
+    RegionIn(code="320000", name="江苏省", level="province"),
+    RegionIn(code="320100", name="南京市", level="city", parent_code="320000"),
+    RegionIn(code="320102", name="玄武区", level="county", parent_code="320100"),
+]
+JIANGSU_ORGS = {
+    "jiangsu_commission": OrganisationIn(
+        code="A-JS-COMM", name="江苏省卫生健康委", kind="authority", region_code="320000"
+    ),
+    "jiangsu_hospital": OrganisationIn(
+        code="H-JS", name="南京市第一医院", kind="hospital", region_code="320102",
+        hospital_level=3, hospital_tier="city",
+    ),
+    "jiangsu_chc": OrganisationIn(
+        code="P-JS", name="玄武区玄武门社区卫生服务中心", kind="primary", region_code="320102",
+        primary_kind="community",
+    ),
+}  # fmt: skip
+JIANGSU_KEYS = {
+    "jiangsu_commission": ("jiangsu_commission", "commission"),
+    "jiangsu_hospital": ("jiangsu_hospital", "hospital"),
+    "jiangsu_chc": ("jiangsu_chc", "primary"),
+}
+
+
+async def add_jiangsu(world: World, crypto: Crypto) -> None:
+    """A second province (江苏 320000): its commission, a hospital on the fuzhou preset and a centre."""
+    actor = Actor.system("test", now=world.clock.now())
+
+    async def work(session: Any) -> None:
+        await upsert_regions(session=session, actor=actor, regions=JIANGSU_REGIONS)
+        for name, org in JIANGSU_ORGS.items():
+            world.ids[name] = (await create_organisation(session=session, actor=actor, org=org)).id
+        await assign_policy(
+            session=session, actor=actor, hospital_id=world.ids["jiangsu_hospital"], policy_code="fuzhou"
+        )
+        for key_name, (org_name, role) in JIANGSU_KEYS.items():
+            _, world.keys[key_name] = await create_api_client(
+                session=session,
+                actor=actor,
+                crypto=crypto,
+                organisation_id=world.ids[org_name],
+                role=role,
+                name=key_name,
+            )
+
+    await world.db.run(work)
