@@ -280,3 +280,74 @@ async def test_presets_are_shared_and_never_published_in_place(client, jiangsu, 
     )
     assert r.json()["code"] == "anhui-provincial-340000"
     assert await held_code(db, jiangsu.ids["provincial_hospital"]) == "anhui-provincial-340000"
+
+
+# --- existing codes get an owner when the column arrives ----------------------------------------
+
+
+async def test_migration_gives_an_existing_code_the_smallest_region_holding_its_hospitals(database_url):
+    """Existing codes keep whoever could reach their hospitals; presets and cross-province codes stay shared."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from service.migrations import upgrade
+
+    url = make_url(database_url)
+    admin = url.set(database="postgres").render_as_string(hide_password=False).replace("+asyncpg", "")
+    name = f"{url.database}_owners"
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    target = url.set(database=name).render_as_string(hide_password=False)
+    try:
+        await upgrade(target, "0010")
+        db = await asyncpg.connect(target.replace("+asyncpg", ""))
+        await db.execute(
+            """
+            INSERT INTO regions (code, name, level, parent_code) VALUES
+              ('340000', '安徽省', 'province', NULL), ('340100', '合肥市', 'city', '340000'),
+              ('340102', '瑶海区', 'county', '340100'), ('340104', '蜀山区', 'county', '340100'),
+              ('320000', '江苏省', 'province', NULL);
+            INSERT INTO organisations (code, name, kind, region_code, hospital_level, hospital_tier) VALUES
+              ('H1', 'a', 'hospital', '340102', 3, 'city'), ('H2', 'b', 'hospital', '340104', 3, 'city'),
+              ('H3', 'c', 'hospital', '340104', 3, 'city'), ('H4', 'd', 'hospital', '320000', 3, 'city'),
+              ('H5', 'e', 'hospital', '340104', 3, 'city'), ('H6', 'f', 'hospital', '340102', 3, 'city');
+            """
+        )
+        codes = ["city-wide", "one-county", "two-provinces", "unassigned", "fuzhou"]
+        for code in codes:
+            await db.execute(
+                """
+                INSERT INTO policies (code, version, name, effective_from, ratio, ratio_base, min_senior_share,
+                  lead_minutes, scope, disease_prefixes, preferred_specialties, consultation_max_age_hours,
+                  cancel_cutoff_minutes, cancel_hotline, no_show_rule, created_at)
+                VALUES ($1, 1, $1, '2024-01-01', 0.2, 'all_outpatient', 0, 1440, 'city', '{I10}', '{}', 72,
+                  120, '12320', '{}', now())
+                """,
+                code,
+            )
+        held = [("H1", "city-wide"), ("H2", "city-wide"), ("H3", "one-county"), ("H5", "fuzhou")]
+        held += [("H6", "two-provinces"), ("H4", "two-provinces")]
+        for hospital, code in held:
+            await db.execute(
+                "INSERT INTO hospital_policies (hospital_id, resource_kind, policy_code, assigned_at) "
+                "SELECT id, 'outpatient', $2, now() FROM organisations WHERE code = $1",
+                hospital,
+                code,
+            )
+        await db.close()
+        await upgrade(target)
+        db = await asyncpg.connect(target.replace("+asyncpg", ""))
+        owners = dict(await db.fetch("SELECT code, region_code FROM policies"))
+        await db.close()
+        assert owners == {
+            "city-wide": "340100",
+            "one-county": "340104",
+            "two-provinces": None,
+            "unassigned": None,
+            "fuzhou": None,
+        }
+    finally:
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await conn.close()
