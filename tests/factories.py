@@ -301,11 +301,16 @@ JIANGSU_ORGS = {
         code="P-JS", name="玄武区玄武门社区卫生服务中心", kind="primary", region_code="320102",
         primary_kind="community",
     ),
+    "jiangsu_platform": OrganisationIn(
+        code="A-JS-PLAT", name="南京市预约诊疗平台", kind="authority", region_code="320100"
+    ),
 }  # fmt: skip
 JIANGSU_KEYS = {
     "jiangsu_commission": ("jiangsu_commission", "commission"),
     "jiangsu_hospital": ("jiangsu_hospital", "hospital"),
     "jiangsu_chc": ("jiangsu_chc", "primary"),
+    "jiangsu_platform": ("jiangsu_platform", "platform"),
+    "jiangsu_hotline": ("jiangsu_platform", "hotline"),
 }
 
 

@@ -4,12 +4,13 @@
 a valid request for the owner of the objects it touches, and what a second organisation of
 the same role and a commission of another province get. The callers are the five roles with
 the objects' owners (``city_hospital``, ``chc_a``, the Hefei platform and hotline, the Anhui
-commission), no key at all, and three outsiders: another hospital, another primary
-institution and the Jiangsu commission (320000).
+commission), no key at all, and five outsiders: another hospital, another primary
+institution, and the Jiangsu commission (320000), platform and hotline (320100).
 
 Expected per cell: ``ALLOWED`` (2xx, or a business 4xx that is none of 401, 403, 404),
 403 ``wrong_role`` for a role the row does not list, 401 without a key, and for outsiders
-the row's own verdict, usually a 404 (the object is not theirs to see) or a 403.
+the row's own verdict, usually a 404 (the object is not theirs to see) or a 403; a verdict
+may be a dict by role when, say, another hospital and another primary institution differ.
 
 A new operation in the contract fails ``test_every_operation_has_a_row`` until it has a row
 here: copy a row of a similar operation, say who may call it, and build its request.
@@ -92,6 +93,10 @@ def not_listing_owners_referral(r: httpx.Response, ctx: Ctx) -> bool:
     return ctx.reference not in r.text
 
 
+def row_rejected(r: httpx.Response, ctx: Ctx) -> bool:
+    return bool(r.json()["rejected"] == 1)
+
+
 # --- the callers ---------------------------------------------------------------------------------
 
 # caller -> (role, key name in World.keys; None: no key, kind: owner / other_org / other_region)
@@ -105,6 +110,8 @@ CALLERS: dict[str, tuple[str | None, str | None, str]] = {
     "hospital_other_org": ("hospital", "district_hospital", "other_org"),
     "primary_other_org": ("primary", "chc_b", "other_org"),
     "commission_other_region": ("commission", "jiangsu_commission", "other_region"),
+    "platform_other_region": ("platform", "jiangsu_platform", "other_region"),
+    "hotline_other_region": ("hotline", "jiangsu_hotline", "other_region"),
 }
 
 # --- the world the requests are built in ---------------------------------------------------------
@@ -330,7 +337,8 @@ class Row:
     build: Builder = NO_INPUT
     # Another hospital or primary institution, when its role is admitted; a dict when they differ.
     other_org: Expect | dict[str, Expect] = ALLOWED
-    other_region: Expect = ALLOWED  # the Jiangsu commission, when the commission is admitted
+    # The Jiangsu commission, platform or hotline, when its role is admitted; a dict when they differ.
+    other_region: Expect | dict[str, Expect] = ALLOWED
 
 
 def roles(*names: str) -> frozenset[str]:
@@ -383,9 +391,16 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/v1/hospital/attendance"): Row(roles(HOSPITAL), _attendance, other_org=ALLOWED),
     ("POST", "/v1/referrals/{reference}/receive"): Row(roles(HOSPITAL), _referral, other_org=HIDDEN),
     # contracts, pool and referrals
-    ("POST", "/v1/contracts/sync"): Row(roles(PLATFORM, PRIMARY), _contracts),
+    ("POST", "/v1/contracts/sync"): Row(
+        roles(PLATFORM, PRIMARY),
+        _contracts,
+        other_org=allowed_if(row_rejected, "another institution's contract must be rejected"),
+        other_region=allowed_if(row_rejected, "another region's contract must be rejected"),
+    ),
     ("GET", "/v1/availability"): Row(
-        roles(PLATFORM), static(params={"region": "340100", "from": "2026-03-09", "to": "2026-03-12"})
+        roles(PLATFORM),
+        static(params={"region": "340100", "from": "2026-03-09", "to": "2026-03-12"}),
+        other_region=Expect(403, "region_out_of_scope"),
     ),
     ("GET", "/v1/pool/slots"): Row(roles(PRIMARY)),
     ("POST", "/v1/referrals"): Row(roles(PRIMARY), _booking),
@@ -399,7 +414,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/referrals/{reference}/notice"): Row(roles(PRIMARY, HOSPITAL), _referral, other_org=HIDDEN),
     ("GET", "/v1/referrals/{reference}/slip.pdf"): Row(roles(PRIMARY, HOSPITAL), _referral, other_org=HIDDEN),
     ("POST", "/v1/referrals/{reference}/cancel"): Row(roles(PRIMARY), _cancel, other_org=HIDDEN),
-    ("POST", "/v1/hotline/cancellations"): Row(roles(HOTLINE), _hotline_cancel),
+    ("POST", "/v1/hotline/cancellations"): Row(roles(HOTLINE), _hotline_cancel, other_region=HIDDEN),
     # supervision
     ("GET", "/v1/shortfalls"): Row(roles(COMMISSION)),
     ("GET", "/v1/reports/compliance"): Row(
@@ -486,9 +501,10 @@ def expected(row: Row, caller: str) -> Expect:
         return NO_KEY
     if role not in row.roles:
         return WRONG_ROLE
-    if kind == "other_org":
-        return row.other_org.get(role, ALLOWED) if isinstance(row.other_org, dict) else row.other_org
-    return {"owner": ALLOWED, "other_region": row.other_region}[kind]
+    if kind == "owner":
+        return ALLOWED
+    verdict = row.other_org if kind == "other_org" else row.other_region
+    return verdict.get(role, ALLOWED) if isinstance(verdict, dict) else verdict
 
 
 # --- the tests -----------------------------------------------------------------------------------
