@@ -351,3 +351,16 @@ async def test_migration_gives_an_existing_code_the_smallest_region_holding_its_
         conn = await asyncpg.connect(admin)
         await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await conn.close()
+
+
+async def test_concurrent_publishes_of_a_shared_code_make_one_copy(client, jiangsu, db):
+    import asyncio
+
+    async def publish(ratio: str) -> Any:
+        return await client.post(
+            "/v1/policies", json=policy_body(code="fuzhou", ratio=ratio), headers=jiangsu.auth("commission")
+        )
+
+    answers = await asyncio.gather(*(publish(f"0.{n}0") for n in range(2, 8)))
+    assert [r.status_code for r in answers] == [201] * 6, [r.text for r in answers]
+    assert await versions(db, "fuzhou-340000") == list(range(1, 8))

@@ -5,17 +5,20 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
 from service.context import Actor
+from service.db import advisory_key
 from service.errors import Conflict, Forbidden, NotFound, Unprocessable
 from service.policy.models import HospitalPolicy, Policy
 from service.policy.presets import PRESETS
 from service.policy.schemas import PolicyOut
 from service.regions import covers, within
 from service.registry.models import Organisation
+
+PUBLISH_LOCK = advisory_key("policy", "publish")
 
 
 async def install_presets(*, session: AsyncSession, actor: Actor) -> int:
@@ -62,6 +65,9 @@ async def publish_policy(
     """
     fields = {"resource_kind": "outpatient", **fields}
     code = fields["code"]
+    # Publishing is rare; one lock for all of it keeps the next version number and a region's
+    # first copy (which touches two codes) from racing into a unique violation.
+    await session.execute(select(func.pg_advisory_xact_lock(PUBLISH_LOCK)))
     latest = await _latest(session, code)
     copied_from: str | None = None
     moved: list[int] = []
