@@ -136,6 +136,7 @@ async def seed(
         async def work(session: Any, i: int = i) -> tuple[int, str]:
             org = await create_organisation(
                 session=session,
+                actor=actor,
                 org=OrganisationIn(code=f"H-BENCH-{i}", name=f"基准医院{i}", kind="hospital",
                                    region_code="340104", hospital_level=3, hospital_tier="city"),
             )  # fmt: skip

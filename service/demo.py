@@ -286,10 +286,10 @@ async def _org_id(session: AsyncSession, code: str) -> int | None:
 
 async def _setup_registry(session: AsyncSession, actor: Actor) -> None:
     """Regions, organisations (all but the commission), policies and the alliance."""
-    await upsert_regions(session=session, regions=REGIONS)
+    await upsert_regions(session=session, actor=actor, regions=REGIONS)
     for org in [h.org for h in HOSPITALS] + [org for org, _ in PRIMARY] + [PLATFORM, HOTLINE]:
         if await _org_id(session, org.code) is None:
-            await create_organisation(session=session, org=org)
+            await create_organisation(session=session, actor=actor, org=org)
     for hospital in HOSPITALS:
         row = await org_by_code(session, hospital.org.code)
         await assign_policy(session=session, actor=actor, hospital_id=row.id, policy_code=hospital.policy)
@@ -300,6 +300,7 @@ async def _setup_registry(session: AsyncSession, actor: Actor) -> None:
     if exists is None:
         await create_alliance(
             session=session,
+            actor=actor,
             alliance=AllianceIn(
                 name=ALLIANCE_NAME,
                 lead_hospital_code=DISTRICT.org.code,
@@ -351,7 +352,7 @@ async def _seed(db: Database, clock: Clock, crypto: Crypto) -> None:
         for offset in range(SCHEDULE_DAYS):
             day = today + timedelta(days=offset)
             await db.run(partial(_push_day, crypto=crypto, now=now, hospital=hospital, day=day))
-    await db.run(lambda s: create_organisation(session=s, org=COMMISSION))
+    await db.run(lambda s: create_organisation(session=s, actor=actor, org=COMMISSION))
 
 
 async def _issue_keys(session: AsyncSession, crypto: Crypto, actor: Actor) -> dict[str, str]:

@@ -114,11 +114,11 @@ async def build_world(db: Database, crypto: Crypto, clock: ManualClock) -> World
     actor = Actor.system("test", now=clock.now())
 
     async def work(session: Any) -> None:
-        await upsert_regions(session=session, regions=REGIONS)
+        await upsert_regions(session=session, actor=actor, regions=REGIONS)
         for name, org in ORGS.items():
-            world.ids[name] = (await create_organisation(session=session, org=org)).id
+            world.ids[name] = (await create_organisation(session=session, actor=actor, org=org)).id
         await install_presets(session=session, actor=actor)
-        await publish_policy(session=session, actor=actor, fields=dict(TEST_POLICY))
+        await publish_policy(session=session, actor=actor, fields=dict(TEST_POLICY), area="340000")
         await assign_policy(
             session=session, actor=actor, hospital_id=world.ids["city_hospital"], policy_code="test-city"
         )
@@ -147,9 +147,11 @@ async def build_world(db: Database, crypto: Crypto, clock: ManualClock) -> World
 
 
 async def add_alliance(db: Database, lead_code: str, members: list[str]) -> None:
+    # Set up by the operator: when is of no consequence, so the audit entry takes START's date.
     await db.run(
         lambda s: create_alliance(
             session=s,
+            actor=Actor.system("test", now=datetime(2026, 3, 2, 9, 0, tzinfo=SHANGHAI)),
             alliance=AllianceIn(name="test alliance", lead_hospital_code=lead_code, member_codes=members),
         )
     )
@@ -270,6 +272,7 @@ async def add_wuhu_key(world: World, crypto: Crypto, key_name: str, role: str) -
     async def work(session: Any) -> None:
         org = await create_organisation(
             session=session,
+            actor=actor,
             org=OrganisationIn(
                 code="A-WUHU", name="芜湖市卫生健康委", kind="authority", region_code="340200"
             ),
@@ -277,5 +280,59 @@ async def add_wuhu_key(world: World, crypto: Crypto, key_name: str, role: str) -
         _, world.keys[key_name] = await create_api_client(
             session=session, actor=actor, crypto=crypto, organisation_id=org.id, role=role, name=key_name
         )
+
+    await world.db.run(work)
+
+
+JIANGSU_REGIONS = [
+    RegionIn(code="320000", name="江苏省", level="province"),
+    RegionIn(code="320100", name="南京市", level="city", parent_code="320000"),
+    RegionIn(code="320102", name="玄武区", level="county", parent_code="320100"),
+]
+JIANGSU_ORGS = {
+    "jiangsu_commission": OrganisationIn(
+        code="A-JS-COMM", name="江苏省卫生健康委", kind="authority", region_code="320000"
+    ),
+    "jiangsu_hospital": OrganisationIn(
+        code="H-JS", name="南京市第一医院", kind="hospital", region_code="320102",
+        hospital_level=3, hospital_tier="city",
+    ),
+    "jiangsu_chc": OrganisationIn(
+        code="P-JS", name="玄武区玄武门社区卫生服务中心", kind="primary", region_code="320102",
+        primary_kind="community",
+    ),
+    "jiangsu_platform": OrganisationIn(
+        code="A-JS-PLAT", name="南京市预约诊疗平台", kind="authority", region_code="320100"
+    ),
+}  # fmt: skip
+JIANGSU_KEYS = {
+    "jiangsu_commission": ("jiangsu_commission", "commission"),
+    "jiangsu_hospital": ("jiangsu_hospital", "hospital"),
+    "jiangsu_chc": ("jiangsu_chc", "primary"),
+    "jiangsu_platform": ("jiangsu_platform", "platform"),
+    "jiangsu_hotline": ("jiangsu_platform", "hotline"),
+}
+
+
+async def add_jiangsu(world: World, crypto: Crypto) -> None:
+    """A second province (江苏 320000): its commission, a hospital on the fuzhou preset and a centre."""
+    actor = Actor.system("test", now=world.clock.now())
+
+    async def work(session: Any) -> None:
+        await upsert_regions(session=session, actor=actor, regions=JIANGSU_REGIONS)
+        for name, org in JIANGSU_ORGS.items():
+            world.ids[name] = (await create_organisation(session=session, actor=actor, org=org)).id
+        await assign_policy(
+            session=session, actor=actor, hospital_id=world.ids["jiangsu_hospital"], policy_code="fuzhou"
+        )
+        for key_name, (org_name, role) in JIANGSU_KEYS.items():
+            _, world.keys[key_name] = await create_api_client(
+                session=session,
+                actor=actor,
+                crypto=crypto,
+                organisation_id=world.ids[org_name],
+                role=role,
+                name=key_name,
+            )
 
     await world.db.run(work)

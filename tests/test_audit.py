@@ -276,3 +276,96 @@ async def test_r15_only_the_commission_reads_the_trail(client, world):
     r = await client.get("/v1/audit", headers=world.auth("city_hospital"))
     assert r.status_code == 403
     assert r.json()["code"] == "wrong_role"
+
+
+# --- the search in a body (POST /v1/audit/search) ------------------------------------------------
+
+
+async def search(client, world, who: str = "commission", **body: Any) -> Any:
+    r = await client.post("/v1/audit/search", json={"limit": 500, **body}, headers=world.auth(who))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def without_query_entries(page: Any) -> list[Any]:
+    # Each query records itself, so the two forms see each other's audit.queried entries.
+    return [e for e in page["items"] if e["action"] != "audit.queried"]
+
+
+async def test_r15_search_by_resident_keeps_the_id_number_out_of_the_url(client, world, booked, db):
+    sent: list[str] = []
+
+    async def note(request):
+        sent.append(str(request.url))
+
+    client.event_hooks["request"].append(note)
+    page = await search(client, world, resident_id_number=ID1)
+    assert [e["action"] for e in page["items"]] == ["referral.booked", "contract.synced"]
+    assert {e["resident_id_masked"] for e in page["items"]} == {mask_id_number(ID1)}
+    assert sent == ["http://slotpool.test/v1/audit/search"]
+    assert ID1 not in sent[0]
+
+
+async def test_r15_search_answers_as_the_query_form_does(client, world, booked, db, clock):
+    for reference in booked.values():
+        await client.get(f"/v1/referrals/{reference}", headers=world.auth("chc_a"))
+    filters = {
+        "resident_id_number": ID2,
+        "actor_org_id": world.ids["chc_a"],
+        "from": "2026-03-02T09:00:00+08:00",
+        "to": "2026-03-03T00:00:00+08:00",
+    }
+    by_query = without_query_entries(await query(client, world, **filters))
+    by_body = without_query_entries(await search(client, world, **filters))
+    assert by_body == by_query
+    assert {e["action"] for e in by_body} == {"referral.booked", "referral.read"}
+    by_action = await search(client, world, action="referral.booked", actor_client_id=None)
+    assert len(by_action["items"]) == 2
+
+
+async def test_r15_search_pages_with_the_same_cursor(client, world, booked, db):
+    for reference in booked.values():
+        await client.get(f"/v1/referrals/{reference}", headers=world.auth("chc_a"))
+    everything = [e["id"] for e in (await search(client, world, actor_org_id=world.ids["chc_a"]))["items"]]
+    assert len(everything) == 4
+    seen, cursor = [], None
+    while True:
+        page = await search(client, world, actor_org_id=world.ids["chc_a"], limit=3, cursor=cursor)
+        seen += [e["id"] for e in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == everything
+    # A cursor from one form pages the other.
+    first = await search(client, world, actor_org_id=world.ids["chc_a"], limit=3)
+    rest = await query(client, world, actor_org_id=world.ids["chc_a"], cursor=first["next_cursor"])
+    assert [e["id"] for e in first["items"] + rest["items"]] == everything
+
+
+async def test_r15_search_refuses_what_the_query_form_refuses(client, world):
+    for body, code in [
+        ({"resident_id_number": "340102195804120010"}, "invalid_id_number"),
+        ({"from": "2026-03-02T09:00:00"}, "naive_datetime"),
+        ({"cursor": "bm9wZQ"}, "invalid_cursor"),
+        ({"limit": 501}, "invalid_request"),
+        ({"unknown_filter": 1}, "invalid_request"),
+    ]:
+        r = await client.post("/v1/audit/search", json=body, headers=world.auth("commission"))
+        assert (r.status_code, r.json()["code"]) == (422, code), body
+
+
+async def test_r15_search_is_scoped_and_recorded_like_the_query(client, world, booked, db, crypto):
+    await add_wuhu_key(world, crypto, "wuhu_commission", "commission")
+    assert (await search(client, world, who="wuhu_commission", resident_id_number=ID1))["items"] == []
+    r = await client.post("/v1/audit/search", json={}, headers=world.auth("chc_a"))
+    assert (r.status_code, r.json()["code"]) == (403, "wrong_role")
+    recorded = await entries(db, "audit.queried")
+    assert len(recorded) == 1
+    assert recorded[0].detail["filters"]["resident"] is not None
+    assert ID1 not in str(recorded[0].detail)
+
+
+def test_r15_the_query_form_is_deprecated_in_openapi(app):
+    paths = app.openapi()["paths"]
+    assert paths["/v1/audit"]["get"].get("deprecated") is True
+    assert "deprecated" not in paths["/v1/audit/search"]["post"]

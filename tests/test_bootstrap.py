@@ -75,8 +75,13 @@ async def empty_url(database_url: str) -> AsyncIterator[str]:
 
 
 def env_for(url: str) -> dict[str, str]:
-    # One role owns and uses the test database, so the migration URL is the same one.
-    return {"DATABASE_URL": url, "SLOTPOOL_MIGRATION_DATABASE_URL": url}
+    # One role owns and uses the test database, so the migration URL is the same one; the
+    # commands run in development mode against a server of the test's choosing.
+    return {
+        "DATABASE_URL": url,
+        "SLOTPOOL_MIGRATION_DATABASE_URL": url,
+        "SLOTPOOL_ALLOW_DEVELOPMENT_WITH_DEPLOYMENT_SETTINGS": "true",
+    }
 
 
 async def fetch(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -133,7 +138,11 @@ async def test_bootstrap_from_an_empty_database_issues_a_commission_key_that_reg
     assert [r["code"] for r in regions] == sorted(d.code for d in divisions_for("120000"))
     assert regions[0]["name"] == "天津市" and len(regions) == 18
     audit = await fetch(empty_url, "SELECT actor, action, detail FROM audit_entries")
-    assert [(a["actor"], a["action"]) for a in audit] == [("cli", "region.bootstrap")]
+    assert [(a["actor"], a["action"]) for a in audit] == [
+        ("cli", "organisation.created"),
+        ("cli", "api_client.issued"),
+        ("cli", "region.bootstrap"),
+    ]
 
     app = create_app(settings, database_url=empty_url, clock=ManualClock(START), run_loops=False)
     async with app.router.lifespan_context(app):
@@ -181,8 +190,15 @@ async def test_bootstrap_from_an_empty_database_issues_a_commission_key_that_reg
     assert [c["role"] for c in clients] == ["commission", "commission"]
     assert len({c["organisation_id"] for c in clients}) == 1
     audit = await fetch(empty_url, "SELECT action, detail FROM audit_entries ORDER BY id")
-    assert [a["action"] for a in audit] == ["region.bootstrap", "region.bootstrap"]
-    assert '"force": true' in audit[1]["detail"] and '"divisions_added": 0' in audit[1]["detail"]
+    assert [a["action"] for a in audit] == [
+        "organisation.created",  # the commission, by bootstrap
+        "api_client.issued",
+        "region.bootstrap",
+        "organisation.created",  # the hospital, through the API with the first key
+        "api_client.issued",
+        "region.bootstrap",
+    ]
+    assert '"force": true' in audit[-1]["detail"] and '"divisions_added": 0' in audit[-1]["detail"]
 
 
 async def test_bootstrap_refuses_a_second_commission_for_a_bootstrapped_region_under_another_code(
@@ -224,7 +240,12 @@ async def test_create_client_fails_in_one_line(empty_url: str):
     assert made.returncode == 0, made.stderr
     assert made.stdout.strip().startswith("sp_")
     audit = await fetch(empty_url, "SELECT action FROM audit_entries ORDER BY id")
-    assert [a["action"] for a in audit] == ["region.bootstrap", "api_client.create"]
+    assert [a["action"] for a in audit] == [
+        "organisation.created",
+        "api_client.issued",
+        "region.bootstrap",
+        "api_client.issued",
+    ]
 
 
 def _wait_until_healthy(base: str, server: subprocess.Popen[bytes], deadline: float) -> None:

@@ -95,12 +95,16 @@ async def test_r15_audit_entries_cannot_be_updated_or_deleted(client, world, db)
         headers=world.auth("chc_a"),
     )  # fmt: skip
     assert r.status_code == 422
-    count = await db.run(lambda s: s.scalar(text("SELECT count(*) FROM audit_entries")))
+    count = await db.run(
+        lambda s: s.scalar(text("SELECT count(*) FROM audit_entries WHERE action = 'referral.refused'"))
+    )
     assert count == 1
     for statement in ("UPDATE audit_entries SET reason = 'rewritten'", "DELETE FROM audit_entries"):
         with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
             await db.run(lambda s, sql=statement: s.execute(text(sql)))
-    entry = await db.run(lambda s: s.scalar(text("SELECT action FROM audit_entries")))
+    entry = await db.run(
+        lambda s: s.scalar(text("SELECT action FROM audit_entries ORDER BY id DESC LIMIT 1"))
+    )
     assert entry == "referral.refused"
     assert AuditEntry.__tablename__ == "audit_entries"
 

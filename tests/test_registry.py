@@ -8,7 +8,9 @@ from sqlalchemy import text
 async def test_region_with_unknown_parent_is_refused(client, world):
     r = await client.post(
         "/v1/regions",
-        json={"regions": [{"code": "350100", "name": "福州市", "level": "city", "parent_code": "350000"}]},
+        json={
+            "regions": [{"code": "340302", "name": "龙子湖区", "level": "county", "parent_code": "340300"}]
+        },
         headers=world.auth("commission"),
     )
     assert r.status_code == 422
@@ -20,9 +22,8 @@ async def test_region_hierarchy_in_one_batch(client, world):
         "/v1/regions",
         json={
             "regions": [
-                {"code": "350102", "name": "鼓楼区", "level": "county", "parent_code": "350100"},
-                {"code": "350100", "name": "福州市", "level": "city", "parent_code": "350000"},
-                {"code": "350000", "name": "福建省", "level": "province"},
+                {"code": "340302", "name": "龙子湖区", "level": "county", "parent_code": "340300"},
+                {"code": "340300", "name": "蚌埠市", "level": "city", "parent_code": "340000"},
             ]
         },
         headers=world.auth("commission"),
@@ -69,7 +70,7 @@ async def test_province_with_unknown_parent_is_refused(client, world):
     r = await client.post(
         "/v1/regions",
         json={
-            "regions": [{"code": "350000", "name": "福建省", "level": "province", "parent_code": "990000"}]
+            "regions": [{"code": "340000", "name": "安徽省", "level": "province", "parent_code": "990000"}]
         },
         headers=world.auth("commission"),
     )

@@ -91,6 +91,10 @@ class Policy(Base):
     institution_share_limit: Mapped[Decimal | None] = mapped_column(Numeric(5, 4))
     resident_active_limit: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The region whose commission owns the code: it alone publishes new versions, and the code
+    # governs only hospitals inside it. Null: a built-in or shared code, which no commission
+    # changes in place; publishing it makes the region's own copy (docs/authorization.md).
+    region_code: Mapped[str | None] = mapped_column(ForeignKey("regions.code"))
 
 
 class HospitalPolicy(Base):

@@ -1,8 +1,9 @@
 """Built-in policies for the five regions of the seed documents (R1–R5, R7, R10, R13).
 
-Each preset is version 1 of its code, effective from 2024-01-01. A commission
-changes a rule by publishing a new version (POST /v1/policies), never by
-editing these.
+Each preset is version 1 of its code, effective from 2024-01-01. Presets are
+shared: a commission that publishes one (POST /v1/policies) gets its region's
+own copy, ``<code>-<region>``, and its hospitals move to it; the preset itself
+never changes (docs/authorization.md).
 """
 
 from __future__ import annotations

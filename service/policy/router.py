@@ -28,15 +28,29 @@ async def list_policies(state: State, caller: Annotated[Caller, Depends(authenti
 async def publish_policy(
     body: PolicyIn, request: Request, state: State, caller: Annotated[Caller, Depends(require("commission"))]
 ) -> PolicyOut:
-    """Publish the next version of a policy code."""
+    """Publish the next version of a policy code.
+
+    A new code belongs to the commission's region. A built-in code, or one of another region,
+    is copied on write: the answer's ``code`` is then the region's own copy, ``<code>-<region>``,
+    and the region's hospitals that held the original now hold the copy (docs/authorization.md).
+    """
     actor = actor_for(request, state, caller)
     policy = await state.db.run(
-        lambda s: service.publish_policy(session=s, actor=actor, fields=body.model_dump())
+        lambda s: service.publish_policy(
+            session=s, actor=actor, fields=body.model_dump(), area=caller.region_code
+        )
     )
     return PolicyOut(**service.policy_out(policy))
 
 
-@router.put("/hospitals/{hospital_id}/policy", status_code=204)
+@router.put(
+    "/hospitals/{hospital_id}/policy",
+    status_code=204,
+    responses={
+        403: {"content": {"application/problem+json": {}}, "description": "`policy_of_another_region`."},
+        404: {"content": {"application/problem+json": {}}, "description": "Not in your region."},
+    },
+)
 async def assign_policy(
     hospital_id: PathId,
     body: PolicyAssignment,
@@ -44,10 +58,14 @@ async def assign_policy(
     state: State,
     caller: Annotated[Caller, Depends(require("commission"))],
 ) -> None:
-    """Assign a policy (by code) to a hospital."""
+    """Assign a policy (by code) to a hospital of the commission's region."""
     actor = actor_for(request, state, caller)
     await state.db.run(
         lambda s: service.assign_policy(
-            session=s, actor=actor, hospital_id=hospital_id, policy_code=body.policy_code
+            session=s,
+            actor=actor,
+            hospital_id=hospital_id,
+            policy_code=body.policy_code,
+            area=caller.region_code,
         )
     )

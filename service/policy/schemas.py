@@ -101,6 +101,10 @@ class PolicyIn(ApiModel):
 class PolicyOut(PolicyIn):
     id: int
     version: int
+    region_code: str | None = Field(
+        description="The region whose commission owns this code; null: built-in or shared, "
+        "so a commission that publishes it gets its own copy (docs/authorization.md)."
+    )
 
 
 class PolicyList(ApiModel):

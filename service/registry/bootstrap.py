@@ -140,6 +140,7 @@ async def bootstrap_region(
     if org is None:
         org = await create_organisation(
             session=session,
+            actor=actor,
             org=OrganisationIn(code=code, name=commission_name, kind="authority", region_code=region_code),
         )
     client, token = await create_api_client(

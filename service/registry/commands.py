@@ -130,7 +130,6 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_create_client(args: argparse.Namespace, settings: Settings) -> None:
-    from service.audit.service import record
     from service.cli import crypto_from, resolve_database_url
     from service.registry.service import ROLE_ORG_KINDS, create_api_client, org_by_code
 
@@ -148,27 +147,13 @@ def cmd_create_client(args: argparse.Namespace, settings: Settings) -> None:
                 f"{args.org_code} is {article} {org.kind} organisation and cannot hold a {args.role} key "
                 f"(allowed: {', '.join(allowed)})",
             )
-        client, token = await create_api_client(
+        _, token = await create_api_client(
             session=session,
             actor=actor,
             crypto=crypto_from(settings),
             organisation_id=org.id,
             role=args.role,
             name=args.name,
-        )
-        await record(
-            session=session,
-            actor=actor,
-            action="api_client.create",
-            detail={
-                "before": None,
-                "after": {
-                    "id": client.id,
-                    "organisation_id": org.id,
-                    "role": client.role,
-                    "name": client.name,
-                },
-            },
         )
         return token
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
@@ -39,16 +39,31 @@ async def me(state: State, caller: Annotated[Caller, Depends(authenticate)]) -> 
     return Me(client_id=caller.client_id, role=caller.role, organisation=service.organisation_out(org))
 
 
-@router.post("/regions", status_code=204)
-async def upsert_regions(body: RegionBatch, state: State, caller: Commission) -> None:
-    """Insert or rename GB/T 2260 divisions."""
-    await state.db.run(lambda s: service.upsert_regions(session=s, regions=body.regions))
+OUT_OF_REGION: dict[int | str, dict[str, Any]] = {
+    403: {"content": {"application/problem+json": {}}, "description": "`out_of_region`: not in your region."}
+}
 
 
-@router.post("/organisations", response_model=OrganisationOut, status_code=201)
-async def create_organisation(body: OrganisationIn, state: State, caller: Commission) -> OrganisationOut:
-    """Register a hospital, a primary institution or an authority."""
-    org = await state.db.run(lambda s: service.create_organisation(session=s, org=body))
+@router.post("/regions", status_code=204, responses=OUT_OF_REGION)
+async def upsert_regions(body: RegionBatch, request: Request, state: State, caller: Commission) -> None:
+    """Insert or rename GB/T 2260 divisions inside the commission's region."""
+    actor = actor_for(request, state, caller)
+    await state.db.run(
+        lambda s: service.upsert_regions(
+            session=s, actor=actor, regions=body.regions, area=caller.region_code
+        )
+    )
+
+
+@router.post("/organisations", response_model=OrganisationOut, status_code=201, responses=OUT_OF_REGION)
+async def create_organisation(
+    body: OrganisationIn, request: Request, state: State, caller: Commission
+) -> OrganisationOut:
+    """Register a hospital, a primary institution or an authority of the commission's region."""
+    actor = actor_for(request, state, caller)
+    org = await state.db.run(
+        lambda s: service.create_organisation(session=s, actor=actor, org=body, area=caller.region_code)
+    )
     return service.organisation_out(org)
 
 
@@ -89,12 +104,17 @@ async def list_organisations(
         return OrganisationList(items=[service.organisation_out(o) for o in rows])
 
 
-@router.post("/alliances", response_model=AllianceOut, status_code=201)
-async def create_alliance(body: AllianceIn, state: State, caller: Commission) -> AllianceOut:
-    """Register a medical alliance: a lead hospital and its members."""
+@router.post("/alliances", response_model=AllianceOut, status_code=201, responses=OUT_OF_REGION)
+async def create_alliance(
+    body: AllianceIn, request: Request, state: State, caller: Commission
+) -> AllianceOut:
+    """Register a medical alliance: a lead hospital and its members, all in the commission's region."""
+    actor = actor_for(request, state, caller)
 
     async def work(session: AsyncSession) -> AllianceOut:
-        alliance = await service.create_alliance(session=session, alliance=body)
+        alliance = await service.create_alliance(
+            session=session, actor=actor, alliance=body, area=caller.region_code
+        )
         members = await session.scalars(
             select(AllianceMember.organisation_id).where(AllianceMember.alliance_id == alliance.id)
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -9,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.audit.service import record
 from service.context import Actor
 from service.crypto import Crypto, new_api_key
-from service.errors import Conflict, NotFound, Unprocessable
+from service.errors import Conflict, Forbidden, NotFound, Unprocessable
 from service.regions import covers
 from service.registry.models import Alliance, AllianceMember, ApiClient, Organisation, Region
 from service.registry.schemas import AllianceIn, OpeningHoursIn, OrganisationIn, OrganisationOut, RegionIn
@@ -23,10 +25,34 @@ ROLE_ORG_KINDS = {
 }
 
 
-async def upsert_regions(*, session: AsyncSession, regions: list[RegionIn]) -> int:
-    """Insert or rename divisions; parents first, so a batch may hold a whole hierarchy."""
+def out_of_region(what: str, region_code: str) -> Forbidden:
+    return Forbidden("out_of_region", f"{what} is outside your region {region_code}.")
+
+
+def _check_area(area: str | None, what: str, code: str) -> None:
+    """``area`` is the commission's region; None is the operator (CLI, demo), who is not scoped."""
+    if area is not None and not covers(area, code):
+        raise out_of_region(what, area)
+
+
+def _region_view(region: Region | None) -> dict[str, Any] | None:
+    if region is None:
+        return None
+    return {"name": region.name, "level": region.level, "parent_code": region.parent_code}
+
+
+async def upsert_regions(
+    *, session: AsyncSession, actor: Actor, regions: list[RegionIn], area: str | None = None
+) -> int:
+    """Insert or rename divisions; parents first, so a batch may hold a whole hierarchy.
+
+    A commission (``area`` set) may only write divisions inside its own region.
+    """
+    for region in regions:
+        _check_area(area, f"Region {region.code}", region.code)
     order = {"province": 0, "city": 1, "county": 2}
     in_batch = {r.code for r in regions}
+    changes: list[dict[str, Any]] = []
     for region in sorted(regions, key=lambda r: order[r.level]):
         parent = region.parent_code
         missing = parent is not None and parent not in in_batch and await session.get(Region, parent) is None
@@ -34,17 +60,31 @@ async def upsert_regions(*, session: AsyncSession, regions: list[RegionIn]) -> i
             raise Unprocessable(
                 "region_parent_missing", f"Region {region.code} needs an existing parent division."
             )
+        before = _region_view(await session.get(Region, region.code, populate_existing=True))
         stmt = insert(Region).values(**region.model_dump())
         await session.execute(
             stmt.on_conflict_do_update(
                 index_elements=["code"], set_={"name": stmt.excluded.name, "level": stmt.excluded.level}
             )
         )
+        after = {
+            "name": region.name,
+            "level": region.level,
+            "parent_code": (before or {}).get("parent_code", region.parent_code),
+        }
+        if before != after:  # an unchanged division is not a change worth a line in the trail
+            changes.append({"code": region.code, "before": before, "after": after})
     await session.flush()
+    if changes:
+        await record(session=session, actor=actor, action="region.upserted", detail={"regions": changes})
     return len(regions)
 
 
-async def create_organisation(*, session: AsyncSession, org: OrganisationIn) -> Organisation:
+async def create_organisation(
+    *, session: AsyncSession, actor: Actor, org: OrganisationIn, area: str | None = None
+) -> Organisation:
+    """Register an organisation; a commission (``area`` set) only inside its own region."""
+    _check_area(area, f"Region {org.region_code}", org.region_code)
     if await session.get(Region, org.region_code) is None:
         raise Unprocessable("region_not_found", f"No region {org.region_code}.")
     if org.kind == "hospital" and (org.hospital_level is None or org.hospital_tier is None):
@@ -61,7 +101,19 @@ async def create_organisation(*, session: AsyncSession, org: OrganisationIn) -> 
     row = Organisation(**fields)
     session.add(row)
     await session.flush()
+    await record(
+        session=session,
+        actor=actor,
+        action="organisation.created",
+        hospital_id=_hospital(row),
+        detail={"organisation_id": row.id, "before": None, "after": fields},
+    )
     return row
+
+
+def _hospital(org: Organisation) -> int | None:
+    """The entry's hospital column, which also places it in a region for the commission's queries."""
+    return org.id if org.kind == "hospital" else None
 
 
 def organisation_out(org: Organisation) -> OrganisationOut:
@@ -86,13 +138,19 @@ async def set_opening_hours(
     org = await session.get(Organisation, organisation_id, with_for_update=True)
     if org is None or not covers(region_code, org.region_code):
         raise NotFound("organisation_not_found", f"No organisation {organisation_id} in your region.")
+    before = org.opening_hours
     org.opening_hours = hours.model_dump(mode="json")["opening_hours"]
     await session.flush()
     await record(
         session=session,
         actor=actor,
         action="organisation.opening_hours",
-        detail={"organisation_id": org.id, "opening_hours": org.opening_hours},
+        hospital_id=_hospital(org),
+        detail={
+            "organisation_id": org.id,
+            "before": {"opening_hours": before},
+            "after": {"opening_hours": org.opening_hours},
+        },
     )
     return org
 
@@ -104,17 +162,42 @@ async def org_by_code(session: AsyncSession, code: str) -> Organisation:
     return org
 
 
-async def create_alliance(*, session: AsyncSession, alliance: AllianceIn) -> Alliance:
+async def create_alliance(
+    *, session: AsyncSession, actor: Actor, alliance: AllianceIn, area: str | None = None
+) -> Alliance:
+    """Register an alliance; for a commission (``area`` set) the lead and every member lie in its region.
+
+    An alliance opens the lead's pool to its members (scope ``alliance``), so a member from
+    outside the region would book a pool its own commission does not supervise.
+    """
     lead = await org_by_code(session, alliance.lead_hospital_code)
+    _check_area(area, f"Organisation {lead.code}", lead.region_code)
     if lead.kind != "hospital":
         raise Unprocessable("lead_not_hospital", "An alliance is led by a hospital.")
+    members = [await org_by_code(session, code) for code in dict.fromkeys(alliance.member_codes)]
+    for member in members:  # listed twice is still one member
+        _check_area(area, f"Organisation {member.code}", member.region_code)
     row = Alliance(name=alliance.name, lead_hospital_id=lead.id)
     session.add(row)
     await session.flush()
-    for code in dict.fromkeys(alliance.member_codes):  # listed twice is still one member
-        member = await org_by_code(session, code)
+    for member in members:
         session.add(AllianceMember(alliance_id=row.id, organisation_id=member.id))
     await session.flush()
+    await record(
+        session=session,
+        actor=actor,
+        action="alliance.created",
+        hospital_id=lead.id,
+        detail={
+            "alliance_id": row.id,
+            "before": None,
+            "after": {
+                "name": row.name,
+                "lead_hospital_id": lead.id,
+                "member_ids": sorted(m.id for m in members),
+            },
+        },
+    )
     return row
 
 
@@ -138,4 +221,16 @@ async def create_api_client(
     )
     session.add(client)
     await session.flush()
+    # Never the key, nor its prefix: the trail is read by people who must not hold it.
+    await record(
+        session=session,
+        actor=actor,
+        action="api_client.issued",
+        hospital_id=_hospital(org),
+        detail={
+            "client_id": client.id,
+            "before": None,
+            "after": {"organisation_id": org.id, "role": role, "name": name},
+        },
+    )
     return client, token

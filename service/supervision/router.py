@@ -15,6 +15,7 @@ from service.ids import PathId, QueryId
 from service.supervision import service
 from service.supervision.schemas import (
     AuditPage,
+    AuditSearch,
     ReinstateIn,
     SubjectType,
     SuspensionIn,
@@ -100,7 +101,39 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
     return value
 
 
-@router.get("/audit", response_model=AuditPage, responses={422: PROBLEM})
+async def _search_audit(request: Request, state: State, caller: Caller, search: AuditSearch) -> AuditPage:
+    before = decode_id_cursor(search.cursor)
+    actor = actor_for(request, state, caller)
+    items, following = await state.db.run(
+        lambda session: service.query_audit(
+            session=session,
+            actor=actor,
+            caller=caller,
+            crypto=state.crypto,
+            resident_id_number=search.resident_id_number,
+            actor_client_id=search.actor_client_id,
+            actor_org_id=search.actor_org_id,
+            action=search.action,
+            from_=_aware("from", search.from_),
+            to=_aware("to", search.to),
+            before_id=before,
+            limit=search.limit,
+        )
+    )
+    return AuditPage(items=items, next_cursor=encode_cursor(following) if following is not None else None)
+
+
+@router.post("/audit/search", response_model=AuditPage, responses={422: PROBLEM})
+async def search_audit(body: AuditSearch, request: Request, state: State, caller: Commission) -> AuditPage:
+    """The audit trail of the commission's region, newest first (R15); this query is recorded too.
+
+    Filter by resident (ID number), by actor (client or organisation), by action and by time;
+    page with ``cursor``. The ID number travels in the body, out of URLs and proxy logs.
+    """
+    return await _search_audit(request, state, caller, body)
+
+
+@router.get("/audit", response_model=AuditPage, responses={422: PROBLEM}, deprecated=True)
 async def query_audit(
     request: Request,
     state: State,
@@ -116,26 +149,19 @@ async def query_audit(
     cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditPage:
-    """The audit trail of the commission's region, newest first (R15); this query is recorded too.
+    """Deprecated: use ``POST /v1/audit/search``, which takes the same filters in a body.
 
-    Filter by resident (ID number), by actor (client or organisation), by action and by time.
+    A resident's ID number in a query string ends up in proxy and access logs. This form keeps
+    working and answers exactly as the search does.
     """
-    before = decode_id_cursor(cursor)
-    actor = actor_for(request, state, caller)
-    items, following = await state.db.run(
-        lambda session: service.query_audit(
-            session=session,
-            actor=actor,
-            caller=caller,
-            crypto=state.crypto,
-            resident_id_number=resident_id_number,
-            actor_client_id=actor_client_id,
-            actor_org_id=actor_org_id,
-            action=action,
-            from_=_aware("from", from_),
-            to=_aware("to", to),
-            before_id=before,
-            limit=limit,
-        )
+    search = AuditSearch(
+        resident_id_number=resident_id_number,
+        actor_client_id=actor_client_id,
+        actor_org_id=actor_org_id,
+        action=action,
+        from_=from_,
+        to=to,
+        cursor=cursor,
+        limit=limit,
     )
-    return AuditPage(items=items, next_cursor=encode_cursor(following) if following is not None else None)
+    return await _search_audit(request, state, caller, search)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, Self
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, model_validator
 
 from service.ids import DbId
 from service.referrals.schemas import NamedRef
@@ -106,3 +106,22 @@ class AuditEntryOut(ApiModel):
 class AuditPage(ApiModel):
     items: list[AuditEntryOut]
     next_cursor: str | None = None
+
+
+class AuditSearch(ApiModel):
+    """The filters of ``GET /v1/audit``, in a body, so a resident's ID number stays out of URLs."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    resident_id_number: str | None = Field(
+        None, min_length=15, max_length=20, description="Found through the blind index."
+    )
+    actor_client_id: DbId | None = None
+    actor_org_id: DbId | None = None
+    action: str | None = Field(None, min_length=1, max_length=40)
+    from_: datetime | None = Field(None, alias="from", description="Inclusive.")
+    to: datetime | None = Field(None, description="Exclusive.")
+    cursor: str | None = Field(
+        None, max_length=200, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page"
+    )
+    limit: int = Field(100, ge=1, le=500)

@@ -153,9 +153,11 @@ async def suspend_access(
         )
         .with_for_update()
     )
+    before: dict[str, Any] | None = None
     if open_action is not None:
         if open_action.until is None or open_action.until > now:
             raise _already(open_action.id)
+        before = {"suspension_id": open_action.id, "mode": open_action.mode, "lapsed": True}
         # A suspension that lapsed by itself is closed at its end, so the new action can open.
         open_action.reinstated_at = open_action.until
         open_action.reinstate_reason = "lapsed"
@@ -221,6 +223,9 @@ async def suspend_access(
             "organisation_id": org.id,
             "until": body.until.isoformat() if body.until else None,
             "cancelled_references": cancelled,
+            # Access before and after: refused from now on (the key itself is never recorded).
+            "before": before,
+            "after": {"mode": body.mode, "in_force": True},
         },
     )
     return await suspension_out(session, suspension, now)
@@ -323,6 +328,11 @@ async def reinstate_access(
             "subject_id": suspension.subject_id,
             "organisation_id": suspension.organisation_id,
             "mode": suspension.mode,
+            "before": {
+                "mode": suspension.mode,
+                "in_force": suspension.until is None or suspension.until > actor.now,
+            },
+            "after": {"mode": suspension.mode, "in_force": False},
         },
     )
     return await suspension_out(session, suspension, actor.now)

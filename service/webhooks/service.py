@@ -111,9 +111,14 @@ async def register_endpoint(
         actor=actor,
         action="webhook.endpoint_registered",
         hospital_id=hospital_id,
-        detail={"endpoint_id": endpoint.id, "url": url, "event_types": endpoint.event_types},
+        detail={"endpoint_id": endpoint.id, "before": None, "after": _audit_view(endpoint)},
     )
     return endpoint, secret
+
+
+def _audit_view(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """An endpoint as the audit trail records it: never its secrets."""
+    return {"url": endpoint.url, "event_types": list(endpoint.event_types), "status": endpoint.status}
 
 
 async def list_endpoints(*, session: AsyncSession, hospital_id: int) -> list[WebhookEndpoint]:
@@ -158,6 +163,7 @@ async def update_endpoint(
         session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
     )
     changes: dict[str, Any] = {}
+    before = _audit_view(endpoint)
     if url is not None and url != endpoint.url:
         endpoint.url = url
         changes["url"] = url
@@ -186,7 +192,7 @@ async def update_endpoint(
             actor=actor,
             action="webhook.endpoint_updated",
             hospital_id=hospital_id,
-            detail={"endpoint_id": endpoint.id, **changes},
+            detail={"endpoint_id": endpoint.id, "before": before, "after": _audit_view(endpoint)},
         )
     await session.flush()
     return endpoint
@@ -202,7 +208,7 @@ async def delete_endpoint(*, session: AsyncSession, actor: Actor, hospital_id: i
         actor=actor,
         action="webhook.endpoint_deleted",
         hospital_id=hospital_id,
-        detail={"endpoint_id": endpoint.id, "url": endpoint.url},
+        detail={"endpoint_id": endpoint.id, "before": _audit_view(endpoint), "after": None},
     )
     await session.delete(endpoint)
     await session.flush()
@@ -221,6 +227,7 @@ async def rotate_secret(
     endpoint = await get_endpoint(
         session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
     )
+    before = _secret_state(endpoint)
     secret = new_secret()
     if overlap > timedelta(0):
         endpoint.previous_secret_enc = endpoint.secret_enc
@@ -242,10 +249,22 @@ async def rotate_secret(
                 if endpoint.previous_secret_expires_at
                 else None
             ),
+            "before": before,
+            "after": _secret_state(endpoint),
         },
     )
     await session.flush()
     return endpoint, secret
+
+
+def _secret_state(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """Which secrets sign, by when they were set, never what they are."""
+    return {
+        "secrets_signing": 1 if endpoint.previous_secret_enc is None else 2,
+        "previous_secret_expires_at": (
+            endpoint.previous_secret_expires_at.isoformat() if endpoint.previous_secret_expires_at else None
+        ),
+    }
 
 
 async def list_deliveries(
