@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
 from decimal import Decimal
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from service.bounds import Day
 from service.policy.models import MIN_LEAD_MINUTES
 from service.resources import ResourceKind
 from service.schemas import ApiModel
@@ -29,7 +29,7 @@ class PolicyIn(ApiModel):
         description="The kind of slot this policy governs (R18). A code keeps its kind across versions; "
         "a hospital holds one policy per kind.",
     )
-    effective_from: date
+    effective_from: Day
     ratio: Decimal = Field(gt=0, le=1, max_digits=5, decimal_places=4)
     ratio_base: Literal["all_outpatient", "expert"] = Field(
         description="all_outpatient: every slot of the policy's kind is the base; "

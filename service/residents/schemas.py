@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Literal
 
 from pydantic import Field
 
+from service.bounds import Day
 from service.schemas import ApiModel
 from service.slots.schemas import Title
 
@@ -28,8 +28,8 @@ class ContractIn(ApiModel):
     institution_code: str = Field(min_length=1, max_length=64)
     family_doctor: FamilyDoctorIn
     resident: ResidentIn
-    starts_on: date
-    ends_on: date
+    starts_on: Day
+    ends_on: Day
 
 
 class ContractSync(ApiModel):
