@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.bounds import Day
 from service.context import Caller
 from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
 from service.deps import State, actor_for, require
@@ -38,7 +39,7 @@ async def search_slots(
     caller: Primary,
     hospital_id: QueryId = None,
     department_id: QueryId = None,
-    service_date: date | None = None,
+    service_date: Day | None = None,
     title: Literal["chief", "associate_chief", "attending", "resident"] | None = None,
     resource_kind: ResourceKind | None = None,
     modality: Modality | None = None,
@@ -91,6 +92,7 @@ async def book_referral(
             stored = await service.claim_idempotency_key(
                 session=session,
                 actor=actor,
+                crypto=state.crypto,
                 client_id=caller.client_id,
                 key=idempotency_key,
                 body_hash=body_hash,
@@ -134,7 +136,7 @@ async def list_referrals(
     request: Request,
     state: State,
     caller: Annotated[Caller, Depends(require("primary", "hospital"))],
-    service_date: date | None = None,
+    service_date: Day | None = None,
     department_code: str | None = None,
     status: Literal["booked", "cancelled"] | None = None,
     cursor: CursorQuery = None,
