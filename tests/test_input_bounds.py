@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
 from service.clock import SHANGHAI
+from service.cursors import encode_cursor
 from service.slots.models import ClinicSession
 from tests.factories import World, booking, contract_row, pool_slots, push, session_item, sign
 
@@ -263,6 +264,8 @@ async def send_all(
         ("GET", "/v1/hospital/shortfalls", "city_hospital", {"params": {"date_to": d}}),
         ("GET", "/v1/referrals", "city_hospital", {"params": {"service_date": d}}),
         ("GET", "/v1/pool/slots", "chc_a", {"params": {"service_date": d}}),
+        ("GET", "/v1/referrals", "chc_a", {"params": {"cursor": encode_cursor(d, 1)}}),
+        ("GET", "/v1/hospital/worklist", "city_hospital", {"params": {"cursor": encode_cursor(t, 1)}}),
         ("GET", "/fhir/Schedule", "commission", {"params": {"date": f"ge{d}"}}),
         ("GET", "/fhir/Schedule", "commission", {"params": {"date": f"lt{t}"}}),
         ("GET", "/fhir/Slot", "commission", {"params": {"start": f"le{t}"}}),

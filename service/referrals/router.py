@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.bounds import Day
+from service.bounds import Day, day_in_window
 from service.context import Caller
 from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
 from service.deps import State, actor_for, require
@@ -131,6 +131,14 @@ async def book_referral(
     return JSONResponse(data, status_code=status, headers=headers)
 
 
+def cursor_day(value: str) -> date:
+    """A service date inside a cursor: within the API's window, as every date it accepts."""
+    day = date.fromisoformat(value)
+    if not day_in_window(day):
+        raise ValueError("out-of-window date")
+    return day
+
+
 @router.get("/referrals", response_model=ReferralList)
 async def list_referrals(
     request: Request,
@@ -147,9 +155,7 @@ async def list_referrals(
     Ordered by service date, then booking; pass ``next_cursor`` back as ``cursor`` for the next page.
     """
     after = (
-        decode_cursor(cursor, lambda p: (date.fromisoformat(p[0]), cursor_id(p[1])))
-        if cursor is not None
-        else None
+        decode_cursor(cursor, lambda p: (cursor_day(p[0]), cursor_id(p[1]))) if cursor is not None else None
     )
     actor = actor_for(request, state, caller)
     items, following = await state.db.run(
