@@ -293,3 +293,10 @@ async def test_no_extreme_date_or_instant_gets_a_5xx(client, world, day, when):
     slot_id = (await pool_slots(client, world))[0]["slot_id"]
     answers = await send_all(client, world, slot_id, day, when)
     assert [a for a in answers if a[1] >= 500] == []
+
+
+async def test_a_policy_stored_out_of_the_window_is_still_listed(client, world, db):
+    await db.run(lambda s: s.execute(text("UPDATE policies SET effective_from = '0001-01-01'")))
+    r = await client.get("/v1/policies", headers=world.auth("chc_a"))
+    assert r.status_code == 200, r.text
+    assert {p["effective_from"] for p in r.json()["items"]} == {"0001-01-01"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from typing import Literal
 
@@ -101,6 +102,8 @@ class PolicyIn(ApiModel):
 class PolicyOut(PolicyIn):
     id: int
     version: int
+    # What is stored is shown as it is, even from before dates were bounded on the way in.
+    effective_from: date
 
 
 class PolicyList(ApiModel):
