@@ -123,6 +123,13 @@ def install_handlers(app: FastAPI) -> None:
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()
         ]
+        # Dates and instants out of their window (service/bounds.py) have their own stable code.
+        out_of_range = [".".join(map(str, e["loc"][1:])) for e in errors if e["type"] == "date_out_of_range"]
+        if out_of_range:
+            detail = f"Date or instant out of its window: {', '.join(out_of_range)}."
+            return problem_response(
+                422, "date_out_of_range", detail, request, field=out_of_range[0], errors=errors
+            )
         return problem_response(
             422, "invalid_request", "The request does not match the schema.", request, errors=errors
         )

@@ -236,7 +236,7 @@ async def test_background_loops_do_their_work_and_stop_together(db, crypto, cloc
             db=db, clock=clock, crypto=crypto, settings=settings, database_url=clean_db, stop=stop
         )
     ]
-    assert len(loops) == 3
+    assert len(loops) == 4  # release, delivery, detection, idempotency purge
     async with asyncio.timeout(10):
         while await pool_slots(client, world):  # noqa: ASYNC110 (polling the API, as a client would)
             await asyncio.sleep(0.05)

@@ -20,6 +20,7 @@ from service.attendance.schemas import (
     ReceiveIn,
     Worklist,
 )
+from service.bounds import instant_in_window
 from service.context import Caller
 from service.cursors import CursorQuery, cursor_id, decode_cursor, decode_id_cursor, encode_cursor
 from service.deps import State, actor_for, require
@@ -55,8 +56,8 @@ async def report_attendance(
 
 def _instant_and_id(parts: list[Any]) -> tuple[datetime, int]:
     when = datetime.fromisoformat(parts[0])
-    if when.tzinfo is None:
-        raise ValueError("naive instant")
+    if when.tzinfo is None or not instant_in_window(when):
+        raise ValueError("naive or out-of-window instant")
     return when, cursor_id(parts[1])
 
 

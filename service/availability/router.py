@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.availability import service
 from service.availability.schemas import AvailabilityOut
+from service.bounds import Day
 from service.context import Caller
 from service.deps import State, require
 from service.errors import Forbidden
@@ -68,8 +68,8 @@ async def read_availability(
     state: State,
     caller: Annotated[Caller, Depends(require("platform"))],
     region: Annotated[str, Query(pattern=r"^[0-9]{6}$", description="A city or county code (GB/T 2260).")],
-    date_from: Annotated[date, Query(alias="from")],
-    date_to: Annotated[date, Query(alias="to", description="Inclusive; at most 7 days after from.")],
+    date_from: Annotated[Day, Query(alias="from")],
+    date_to: Annotated[Day, Query(alias="to", description="Inclusive; at most 7 days after from.")],
     hospital_id: QueryId = None,
     department_code: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     resource_kind: ResourceKind | None = None,

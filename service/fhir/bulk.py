@@ -25,6 +25,7 @@ from sqlalchemy import Select, String, case, cast, func, literal, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import bounds
 from service.db import Database
 from service.fhir import resources
 from service.fhir.service import region_names
@@ -58,6 +59,7 @@ def _candidates(now: datetime, region_code: str) -> Select[Any]:
             resources.pool_held_clause(),
             Slot.starts_at > now,
             ClinicSession.status == "active",
+            ClinicSession.service_date.between(bounds.EARLIEST, bounds.LATEST),
             within(Organisation.region_code, region_code),
         )
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_
 
+from service.bounds import EARLIEST, LATEST, check_day, check_instant
 from service.clock import SHANGHAI
 from service.cursors import decode_id_cursor
 from service.errors import Problem, Unprocessable
@@ -75,11 +76,13 @@ def parse_date(name: str, value: str) -> DateBound:
             lower = datetime.fromisoformat(text.replace("Z", "+00:00"))
             if lower.tzinfo is None:
                 lower = lower.replace(tzinfo=SHANGHAI)
+            check_instant(name, lower)
             # An instant names itself; the next microsecond closes the range, as PostgreSQL counts.
             return DateBound(prefix, lower, lower + timedelta(microseconds=1))
         parts = [int(p) for p in match.group(2).split("-")]
         year, month, day = parts[0], parts[1] if len(parts) > 1 else 1, parts[2] if len(parts) > 2 else 1
         first = date(year, month, day)
+        check_day(name, first, earliest=EARLIEST, latest=LATEST)
         if len(parts) == 3:
             last = first + timedelta(days=1)
         elif len(parts) == 2:

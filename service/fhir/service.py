@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, DateTime, Select, and_, false, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import bounds
 from service.audit.service import record
 from service.clock import local_date
 from service.context import Actor, Caller
@@ -53,6 +54,18 @@ async def visible_pools(*, session: AsyncSession, caller: Caller, now: datetime)
 
 def in_pools(hospital_column: Any, kind_column: Any, pools: list[Pool]) -> ColumnElement[bool]:
     return tuple_(hospital_column, kind_column).in_(pools) if pools else false()
+
+
+def shown_session() -> ColumnElement[bool]:
+    """SQL: a session FHIR shows: not removed, and on a day inside the API's window.
+
+    A row from before the bounds existed (a 9999-12-31 pushed as ``infinity``) stays out of
+    every answer rather than breaking it; its hospital or commission can remove it.
+    """
+    return and_(
+        ClinicSession.status != "removed",
+        ClinicSession.service_date.between(bounds.EARLIEST, bounds.LATEST),
+    )
 
 
 def offers(services: list[Service]) -> ColumnElement[bool]:
@@ -130,7 +143,7 @@ async def search_schedules(
         select(ClinicSession, Department, Doctor)
         .join(Department, Department.id == ClinicSession.department_id)
         .outerjoin(Doctor, Doctor.id == ClinicSession.doctor_id)  # examinations and beds may have none
-        .where(in_pools(ClinicSession.hospital_id, ClinicSession.resource_kind, pools))
+        .where(in_pools(ClinicSession.hospital_id, ClinicSession.resource_kind, pools), shown_session())
     )
     if services is not None:
         stmt = stmt.where(offers(services))
@@ -164,7 +177,7 @@ async def search_slots(
     stmt = (
         select(Slot, ClinicSession, status)
         .join(ClinicSession, ClinicSession.id == Slot.session_id)
-        .where(in_pools(Slot.hospital_id, Slot.resource_kind, pools))
+        .where(in_pools(Slot.hospital_id, Slot.resource_kind, pools), shown_session())
     )
     if services is not None:
         stmt = stmt.where(offers(services))

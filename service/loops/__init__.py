@@ -25,8 +25,9 @@ def background_loops(
     database_url: str,
     stop: asyncio.Event,
 ) -> list[Coroutine[Any, Any, None]]:
-    """Release (R6), webhook delivery, and scalping detection (R14), each until ``stop`` is set."""
+    """Release (R6), webhook delivery, scalping detection (R14) and the idempotency purge, until ``stop``."""
     from service.loops.dispatcher import dispatch_loop
+    from service.loops.purge import purge_loop
     from service.loops.release import release_loop
     from service.signals.loop import detection_loop
 
@@ -40,4 +41,5 @@ def background_loops(
         ),
         dispatch_loop(db, clock, crypto, settings, database_url=database_url, stop=stop),
         detection_loop(db, clock, interval=settings.signals_interval_seconds, stop=stop),
+        purge_loop(db, clock, stop=stop),
     ]

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from service.bounds import Day
 from service.policy.models import MIN_LEAD_MINUTES
 from service.resources import ResourceKind
 from service.schemas import ApiModel
@@ -29,7 +30,7 @@ class PolicyIn(ApiModel):
         description="The kind of slot this policy governs (R18). A code keeps its kind across versions; "
         "a hospital holds one policy per kind.",
     )
-    effective_from: date
+    effective_from: Day
     ratio: Decimal = Field(gt=0, le=1, max_digits=5, decimal_places=4)
     ratio_base: Literal["all_outpatient", "expert"] = Field(
         description="all_outpatient: every slot of the policy's kind is the base; "
@@ -105,6 +106,8 @@ class PolicyOut(PolicyIn):
         description="The region whose commission owns this code; null: built-in or shared, "
         "so a commission that publishes it gets its own copy (docs/authorization.md)."
     )
+    # What is stored is shown as it is, even from before dates were bounded on the way in.
+    effective_from: date
 
 
 class PolicyList(ApiModel):

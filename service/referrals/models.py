@@ -115,6 +115,8 @@ class IdempotencyKey(Base):
     """The first successful answer to a request carrying an Idempotency-Key."""
 
     __tablename__ = "idempotency_keys"
+    # The purge deletes rows past their window (service/referrals/idempotency.py).
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
     client_id: Mapped[int] = mapped_column(ForeignKey("api_clients.id"), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.abuse.hotline import HotlineLimits
+from service.bounds import Day, day_in_window
 from service.context import Caller
 from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
 from service.deps import State, actor_for, require
@@ -39,7 +40,7 @@ async def search_slots(
     caller: Primary,
     hospital_id: QueryId = None,
     department_id: QueryId = None,
-    service_date: date | None = None,
+    service_date: Day | None = None,
     title: Literal["chief", "associate_chief", "attending", "resident"] | None = None,
     resource_kind: ResourceKind | None = None,
     modality: Modality | None = None,
@@ -92,6 +93,7 @@ async def book_referral(
             stored = await service.claim_idempotency_key(
                 session=session,
                 actor=actor,
+                crypto=state.crypto,
                 client_id=caller.client_id,
                 key=idempotency_key,
                 body_hash=body_hash,
@@ -130,12 +132,20 @@ async def book_referral(
     return JSONResponse(data, status_code=status, headers=headers)
 
 
+def cursor_day(value: str) -> date:
+    """A service date inside a cursor: within the API's window, as every date it accepts."""
+    day = date.fromisoformat(value)
+    if not day_in_window(day):
+        raise ValueError("out-of-window date")
+    return day
+
+
 @router.get("/referrals", response_model=ReferralList)
 async def list_referrals(
     request: Request,
     state: State,
     caller: Annotated[Caller, Depends(require("primary", "hospital"))],
-    service_date: date | None = None,
+    service_date: Day | None = None,
     department_code: str | None = None,
     status: Literal["booked", "cancelled"] | None = None,
     cursor: CursorQuery = None,
@@ -146,9 +156,7 @@ async def list_referrals(
     Ordered by service date, then booking; pass ``next_cursor`` back as ``cursor`` for the next page.
     """
     after = (
-        decode_cursor(cursor, lambda p: (date.fromisoformat(p[0]), cursor_id(p[1])))
-        if cursor is not None
-        else None
+        decode_cursor(cursor, lambda p: (cursor_day(p[0]), cursor_id(p[1]))) if cursor is not None else None
     )
     actor = actor_for(request, state, caller)
     items, following = await state.db.run(

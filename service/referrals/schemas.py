@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
+from service.bounds import Instant
 from service.ids import DbId
 from service.resources import Modality, ResourceKind
 from service.schemas import ApiModel
@@ -28,7 +29,7 @@ class Consultation(ApiModel):
     encounter_id: str = Field(
         min_length=1, max_length=64, description="The visit the referral comes from (R9)."
     )
-    encountered_at: AwareDatetime
+    encountered_at: Instant
 
 
 class BookingIn(ApiModel):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from service.bounds import Day
 from service.context import Caller
 from service.deps import State, require
 from service.ids import QueryId
@@ -41,8 +41,8 @@ async def compliance_report(
     request: Request,
     state: State,
     caller: Commission,
-    date_from: Annotated[date, Query(alias="from", description="First service date (Beijing).")],
-    date_to: Annotated[date, Query(alias="to", description="Last service date, inclusive.")],
+    date_from: Annotated[Day, Query(alias="from", description="First service date (Beijing).")],
+    date_to: Annotated[Day, Query(alias="to", description="Last service date, inclusive.")],
     granularity: Granularity = "day",
     group: Group = "hospital",
     region_level: Annotated[

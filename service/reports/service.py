@@ -103,6 +103,7 @@ WITH ss AS MATERIALIZED (
            {period.format(col="cs.service_date")} AS period_start
     FROM clinic_sessions cs
     WHERE cs.hospital_id = ANY(:hospital_ids)
+      AND cs.status <> 'removed'  -- pushed in error: as if never pushed, with its referrals
       AND cs.resource_kind = :resource_kind
       AND cs.service_date BETWEEN :date_from AND :date_to
 ),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field
 
 from service.abuse.bounds import max_items
+from service.bounds import Day
 from service.schemas import ApiModel
 from service.slots.schemas import Title
 
@@ -29,8 +30,8 @@ class ContractIn(ApiModel):
     institution_code: str = Field(min_length=1, max_length=64)
     family_doctor: FamilyDoctorIn
     resident: ResidentIn
-    starts_on: date
-    ends_on: date
+    starts_on: Day
+    ends_on: Day
 
 
 MAX_SYNC_CONTRACTS = 5000

@@ -43,11 +43,18 @@ class ClinicSession(Base):
 
     __tablename__ = "clinic_sessions"
     __table_args__ = (
-        UniqueConstraint("hospital_id", "external_id"),
+        # A removed session frees its HIS session ID for the corrected push (docs/input-bounds.md).
+        Index(
+            "uq_clinic_sessions_hospital_id_external_id",
+            "hospital_id",
+            "external_id",
+            unique=True,
+            postgresql_where=text("status <> 'removed'"),
+        ),
         # The target of the slots' (session_id, resource_kind) foreign key: a slot has its session's kind.
         UniqueConstraint("id", "resource_kind"),
         CheckConstraint("period IN ('morning', 'afternoon', 'evening')", name="period"),
-        CheckConstraint("status IN ('active', 'withdrawn')", name="status"),
+        CheckConstraint("status IN ('active', 'withdrawn', 'removed')", name="status"),
         CheckConstraint(f"resource_kind IN {sql_list(RESOURCE_KINDS)}", name="resource_kind"),
         CheckConstraint(f"modality IS NULL OR modality IN {sql_list(MODALITIES)}", name="modality"),
         CheckConstraint("(doctor_id IS NULL) = (doctor_title IS NULL)", name="doctor_title"),

@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.abuse.bounds import refuse_if_too_many
+from service.bounds import Day
 from service.context import Caller
-from service.deps import State, actor_for, require
-from service.ids import QueryId
+from service.deps import AppState, State, actor_for, require
+from service.ids import PathId, QueryId
 from service.regions import covers
 from service.registry.models import Organisation
 from service.slots import service
@@ -21,6 +22,7 @@ from service.slots.schemas import (
     MAX_PUSH_SLOTS,
     PushResult,
     SessionPush,
+    SessionRemoved,
     SessionResult,
     ShortfallList,
     ShortfallRow,
@@ -58,6 +60,57 @@ async def push_sessions(
     return PushResult(results=await state.db.run(work))
 
 
+Reason = Annotated[
+    str, Query(min_length=1, max_length=500, description="Why the session is removed; audited and sent on.")
+]
+PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
+
+
+async def _remove(
+    request: Request, state: AppState, caller: Caller, session_id: int, reason: str, *, own: bool
+) -> SessionRemoved:
+    actor = actor_for(request, state, caller)
+    return await state.db.run(
+        lambda session: service.remove_session(
+            session=session,
+            actor=actor,
+            crypto=state.crypto,
+            session_id=session_id,
+            hospital_id=caller.org_id if own else None,
+            region_code=None if own else caller.region_code,
+            reason=reason,
+        )
+    )
+
+
+@router.delete("/hospital/sessions/{session_id}", response_model=SessionRemoved, responses={404: PROBLEM})
+async def remove_own_session(
+    session_id: PathId,
+    reason: Reason,
+    request: Request,
+    state: State,
+    caller: Annotated[Caller, Depends(require("hospital"))],
+) -> SessionRemoved:
+    """Remove a session of this hospital pushed in error (e.g. a wrong date).
+
+    Its booked referrals are cancelled as by a withdrawal (停诊), its slots leave every view, and
+    its session ID is free for the corrected push. ``session_id`` is the push result's.
+    """
+    return await _remove(request, state, caller, session_id, reason, own=True)
+
+
+@router.delete("/sessions/{session_id}", response_model=SessionRemoved, responses={404: PROBLEM})
+async def remove_region_session(
+    session_id: PathId,
+    reason: Reason,
+    request: Request,
+    state: State,
+    caller: Annotated[Caller, Depends(require("commission"))],
+) -> SessionRemoved:
+    """Remove a session pushed in error by a hospital of the commission's region (its FHIR Schedule id)."""
+    return await _remove(request, state, caller, session_id, reason, own=False)
+
+
 async def _shortfalls(
     state: State, hospital_ids: list[int] | None, date_from: date | None, date_to: date | None
 ) -> ShortfallList:
@@ -89,8 +142,8 @@ async def _shortfalls(
 async def own_shortfalls(
     state: State,
     caller: Annotated[Caller, Depends(require("hospital"))],
-    date_from: date | None = None,
-    date_to: date | None = None,
+    date_from: Day | None = None,
+    date_to: Day | None = None,
 ) -> ShortfallList:
     """This hospital's unmet rules, per department and day."""
     return await _shortfalls(state, [caller.org_id], date_from, date_to)
@@ -100,8 +153,8 @@ async def own_shortfalls(
 async def region_shortfalls(
     state: State,
     caller: Annotated[Caller, Depends(require("commission"))],
-    date_from: date | None = None,
-    date_to: date | None = None,
+    date_from: Day | None = None,
+    date_to: Day | None = None,
     hospital_id: QueryId = None,
 ) -> ShortfallList:
     """Unmet rules of every hospital in the commission's region."""

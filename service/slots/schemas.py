@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from service.abuse.bounds import max_items
+from service.bounds import Day, Instant
 from service.ids import MAX_ID
 from service.resources import Modality, ResourceKind
 from service.schemas import ApiModel
@@ -50,8 +51,8 @@ class SlotIn(ApiModel):
         description="The slot's number within the session (号序); for a bed session, the bed.",
     )
     external_id: str | None = Field(default=None, max_length=64)
-    starts_at: AwareDatetime = Field(description="For a bed: the start of the day's admission window.")
-    ends_at: AwareDatetime = Field(description="For a bed: the end of the day's admission window.")
+    starts_at: Instant = Field(description="For a bed: the start of the day's admission window.")
+    ends_at: Instant = Field(description="For a bed: the end of the day's admission window.")
     reserved: bool | None = Field(
         default=None,
         description="Only for hospitals that mark pool slots themselves; ignored otherwise.",
@@ -72,9 +73,9 @@ class SessionIn(ApiModel):
     doctor: DoctorIn | None = Field(
         default=None, description="Required for an outpatient session; optional for examinations and beds."
     )
-    service_date: date
+    service_date: Day = Field(description="A year back to two years ahead of today (Beijing).")
     period: Period
-    public_at: AwareDatetime = Field(description="The hospital's normal public release instant.")
+    public_at: Instant = Field(description="The hospital's normal public release instant.")
     status: Literal["active", "withdrawn"] = "active"
     withdrawn_reason: str | None = Field(default=None, max_length=500)
     location: Location | None = Field(
@@ -112,6 +113,11 @@ class ShortfallOut(ApiModel):
 
 class SessionResult(ApiModel):
     external_id: str
+    session_id: int | None = Field(
+        default=None,
+        description="The pool's ID of the session (its FHIR Schedule id); null when rejected. "
+        "DELETE /v1/hospital/sessions/{session_id} removes a session pushed in error.",
+    )
     result: Literal["created", "updated", "unchanged", "stale", "withdrawn", "rejected"]
     version: int
     errors: list[ItemError] = Field(default_factory=list)
@@ -144,3 +150,10 @@ class ShortfallRow(ApiModel):
 
 class ShortfallList(ApiModel):
     items: list[ShortfallRow]
+
+
+class SessionRemoved(ApiModel):
+    session_id: int
+    external_id: str
+    status: Literal["removed"]
+    cancelled_referrals: list[str] = Field(description="References of the referrals the removal cancelled.")

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import bounds
+from service.audit.service import record
+from service.bounds import service_date_window
 from service.clock import local_date
 from service.context import Actor
 from service.crypto import Crypto
-from service.errors import Problem
+from service.errors import NotFound, Problem
 from service.policy.models import Policy
 from service.policy.service import policy_in_force
+from service.referrals.models import Referral
 from service.referrals.service import cancel_for_withdrawal
+from service.regions import covers
 from service.registry.models import SENIOR_TITLES, Department, Doctor, Organisation
 from service.resources import MAX_BED_WINDOW_MINUTES, MAX_SLOT_MINUTES
 from service.slots.models import ClinicSession, ReservationShortfall, Slot
 from service.slots.reservation import Candidate, Selection, check_marked, select_reserved
-from service.slots.schemas import ItemError, SessionIn, SessionResult, ShortfallOut
+from service.slots.schemas import ItemError, SessionIn, SessionRemoved, SessionResult, ShortfallOut
 
 POOL_HELD = ("reserved", "booked", "returned")
 # What each resource kind must name; a doctor stays optional for the other two (R18).
@@ -58,9 +63,19 @@ def _kind_errors(item: SessionIn) -> list[ItemError]:
     return errors
 
 
-def validate_session(item: SessionIn) -> list[ItemError]:
+def validate_session(item: SessionIn, today: date) -> list[ItemError]:
     """Checks a push item must pass before anything is written."""
     errors = _kind_errors(item)
+    earliest, latest = service_date_window(today)
+    if not earliest <= item.service_date <= latest:
+        # A date far off is a HIS error (a year 9999 placeholder), not a plan: refused, never stored.
+        errors.append(
+            ItemError(
+                code=bounds.CODE,
+                detail=f"'service_date' must be between {earliest} and {latest} "
+                "(a year back to two years ahead).",
+            )
+        )
     max_minutes = MAX_BED_WINDOW_MINUTES if item.resource_kind == "bed" else MAX_SLOT_MINUTES
     if item.status == "active" and not item.slots:
         errors.append(ItemError(code="no_slots", detail="An active session needs at least one slot."))
@@ -175,12 +190,16 @@ async def _lock_department_day(session: AsyncSession, department_id: int, day: d
 async def _apply_session(
     *, session: AsyncSession, actor: Actor, crypto: Crypto, hospital: Organisation, item: SessionIn
 ) -> SessionResult:
-    errors = validate_session(item)
+    errors = validate_session(item, local_date(actor.now))
     if errors:
         raise ItemRejected(errors)
     existing = await session.scalar(
         select(ClinicSession)
-        .where(ClinicSession.hospital_id == hospital.id, ClinicSession.external_id == item.external_id)
+        .where(
+            ClinicSession.hospital_id == hospital.id,
+            ClinicSession.external_id == item.external_id,
+            ClinicSession.status != "removed",  # a removed session frees its HIS session ID
+        )
         .with_for_update()
     )
     if existing is not None and item.version <= existing.version:
@@ -450,6 +469,7 @@ async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, ver
     live = [s for s in slots if s.status != "withdrawn"]
     return SessionResult(
         external_id=cs.external_id,
+        session_id=cs.id,
         result=outcome,
         version=version,
         pool_slot_numbers=[s.number for s in live if s.status in ("reserved", "booked")],
@@ -494,3 +514,105 @@ async def list_shortfalls(
     if date_to is not None:
         stmt = stmt.where(ReservationShortfall.service_date <= date_to)
     return [tuple(row) for row in (await session.execute(stmt.limit(5000))).all()]  # type: ignore[misc]
+
+
+# --- removal of a session pushed in error ---------------------------------------------------
+
+
+async def remove_session(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    crypto: Crypto,
+    session_id: int,
+    hospital_id: int | None,
+    region_code: str | None,
+    reason: str,
+) -> SessionRemoved:
+    """Take a wrongly pushed session out of the pool: cancel its referrals, withdraw its slots, mark it removed.
+
+    The hospital names its own sessions (``hospital_id``), the commission those of its region
+    (``region_code``). The row stays, marked ``removed``: its cancelled referrals and the audit
+    trail point at it, and every view leaves it out.
+    """
+    cs = await session.scalar(
+        select(ClinicSession)
+        .where(ClinicSession.id == session_id, ClinicSession.status != "removed")
+        .with_for_update()
+    )
+    hospital = await session.get(Organisation, cs.hospital_id) if cs is not None else None
+    visible = (
+        cs is not None
+        and hospital is not None
+        and (hospital_id is None or cs.hospital_id == hospital_id)
+        and (region_code is None or covers(region_code, hospital.region_code))
+    )
+    if not visible or cs is None:
+        raise NotFound("session_not_found", f"No session {session_id} you may remove.")
+    await _lock_department_day(session, cs.department_id, cs.service_date)
+    dept = await session.get(Department, cs.department_id)
+    assert dept is not None
+    slot_counts = (
+        await session.execute(
+            select(Slot.status, func.count()).where(Slot.session_id == cs.id).group_by(Slot.status)
+        )
+    ).all()
+    references = list(
+        await session.scalars(
+            select(Referral.reference)
+            .where(Referral.session_id == cs.id, Referral.status == "booked")
+            .order_by(Referral.id)
+        )
+    )
+    before = {
+        "external_id": cs.external_id,
+        "version": cs.version,
+        "status": cs.status,
+        "department_code": dept.code,
+        "resource_kind": cs.resource_kind,
+        "service_date": cs.service_date.isoformat(),
+        "period": cs.period,
+        "slots": dict(slot_counts),
+        "booked_referrals": references,
+    }
+    # The referrals go through the withdrawal's cancellation: the same events, notices and counts.
+    # Their ``by`` stays ``hospital`` whoever removes: to the HIS and the patient the session is
+    # gone, as after a 停诊 (the event contract ties a slot that no longer exists to ``hospital``).
+    await cancel_for_withdrawal(session=session, actor=actor, crypto=crypto, clinic_session=cs, reason=reason)
+    cs.status = "removed"
+    cs.withdrawn_reason = reason
+    cs.updated_at = actor.now
+    await session.flush()
+    await _forget_shortfalls(session, cs)
+    await record(
+        session=session,
+        actor=actor,
+        action="session.removed",
+        hospital_id=cs.hospital_id,
+        reason=reason,
+        detail={"session_id": cs.id, "before": before, "cancelled_referrals": references},
+    )
+    return SessionRemoved(
+        session_id=cs.id, external_id=cs.external_id, status="removed", cancelled_referrals=references
+    )
+
+
+async def _forget_shortfalls(session: AsyncSession, cs: ClinicSession) -> None:
+    """As a withdrawal does, drop the department-day's measured shortfalls; with no session left, all."""
+    others = await session.scalar(
+        select(func.count()).where(
+            ClinicSession.department_id == cs.department_id,
+            ClinicSession.service_date == cs.service_date,
+            ClinicSession.resource_kind == cs.resource_kind,
+            ClinicSession.status == "active",
+        )
+    )
+    kinds = ("ratio", "senior_share") if others else ("ratio", "senior_share", "lead_time")
+    await session.execute(
+        delete(ReservationShortfall).where(
+            ReservationShortfall.department_id == cs.department_id,
+            ReservationShortfall.service_date == cs.service_date,
+            ReservationShortfall.resource_kind == cs.resource_kind,
+            ReservationShortfall.kind.in_(kinds),
+        )
+    )

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from service.bounds import QueryInstant
 from service.context import Caller
 from service.cursors import CursorQuery, decode_id_cursor, encode_cursor
 from service.deps import State, actor_for, require
@@ -144,8 +145,8 @@ async def query_audit(
     actor_client_id: QueryId = None,
     actor_org_id: QueryId = None,
     action: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
-    from_: Annotated[datetime | None, Query(alias="from", description="Inclusive.")] = None,
-    to: Annotated[datetime | None, Query(description="Exclusive.")] = None,
+    from_: Annotated[QueryInstant | None, Query(alias="from", description="Inclusive.")] = None,
+    to: Annotated[QueryInstant | None, Query(description="Exclusive.")] = None,
     cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> AuditPage:

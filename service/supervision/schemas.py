@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, Self
 
-from pydantic import AwareDatetime, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from service.bounds import Instant
 from service.ids import DbId
 from service.referrals.schemas import NamedRef
 from service.schemas import ApiModel
@@ -27,7 +28,7 @@ class SuspensionIn(ApiModel):
         description="suspended: temporary, may lapse at `until`; revoked: until reinstated. Both refuse access."
     )
     reason: str = Field(min_length=1, max_length=1000)
-    until: AwareDatetime | None = Field(None, description="Only for `suspended`: it lapses by itself then.")
+    until: Instant | None = Field(None, description="Only for `suspended`: it lapses by itself then.")
     cancel_active_referrals: bool = Field(
         False,
         description="Also cancel the subject's booked referrals whose slot has not started; "

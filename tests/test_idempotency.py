@@ -1,0 +1,101 @@
+"""Idempotency-Key answers keep no secret, replay the same answer, and expire after 24 hours."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import func, select, text
+
+from service.loops.purge import purge_expired_answers
+from service.referrals.models import IdempotencyKey
+from tests.factories import booking, pool_slots, push, session_item, sign
+
+DAY = date(2026, 3, 10)  # pool open at the test's start (2 March 09:00), public 3 March 08:00
+NEXT = date(2026, 3, 11)  # pool opens 3 March 08:00
+
+
+@pytest.fixture
+async def slots(client, world) -> dict[str, list[int]]:
+    await push(client, world, [session_item("S1", DAY, slots=10), session_item("S2", NEXT, slots=10)])
+    await sign(client, world, [1, 2])
+    return {
+        DAY.isoformat(): [s["slot_id"] for s in await pool_slots(client, world, service_date=DAY.isoformat())]
+    }
+
+
+async def book(client, world, payload, key):
+    return await client.post(
+        "/v1/referrals", json=payload, headers=world.auth("chc_a") | {"Idempotency-Key": key}
+    )
+
+
+async def stored_bodies(db) -> list[str]:
+    """The raw text of every stored answer, as PostgreSQL holds it."""
+    rows = await db.run(lambda s: s.scalars(text("SELECT response_body::text FROM idempotency_keys")))
+    return list(rows)
+
+
+async def test_no_verification_code_is_stored_in_an_idempotency_row(client, world, clock, slots, db):
+    r = await book(client, world, booking(slots[DAY.isoformat()][0], 1, clock=clock), "k-1")
+    assert r.status_code == 201, r.text
+    code = r.json()["verification_code"]
+    assert code is not None and len(code) == 6
+    [raw] = await stored_bodies(db)
+    assert f'"{code}"' not in raw
+    assert '"verification_code": null' in raw
+    assert r.json()["reference"] in raw  # the row is the answer, minus the secret
+
+
+async def test_a_replay_returns_the_same_answer_with_its_code(client, world, clock, slots):
+    payload = booking(slots[DAY.isoformat()][0], 1, clock=clock)
+    first = await book(client, world, payload, "k-1")
+    again = await book(client, world, payload, "k-1")
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.status_code == first.status_code == 201
+    assert again.json() == first.json()
+    assert again.json()["verification_code"] == first.json()["verification_code"]
+
+
+async def count_keys(db) -> int:
+    return int(await db.run(lambda s: s.scalar(select(func.count()).select_from(IdempotencyKey))))
+
+
+async def test_answers_are_purged_24_hours_after_by_the_clock(client, world, clock, slots, db):
+    r = await book(client, world, booking(slots[DAY.isoformat()][0], 1, clock=clock), "k-1")
+    assert r.status_code == 201, r.text
+    start = clock.now()
+    clock.set(start + timedelta(hours=23, minutes=59))
+    assert await purge_expired_answers(db, clock) == 0
+    assert await count_keys(db) == 1
+    clock.set(start + timedelta(hours=24))
+    assert await purge_expired_answers(db, clock) == 1
+    assert await count_keys(db) == 0
+
+
+async def test_purge_works_in_batches_until_none_is_left(client, world, clock, slots, db):
+    for n, slot_id in enumerate(slots[DAY.isoformat()][:2], start=1):
+        r = await book(client, world, booking(slot_id, n, clock=clock), f"k-{n}")
+        assert r.status_code == 201, r.text
+    clock.advance(timedelta(days=2))
+    assert await purge_expired_answers(db, clock, batch_size=1) == 2
+    assert await count_keys(db) == 0
+
+
+async def test_after_the_window_the_key_names_a_new_request(client, world, clock, slots):
+    first = await book(client, world, booking(slots[DAY.isoformat()][0], 1, clock=clock), "k-1")
+    assert first.status_code == 201, first.text
+    clock.advance(timedelta(hours=23))  # the next day's pool has opened
+    [next_slot, *_] = await pool_slots(client, world, service_date=NEXT.isoformat())
+    other = booking(next_slot["slot_id"], 2, clock=clock)
+    r = await book(client, world, other, "k-1")
+    assert (r.status_code, r.json()["code"]) == (422, "idempotency_key_reused")
+    # Not purged yet, but past its window: the stored answer no longer binds the key.
+    clock.advance(timedelta(hours=1, minutes=1))
+    r = await book(client, world, other, "k-1")
+    assert r.status_code == 201, r.text
+    assert "idempotent-replayed" not in r.headers
+    assert r.json()["reference"] != first.json()["reference"]
+    again = await book(client, world, other, "k-1")
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == r.json()
