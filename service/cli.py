@@ -180,9 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slotpool", description="The referral slot pool service.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser(
-        "serve", help="serve the API and the loops (the embedded default migrates first)"
-    )
+    serve = sub.add_parser("serve", help="serve the API and the loops (the embedded default migrates first)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--demo", action="store_true", help="seed the demo region and print API keys")
@@ -196,9 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "migrate", help="apply migrations, install built-in policies, grant the runtime role"
-    ).set_defaults(
-        func=cmd_migrate
-    )
+    ).set_defaults(func=cmd_migrate)
     sub.add_parser("worker", help="run the background loops without HTTP").set_defaults(func=cmd_worker)
 
     client = sub.add_parser("create-client", help="issue an API key (shown once)")

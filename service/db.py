@@ -150,7 +150,9 @@ class Database:
                             log.info("retrying transaction", sqlstate=state, attempt=attempt)
                             continue
                         if state == LOCK_NOT_AVAILABLE:
-                            raise Conflict("busy", "The resource is locked by another request; retry.") from exc
+                            raise Conflict(
+                                "busy", "The resource is locked by another request; retry."
+                            ) from exc
                         raise
             except Problem:
                 raise

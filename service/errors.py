@@ -155,7 +155,7 @@ def install_handlers(app: FastAPI) -> None:
         return problem_response(500, "internal_error", "An internal error occurred.", request)
 
     for error_type in DATABASE_ERRORS:
-        app.add_exception_handler(error_type, _database_error)  # type: ignore[arg-type]
+        app.add_exception_handler(error_type, _database_error)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

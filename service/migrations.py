@@ -88,8 +88,10 @@ async def downgrade(url: str, revision: str) -> None:
 
 # What the role that serves requests may do, and nothing more. It owns nothing, so it cannot
 # ALTER, DROP, disable triggers or change grants; it is no superuser, so it cannot set
-# session_replication_role; and on the audit trail it may only append and read (R15).
+# session_replication_role; and on the audit trail it may only append and read (R15). Nor may
+# it create anything: no tables in public, no temporary tables that would shadow the trail.
 RUNTIME_GRANTS = """
+REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC, {role};
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 REVOKE ALL ON SCHEMA public FROM {role};
 GRANT USAGE ON SCHEMA public TO {role};
@@ -189,16 +191,15 @@ async def ensure_runtime_role(conn: asyncpg.Connection, role: RuntimeRole) -> No
             f"was built as that role): as a superuser run REASSIGN OWNED BY {role.name} TO "
             f"{me['rolname']}, then `slotpool migrate` again"
         )
-    member_of_owner = await conn.fetchval(
-        "SELECT pg_has_role($1, current_user, 'MEMBER')", role.name
-    )
+    member_of_owner = await conn.fetchval("SELECT pg_has_role($1, current_user, 'MEMBER')", role.name)
     if member_of_owner:
         raise RuntimeRoleError(
             f"the runtime role {role.name!r} is a member of the owner {me['rolname']!r} and could "
             f"SET ROLE to it: REVOKE {me['rolname']} FROM {role.name}"
         )
     async with conn.transaction():
-        await conn.execute(RUNTIME_GRANTS.format(role=quote_ident(role.name)))
+        database = await conn.fetchval("SELECT current_database()")
+        await conn.execute(RUNTIME_GRANTS.format(role=quote_ident(role.name), database=quote_ident(database)))
 
 
 async def write_compatibility(conn: asyncpg.Connection) -> None:

@@ -56,6 +56,7 @@ BYPASSES = {
     "a policy hiding rows": "ALTER TABLE audit_entries ENABLE ROW LEVEL SECURITY",
     "a table in public": "CREATE TABLE public.shadow (id int)",
     "a schema of its own": "CREATE SCHEMA shadow",
+    "a temporary table shadowing the trail": "CREATE TEMP TABLE audit_entries (id int)",
     "a lock that blocks every writer": "LOCK TABLE audit_entries IN ACCESS EXCLUSIVE MODE",
     "rewrite the schema version": "UPDATE alembic_version SET version_num = 'x'",
     "become a superuser": "ALTER ROLE CURRENT_USER SUPERUSER",
@@ -107,10 +108,15 @@ async def test_the_runtime_role_owns_nothing_and_has_no_special_attributes(runti
     assert owned == 0
     assert not await runtime.fetchval("SELECT pg_has_role($1, 'MEMBER')", _owner_name(owner_url))
     assert not await runtime.fetchval("SELECT has_schema_privilege('public', 'CREATE')")
+    assert not await runtime.fetchval("SELECT has_database_privilege(current_database(), 'CREATE')")
+    assert not await runtime.fetchval("SELECT has_database_privilege(current_database(), 'TEMP')")
     # No function runs with the owner's rights on the runtime role's behalf.
-    assert await runtime.fetchval(
-        "SELECT count(*) FROM pg_proc WHERE prosecdef AND pronamespace = 'public'::regnamespace"
-    ) == 0
+    assert (
+        await runtime.fetchval(
+            "SELECT count(*) FROM pg_proc WHERE prosecdef AND pronamespace = 'public'::regnamespace"
+        )
+        == 0
+    )
 
 
 async def test_the_runtime_role_has_exactly_the_grants_it_needs(runtime):
@@ -125,8 +131,13 @@ async def test_the_runtime_role_has_exactly_the_grants_it_needs(runtime):
     assert privileges["audit_entries"] == {"INSERT", "SELECT"}
     assert privileges["alembic_version"] == {"SELECT"}
     assert privileges["slots"] == {"SELECT", "INSERT", "UPDATE", "DELETE"}
-    assert all("TRUNCATE" not in p and "TRIGGER" not in p and "REFERENCES" not in p for p in privileges.values())
-    tables = {r["tablename"] for r in await runtime.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert all(
+        "TRUNCATE" not in p and "TRIGGER" not in p and "REFERENCES" not in p for p in privileges.values()
+    )
+    tables = {
+        r["tablename"]
+        for r in await runtime.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    }
     assert set(privileges) == tables
 
 
