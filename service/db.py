@@ -62,12 +62,21 @@ def sqlstate(exc: BaseException) -> str | None:
 # cannot_connect_now, and class 08 (connection_exception and its kinds).
 UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "08000", "08001", "08003", "08004", "08006"}
 _UNAVAILABLE_TYPES: tuple[type[BaseException], ...] = (
-    OSError,  # refused, reset, no socket file, connect timeout (TimeoutError is an OSError)
     PoolTimeout,  # every pooled connection busy for pool_timeout
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
 )
+
+
+def _raised_in_driver(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module.startswith(("asyncpg", "sqlalchemy")):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -85,6 +94,11 @@ def database_unavailable(exc: BaseException) -> bool:
             continue
         seen.add(id(current))
         if isinstance(current, _UNAVAILABLE_TYPES):
+            return True
+        # Refused, reset, no socket file, connect timeout (TimeoutError is an OSError): the
+        # driver raises these unwrapped when connecting, so an OSError counts when it came
+        # out of the driver, and not when, say, a file the service reads is missing.
+        if isinstance(current, OSError) and _raised_in_driver(current):
             return True
         if isinstance(current, DBAPIError) and current.connection_invalidated:
             return True

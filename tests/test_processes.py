@@ -318,3 +318,25 @@ def test_sigterm_stops_serve_cleanly_and_the_embedded_server_with_it(tmp_path):
             proc.wait()
         shutil.rmtree(data_dir, ignore_errors=True)
     _no_traceback(log.read_text())
+
+
+async def test_only_errors_of_reaching_the_database_count_as_its_outage(tmp_path):
+    from sqlalchemy import text
+
+    from service.db import Database, database_unavailable
+
+    port = _free_port()  # nothing listens there
+    with pytest.raises(ConnectionRefusedError) as refused:
+        await asyncpg.connect(f"postgresql://slotpool@127.0.0.1:{port}/slotpool", timeout=5)
+    assert database_unavailable(refused.value)
+    db = Database(f"postgresql://slotpool@127.0.0.1:{port}/slotpool", pool_size=1)
+    try:
+        from service.errors import DatabaseUnavailable
+
+        with pytest.raises(DatabaseUnavailable):
+            await db.run(lambda s: s.execute(text("SELECT 1")))
+    finally:
+        await db.dispose()
+    with pytest.raises(FileNotFoundError) as missing:
+        (tmp_path / "absent").read_bytes()
+    assert not database_unavailable(missing.value)  # a file the service reads is not the database
