@@ -340,3 +340,44 @@ async def test_only_errors_of_reaching_the_database_count_as_its_outage(tmp_path
     with pytest.raises(FileNotFoundError) as missing:
         (tmp_path / "absent").read_bytes()
     assert not database_unavailable(missing.value)  # a file the service reads is not the database
+
+
+def _serve_until_healthy(env: dict[str, str], log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*SLOTPOOL, "serve", "--no-loops", "--port", str(port), *extra],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    _wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, timeout=120, proc=proc)
+    return proc, base
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=60)
+
+
+def test_serve_with_database_url_leaves_migrating_to_the_one_shot_unless_asked(scratch, tmp_path):
+    runtime = f"slotpool_proc_rt_{scratch.tag}"
+    scratch.roles.append(runtime)
+    env = _env(SLOTPOOL_MIGRATION_DATABASE_URL=scratch.url(), DATABASE_URL=scratch.url(runtime, "rt-secret"))
+    # The runtime role does not exist yet: serve as the owner, which still must not migrate.
+    proc, base = _serve_until_healthy({**env, "DATABASE_URL": scratch.url()}, tmp_path / "a.log")
+    try:
+        r = httpx.get(f"{base}/readyz")
+        assert r.status_code == 503
+        assert r.json()["code"] == "migrations_pending"
+    finally:
+        assert _stop(proc) == 143
+    proc, base = _serve_until_healthy(env, tmp_path / "b.log", "--migrate")
+    try:
+        assert httpx.get(f"{base}/readyz").json() == {"status": "ready", "schema": head_revision()}
+    finally:
+        assert _stop(proc) == 143
+    for name in ("a.log", "b.log"):
+        _no_traceback((tmp_path / name).read_text())
+    asyncio.run(scratch.admin(f"DROP OWNED BY {runtime}", database=scratch.database))
