@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -115,8 +115,9 @@ class RuntimeRoleError(RuntimeError):
 @dataclass(frozen=True)
 class RuntimeRole:
     name: str
-    # Set on a role this migration creates (from DATABASE_URL's password), never on an existing one.
-    password: str | None = None
+    # Set on a role this migration creates (from DATABASE_URL's password), never on an existing
+    # one; kept out of repr so no traceback or log line shows it.
+    password: str | None = field(default=None, repr=False)
 
 
 def quote_ident(name: str) -> str:
