@@ -10,7 +10,6 @@ from urllib.parse import unquote
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from starlette.types import ASGIApp
 
 from service.abuse.body_limit import BodyLimit
@@ -19,14 +18,14 @@ from service.availability.router import router as availability_router
 from service.clock import Clock
 from service.config import Settings
 from service.crypto import Crypto
-from service.db import Database
+from service.db import Database, database_unavailable
 from service.deps import AppState
 from service.errors import install_handlers, problem_response
 from service.fhir.router import router as fhir_router
 from service.logging import RequestContext
 from service.loops import background_loops
-from service.migrations import head_revision
 from service.policy.router import router as policy_router
+from service.readiness import schema_state
 from service.referrals.router import router as referrals_router
 from service.registry.router import router as registry_router
 from service.reports.router import router as reports_router
@@ -119,20 +118,36 @@ def create_app(
 
     @app.get("/readyz", tags=["operations"], responses={503: {"content": {"application/problem+json": {}}}})
     async def readyz(request: Request) -> Response:
-        """Readiness: the database answers and its schema is at the migration head."""
+        """Readiness: the database answers and its schema is one this build serves (at this
+        build's head, or ahead of it through expand-only migrations; docs/operations.md)."""
         state: AppState = request.app.state.slotpool
         try:
             async with state.db.engine.connect() as conn:
-                current = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+                schema = await schema_state(conn)
         except Exception as exc:
+            if not database_unavailable(exc):
+                raise
             log.warning("readiness check failed", error=type(exc).__name__)
             return problem_response(503, "database_unavailable", "The database does not answer.", request)
-        head = head_revision()
-        if current != head:
+        if schema.verdict == "migrations_pending":
             return problem_response(
-                503, "migrations_pending", f"Schema is at {current}, head is {head}.", request
+                503,
+                "migrations_pending",
+                f"Schema is at {schema.schema}, this build's head is {schema.head}: run `slotpool migrate`.",
+                request,
             )
-        return JSONResponse({"status": "ready", "schema": current})
+        if schema.verdict == "schema_incompatible":
+            return problem_response(
+                503,
+                "schema_incompatible",
+                f"Schema is at {schema.schema}, which serves builds from {schema.oldest_build} on; "
+                f"this build is at {schema.head}.",
+                request,
+            )
+        body = {"status": "ready", "schema": schema.schema}
+        if schema.schema != schema.head:
+            body["build"] = schema.head
+        return JSONResponse(body)
 
     for router in (
         registry_router,

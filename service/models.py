@@ -6,6 +6,7 @@ from service.audit.models import AuditEntry
 from service.availability.models import AvailabilityCount
 from service.events.models import Event
 from service.policy.models import HospitalPolicy, Policy
+from service.readiness import SchemaCompatibility
 from service.referrals.models import IdempotencyKey, Referral
 from service.registry.models import (
     Alliance,
@@ -51,6 +52,7 @@ __all__ = [
     "RegionContractSource",
     "ReservationShortfall",
     "Resident",
+    "SchemaCompatibility",
     "Slot",
     "WebhookAttempt",
     "WebhookDelivery",

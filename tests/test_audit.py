@@ -69,7 +69,8 @@ def _plain(url: str) -> str:
 async def test_r15_audit_table_refuses_update_delete_and_truncate_from_the_service_role(
     client, world, booked, db
 ):
-    """``db`` connects exactly as the service does; no statement may rewrite or remove the trail."""
+    """``db`` connects exactly as the service does (the runtime role): it lacks the privilege,
+    and the owner's triggers would refuse it anyway."""
     before = await db.run(lambda s: s.scalar(text("SELECT count(*) FROM audit_entries")))
     assert before > 0
     for statement in (
@@ -79,7 +80,7 @@ async def test_r15_audit_table_refuses_update_delete_and_truncate_from_the_servi
         # Removing residents would cascade into the trail: refused as well.
         "TRUNCATE residents CASCADE",
     ):
-        with pytest.raises(sqlalchemy.exc.DBAPIError, match="append-only"):
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="permission denied"):
             await db.run(lambda s, sql=statement: s.execute(text(sql)))
     assert await db.run(lambda s: s.scalar(text("SELECT count(*) FROM audit_entries"))) == before
     # Appending is what the role may do.
@@ -90,10 +91,10 @@ async def test_r15_audit_table_refuses_update_delete_and_truncate_from_the_servi
     )
 
 
-async def test_r15_a_role_granted_every_privilege_still_cannot_rewrite_the_trail(world, booked, database_url):
-    """A deployment that splits the owner from a runtime role is held by the same triggers."""
+async def test_r15_a_role_granted_every_privilege_still_cannot_rewrite_the_trail(world, booked, owner_url):
+    """A role that an operator wrongly granted every privilege is still held by the triggers."""
     role = f"slotpool_rt_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(_plain(database_url))
+    conn = await asyncpg.connect(_plain(owner_url))
     try:
         await conn.execute(f"CREATE ROLE {role} NOLOGIN")
         await conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")

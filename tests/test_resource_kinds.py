@@ -437,13 +437,13 @@ async def test_r18_the_database_refuses_a_session_without_its_detail(client, wor
     await insert("examination", modality="CT")  # no doctor needed
 
 
-async def test_r18_downgrade_refuses_to_drop_examination_data(database_url):
+async def test_r18_downgrade_refuses_to_drop_examination_data(owner_url):
     import asyncpg
     from sqlalchemy.engine import make_url
 
     from service.migrations import downgrade, upgrade
 
-    url = make_url(database_url)
+    url = make_url(owner_url)
     admin = url.set(database="postgres").render_as_string(hide_password=False).replace("+asyncpg", "")
     name = f"{url.database}_kinds"
     conn = await asyncpg.connect(admin)

@@ -4,7 +4,7 @@ Both tables are small and keyed by what they limit, so one statement per
 request reads and updates a row that every replica shares.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-02 09:00:00.000000
 """
 
@@ -15,9 +15,12 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014"
-down_revision: str | None = "0012"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+# Expand/contract (docs/operations.md): only new tables, so builds at 0013 keep working.
+EXPAND_ONLY = True
 
 
 def upgrade() -> None:

@@ -23,6 +23,10 @@ down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# Not expand-only (docs/operations.md): older builds know no `removed` session and would show one,
+# and they look sessions up by a HIS id that is no longer unique once a session is removed.
+EXPAND_ONLY = False
+
 
 def upgrade() -> None:
     op.drop_constraint(op.f("ck_clinic_sessions_status"), "clinic_sessions", type_="check")

@@ -36,7 +36,7 @@ from service.clock import Clock
 from service.config import Settings
 from service.context import Actor
 from service.crypto import Crypto
-from service.db import Database, asyncpg_url
+from service.db import Database, asyncpg_url, database_unavailable
 from service.errors import Problem
 from service.events.models import Event
 from service.metrics import LOOP_ERRORS, WEBHOOK_ATTEMPTS
@@ -377,9 +377,12 @@ class Dispatcher:
                 if free > 0:
                     try:
                         jobs = await self.claim(free)
-                    except Exception:
+                    except Exception as exc:
                         LOOP_ERRORS.labels("webhooks").inc()
-                        log.exception("webhook claim failed; retrying next interval")
+                        if database_unavailable(exc):
+                            log.warning("database unavailable; webhook claim retried next interval")
+                        else:
+                            log.exception("webhook claim failed; retrying next interval")
                         jobs = []
                     for job in jobs:
                         task = asyncio.create_task(self._drain_logged(job))

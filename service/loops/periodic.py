@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from service.db import database_unavailable
 from service.metrics import LOOP_ERRORS
 
 log = structlog.get_logger("slotpool.loops")
@@ -23,9 +24,12 @@ async def every(
     while not stop.is_set():
         try:
             await work()
-        except Exception:
+        except Exception as exc:
             LOOP_ERRORS.labels(name).inc()
-            log.exception("loop pass failed; retrying next interval", loop=name)
+            if database_unavailable(exc):
+                log.warning("database unavailable; retrying next interval", loop=name)
+            else:
+                log.exception("loop pass failed; retrying next interval", loop=name)
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
         except TimeoutError:
