@@ -33,7 +33,7 @@ from sqlalchemy import select
 from service.attendance.models import NoShowBar
 from service.policy.models import Policy
 from service.referrals.models import Referral
-from service.signals.models import Alert
+from service.signals.models import Alert, IdentityConflict
 from tests.factories import World, add_jiangsu, booking, contract_row, pool_slots, push, session_item, sign
 from tests.test_authorization import policy_body
 
@@ -171,6 +171,8 @@ async def build_ctx(client: httpx.AsyncClient, world: World, crypto: Any) -> Ctx
     await push(client, world, [session_item("M1", DAY, slots=40)])
     await ctx.fresh_endpoint()
     ctx.reference = (await ctx.fresh_referral())["reference"]
+    # Another centre declares the booked resident under another name: a name conflict.
+    await sign(client, world, [100], institution="P-B", doctor_code="FD-B1", name="另一个名字")
 
     async def bar_and_alert(session: Any) -> None:
         referral = await session.scalar(select(Referral).where(Referral.reference == ctx.reference))
@@ -322,6 +324,17 @@ async def _compliance(ctx: Ctx) -> Call:
     return Call(params=params)
 
 
+async def _fresh_session(ctx: Ctx) -> Call:
+    [result] = await push(
+        ctx.client, ctx.world, [session_item(f"R-{next(ctx.seq)}", DAY + timedelta(days=2))]
+    )
+    return Call(path={"session_id": result["session_id"]}, params={"reason": "推送错误"})
+
+
+async def _conflict(ctx: Ctx) -> Call:
+    return Call(path={"conflict_id": await only(ctx, IdentityConflict)})
+
+
 NO_INPUT = static()
 
 # --- the matrix: one row per operation -----------------------------------------------------------
@@ -349,7 +362,6 @@ MATRIX: dict[tuple[str, str], Row] = {
     # operations
     ("GET", "/healthz"): Row(PUBLIC),
     ("GET", "/readyz"): Row(PUBLIC),
-    ("GET", "/metrics"): Row(PUBLIC),
     # registry
     ("GET", "/v1/me"): Row(EVERY_ROLE),
     ("GET", "/v1/organisations"): Row(EVERY_ROLE),
@@ -383,6 +395,8 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("PUT", "/v1/hospitals/{hospital_id}/policy"): Row(roles(COMMISSION), _hospital, other_region=HIDDEN),
     # hospital feed and attendance
     ("POST", "/v1/hospital/sessions"): Row(roles(HOSPITAL), _sessions),
+    ("DELETE", "/v1/hospital/sessions/{session_id}"): Row(roles(HOSPITAL), _fresh_session, other_org=HIDDEN),
+    ("DELETE", "/v1/sessions/{session_id}"): Row(roles(COMMISSION), _fresh_session, other_region=HIDDEN),
     ("GET", "/v1/hospital/shortfalls"): Row(roles(HOSPITAL)),
     ("GET", "/v1/hospital/worklist"): Row(
         roles(HOSPITAL),
@@ -396,6 +410,14 @@ MATRIX: dict[tuple[str, str], Row] = {
         _contracts,
         other_org=allowed_if(row_rejected, "another institution's contract must be rejected"),
         other_region=allowed_if(row_rejected, "another region's contract must be rejected"),
+    ),
+    ("GET", "/v1/regions/{region_code}/contract-source"): Row(
+        roles(COMMISSION, PLATFORM, PRIMARY), static(path={"region_code": "340100"})
+    ),
+    ("PUT", "/v1/regions/{region_code}/contract-source"): Row(
+        roles(COMMISSION),
+        static(path={"region_code": "340100"}, body={"source": "any"}),
+        other_region=Expect(403, "region_out_of_scope"),
     ),
     ("GET", "/v1/availability"): Row(
         roles(PLATFORM),
@@ -414,7 +436,10 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/referrals/{reference}/notice"): Row(roles(PRIMARY, HOSPITAL), _referral, other_org=HIDDEN),
     ("GET", "/v1/referrals/{reference}/slip.pdf"): Row(roles(PRIMARY, HOSPITAL), _referral, other_org=HIDDEN),
     ("POST", "/v1/referrals/{reference}/cancel"): Row(roles(PRIMARY), _cancel, other_org=HIDDEN),
-    ("POST", "/v1/hotline/cancellations"): Row(roles(HOTLINE), _hotline_cancel, other_region=HIDDEN),
+    # Another region's referral answers exactly as an unknown reference or a wrong code does.
+    ("POST", "/v1/hotline/cancellations"): Row(
+        roles(HOTLINE), _hotline_cancel, other_region=Expect(422, "verification_failed")
+    ),
     # supervision
     ("GET", "/v1/shortfalls"): Row(roles(COMMISSION)),
     ("GET", "/v1/reports/compliance"): Row(
@@ -426,6 +451,16 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/supervision/alerts/{alert_id}"): Row(roles(COMMISSION), _alert, other_region=HIDDEN),
     ("POST", "/v1/supervision/alerts/{alert_id}/acknowledge"): Row(
         roles(COMMISSION), _alert, other_region=HIDDEN
+    ),
+    ("GET", "/v1/supervision/identity-conflicts"): Row(
+        roles(COMMISSION),
+        other_region=allowed_if(lambda r, ctx: r.json()["items"] == [], "it lists another region's conflict"),
+    ),
+    ("GET", "/v1/supervision/identity-conflicts/{conflict_id}"): Row(
+        roles(COMMISSION), _conflict, other_region=HIDDEN
+    ),
+    ("POST", "/v1/supervision/identity-conflicts/{conflict_id}/acknowledge"): Row(
+        roles(COMMISSION), _conflict, other_region=HIDDEN
     ),
     ("GET", "/v1/supervision/suspensions"): Row(roles(COMMISSION)),
     ("POST", "/v1/supervision/suspensions"): Row(roles(COMMISSION), _suspension, other_region=HIDDEN),

@@ -78,6 +78,13 @@ async def test_audit_instants_at_the_ends_of_time_are_refused(client, world):
         assert (r.json()["code"], r.json()["field"]) == ("date_out_of_range", "to")
 
 
+async def test_audit_search_instants_at_the_ends_of_time_are_refused(client, world):
+    for value in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        r = await client.post("/v1/audit/search", json={"from": value}, headers=world.auth("commission"))
+        assert r.status_code == 422, r.text
+        assert (r.json()["code"], r.json()["field"]) == ("date_out_of_range", "from")
+
+
 async def test_audit_still_names_a_missing_offset_with_its_own_code(client, world):
     r = await client.get(
         "/v1/audit", params={"from": "2026-03-01T00:00:00"}, headers=world.auth("commission")
@@ -259,6 +266,8 @@ async def send_all(
         ("GET", "/v1/reports/compliance", "commission", {"params": {"from": "2026-03-01", "to": d}}),
         ("GET", "/v1/audit", "commission", {"params": {"from": t}}),
         ("GET", "/v1/audit", "commission", {"params": {"to": t}}),
+        ("POST", "/v1/audit/search", "commission", {"json": {"from": t}}),
+        ("POST", "/v1/audit/search", "commission", {"json": {"to": t}}),
         ("GET", "/v1/availability", "platform", {"params": {"region": "340100", "from": d, "to": d}}),
         ("GET", "/v1/shortfalls", "commission", {"params": {"date_from": d}}),
         ("GET", "/v1/hospital/shortfalls", "city_hospital", {"params": {"date_to": d}}),

@@ -7,7 +7,7 @@ from typing import Any, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from service.bounds import Instant
+from service.bounds import Instant, QueryInstant
 from service.ids import DbId
 from service.referrals.schemas import NamedRef
 from service.schemas import ApiModel
@@ -120,8 +120,8 @@ class AuditSearch(ApiModel):
     actor_client_id: DbId | None = None
     actor_org_id: DbId | None = None
     action: str | None = Field(None, min_length=1, max_length=40)
-    from_: datetime | None = Field(None, alias="from", description="Inclusive.")
-    to: datetime | None = Field(None, description="Exclusive.")
+    from_: QueryInstant | None = Field(None, alias="from", description="Inclusive; with its UTC offset.")
+    to: QueryInstant | None = Field(None, description="Exclusive; with its UTC offset.")
     cursor: str | None = Field(
         None, max_length=200, pattern=r"^[A-Za-z0-9_-]+$", description="next_cursor of the previous page"
     )
