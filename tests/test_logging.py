@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Callable, Iterator
@@ -135,3 +136,28 @@ async def test_a_500_is_logged_with_its_request_id_and_the_binding_ends_with_the
     assert (access["route"], access["status"], access["request_id"]) == ("/test-only/boom", 500, request_id)
     assert "request_id" not in structlog.contextvars.get_contextvars()
     assert "client_id" not in structlog.contextvars.get_contextvars()
+
+
+async def test_a_500_leaves_the_callers_keep_alive_connection_open(app, live_server):
+    """A bug answers 500 and is logged once; the HIS's pooled connection goes on serving."""
+
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/test-only/boom", boom)
+    host, port = live_server.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        statuses = []
+        for path in ("/test-only/boom", "/healthz"):
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: slotpool.test\r\n\r\n".encode())
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            lines = head.decode("latin-1").split("\r\n")
+            statuses.append(int(lines[0].split()[1]))
+            length = next(int(h.split(":")[1]) for h in lines if h.lower().startswith("content-length:"))
+            await asyncio.wait_for(reader.readexactly(length), timeout=10)
+            assert not any(h.lower() == "connection: close" for h in lines), head
+    finally:
+        writer.close()
+    assert statuses == [500, 200]
