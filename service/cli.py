@@ -47,6 +47,12 @@ def migration_url(settings: Settings) -> str:
     return _embedded_owner_url(settings)
 
 
+SINGLE_ROLE_WARNING = (
+    "warning: DATABASE_URL logs in as the schema owner, which could rewrite the audit trail; set "
+    "SLOTPOOL_MIGRATION_DATABASE_URL to the owner and DATABASE_URL to a runtime role (docs/operations.md)"
+)
+
+
 def runtime_role(settings: Settings, owner_url: str) -> RuntimeRole | None:
     """The role requests run as (DATABASE_URL's user, or ``runtime_role`` on the embedded
     server); None when it is the owner itself, which gets no grants of its own."""
@@ -54,12 +60,6 @@ def runtime_role(settings: Settings, owner_url: str) -> RuntimeRole | None:
         return RuntimeRole(settings.runtime_role)
     user = url_user(settings.database_url)
     if not user or user == url_user(owner_url):
-        print(
-            "warning: DATABASE_URL logs in as the schema owner, which could rewrite the audit "
-            "trail; set SLOTPOOL_MIGRATION_DATABASE_URL to the owner and DATABASE_URL to a "
-            "runtime role (docs/operations.md)",
-            file=sys.stderr,
-        )
         return None
     return RuntimeRole(user, password=make_url(asyncpg_url(settings.database_url)).password)
 
@@ -68,10 +68,14 @@ def run_migrations(settings: Settings) -> None:
     """Upgrade to head and bring the runtime role's grants in step, as the owner, under the
     migration lock. Exits with a one-line reason when the runtime role needs the operator."""
     owner = migration_url(settings)
+    runtime = runtime_role(settings, owner)
     try:
-        asyncio.run(migrate(owner, runtime_role(settings, owner)))
+        asyncio.run(migrate(owner, runtime))
     except RuntimeRoleError as exc:
         raise SystemExit(f"slotpool migrate: {exc}") from None
+    if runtime is None:
+        # After the work, so that a failure stays one or two lines of its own.
+        print(SINGLE_ROLE_WARNING, file=sys.stderr)
 
 
 def resolve_database_url(settings: Settings) -> str:

@@ -285,14 +285,14 @@ async def test_presets_are_shared_and_never_published_in_place(client, jiangsu, 
 # --- existing codes get an owner when the column arrives ----------------------------------------
 
 
-async def test_migration_gives_an_existing_code_the_smallest_region_holding_its_hospitals(database_url):
+async def test_migration_gives_an_existing_code_the_smallest_region_holding_its_hospitals(owner_url):
     """Existing codes keep whoever could reach their hospitals; presets and cross-province codes stay shared."""
     import asyncpg
     from sqlalchemy.engine import make_url
 
     from service.migrations import upgrade
 
-    url = make_url(database_url)
+    url = make_url(owner_url)
     admin = url.set(database="postgres").render_as_string(hide_password=False).replace("+asyncpg", "")
     name = f"{url.database}_owners"
     conn = await asyncpg.connect(admin)

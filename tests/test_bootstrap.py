@@ -61,14 +61,14 @@ def _plain(url: str) -> str:
 
 
 @pytest.fixture
-async def empty_url(database_url: str) -> AsyncIterator[str]:
+async def empty_url(owner_url: str) -> AsyncIterator[str]:
     """A new, empty database on the test server (not migrated)."""
     name = f"slotpool_boot_{uuid.uuid4().hex[:8]}"
-    admin_url = make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+    admin_url = make_url(owner_url).set(database="postgres").render_as_string(hide_password=False)
     admin = await asyncpg.connect(_plain(admin_url))
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
-    yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    yield make_url(owner_url).set(database=name).render_as_string(hide_password=False)
     admin = await asyncpg.connect(_plain(admin_url))
     await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     await admin.close()

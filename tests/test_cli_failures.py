@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -36,7 +37,8 @@ def failed_briefly(result: subprocess.CompletedProcess[str], *secrets: str) -> l
     lines = result.stderr.splitlines()
     assert result.returncode == 1, result.stderr
     assert 1 <= len(lines) <= 2, result.stderr
-    assert all(line.startswith("slotpool: ") for line in lines), result.stderr
+    # "slotpool: …", or "slotpool <command>: …" where the command itself refuses.
+    assert all(re.match(r"slotpool( [a-z-]+)?: ", line) for line in lines), result.stderr
     for secret in secrets:
         assert secret not in result.stderr + result.stdout
     return lines
@@ -125,7 +127,9 @@ def test_a_refused_login_is_two_lines_without_the_password(database_url):
 def test_create_client_for_an_unknown_organisation_is_one_line(clean_db):
     result = run("create-client", "--org-code", "NO-SUCH-ORG", "--role", "hospital", "--name", "x",
                  DATABASE_URL=clean_db, **ALLOW)  # fmt: skip
-    assert failed_briefly(result) == ["slotpool: No organisation with code NO-SUCH-ORG."]
+    assert failed_briefly(result) == [
+        "slotpool create-client: no organisation with code NO-SUCH-ORG (codes are case-sensitive)"
+    ]
     assert result.stdout == ""
 
 

@@ -346,11 +346,11 @@ async def test_contract_source_is_set_by_the_commission_of_the_region_only(clien
 # --- the data migration ---------------------------------------------------------------------
 
 
-async def test_migration_gives_existing_contracts_and_referrals_the_residents_name(database_url, crypto):
+async def test_migration_gives_existing_contracts_and_referrals_the_residents_name(owner_url, crypto):
     """Data written before revision 0012 (here: its columns dropped again) takes the resident's name."""
     import asyncpg
 
-    url = make_url(database_url)
+    url = make_url(owner_url)
     admin = url.set(database="postgres").render_as_string(hide_password=False).replace("+asyncpg", "")
     name = f"{url.database}_identity"
     conn = await asyncpg.connect(admin)

@@ -40,7 +40,10 @@ def _env(**values: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith("SLOTPOOL_") and k not in ("DATABASE_URL", "PYTHONWARNINGS")
     }
-    env.update(SLOTPOOL_LOG_JSON="false", **values)
+    # Development mode against servers the tests start: said explicitly, as an operator must.
+    env.update(
+        SLOTPOOL_LOG_JSON="false", SLOTPOOL_ALLOW_DEVELOPMENT_WITH_DEPLOYMENT_SETTINGS="true", **values
+    )
     return env
 
 
