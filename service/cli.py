@@ -120,30 +120,52 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
+# How long the worker waits, once told to stop, for its loops to finish their passes.
+WORKER_STOP_SECONDS = 10.0
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     from service.loops import background_loops
 
     start_metrics(settings)
     url = resolve_database_url(settings)
 
+    stop = asyncio.Event()
+    received: list[int] = []
+
+    def stopped_by(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+
     async def main() -> None:
         db = Database(url, pool_size=settings.db_pool_size)
-        stop = asyncio.Event()
-        try:
-            await asyncio.gather(
-                *background_loops(
-                    db=db,
-                    clock=Clock(),
-                    crypto=crypto_from(settings),
-                    settings=settings,
-                    database_url=url,
-                    stop=stop,
-                )
+        # SIGTERM and SIGINT end the loops the way serve's lifespan does: each finishes its
+        # pass and returns, so no transaction is cut off and every connection is closed.
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopped_by, signum)
+        tasks = [
+            asyncio.create_task(work)
+            for work in background_loops(
+                db=db,
+                clock=Clock(),
+                crypto=crypto_from(settings),
+                settings=settings,
+                database_url=url,
+                stop=stop,
             )
+        ]
+        try:
+            await stop.wait()
+            _, late = await asyncio.wait(tasks, timeout=WORKER_STOP_SECONDS)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await db.dispose()
 
     asyncio.run(main())
+    raise SystemExit(128 + received[0])
 
 
 def start_metrics(settings: Settings) -> None:

@@ -194,3 +194,14 @@ def test_worker_exposes_metrics_when_the_port_is_set(clean_db):
         assert "# TYPE slotpool_loop_errors_total counter" in scraped.text
     finally:
         stop(process)
+
+
+def test_worker_stops_its_loops_cleanly_on_sigterm(clean_db):
+    """Docker and systemd stop the worker with SIGTERM: its loops finish, nothing is left pending."""
+    metrics = free_port()
+    process = start("worker", DATABASE_URL=clean_db, SLOTPOOL_METRICS_PORT=str(metrics), **ALLOW)
+    wait_for(process, f"http://127.0.0.1:{metrics}/metrics")
+    process.terminate()
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr and "destroyed but it is pending" not in stderr, stderr
