@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, field_validator
 
+# NUL and lone UTF-16 surrogates (JSON's "\ud800"): PostgreSQL text can store neither, and the
+# driver would fail on them deep inside a transaction instead of the caller hearing why.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
-def _has_nul(value: Any) -> bool:
+
+def _unstorable(value: Any) -> bool:
     if isinstance(value, str):
-        return "\x00" in value
+        return _UNSTORABLE.search(value) is not None
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
     if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
+        return any(_unstorable(v) for v in value)
     return False
 
 
 class ApiModel(BaseModel):
-    """Refuses NUL characters anywhere: PostgreSQL text cannot store them."""
+    """Refuses NUL characters and lone surrogates anywhere: PostgreSQL text cannot store them."""
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_nul(cls, value: Any) -> Any:
-        if _has_nul(value):
-            raise ValueError("NUL characters are not allowed")
+    def _storable_text(cls, value: Any) -> Any:
+        if _unstorable(value):
+            raise ValueError("NUL characters and lone surrogates are not allowed")
         return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 
 import asyncpg
@@ -184,6 +185,19 @@ async def test_nul_characters_anywhere_are_a_422(client, world):
     row = contract_row(1, name="张\x00")
     r = await client.post("/v1/contracts/sync", json={"contracts": [row]}, headers=world.auth("platform"))
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize("field", ["lead_hospital_code", "member_codes", "name"])
+async def test_a_lone_surrogate_anywhere_is_a_422_not_a_500(client, world, field):
+    """JSON may escape half a UTF-16 pair ("\\ud800"); PostgreSQL text cannot hold it."""
+    body = {"name": "联盟", "lead_hospital_code": "H-CITY", "member_codes": ["P-A"]}
+    body[field] = ["\ud800"] if field == "member_codes" else "\ud800"
+    raw = json.dumps(body)  # ensure_ascii keeps the lone surrogate as its escape
+    r = await client.post(
+        "/v1/alliances", content=raw, headers={**world.auth("commission"), "content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "invalid_request"
 
 
 async def test_push_version_beyond_bigint_is_a_422(client, world):

@@ -76,8 +76,10 @@ class OrganisationList(ApiModel):
 
 class AllianceIn(ApiModel):
     name: str = Field(min_length=1, max_length=200)
-    lead_hospital_code: str
-    member_codes: list[str] = Field(min_length=1, max_length=1000)
+    lead_hospital_code: str = Field(min_length=1, max_length=64)
+    member_codes: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=1000
+    )
 
 
 class AllianceOut(ApiModel):
