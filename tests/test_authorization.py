@@ -70,6 +70,13 @@ async def test_commission_cannot_add_a_division_to_another_region(client, jiangs
     assert await db.run(lambda s: s.get(Region, "320104")) is None
 
 
+async def test_commission_cannot_hang_its_division_under_another_regions(client, jiangsu, db):
+    batch = [{"code": "320199", "name": "新区", "level": "county", "parent_code": "340100"}]
+    r = await client.post("/v1/regions", json={"regions": batch}, headers=jiangsu.auth("jiangsu_commission"))
+    assert (r.status_code, r.json()["code"]) == (403, "out_of_region")
+    assert await db.run(lambda s: s.get(Region, "320199")) is None
+
+
 async def test_commission_renames_a_division_of_its_own_region(client, jiangsu, db):
     r = await client.post(
         "/v1/regions",
@@ -195,6 +202,20 @@ async def test_commission_cannot_publish_another_regions_own_code_in_place(clien
     assert r.status_code == 201, r.text
     assert r.json()["code"] == "test-city-320000"
     assert await versions(db, "test-city") == [1]
+
+
+async def test_commission_cannot_take_the_code_of_another_regions_copy_first(client, jiangsu, db):
+    """Jiangsu publishing "tianjin-340000" first would block Anhui's own copy of tianjin."""
+    r = await client.post(
+        "/v1/policies", json=policy_body(code="tianjin-340000"), headers=jiangsu.auth("jiangsu_commission")
+    )
+    assert (r.status_code, r.json()["code"]) == (403, "out_of_region")
+    assert await versions(db, "tianjin-340000") == []
+    r = await client.post(
+        "/v1/policies", json=policy_body(code="tianjin"), headers=jiangsu.auth("commission")
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["code"] == "tianjin-340000"
 
 
 async def test_publishing_a_shared_preset_moves_only_the_regions_own_hospitals(client, jiangsu, db):

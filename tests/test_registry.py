@@ -70,7 +70,7 @@ async def test_province_with_unknown_parent_is_refused(client, world):
     r = await client.post(
         "/v1/regions",
         json={
-            "regions": [{"code": "340000", "name": "安徽省", "level": "province", "parent_code": "990000"}]
+            "regions": [{"code": "340000", "name": "安徽省", "level": "province", "parent_code": "349900"}]
         },
         headers=world.auth("commission"),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Any
 
@@ -46,6 +47,9 @@ async def _latest(session: AsyncSession, code: str) -> Policy | None:
     )
 
 
+_COPY_SUFFIX = re.compile(r"-([0-9]{6})$")
+
+
 def region_copy_code(code: str, owner: str | None, area: str) -> str:
     """The code of region ``area``'s own copy of ``code``: a copy of a copy names the base code."""
     base = code.removesuffix(f"-{owner}") if owner is not None else code
@@ -69,6 +73,12 @@ async def publish_policy(
     # first copy (which touches two codes) from racing into a unique violation.
     await session.execute(select(func.pg_advisory_xact_lock(PUBLISH_LOCK)))
     latest = await _latest(session, code)
+    suffix = _COPY_SUFFIX.search(code)
+    if area is not None and latest is None and suffix and not covers(area, suffix.group(1)):
+        # ``<code>-<region>`` names that region's copy: taking it first would block the copy.
+        raise Forbidden(
+            "out_of_region", f"Codes ending in -{suffix.group(1)} are that region's copies; choose another."
+        )
     copied_from: str | None = None
     moved: list[int] = []
     if (

@@ -50,6 +50,8 @@ async def upsert_regions(
     """
     for region in regions:
         _check_area(area, f"Region {region.code}", region.code)
+        if region.parent_code is not None:  # nor hang one of its own under another region's
+            _check_area(area, f"Parent {region.parent_code} of {region.code}", region.parent_code)
     order = {"province": 0, "city": 1, "county": 2}
     in_batch = {r.code for r in regions}
     changes: list[dict[str, Any]] = []
