@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from service.cli_failures import StartupError, ensure_port_free, reported
+from service.cli_failures import CommandRefused, StartupError, ensure_port_free, reported
 from service.clock import Clock
 from service.config import Settings, get_settings
 from service.crypto import Crypto
@@ -72,7 +72,7 @@ def run_migrations(settings: Settings) -> None:
     try:
         asyncio.run(migrate(owner, runtime))
     except RuntimeRoleError as exc:
-        raise SystemExit(f"slotpool migrate: {exc}") from None
+        raise CommandRefused("migrate", str(exc)) from exc
     if runtime is None:
         # After the work, so that a failure stays one or two lines of its own.
         print(SINGLE_ROLE_WARNING, file=sys.stderr)

@@ -36,10 +36,20 @@ DEBUG_HINT = "run with --debug for the traceback"
 class StartupError(Exception):
     """A refusal to start that the operator fixes: ``message``, then an optional ``hint`` line."""
 
+    command: str | None = None
+
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+
+class CommandRefused(StartupError):
+    """A command's own refusal (``slotpool <command>: …``), e.g. an unknown organisation code."""
+
+    def __init__(self, command: str, message: str) -> None:
+        super().__init__(message)
+        self.command = command
 
 
 def _secret_values() -> list[str]:
@@ -130,8 +140,10 @@ def describe(exc: BaseException) -> list[str]:
 def fail(exc: BaseException, *, debug: bool) -> NoReturn:
     if debug:
         print(redact("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
+    command = getattr(exc, "command", None)
+    prefix = f"slotpool {command}: " if command else "slotpool: "
     for line in describe(exc)[:2]:
-        print(f"slotpool: {redact(line)}", file=sys.stderr)
+        print(f"{prefix}{redact(line)}", file=sys.stderr)
     raise SystemExit(1)
 
 

@@ -130,6 +130,10 @@ def test_create_client_for_an_unknown_organisation_is_one_line(clean_db):
     assert failed_briefly(result) == [
         "slotpool create-client: no organisation with code NO-SUCH-ORG (codes are case-sensitive)"
     ]
+    debug = run("--debug", "create-client", "--org-code", "NO-SUCH-ORG", "--role", "hospital", "--name", "x",
+                DATABASE_URL=clean_db, **ALLOW)  # fmt: skip
+    assert debug.returncode == 1 and "Traceback" in debug.stderr, debug.stderr
+    assert debug.stderr.splitlines()[-1] == result.stderr.splitlines()[-1]
     assert result.stdout == ""
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import service.models  # noqa: F401  (every model, so a flush can order its inserts)
+from service.cli_failures import CommandRefused
 from service.clock import Clock
 from service.config import Settings
 from service.context import Actor
@@ -37,9 +38,10 @@ class Refused(Exception):
     """Why a command cannot go on, in one line."""
 
 
-def fail(command: str, message: str) -> SystemExit:
-    """The one line on stderr and exit status 1 that a refused command ends with."""
-    return SystemExit(f"slotpool {command}: {message}")
+def fail(command: str, message: str) -> CommandRefused:
+    """The one line (``slotpool <command>: …``) and exit status 1 a refused command ends with;
+    ``slotpool --debug`` adds the traceback of what it was refused on."""
+    return CommandRefused(command, message)
 
 
 def _plain(url: str) -> str:
@@ -54,7 +56,7 @@ async def check_schema(url: str) -> None:
         conn = await asyncpg.connect(_plain(url), timeout=10)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise Refused(f"cannot connect to the database in DATABASE_URL ({reason})") from None
+        raise Refused(f"cannot connect to the database in DATABASE_URL ({reason})") from exc
     try:
         if await conn.fetchval("SELECT to_regclass('alembic_version')") is None:
             version = None
@@ -89,10 +91,10 @@ def run_unit(command: str, url: str, work: Callable[[AsyncSession, Actor], Await
     try:
         return asyncio.run(main())
     except (Refused, Problem) as exc:
-        raise fail(command, str(exc)) from None
+        raise fail(command, str(exc)) from exc
     except DBAPIError as exc:
         if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
-            raise fail(command, NO_PRIVILEGE) from None
+            raise fail(command, NO_PRIVILEGE) from exc
         raise
 
 
@@ -103,7 +105,7 @@ def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
     try:
         divisions_for(args.region)  # an unknown code is refused before any database is touched
     except Problem as problem:
-        raise fail("bootstrap", problem.detail) from None
+        raise fail("bootstrap", problem.detail) from problem
     url = resolve_database_url(settings)
 
     async def work(session: AsyncSession, actor: Actor) -> Bootstrapped:
