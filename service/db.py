@@ -134,6 +134,9 @@ class Database:
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_pre_ping=True,
+            # A bug's traceback must not carry the values bound to its statement: ID-number
+            # indexes, names and codes would reach the log.
+            hide_parameters=True,
             # A database that does not answer is a 503 within seconds, not a request left hanging.
             pool_timeout=10,
             connect_args={

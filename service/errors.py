@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import asyncpg
@@ -136,6 +137,21 @@ def problem_response(
     )
 
 
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE behind a driver error, the driver's own (most precise) first."""
+    orig = getattr(exc, "orig", None)
+    for candidate in (getattr(orig, "__cause__", None), orig, exc):
+        code = getattr(candidate, "sqlstate", None)
+        if code:
+            return str(code)
+    return None
+
+
+def _route(request: Request) -> str:
+    """The route template (``/v1/referrals/{reference}``): a raw path may carry a reference."""
+    return str(getattr(request.scope.get("route"), "path", None) or "unmatched")
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -181,7 +197,15 @@ def install_handlers(app: FastAPI) -> None:
 
         if database_unavailable(exc):
             return _unavailable(request, exc)
-        log.exception("unhandled error", path=request.url.path)
+        # PostgreSQL's own message quotes the offending value ('invalid input syntax …: "<name>"'),
+        # so a database bug is logged by its frames, SQLSTATE and statement, never its message.
+        log.error(
+            "unhandled error",
+            route=_route(request),
+            sqlstate=sqlstate_of(exc),
+            exception="".join(traceback.format_tb(exc.__traceback__))
+            + f"{type(exc).__name__} in: {getattr(exc, 'statement', None)}",
+        )
         return problem_response(500, "internal_error", "An internal error occurred.", request)
 
     for error_type in DATABASE_ERRORS:
@@ -190,5 +214,5 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         # A 500 is a bug: log it with its traceback, tell the caller nothing internal.
-        log.exception("unhandled error", path=request.url.path)
+        log.exception("unhandled error", route=_route(request))
         return problem_response(500, "internal_error", "An internal error occurred.", request)

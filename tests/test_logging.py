@@ -132,6 +132,7 @@ async def test_a_500_is_logged_with_its_request_id_and_the_binding_ends_with_the
     lines = log_lines()
     [error] = [line for line in lines if line["event"] == "unhandled error"]
     assert error["request_id"] == request_id and "RuntimeError: a bug" in error["exception"]
+    assert error["route"] == "/test-only/boom" and "path" not in error
     [access] = [line for line in lines if line["event"] == "request"]
     assert (access["route"], access["status"], access["request_id"]) == ("/test-only/boom", 500, request_id)
     assert "request_id" not in structlog.contextvars.get_contextvars()
@@ -161,3 +162,25 @@ async def test_a_500_leaves_the_callers_keep_alive_connection_open(app, live_ser
     finally:
         writer.close()
     assert statuses == [500, 200]
+
+
+async def test_a_database_bug_logs_its_statement_without_the_values_bound_to_it(app, log_lines):
+    """A failing statement's traceback names the SQL, never its parameters (names, ID indexes)."""
+    from sqlalchemy import text
+
+    secret = "严洁静-绝密"  # in a variable: a traceback shows its frames' source lines
+
+    async def bad_cast() -> None:
+        state = app.state.slotpool
+        await state.db.run(
+            lambda s: s.execute(text("SELECT CAST(CAST(:v AS text) AS integer)"), {"v": secret})
+        )
+
+    app.add_api_route("/test-only/bad-cast", bad_cast)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://slotpool.test") as c:
+        r = await c.get("/test-only/bad-cast")
+    assert r.status_code == 500
+    [error] = [line for line in log_lines() if line["event"] == "unhandled error"]
+    assert "SELECT CAST" in error["exception"] and error["sqlstate"] == "22P02"
+    assert "严洁静" not in json.dumps(error, ensure_ascii=False)
