@@ -9,7 +9,7 @@ What it does, all on loopback and all cleaned up afterwards:
 1. PostgreSQL as in bench/booking_rush.py: a fresh database ``bench_<random>`` on
    DATABASE_URL's server, or the embedded server in a temporary directory.
    Migrations to head, then ``tests.factories.build_world`` plus E extra
-   hospitals, each with one webhook endpoint (development mode: plain http to
+   hospitals, each with one webhook endpoint (loopback allowed explicitly: plain http to
    loopback) subscribed to every event type. One endpoint per hospital because
    an endpoint's deliveries go strictly one after another: parallelism is
    across endpoints, up to the dispatcher's ``webhook_concurrency`` (16).
@@ -141,7 +141,7 @@ async def seed(
                                    region_code="340104", hospital_level=3, hospital_tier="city"),
             )  # fmt: skip
             _, secret = await register_endpoint(
-                session=session, actor=actor, crypto=crypto, hospital_id=org.id, development=True,
+                session=session, actor=actor, crypto=crypto, hospital_id=org.id, allow_loopback=True,
                 body=EndpointIn(url=f"{receiver_url}/his-{i}",
                                 event_types=["referral.booked", "referral.cancelled", "slots.returned"]),
             )  # fmt: skip
@@ -177,7 +177,7 @@ async def run(args: argparse.Namespace) -> bool:
     ok = True
     try:
         await upgrade(pg.url)
-        settings = Settings(run_loops=False, log_json=False)
+        settings = Settings(run_loops=False, log_json=False, webhook_allow_loopback=True)
         db = Database(pg.url, pool_size=settings.db_pool_size)
         stop = asyncio.Event()
         # Secrets are made at registration and endpoints need the receiver's URL: reserve a
