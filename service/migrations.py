@@ -30,7 +30,7 @@ log = structlog.get_logger("slotpool.migrations")
 def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))
-    cfg.set_main_option("file_template", "%%(year)d_%%(month).2d_%%(day).2d_%%(slug)s")
+    cfg.set_main_option("file_template", "%%(rev)s_%%(slug)s")
     cfg.attributes["url"] = asyncpg_url(url)
     return cfg
 
