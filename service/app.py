@@ -18,7 +18,8 @@ from service.availability.router import router as availability_router
 from service.clock import Clock
 from service.config import Settings
 from service.crypto import Crypto
-from service.db import Database, database_unavailable
+from service.db import Database
+from service.dberrors import database_unavailable
 from service.deps import AppState
 from service.errors import install_handlers, problem_response
 from service.fhir.router import router as fhir_router

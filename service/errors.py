@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.dberrors import database_unavailable, sqlstate
+
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("slotpool.errors")
 
@@ -69,19 +71,21 @@ class DatabaseUnavailable(Problem):
     retry_after_seconds = 5
 
     def __init__(self, detail: str = "The database is unavailable; retry shortly.") -> None:
-        super().__init__("database_unavailable", detail)
+        super().__init__(
+            "database_unavailable", detail, headers={"Retry-After": str(self.retry_after_seconds)}
+        )
 
 
-# Exception types the database layer raises. Those that mean "unreachable" (service.db decides)
-# answer 503 database_unavailable; the rest are bugs (500). Handled here rather than by the
-# catch-all, which Starlette re-raises into the server's traceback log.
-DATABASE_ERRORS: tuple[type[Exception], ...] = (
+# The driver's errors: a bug among them is logged without its message (see log_failure).
+DRIVER_ERRORS: tuple[type[Exception], ...] = (
     sqlalchemy.exc.DBAPIError,
-    sqlalchemy.exc.TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
-    OSError,
 )
+# Exception types the database layer raises. Those that mean "unreachable" (service.dberrors
+# decides) answer 503 database_unavailable; the rest are bugs (500). Handled here rather than
+# by the catch-all, which Starlette re-raises into the server's traceback log.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (*DRIVER_ERRORS, sqlalchemy.exc.TimeoutError, OSError)
 
 
 _TITLES = {
@@ -137,14 +141,37 @@ def problem_response(
     )
 
 
-def sqlstate_of(exc: BaseException) -> str | None:
-    """The SQLSTATE behind a driver error, the driver's own (most precise) first."""
-    orig = getattr(exc, "orig", None)
-    for candidate in (getattr(orig, "__cause__", None), orig, exc):
-        code = getattr(candidate, "sqlstate", None)
-        if code:
-            return str(code)
-    return None
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, DatabaseUnavailable) or database_unavailable(exc)
+
+
+def as_problem(exc: BaseException) -> Problem:
+    """What the caller hears of a failure it did not cause: 503 while the database is away, else 500."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc
+    if database_unavailable(exc):
+        return DatabaseUnavailable()
+    return Problem("internal_error", "An internal error occurred.", status=500)
+
+
+def log_failure(logger: Any, event: str, exc: BaseException, **fields: Any) -> None:
+    """Log a failure nobody asked for (a bug, or the database going away) once, without personal data.
+
+    An unreachable database is one warning line. A database bug is logged by its frames, its
+    SQLSTATE and its statement: PostgreSQL's own message quotes the offending value
+    ('invalid input syntax …: "<name>"'). Any other bug is logged with its traceback.
+    """
+    if _unreachable(exc):
+        cause = exc.__cause__ or exc
+        logger.warning("database unavailable", during=event, error=type(cause).__name__, **fields)
+    elif isinstance(exc, DRIVER_ERRORS):
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        statement = getattr(exc, "statement", None)
+        logger.error(
+            event, sqlstate=sqlstate(exc), exception=f"{frames}{type(exc).__name__} in: {statement}", **fields
+        )
+    else:
+        logger.error(event, exc_info=exc, **fields)
 
 
 def _route(request: Request) -> str:
@@ -179,40 +206,17 @@ def install_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return problem_response(exc.status_code, code, str(exc.detail), request)
 
-    def _unavailable(request: Request, exc: BaseException) -> JSONResponse:
-        cause = exc.__cause__ or exc
-        log.warning("database unavailable", path=request.url.path, error=type(cause).__name__)
-        response = problem_response(
-            503, "database_unavailable", "The database is unavailable; retry shortly.", request
+    async def _failed(request: Request, exc: Exception) -> JSONResponse:
+        # Not the caller's doing: 503 while the database is away, otherwise a bug (500) whose
+        # details stay in the log and never reach the caller.
+        log_failure(log, "unhandled error", exc, route=_route(request))
+        problem = as_problem(exc)
+        return problem_response(
+            problem.status, problem.code, problem.detail, request, headers=problem.headers
         )
-        response.headers["Retry-After"] = str(DatabaseUnavailable.retry_after_seconds)
-        return response
 
-    @app.exception_handler(DatabaseUnavailable)
-    async def _database_unavailable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
-        return _unavailable(request, exc)
-
-    async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-        from service.db import database_unavailable
-
-        if database_unavailable(exc):
-            return _unavailable(request, exc)
-        # PostgreSQL's own message quotes the offending value ('invalid input syntax …: "<name>"'),
-        # so a database bug is logged by its frames, SQLSTATE and statement, never its message.
-        log.error(
-            "unhandled error",
-            route=_route(request),
-            sqlstate=sqlstate_of(exc),
-            exception="".join(traceback.format_tb(exc.__traceback__))
-            + f"{type(exc).__name__} in: {getattr(exc, 'statement', None)}",
-        )
-        return problem_response(500, "internal_error", "An internal error occurred.", request)
-
-    for error_type in DATABASE_ERRORS:
-        app.add_exception_handler(error_type, _database_error)
-
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception) -> JSONResponse:
-        # A 500 is a bug: log it with its traceback, tell the caller nothing internal.
-        log.exception("unhandled error", route=_route(request))
-        return problem_response(500, "internal_error", "An internal error occurred.", request)
+    # DatabaseUnavailable (raised by Database.run), the driver's own errors met elsewhere (a
+    # read outside Database.run), and every other exception: one handler decides between them.
+    handled: tuple[type[Exception], ...] = (DatabaseUnavailable, *DATABASE_ERRORS, Exception)
+    for error_type in handled:
+        app.add_exception_handler(error_type, _failed)

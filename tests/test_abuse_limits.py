@@ -227,6 +227,15 @@ async def test_a_client_past_its_burst_gets_429_with_retry_after(world, settings
     assert refused.json()["retry_after"] == 2
 
 
+async def test_fhir_says_when_to_retry_as_v1_does(world, settings, clean_db, clock):
+    """/fhir answers an OperationOutcome, with the same Retry-After a /v1 refusal carries."""
+    async with http_app(bucket_settings(settings), clean_db, clock) as http:
+        answers = [(await http.get("/fhir/Location", headers=world.auth("chc_a"))) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert answers[-1].json()["resourceType"] == "OperationOutcome"
+    assert answers[-1].headers["Retry-After"] == "2"
+
+
 async def test_the_bucket_refills_on_the_clock(world, settings, clean_db, clock):
     async with http_app(bucket_settings(settings), clean_db, clock) as http:
 

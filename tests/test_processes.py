@@ -326,7 +326,8 @@ def test_sigterm_stops_serve_cleanly_and_the_embedded_server_with_it(tmp_path):
 async def test_only_errors_of_reaching_the_database_count_as_its_outage(tmp_path):
     from sqlalchemy import text
 
-    from service.db import Database, database_unavailable
+    from service.db import Database
+    from service.dberrors import database_unavailable
 
     port = _free_port()  # nothing listens there
     with pytest.raises(ConnectionRefusedError) as refused:

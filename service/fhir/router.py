@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.context import Caller
 from service.cursors import encode_cursor
 from service.deps import AppState, State, actor_for, require
-from service.errors import NotFound, Problem
+from service.errors import NotFound, Problem, as_problem, log_failure
 from service.fhir import resources, service
 from service.fhir.bulk import TYPES, BulkPublication, Generation
 from service.fhir.search import (
@@ -50,10 +50,14 @@ class FhirJSONResponse(Response):
         return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def outcome(status: int, code: str, detail: str) -> FhirJSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def outcome(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> FhirJSONResponse:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return FhirJSONResponse(
-        checked(resources.operation_outcome(status, code, detail)), status_code=status, headers=headers
+        checked(resources.operation_outcome(status, code, detail)),
+        status_code=status,
+        headers=headers or None,
     )
 
 
@@ -67,7 +71,7 @@ class FhirRoute(APIRoute):
             try:
                 return await handler(request)
             except Problem as exc:
-                return outcome(exc.status, exc.code, exc.detail)
+                return outcome(exc.status, exc.code, exc.detail, exc.headers)
             except RequestValidationError as exc:
                 where = "; ".join(
                     f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()
@@ -75,9 +79,10 @@ class FhirRoute(APIRoute):
                 return outcome(400, "invalid_search_parameter", where or "The request is not valid.")
             except StarletteHTTPException as exc:
                 return outcome(exc.status_code, "http_error", str(exc.detail))
-            except Exception:
-                log.exception("unhandled error", path=request.url.path)
-                return outcome(500, "internal_error", "An internal error occurred.")
+            except Exception as exc:
+                log_failure(log, "unhandled error", exc, route=self.path)
+                problem = as_problem(exc)
+                return outcome(problem.status, problem.code, problem.detail, problem.headers)
 
         return fhir_handler
 

@@ -36,8 +36,8 @@ from service.clock import Clock
 from service.config import Settings
 from service.context import Actor
 from service.crypto import Crypto
-from service.db import Database, asyncpg_url, database_unavailable
-from service.errors import Problem
+from service.db import Database, asyncpg_url
+from service.errors import Problem, log_failure
 from service.events.models import Event
 from service.metrics import LOOP_ERRORS, WEBHOOK_ATTEMPTS
 from service.webhooks.models import EXCERPT_CHARS, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -343,10 +343,10 @@ class Dispatcher:
     async def _drain_logged(self, job: Job) -> int:
         try:
             return await self.drain(job)
-        except Exception:
+        except Exception as exc:
             # The lease expires on its own; the delivery is retried then.
             LOOP_ERRORS.labels("webhooks").inc()
-            log.exception("webhook delivery failed", endpoint_id=job.endpoint_id)
+            log_failure(log, "webhook delivery failed", exc, endpoint_id=job.endpoint_id)
             return 0
 
     async def run_pass(self) -> int:
@@ -379,10 +379,7 @@ class Dispatcher:
                         jobs = await self.claim(free)
                     except Exception as exc:
                         LOOP_ERRORS.labels("webhooks").inc()
-                        if database_unavailable(exc):
-                            log.warning("database unavailable; webhook claim retried next interval")
-                        else:
-                            log.exception("webhook claim failed; retrying next interval")
+                        log_failure(log, "webhook claim failed; retrying next interval", exc)
                         jobs = []
                     for job in jobs:
                         task = asyncio.create_task(self._drain_logged(job))

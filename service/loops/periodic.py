@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from service.db import database_unavailable
+from service.errors import log_failure
 from service.metrics import LOOP_ERRORS
 
 log = structlog.get_logger("slotpool.loops")
@@ -26,10 +26,7 @@ async def every(
             await work()
         except Exception as exc:
             LOOP_ERRORS.labels(name).inc()
-            if database_unavailable(exc):
-                log.warning("database unavailable; retrying next interval", loop=name)
-            else:
-                log.exception("loop pass failed; retrying next interval", loop=name)
+            log_failure(log, "loop pass failed; retrying next interval", exc, loop=name)
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)
         except TimeoutError:

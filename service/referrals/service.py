@@ -20,7 +20,7 @@ from service.audit.service import record, record_read
 from service.clock import SHANGHAI, local_date, zh_instant
 from service.context import Actor, Caller
 from service.crypto import Crypto, mask_id_number, mask_name
-from service.db import constraint_name
+from service.dberrors import constraint_name
 from service.errors import Conflict, Forbidden, NotFound, Problem, Unprocessable
 from service.events.service import emit
 from service.limits.service import enforce_booking_limits

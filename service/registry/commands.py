@@ -22,7 +22,8 @@ from service.cli_failures import CommandRefused
 from service.clock import Clock
 from service.config import Settings
 from service.context import Actor
-from service.db import Database, sqlstate
+from service.db import Database
+from service.dberrors import sqlstate
 from service.errors import Problem
 
 T = TypeVar("T")

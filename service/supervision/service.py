@@ -16,7 +16,7 @@ from service.audit.service import record
 from service.clock import local_date
 from service.context import Actor, Caller
 from service.crypto import Crypto, mask_id_number
-from service.db import constraint_name
+from service.dberrors import constraint_name
 from service.errors import Conflict, NotFound, Unprocessable
 from service.events.models import EventType
 from service.events.service import emit
