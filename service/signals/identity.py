@@ -15,13 +15,14 @@ from service.audit.service import record
 from service.clock import local_date
 from service.context import Actor
 from service.crypto import Crypto, mask_name
-from service.errors import Conflict, NotFound
+from service.errors import NotFound
 from service.referrals.schemas import NamedRef
 from service.regions import within
 from service.registry.models import Organisation
 from service.residents.models import CONTRACT_NAME, FamilyDoctorContract, Resident
 from service.signals.models import IdentityConflict, IdentityConflictParty
 from service.signals.schemas import ConflictParty, IdentityConflictOut
+from service.signals.service import mark_acknowledged
 
 SIGNAL = "identity_name_conflict"
 NAME_INDEX_PURPOSE = "declared_name"
@@ -193,13 +194,7 @@ async def acknowledge_identity_conflict(
     conflict = await get_identity_conflict(
         session=session, region_code=region_code, conflict_id=conflict_id, lock=True
     )
-    if conflict.acknowledged_at is not None:
-        raise Conflict("already_acknowledged", f"Identity conflict {conflict_id} was acknowledged already.")
-    conflict.acknowledged_at = actor.now
-    conflict.acknowledged_by_client_id = actor.client_id
-    conflict.acknowledgement_note = note
-    if conflict.status == "open":
-        conflict.status = "acknowledged"
+    mark_acknowledged(conflict, actor, note, what=f"Identity conflict {conflict_id}")
     await session.flush()
     await record(
         session=session,

@@ -31,7 +31,7 @@ from service.referrals.schemas import NamedRef
 from service.regions import within
 from service.registry.models import Doctor, Organisation
 from service.registry.schemas import DEFAULT_OPENING_HOURS
-from service.signals.models import Alert
+from service.signals.models import Alert, IdentityConflict
 from service.signals.rules import MAX_WINDOW_HOURS, SIGNALS, SignalRule, SignalThresholds
 from service.signals.schemas import AlertOut, EvidenceReferral
 from service.slots.models import ClinicSession
@@ -396,18 +396,23 @@ async def get_alert(*, session: AsyncSession, region_code: str, alert_id: int, l
     return alert
 
 
+def mark_acknowledged(row: Alert | IdentityConflict, actor: Actor, note: str | None, *, what: str) -> None:
+    """The commission has seen an alert or a conflict; a live one stays live until its cause ends."""
+    if row.acknowledged_at is not None:
+        raise Conflict("already_acknowledged", f"{what} was acknowledged already.")
+    row.acknowledged_at = actor.now
+    row.acknowledged_by_client_id = actor.client_id
+    row.acknowledgement_note = note
+    if row.status == "open":
+        row.status = "acknowledged"
+
+
 async def acknowledge_alert(
     *, session: AsyncSession, actor: Actor, region_code: str, alert_id: int, note: str | None
 ) -> Alert:
     """The commission has seen the alert; a live one stays live (and undoubled) until it falls below."""
     alert = await get_alert(session=session, region_code=region_code, alert_id=alert_id, lock=True)
-    if alert.acknowledged_at is not None:
-        raise Conflict("already_acknowledged", f"Alert {alert_id} was acknowledged already.")
-    alert.acknowledged_at = actor.now
-    alert.acknowledged_by_client_id = actor.client_id
-    alert.acknowledgement_note = note
-    if alert.status == "open":
-        alert.status = "acknowledged"
+    mark_acknowledged(alert, actor, note, what=f"Alert {alert_id}")
     await session.flush()
     await record(
         session=session,
