@@ -74,7 +74,7 @@ async def status_of(client, world, referral) -> str:
 # --- hotline verification attempts --------------------------------------------------------------
 
 
-async def test_five_failures_lock_the_reference_even_for_the_right_code(client, world, referral):
+async def test_r12_five_failures_lock_the_reference_even_for_the_right_code(client, world, referral):
     for offset in range(1, 6):
         r = await hotline(client, world, referral["reference"], wrong_code(referral, offset))
         assert (r.status_code, r.json()["code"]) == (422, "verification_failed")
@@ -86,7 +86,7 @@ async def test_five_failures_lock_the_reference_even_for_the_right_code(client, 
     assert await status_of(client, world, referral) == "booked"
 
 
-async def test_locked_reference_opens_again_after_fifteen_minutes(client, world, referral, clock):
+async def test_r12_locked_reference_opens_again_after_fifteen_minutes(client, world, referral, clock):
     for offset in range(1, 6):
         await hotline(client, world, referral["reference"], wrong_code(referral, offset))
     clock.advance(timedelta(minutes=10))
@@ -115,7 +115,7 @@ async def test_failures_older_than_the_window_are_forgotten(client, world, refer
     assert r.status_code == 200, r.text
 
 
-async def test_unknown_reference_and_wrong_code_get_the_same_answer(client, world, referral):
+async def test_r12_unknown_reference_and_wrong_code_get_the_same_answer(client, world, referral):
     unknown = "R" + referral["reference"][1:][::-1]
     assert unknown != referral["reference"]
     wrong = await hotline(client, world, referral["reference"], wrong_code(referral))
@@ -161,7 +161,7 @@ async def test_concurrent_guesses_are_counted_one_by_one(client, world, referral
     assert Counter(r.status_code for r in answers) == {422: 5, 429: 5}
 
 
-async def test_a_hotline_client_is_locked_after_its_failures_across_references(
+async def test_r12_a_hotline_client_is_locked_after_its_failures_across_references(
     client, world, referral, clock
 ):
     # settings: 8 failures per hour per hotline client; each reference stays under its own 5.
@@ -178,7 +178,7 @@ async def test_a_hotline_client_is_locked_after_its_failures_across_references(
     assert r.status_code == 200, r.text
 
 
-async def test_every_hotline_failure_is_audited_without_the_code(client, world, referral, db):
+async def test_r12_every_hotline_failure_is_audited_without_the_code(client, world, referral, db):
     tried = [wrong_code(referral, n) for n in range(1, 6)]
     for code in tried:
         await hotline(client, world, referral["reference"], code)

@@ -92,7 +92,7 @@ async def event_payloads(db, kind: str) -> list[dict[str, Any]]:
     return [e.payload for e in rows]
 
 
-async def test_another_centres_sync_leaves_a_referral_as_booked(client, world, pools, db):
+async def test_r8_another_centres_sync_leaves_a_referral_as_booked(client, world, pools, db):
     await synced(client, world, "chc_a", "P-A", A_NAME)
     r = await book(client, world, pools["CARD"][0]["slot_id"], A_NAME, "chc_a")
     assert r.status_code == 201, r.text
@@ -121,7 +121,7 @@ async def test_another_centres_sync_leaves_a_referral_as_booked(client, world, p
         assert payload["data"]["patient"] == {"name_masked": "张**"}, kind
 
 
-async def test_each_centre_books_under_its_own_declared_name(client, world, pools):
+async def test_r8_each_centre_books_under_its_own_declared_name(client, world, pools):
     await synced(client, world, "chc_a", "P-A", A_NAME)
     await synced(client, world, "chc_b", "P-B", B_NAME)
     card, neur = pools["CARD"], pools["NEUR"]
@@ -139,7 +139,7 @@ async def test_each_centre_books_under_its_own_declared_name(client, world, pool
     assert r.json()["resident_name_masked"] == "李**"
 
 
-async def test_a_referral_keeps_the_name_it_was_booked_under_after_its_own_centre_corrects_it(
+async def test_r8_a_referral_keeps_the_name_it_was_booked_under_after_its_own_centre_corrects_it(
     client, world, pools
 ):
     await synced(client, world, "chc_a", "P-A", A_NAME)
@@ -297,7 +297,7 @@ async def test_by_default_centres_and_the_platform_both_sync(client, world):
     await synced(client, world, "platform", "P-A", A_NAME)
 
 
-async def test_platform_only_region_refuses_centre_syncs_and_takes_the_platforms(client, world, db):
+async def test_r8_platform_only_region_refuses_centre_syncs_and_takes_the_platforms(client, world, db):
     r = await set_source(client, world, "340100", "platform")
     assert r.status_code == 200, r.text
     assert (r.json()["source"], r.json()["decided_by"]) == ("platform", "340100")
@@ -390,7 +390,7 @@ async def test_migration_gives_existing_contracts_and_referrals_the_residents_na
         await conn.close()
 
 
-async def test_a_lower_tier_hospital_is_not_locked_out_by_whoever_registered_the_resident(client, world):
+async def test_r8_a_lower_tier_hospital_is_not_locked_out_by_whoever_registered_the_resident(client, world):
     """Hospital bookers have no contract: any name on record in force will do, not only the first."""
     await synced(client, world, "chc_b", "P-B", B_NAME)  # registers the resident under B's name
     await synced(client, world, "chc_a", "P-A", A_NAME)
