@@ -73,9 +73,9 @@ import asyncpg  # noqa: E402
 import booking_rush as rush  # noqa: E402
 import httpx  # noqa: E402
 
-from service.cli import crypto_from  # noqa: E402
 from service.clock import ManualClock  # noqa: E402
 from service.config import Settings  # noqa: E402
+from service.crypto import Crypto  # noqa: E402
 from service.db import Database  # noqa: E402
 from service.migrations import upgrade  # noqa: E402
 from tests.factories import build_world  # noqa: E402
@@ -295,7 +295,7 @@ async def run(args: Namespace) -> bool:
         settings = Settings(run_loops=False, log_json=False)
         db = Database(pg.url, pool_size=2)
         try:
-            world = await build_world(db, crypto_from(settings), ManualClock(START))
+            world = await build_world(db, Crypto.from_settings(settings), ManualClock(START))
         finally:
             await db.dispose()
         province = await seed_province(pg.url, args)

@@ -80,9 +80,9 @@ import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from service.cli import crypto_from  # noqa: E402
 from service.clock import SHANGHAI, ManualClock  # noqa: E402
 from service.config import Settings  # noqa: E402
+from service.crypto import Crypto  # noqa: E402
 from service.db import Database  # noqa: E402
 from service.migrations import upgrade  # noqa: E402
 from tests.factories import (  # noqa: E402
@@ -552,7 +552,7 @@ async def run(args: argparse.Namespace) -> bool:
         clock = ManualClock(START)
         db = Database(pg.url, pool_size=2)
         try:
-            world = await build_world(db, crypto_from(settings), clock)
+            world = await build_world(db, Crypto.from_settings(settings), clock)
         finally:
             await db.dispose()
         pool_size = await server_pool_size(pg.url, args.concurrency)

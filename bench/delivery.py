@@ -51,10 +51,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import asyncpg  # noqa: E402
 from booking_rush import plain, provision  # noqa: E402
 
-from service.cli import crypto_from  # noqa: E402
 from service.clock import Clock, ManualClock  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.context import Actor  # noqa: E402
+from service.crypto import Crypto  # noqa: E402
 from service.db import Database  # noqa: E402
 from service.events.service import emit  # noqa: E402
 from service.loops.dispatcher import Dispatcher, http_client, listen_dsn  # noqa: E402
@@ -125,7 +125,7 @@ async def seed(
     db: Database, settings: Settings, endpoints: int, receiver_url: str
 ) -> tuple[list[int], list[str]]:
     """E hospitals with one endpoint each; their ids and the endpoints' secrets."""
-    crypto = crypto_from(settings)
+    crypto = Crypto.from_settings(settings)
     clock = ManualClock(datetime.now(UTC))
     await build_world(db, crypto, clock)
     actor = Actor.system("bench", now=clock.now())
@@ -187,7 +187,7 @@ async def run(args: argparse.Namespace) -> bool:
             port = probe.getsockname()[1]
         hospitals, secrets = await seed(db, settings, args.endpoints, f"http://127.0.0.1:{port}")
         await receiver.start(secrets, port)
-        crypto = crypto_from(settings)
+        crypto = Crypto.from_settings(settings)
         async with http_client(settings) as http:
             dispatcher = Dispatcher(db, Clock(), crypto, settings, http)
 

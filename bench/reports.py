@@ -44,9 +44,9 @@ import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 
 from bench.booking_rush import START, ServerProcess, plain, provision  # noqa: E402
-from service.cli import crypto_from  # noqa: E402
 from service.clock import ManualClock  # noqa: E402
 from service.config import Settings  # noqa: E402
+from service.crypto import Crypto  # noqa: E402
 from service.db import Database  # noqa: E402
 from service.migrations import upgrade  # noqa: E402
 from tests.factories import World, build_world  # noqa: E402
@@ -266,7 +266,7 @@ async def run(args: argparse.Namespace) -> None:
         db = Database(pg.url, pool_size=2)
         try:
             world = await build_world(
-                db, crypto_from(Settings(run_loops=False, log_json=False)), ManualClock(START)
+                db, Crypto.from_settings(Settings(run_loops=False, log_json=False)), ManualClock(START)
             )
         finally:
             await db.dispose()

@@ -64,11 +64,7 @@ def create_app(
             settings=settings,
             db=db,
             clock=clock or Clock(),
-            crypto=Crypto(
-                data_key=settings.key_bytes("data_key"),
-                index_key=settings.key_bytes("index_key"),
-                api_key_pepper=settings.key_bytes("api_key_pepper"),
-            ),
+            crypto=Crypto.from_settings(settings),
         )
         app.state.slotpool = state
         stop = asyncio.Event()

@@ -10,16 +10,19 @@ import sys
 from typing import Any
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.cli_failures import CommandRefused, StartupError, ensure_port_free, reported
 from service.clock import Clock
 from service.config import Settings, get_settings
+from service.context import Actor
 from service.crypto import Crypto
 from service.db import Database, asyncpg_url
+from service.errors import Problem
 from service.logging import configure_logging
 from service.metrics import serve_metrics
 from service.migrations import RuntimeRole, RuntimeRoleError, migrate, url_user, with_user
-from service.registry.commands import cmd_bootstrap, cmd_create_client
+from service.registry import commands
 
 _embedded_server: Any = None  # kept referenced so the server lives as long as the process
 
@@ -64,13 +67,20 @@ def runtime_role(settings: Settings, owner_url: str) -> RuntimeRole | None:
     return RuntimeRole(user, password=make_url(asyncpg_url(settings.database_url)).password)
 
 
+async def seed_presets(session: AsyncSession) -> int:
+    """The built-in policy presets, which ``migrate`` installs under its lock once the schema is at head."""
+    from service.policy.service import install_presets
+
+    return await install_presets(session=session, actor=Actor.system("cli", now=Clock().now()))
+
+
 def run_migrations(settings: Settings) -> None:
     """Upgrade to head and bring the runtime role's grants in step, as the owner, under the
     migration lock. Exits with a one-line reason when the runtime role needs the operator."""
     owner = migration_url(settings)
     runtime = runtime_role(settings, owner)
     try:
-        asyncio.run(migrate(owner, runtime))
+        asyncio.run(migrate(owner, runtime, seed=seed_presets))
     except RuntimeRoleError as exc:
         raise CommandRefused("migrate", str(exc)) from exc
     if runtime is None:
@@ -86,14 +96,6 @@ def resolve_database_url(settings: Settings) -> str:
         return settings.database_url
     run_migrations(settings)
     return with_user(_embedded_owner_url(settings), settings.runtime_role)
-
-
-def crypto_from(settings: Settings) -> Crypto:
-    return Crypto(
-        data_key=settings.key_bytes("data_key"),
-        index_key=settings.key_bytes("index_key"),
-        api_key_pepper=settings.key_bytes("api_key_pepper"),
-    )
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
@@ -149,7 +151,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
             for work in background_loops(
                 db=db,
                 clock=Clock(),
-                crypto=crypto_from(settings),
+                crypto=Crypto.from_settings(settings),
                 settings=settings,
                 database_url=url,
                 stop=stop,
@@ -174,6 +176,72 @@ def start_metrics(settings: Settings) -> None:
         return
     ensure_port_free(settings.metrics_host, settings.metrics_port, what="SLOTPOOL_METRICS_PORT")
     serve_metrics(settings.metrics_port, settings.metrics_host)
+
+
+def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
+    from service.registry.bootstrap import Bootstrapped, bootstrap_region, divisions_for
+
+    try:
+        divisions_for(args.region)  # an unknown code is refused before any database is touched
+    except Problem as problem:
+        raise commands.fail("bootstrap", problem.detail) from problem
+    url = resolve_database_url(settings)
+
+    async def work(session: AsyncSession, actor: Actor) -> Bootstrapped:
+        return await bootstrap_region(
+            session=session,
+            actor=actor,
+            crypto=Crypto.from_settings(settings),
+            region_code=args.region,
+            commission_name=args.commission_name,
+            commission_code=args.commission_code,
+            force=args.force,
+        )
+
+    done = commands.run_unit("bootstrap", url, work)
+    org = done.organisation
+    what = "created" if done.organisation_created else "kept"
+    print(
+        f"region {args.region}: {done.divisions_added} divisions added; commission {org.code} "
+        f"({org.name}) {what}; commission key for API client {done.client.id}:",
+        file=sys.stderr,
+    )
+    print(done.token, flush=True)
+    print(commands.STORE_IT, file=sys.stderr)
+
+
+def cmd_create_client(args: argparse.Namespace, settings: Settings) -> None:
+    from service.registry.service import ROLE_ORG_KINDS, create_api_client, org_by_code
+
+    url = resolve_database_url(settings)
+
+    async def work(session: AsyncSession, actor: Actor) -> str:
+        try:
+            org = await org_by_code(session, args.org_code)
+        except Problem:
+            raise commands.Refused(
+                f"no organisation with code {args.org_code} (codes are case-sensitive)"
+            ) from None
+        allowed = [role for role, kinds in ROLE_ORG_KINDS.items() if org.kind in kinds]
+        if args.role not in allowed:
+            article = "an" if org.kind[0] in "aeiou" else "a"
+            raise commands.Refused(
+                f"{args.org_code} is {article} {org.kind} organisation and cannot hold a {args.role} key "
+                f"(allowed: {', '.join(allowed)})",
+            )
+        _, token = await create_api_client(
+            session=session,
+            actor=actor,
+            crypto=Crypto.from_settings(settings),
+            organisation_id=org.id,
+            role=args.role,
+            name=args.name,
+        )
+        return token
+
+    token = commands.run_unit("create-client", url, work)
+    print(token, flush=True)
+    print(commands.STORE_IT, file=sys.stderr)
 
 
 def cmd_openapi(args: argparse.Namespace, settings: Settings) -> None:

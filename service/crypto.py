@@ -11,8 +11,12 @@ import hashlib
 import hmac
 import os
 import secrets
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 _VERSION = b"\x01"
 
@@ -22,6 +26,15 @@ class Crypto:
         self._aead = AESGCM(data_key)
         self._index_key = index_key
         self._pepper = api_key_pepper
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Crypto:
+        """The deployment's three keys (SLOTPOOL_DATA_KEY, …_INDEX_KEY, …_API_KEY_PEPPER)."""
+        return cls(
+            data_key=settings.key_bytes("data_key"),
+            index_key=settings.key_bytes("index_key"),
+            api_key_pepper=settings.key_bytes("api_key_pepper"),
+        )
 
     def encrypt(self, plaintext: str, *, column: str) -> bytes:
         nonce = os.urandom(12)

@@ -37,7 +37,6 @@ from functools import partial
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.cli import crypto_from
 from service.clock import SHANGHAI, Clock, local_date, local_datetime
 from service.config import Settings
 from service.context import Actor, Caller
@@ -374,7 +373,7 @@ async def _issue_keys(session: AsyncSession, crypto: Crypto, actor: Actor) -> di
 async def seed_demo(url: str, settings: Settings) -> dict[str, str]:
     """Seed the demo region unless it is there already; return fresh API keys, role -> key."""
     clock = Clock()
-    crypto = crypto_from(settings)
+    crypto = Crypto.from_settings(settings)
     db = Database(url, pool_size=2)
     try:
         seeded = await db.run(lambda s: _org_id(s, COMMISSION.code))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +19,10 @@ import structlog
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from alembic import command
-from service.db import advisory_key, asyncpg_url
+from service.db import Database, advisory_key, asyncpg_url
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 MIGRATION_LOCK = advisory_key("migrations")
@@ -218,18 +220,20 @@ async def write_compatibility(conn: asyncpg.Connection) -> None:
     )
 
 
-async def migrate(owner_url: str, runtime: RuntimeRole | None) -> None:
-    """The one-shot before replicas start: upgrade, mark compatibility, grant, install presets.
+async def migrate(
+    owner_url: str,
+    runtime: RuntimeRole | None,
+    *,
+    seed: Callable[[AsyncSession], Awaitable[object]] | None = None,
+) -> None:
+    """The one-shot before replicas start: upgrade, mark compatibility, grant, then ``seed``.
 
     Everything runs under a session-level advisory lock on an owner connection, so concurrent
     runs (two replicas, a job and a replica) wait for each other and the later one finds the
     schema at head. ``runtime`` None means a single-role deployment: no grants are written.
+    ``seed`` writes the data every schema needs (the CLI passes the built-in policy presets),
+    in one transaction of its own, still under the lock.
     """
-    from service.clock import Clock
-    from service.context import Actor
-    from service.db import Database
-    from service.policy.service import install_presets
-
     conn = await asyncpg.connect(plain_url(owner_url))
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
@@ -238,12 +242,12 @@ async def migrate(owner_url: str, runtime: RuntimeRole | None) -> None:
             await write_compatibility(conn)
             if runtime is not None:
                 await ensure_runtime_role(conn, runtime)
-            db = Database(owner_url, pool_size=1)
-            try:
-                now = Clock().now()
-                await db.run(lambda s: install_presets(session=s, actor=Actor.system("cli", now=now)))
-            finally:
-                await db.dispose()
+            if seed is not None:
+                db = Database(owner_url, pool_size=1)
+                try:
+                    await db.run(seed)
+                finally:
+                    await db.dispose()
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     finally:

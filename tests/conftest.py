@@ -29,6 +29,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from service.app import create_app
+from service.cli import seed_presets
 from service.clock import SHANGHAI, ManualClock
 from service.config import Settings
 from service.crypto import Crypto
@@ -87,7 +88,7 @@ async def suite_database() -> AsyncIterator[SuiteDatabase]:
     await admin.close()
     owner_url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     try:
-        await migrate(owner_url, RuntimeRole(role, password=password))
+        await migrate(owner_url, RuntimeRole(role, password=password), seed=seed_presets)
         yield SuiteDatabase(admin_url, owner_url, with_user(owner_url, role, password), role)
     finally:
         conn = await asyncpg.connect(_plain(owner_url))
@@ -149,11 +150,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def crypto(settings: Settings) -> Crypto:
-    return Crypto(
-        data_key=settings.key_bytes("data_key"),
-        index_key=settings.key_bytes("index_key"),
-        api_key_pepper=settings.key_bytes("api_key_pepper"),
-    )
+    return Crypto.from_settings(settings)
 
 
 @pytest.fixture

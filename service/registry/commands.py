@@ -1,4 +1,5 @@
-"""The operator's commands that write registry data: ``bootstrap`` and ``create-client``.
+"""How the operator's registry commands (``bootstrap``, ``create-client``; their entry points
+are in service/cli.py) reach the database.
 
 Both run against DATABASE_URL (the runtime connection, or the embedded server, which a second
 process shares with a running ``serve``), require the schema to be migrated, and fail with one
@@ -7,9 +8,7 @@ line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -20,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import service.models  # noqa: F401  (every model, so a flush can order its inserts)
 from service.cli_failures import CommandRefused
 from service.clock import Clock
-from service.config import Settings
 from service.context import Actor
 from service.db import Database
 from service.dberrors import sqlstate
@@ -97,69 +95,3 @@ def run_unit(command: str, url: str, work: Callable[[AsyncSession, Actor], Await
         if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
             raise fail(command, NO_PRIVILEGE) from exc
         raise
-
-
-def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
-    from service.cli import crypto_from, resolve_database_url
-    from service.registry.bootstrap import Bootstrapped, bootstrap_region, divisions_for
-
-    try:
-        divisions_for(args.region)  # an unknown code is refused before any database is touched
-    except Problem as problem:
-        raise fail("bootstrap", problem.detail) from problem
-    url = resolve_database_url(settings)
-
-    async def work(session: AsyncSession, actor: Actor) -> Bootstrapped:
-        return await bootstrap_region(
-            session=session,
-            actor=actor,
-            crypto=crypto_from(settings),
-            region_code=args.region,
-            commission_name=args.commission_name,
-            commission_code=args.commission_code,
-            force=args.force,
-        )
-
-    done = run_unit("bootstrap", url, work)
-    org = done.organisation
-    what = "created" if done.organisation_created else "kept"
-    print(
-        f"region {args.region}: {done.divisions_added} divisions added; commission {org.code} "
-        f"({org.name}) {what}; commission key for API client {done.client.id}:",
-        file=sys.stderr,
-    )
-    print(done.token, flush=True)
-    print(STORE_IT, file=sys.stderr)
-
-
-def cmd_create_client(args: argparse.Namespace, settings: Settings) -> None:
-    from service.cli import crypto_from, resolve_database_url
-    from service.registry.service import ROLE_ORG_KINDS, create_api_client, org_by_code
-
-    url = resolve_database_url(settings)
-
-    async def work(session: AsyncSession, actor: Actor) -> str:
-        try:
-            org = await org_by_code(session, args.org_code)
-        except Problem:
-            raise Refused(f"no organisation with code {args.org_code} (codes are case-sensitive)") from None
-        allowed = [role for role, kinds in ROLE_ORG_KINDS.items() if org.kind in kinds]
-        if args.role not in allowed:
-            article = "an" if org.kind[0] in "aeiou" else "a"
-            raise Refused(
-                f"{args.org_code} is {article} {org.kind} organisation and cannot hold a {args.role} key "
-                f"(allowed: {', '.join(allowed)})",
-            )
-        _, token = await create_api_client(
-            session=session,
-            actor=actor,
-            crypto=crypto_from(settings),
-            organisation_id=org.id,
-            role=args.role,
-            name=args.name,
-        )
-        return token
-
-    token = run_unit("create-client", url, work)
-    print(token, flush=True)
-    print(STORE_IT, file=sys.stderr)
