@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import service.models  # noqa: F401  (fills the metadata)
 from alembic import context
-from service.db import Base
+from service.kit.db import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -19,8 +19,8 @@ target_metadata = Base.metadata
 def _url() -> str:
     url = config.attributes.get("url")
     if not url:
-        from service.config import get_settings
-        from service.db import asyncpg_url
+        from service.kit.config import get_settings
+        from service.kit.db import asyncpg_url
 
         configured = get_settings().database_url
         if not configured:

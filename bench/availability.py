@@ -73,11 +73,11 @@ import asyncpg  # noqa: E402
 import booking_rush as rush  # noqa: E402
 import httpx  # noqa: E402
 
-from service.clock import ManualClock  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.crypto import Crypto  # noqa: E402
-from service.db import Database  # noqa: E402
-from service.migrations import upgrade  # noqa: E402
+from service.kit.clock import ManualClock  # noqa: E402
+from service.kit.config import Settings  # noqa: E402
+from service.kit.crypto import Crypto  # noqa: E402
+from service.kit.db import Database  # noqa: E402
+from service.models.migrations import upgrade  # noqa: E402
 from tests.factories import build_world  # noqa: E402
 
 START = rush.START  # Monday 2 March 2026, 09:00 Beijing time

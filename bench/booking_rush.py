@@ -80,11 +80,11 @@ import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from service.clock import SHANGHAI, ManualClock  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.crypto import Crypto  # noqa: E402
-from service.db import Database  # noqa: E402
-from service.migrations import upgrade  # noqa: E402
+from service.kit.clock import SHANGHAI, ManualClock  # noqa: E402
+from service.kit.config import Settings  # noqa: E402
+from service.kit.crypto import Crypto  # noqa: E402
+from service.kit.db import Database  # noqa: E402
+from service.models.migrations import upgrade  # noqa: E402
 from tests.factories import (  # noqa: E402
     TEST_POLICY,
     World,
@@ -147,7 +147,7 @@ async def provision() -> Postgres:
         admin_url = external
         where = "DATABASE_URL"
     else:
-        from service import embedded
+        from service.kit import embedded
 
         tmp = tempfile.mkdtemp(prefix="slotpool-bench-", dir="/tmp")
         server = await asyncio.to_thread(embedded.start, Path(tmp), cleanup="delete")

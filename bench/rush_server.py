@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import uvicorn
 
 from service.app import create_app
-from service.clock import ManualClock
-from service.config import Settings
-from service.logging import configure_logging
+from service.kit.clock import ManualClock
+from service.kit.config import Settings
+from service.kit.logging import configure_logging
 
 
 def _watch_stdin(server: uvicorn.Server, loop: asyncio.AbstractEventLoop) -> None:

@@ -15,18 +15,18 @@ from starlette.types import ASGIApp
 from service.abuse.body_limit import BodyLimit
 from service.attendance.router import router as attendance_router
 from service.availability.router import router as availability_router
-from service.clock import Clock
-from service.config import Settings
-from service.crypto import Crypto
-from service.db import Database
-from service.dberrors import database_unavailable
 from service.deps import AppState
-from service.errors import install_handlers, problem_response
 from service.fhir.router import router as fhir_router
-from service.logging import RequestContext
+from service.kit.clock import Clock
+from service.kit.config import Settings
+from service.kit.crypto import Crypto
+from service.kit.db import Database
+from service.kit.dberrors import database_unavailable
+from service.kit.errors import install_handlers, problem_response
+from service.kit.logging import RequestContext
 from service.loops import background_loops
+from service.models.readiness import schema_state
 from service.policy.router import router as policy_router
-from service.readiness import schema_state
 from service.referrals.router import router as referrals_router
 from service.registry.router import router as registry_router
 from service.reports.router import router as reports_router
@@ -41,7 +41,7 @@ log = structlog.get_logger("slotpool.http")
 
 
 class SlotpoolApp(FastAPI):
-    """FastAPI with RequestContext outside Starlette's own error layer (see service/logging.py)."""
+    """FastAPI with RequestContext outside Starlette's own error layer (see service/kit/logging.py)."""
 
     def build_middleware_stack(self) -> ASGIApp:
         return RequestContext(super().build_middleware_stack())

@@ -12,16 +12,16 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.cli_failures import CommandRefused, StartupError, ensure_port_free, reported
-from service.clock import Clock
-from service.config import Settings, get_settings
-from service.context import Actor
-from service.crypto import Crypto
-from service.db import Database, asyncpg_url
-from service.errors import Problem
-from service.logging import configure_logging
-from service.metrics import serve_metrics
-from service.migrations import RuntimeRole, RuntimeRoleError, migrate, url_user, with_user
+from service.kit.cli_failures import CommandRefused, StartupError, ensure_port_free, reported
+from service.kit.clock import Clock
+from service.kit.config import Settings, get_settings
+from service.kit.context import Actor
+from service.kit.crypto import Crypto
+from service.kit.db import Database, asyncpg_url
+from service.kit.errors import Problem
+from service.kit.logging import configure_logging
+from service.kit.metrics import serve_metrics
+from service.models.migrations import RuntimeRole, RuntimeRoleError, migrate, url_user, with_user
 from service.registry import commands
 
 _embedded_server: Any = None  # kept referenced so the server lives as long as the process
@@ -30,7 +30,7 @@ _embedded_server: Any = None  # kept referenced so the server lives as long as t
 def _embedded_owner_url(settings: Settings) -> str:
     """Start (or reuse) the embedded PostgreSQL; the URL of its superuser, the schema owner."""
     global _embedded_server
-    from service import embedded
+    from service.kit import embedded
 
     if _embedded_server is None:
         _embedded_server = embedded.start(settings.data_dir)

@@ -37,13 +37,13 @@ from functools import partial
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.clock import SHANGHAI, Clock, local_date, local_datetime
-from service.config import Settings
-from service.context import Actor, Caller
-from service.crypto import Crypto
-from service.db import Database
+from service.kit.clock import SHANGHAI, Clock, local_date, local_datetime
+from service.kit.config import Settings
+from service.kit.context import Actor, Caller
+from service.kit.crypto import Crypto
+from service.kit.db import Database
+from service.models.registry import Alliance, Organisation
 from service.policy.service import assign_policy, policy_in_force
-from service.registry.models import Alliance, Organisation
 from service.registry.schemas import AllianceIn, OrganisationIn, RegionIn
 from service.registry.service import (
     create_alliance,

@@ -11,15 +11,15 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 
 from service.abuse.ratelimit import limit_for, take_token
-from service.clock import Clock
-from service.config import Settings
-from service.context import Actor, Caller
-from service.crypto import Crypto
-from service.db import Database
-from service.errors import Forbidden, Unauthorized
-from service.registry.models import ApiClient, Organisation
-from service.supervision.access import blocking_suspension, refusal
-from service.supervision.models import AccessSuspension
+from service.kit.clock import Clock
+from service.kit.config import Settings
+from service.kit.context import Actor, Caller
+from service.kit.crypto import Crypto
+from service.kit.db import Database
+from service.kit.errors import Forbidden, Unauthorized
+from service.models.registry import ApiClient, Organisation
+from service.models.supervision import AccessSuspension
+from service.identity.suspensions import blocking_suspension, refusal
 
 
 @dataclass

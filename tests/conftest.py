@@ -30,11 +30,11 @@ from sqlalchemy.engine import make_url
 
 from service.app import create_app
 from service.cli import seed_presets
-from service.clock import SHANGHAI, ManualClock
-from service.config import Settings
-from service.crypto import Crypto
-from service.db import Database
-from service.migrations import RuntimeRole, migrate, with_user
+from service.kit.clock import SHANGHAI, ManualClock
+from service.kit.config import Settings
+from service.kit.crypto import Crypto
+from service.kit.db import Database
+from service.models.migrations import RuntimeRole, migrate, with_user
 from tests.factories import World, build_world
 
 # Monday 2 March 2026, 09:00 Beijing time: every test starts here unless it moves the clock.
@@ -73,7 +73,7 @@ async def suite_database() -> AsyncIterator[SuiteDatabase]:
     if external:
         admin_url = external
     else:
-        from service import embedded
+        from service.kit import embedded
 
         tmp = tempfile.mkdtemp(prefix="slotpool-test-")
         server = embedded.start(Path(tmp), cleanup="delete")

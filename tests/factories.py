@@ -11,10 +11,10 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from service.clock import SHANGHAI, Clock, ManualClock, local_datetime
-from service.context import Actor
-from service.crypto import Crypto
-from service.db import Database
+from service.kit.clock import SHANGHAI, Clock, ManualClock, local_datetime
+from service.kit.context import Actor
+from service.kit.crypto import Crypto
+from service.kit.db import Database
 from service.policy.presets import CHRONIC_DISEASES, DEFAULT_NO_SHOW
 from service.policy.service import assign_policy, install_presets, publish_policy
 from service.registry.schemas import AllianceIn, OrganisationIn, RegionIn

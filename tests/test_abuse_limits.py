@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import select
 
 from service.app import create_app
-from service.audit.models import AuditEntry
-from service.config import RateLimit, Settings
-from service.registry.models import ApiClient
+from service.kit.config import RateLimit, Settings
+from service.models.audit import AuditEntry
+from service.models.registry import ApiClient
 from service.slots.schemas import MAX_PUSH_SESSIONS
 from tests.factories import booking, contract_row, pool_slots, push, session_item, sign
 

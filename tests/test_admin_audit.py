@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from service.audit.models import AuditEntry
-from service.clock import ManualClock
-from service.context import Actor
+from service.kit.clock import ManualClock
+from service.kit.context import Actor
+from service.models.audit import AuditEntry
 from service.registry.service import create_api_client
 from tests.factories import add_jiangsu
 from tests.test_authorization import policy_body

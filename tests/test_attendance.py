@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from service.attendance.models import NoShowBar
 from service.attendance.schemas import AttendanceReport
 from service.attendance.service import report_attendance
-from service.audit.models import AuditEntry
-from service.clock import local_datetime
-from service.context import Actor
-from service.events.models import Event
+from service.kit.clock import local_datetime
+from service.kit.context import Actor
+from service.models.attendance import NoShowBar
+from service.models.audit import AuditEntry
+from service.models.events import Event
 from tests.factories import (
     TEST_POLICY,
     booking,

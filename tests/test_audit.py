@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy import select, text
 
-from service.attendance.models import NoShowBar
-from service.audit.models import AuditEntry
-from service.crypto import mask_id_number
-from service.referrals.models import Referral
+from service.kit.crypto import mask_id_number
+from service.models.attendance import NoShowBar
+from service.models.audit import AuditEntry
+from service.models.referrals import Referral
 from tests.factories import add_wuhu_key, booking, pool_slots, push, session_item, sign, synthetic_id
 
 DAY = date(2026, 3, 10)

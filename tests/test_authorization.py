@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from service.policy.models import HospitalPolicy, Policy
+from service.models.policy import HospitalPolicy, Policy
+from service.models.registry import Alliance, Organisation, Region
 from service.policy.presets import DEFAULT_NO_SHOW
 from service.policy.service import policy_in_force
-from service.registry.models import Alliance, Organisation, Region
 from tests.factories import TEST_POLICY, add_jiangsu
 
 
@@ -311,7 +311,7 @@ async def test_migration_gives_an_existing_code_the_smallest_region_holding_its_
     import asyncpg
     from sqlalchemy.engine import make_url
 
-    from service.migrations import upgrade
+    from service.models.migrations import upgrade
 
     url = make_url(owner_url)
     admin = url.set(database="postgres").render_as_string(hide_password=False).replace("+asyncpg", "")

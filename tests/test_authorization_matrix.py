@@ -30,10 +30,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from service.attendance.models import NoShowBar
-from service.policy.models import Policy
-from service.referrals.models import Referral
-from service.signals.models import Alert, IdentityConflict
+from service.models.attendance import NoShowBar
+from service.models.policy import Policy
+from service.models.referrals import Referral
+from service.models.signals import Alert, IdentityConflict
 from tests.factories import World, add_jiangsu, booking, contract_row, pool_slots, push, session_item, sign
 from tests.test_authorization import policy_body
 

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from service.availability.schemas import AvailabilityOut
-from service.clock import SHANGHAI
+from service.kit.clock import SHANGHAI
 from service.loops.release import release_due_slots
 from tests.factories import booking, pool_slots, push, session_item, sign, synthetic_id
 from tests.test_resource_kinds import (

@@ -9,7 +9,7 @@ from datetime import date
 import httpx
 import pytest
 
-from service.config import Settings
+from service.kit.config import Settings
 from tests.factories import session_item
 
 LIMIT = 64 * 1024

@@ -7,9 +7,9 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import select
 
-from service.audit.models import AuditEntry
-from service.clock import SHANGHAI
-from service.events.models import Event
+from service.kit.clock import SHANGHAI
+from service.models.audit import AuditEntry
+from service.models.events import Event
 from tests.factories import add_alliance, booking, pool_slots, push, session_item, sign, synthetic_id
 
 DAY = date(2026, 3, 10)
@@ -283,7 +283,7 @@ async def test_owasp_api1_other_institutions_see_nothing(client, world, clock, o
 
 
 async def slot_id_of(world, day, number):
-    from service.slots.models import ClinicSession, Slot
+    from service.models.slots import ClinicSession, Slot
 
     db = world_db(world)
 

@@ -25,8 +25,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from service.app import create_app
-from service.clock import ManualClock
-from service.config import Settings
+from service.kit.clock import ManualClock
+from service.kit.config import Settings
 from service.registry.bootstrap import divisions_for, shipped_divisions
 from tests.conftest import START
 

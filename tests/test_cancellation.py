@@ -8,10 +8,10 @@ from datetime import date, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from service.audit.models import AuditEntry
-from service.events.models import Event
 from service.loops.release import release_due_slots
-from service.slots.models import Slot
+from service.models.audit import AuditEntry
+from service.models.events import Event
+from service.models.slots import Slot
 from tests.factories import booking, pool_slots, push, session_item, sign
 
 DAY = date(2026, 3, 10)
@@ -133,7 +133,7 @@ async def test_r6_release_catches_up_after_downtime(client, world, clock, db):
 
 
 async def test_r6_two_release_loops_at_once_return_each_slot_exactly_once(client, world, clock, db, clean_db):
-    from service.db import Database
+    from service.kit.db import Database
 
     days = [DAY + timedelta(days=i) for i in range(5)]
     items = [

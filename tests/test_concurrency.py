@@ -9,7 +9,7 @@ from datetime import date
 import httpx
 from sqlalchemy import func, select
 
-from service.referrals.models import Referral
+from service.models.referrals import Referral
 from tests.factories import booking, pool_slots, push, session_item, sign
 
 DAY = date(2026, 3, 10)

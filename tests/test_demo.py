@@ -9,10 +9,10 @@ import asyncpg
 import httpx
 
 from service.app import create_app
-from service.clock import Clock, local_date
-from service.context import Actor
-from service.db import Database
 from service.demo import booking_example, print_demo_keys, seed_demo
+from service.kit.clock import Clock, local_date
+from service.kit.context import Actor
+from service.kit.db import Database
 from service.policy.service import install_presets
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from service.cli import build_parser
-from service.config import Settings
+from service.kit.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_SETTINGS = {"SLOTPOOL_DATA_KEY", "SLOTPOOL_INDEX_KEY", "SLOTPOOL_API_KEY_PEPPER"}

@@ -15,10 +15,10 @@ from fhir.resources.R4B.schedule import Schedule
 from fhir.resources.R4B.slot import Slot as FhirSlot
 from sqlalchemy import select
 
-from service.audit.models import AuditEntry
-from service.clock import SHANGHAI
 from service.fhir.validation import code_list_errors
-from service.slots.models import ClinicSession, Slot
+from service.kit.clock import SHANGHAI
+from service.models.audit import AuditEntry
+from service.models.slots import ClinicSession, Slot
 from tests.factories import booking, pool_slots, push, session_item, sign, synthetic_id
 from tests.test_resource_kinds import STROKE_AND_MI, bed_item, exam_item, kind_policy, publish_and_assign
 

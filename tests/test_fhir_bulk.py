@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.slots.models import ClinicSession, Slot
+from service.models.slots import ClinicSession, Slot
 from tests.factories import add_wuhu_key, booking, pool_slots
 from tests.test_fhir import LATER, RESOURCE_KIND, ext, kinds, pool, validate
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from service.loops.purge import purge_expired_answers
-from service.referrals.models import IdempotencyKey
+from service.models.referrals import IdempotencyKey
 from tests.factories import booking, pool_slots, push, session_item, sign
 
 DAY = date(2026, 3, 10)  # pool open at the test's start (2 March 09:00), public 3 March 08:00

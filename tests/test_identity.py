@@ -22,15 +22,15 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from service.app import create_app
-from service.audit.models import AuditEntry
-from service.clock import ManualClock
-from service.config import Settings
-from service.context import Actor
-from service.db import Database
-from service.events.models import Event
-from service.migrations import downgrade, upgrade
-from service.referrals.models import REFERRAL_RESIDENT_NAME, Referral
-from service.residents.models import CONTRACT_NAME, CONTRACT_PHONE, FamilyDoctorContract
+from service.kit.clock import ManualClock
+from service.kit.config import Settings
+from service.kit.context import Actor
+from service.kit.db import Database
+from service.models.audit import AuditEntry
+from service.models.events import Event
+from service.models.migrations import downgrade, upgrade
+from service.models.referrals import REFERRAL_RESIDENT_NAME, Referral
+from service.models.residents import CONTRACT_NAME, CONTRACT_PHONE, FamilyDoctorContract
 from service.signals.identity import note_declared_identity
 from tests.conftest import START
 from tests.factories import add_wuhu_key, booking, build_world, contract_row, pool_slots, push, session_item

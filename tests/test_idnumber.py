@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.crypto import mask_id_number, mask_name
+from service.kit.crypto import mask_id_number, mask_name
 from service.residents.idnumber import PROVINCES, InvalidIdNumber, check_char, normalise_id_number
 
 regions = st.sampled_from(sorted(PROVINCES)).flatmap(

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
-from service.clock import SHANGHAI
-from service.cursors import encode_cursor
-from service.slots.models import ClinicSession
+from service.kit.clock import SHANGHAI
+from service.kit.cursors import encode_cursor
+from service.models.slots import ClinicSession
 from tests.factories import World, booking, contract_row, pool_slots, push, session_item, sign
 
 DAY = date(2026, 3, 10)

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from service.audit.models import AuditEntry
-from service.clock import SHANGHAI
-from service.referrals.models import Referral
+from service.kit.clock import SHANGHAI
+from service.models.audit import AuditEntry
+from service.models.referrals import Referral
 from tests.factories import TEST_POLICY, booking, contract_row, pool_slots, push, session_item, sign
 
 DAY = date(2026, 3, 10)

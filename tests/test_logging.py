@@ -14,8 +14,8 @@ import pytest
 import structlog
 from sqlalchemy import select
 
-from service.logging import configure_logging
-from service.registry.models import ApiClient
+from service.kit.logging import configure_logging
+from service.models.registry import ApiClient
 from tests.factories import booking, pool_slots, push, session_item, synthetic_id
 
 DAY = date(2026, 3, 10)

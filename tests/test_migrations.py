@@ -14,8 +14,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import service.models  # noqa: F401  (every model, so the metadata is whole)
-from service.db import Base, asyncpg_url
-from service.migrations import ALEMBIC_DIR, alembic_config
+from service.kit.db import Base, asyncpg_url
+from service.models.migrations import ALEMBIC_DIR, alembic_config
 
 
 async def test_the_models_match_the_migrated_schema(database_url):

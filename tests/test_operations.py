@@ -12,10 +12,10 @@ from cryptography.exceptions import InvalidTag
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from service.audit.models import AuditEntry
-from service.config import Settings
-from service.crypto import Crypto
-from service.migrations import downgrade, head_revision, upgrade
+from service.kit.config import Settings
+from service.kit.crypto import Crypto
+from service.models.audit import AuditEntry
+from service.models.migrations import downgrade, head_revision, upgrade
 
 
 async def test_healthz_and_readyz(client, world):

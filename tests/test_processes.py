@@ -25,7 +25,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from service.migrations import head_revision, with_user
+from service.models.migrations import head_revision, with_user
 
 SLOTPOOL = [sys.executable, "-m", "service.cli"]
 
@@ -170,7 +170,7 @@ class OwnServer:
     """An embedded PostgreSQL in a temporary directory, stopped and started at will."""
 
     def __init__(self) -> None:
-        from service import embedded
+        from service.kit import embedded
 
         self.dir = Path(tempfile.mkdtemp(prefix="slotpool-outage-"))
         self.server = embedded.start(self.dir, cleanup="delete")
@@ -188,7 +188,7 @@ class OwnServer:
     def start(self) -> None:
         with self.server._lock:
             self.server.ensure_postgres_running()
-        from service import embedded
+        from service.kit import embedded
 
         assert embedded.server_url(self.server) == self.owner_url
 
@@ -280,7 +280,7 @@ def _alive(pid: int) -> bool:
 
 
 async def _serving_users(pgdata: Path) -> set[str]:
-    from service.embedded import _import_embedded
+    from service.kit.embedded import _import_embedded
 
     info = _import_embedded().utils.PostmasterInfo.read_from_pgdata(pgdata)
     assert info is not None
@@ -326,8 +326,8 @@ def test_sigterm_stops_serve_cleanly_and_the_embedded_server_with_it(tmp_path):
 async def test_only_errors_of_reaching_the_database_count_as_its_outage(tmp_path):
     from sqlalchemy import text
 
-    from service.db import Database
-    from service.dberrors import database_unavailable
+    from service.kit.db import Database
+    from service.kit.dberrors import database_unavailable
 
     port = _free_port()  # nothing listens there
     with pytest.raises(ConnectionRefusedError) as refused:
@@ -335,7 +335,7 @@ async def test_only_errors_of_reaching_the_database_count_as_its_outage(tmp_path
     assert database_unavailable(refused.value)
     db = Database(f"postgresql://slotpool@127.0.0.1:{port}/slotpool", pool_size=1)
     try:
-        from service.errors import DatabaseUnavailable
+        from service.kit.errors import DatabaseUnavailable
 
         with pytest.raises(DatabaseUnavailable):
             await db.run(lambda s: s.execute(text("SELECT 1")))

@@ -7,8 +7,8 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import select
 
-from service.clock import local_datetime
-from service.slots.models import ClinicSession, Slot
+from service.kit.clock import local_datetime
+from service.models.slots import ClinicSession, Slot
 from tests.factories import booking, push, session_item, sign
 
 DAY = date(2026, 3, 10)
@@ -136,7 +136,7 @@ async def test_r6_push_after_public_release_reserves_nothing(client, world, cloc
 
 
 async def test_r1_hospital_marked_slots_are_checked_not_changed(client, world, db):
-    from service.registry.models import Organisation
+    from service.models.registry import Organisation
 
     async def mark_mode(session):
         org = await session.get(Organisation, world.ids["city_hospital"])
@@ -208,7 +208,7 @@ async def test_r19_update_cannot_move_a_booked_slot(client, world, clock):
 
 
 async def test_push_without_policy_is_rejected_per_item(client, world, db):
-    from service.policy.models import HospitalPolicy
+    from service.models.policy import HospitalPolicy
 
     async def unassign(session):
         await session.delete(await session.get(HospitalPolicy, (world.ids["city_hospital"], "outpatient")))

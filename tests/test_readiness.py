@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from service.migrations import head_revision, oldest_serving_build, served_revisions
+from service.models.migrations import head_revision, oldest_serving_build, served_revisions
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ async def test_readyz_is_503_migrations_pending_when_the_schema_is_behind(client
 
 def test_only_revisions_marked_expand_only_keep_older_builds_ready():
     """The marker walks back over expand-only revisions to the newest contract step."""
-    from service.migrations import script_directory
+    from service.models.migrations import script_directory
 
     scripts = script_directory()
     for script in scripts.iterate_revisions(head_revision(), "base"):

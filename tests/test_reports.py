@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from service.clock import local_datetime
+from service.kit.clock import local_datetime
 from service.loops.release import release_due_slots
 from tests.factories import (
     TEST_POLICY,

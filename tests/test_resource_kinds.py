@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from service.clock import local_datetime
-from service.events.models import Event
+from service.kit.clock import local_datetime
 from service.loops.release import release_due_slots
+from service.models.events import Event
+from service.models.registry import Organisation
 from service.policy.presets import DEFAULT_NO_SHOW
-from service.registry.models import Organisation
 from tests.factories import booking, pool_slots, push, session_item, sign, to_local
 from tests.test_contracts import _validator
 from tests.test_slip import _text
@@ -412,8 +412,8 @@ async def test_r18_outpatient_events_carry_their_kind(client, world, clock, db):
 async def test_r18_the_database_refuses_a_session_without_its_detail(client, world, db):
     import sqlalchemy.exc
 
-    from service.registry.models import Department
-    from service.slots.models import ClinicSession
+    from service.models.registry import Department
+    from service.models.slots import ClinicSession
 
     async def insert(kind: str, **detail: Any) -> None:
         async def work(session):
@@ -441,7 +441,7 @@ async def test_r18_downgrade_refuses_to_drop_examination_data(owner_url):
     import asyncpg
     from sqlalchemy.engine import make_url
 
-    from service.migrations import downgrade, upgrade
+    from service.models.migrations import downgrade, upgrade
 
     url = make_url(owner_url)
     admin = url.set(database="postgres").render_as_string(hide_password=False).replace("+asyncpg", "")

@@ -11,10 +11,10 @@ import pytest
 from jsonschema import Draft202012Validator
 from sqlalchemy import select
 
-from service.audit.models import AuditEntry
-from service.clock import local_datetime
-from service.events.models import Event
-from service.supervision.models import AccessSuspension
+from service.kit.clock import local_datetime
+from service.models.audit import AuditEntry
+from service.models.events import Event
+from service.models.supervision import AccessSuspension
 from tests.factories import add_wuhu_key, booking, pool_slots, push, session_item, sign, synthetic_id
 from tests.test_attendance import refer
 from tests.test_contracts import _validator

@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from service.audit.models import AuditEntry
-from service.events.models import Event
-from service.referrals.models import Referral
+from service.models.audit import AuditEntry
+from service.models.events import Event
+from service.models.referrals import Referral
 from tests.factories import add_wuhu_key, booking, pool_slots, push, session_item, sign
 
 DAY = date(2026, 3, 10)

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from service.audit.models import AuditEntry
-from service.clock import local_datetime
+from service.kit.clock import local_datetime
+from service.models.audit import AuditEntry
+from service.models.signals import Alert
 from service.signals.loop import run_detection
-from service.signals.models import Alert
 from tests.factories import (
     TEST_POLICY,
     add_wuhu_key,

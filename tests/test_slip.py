@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from service.audit.models import AuditEntry
-from service.clock import SHANGHAI, zh_instant
+from service.kit.clock import SHANGHAI, zh_instant
+from service.models.audit import AuditEntry
 from service.referrals.schemas import Notice
 from service.slip.service import SMS_MAX_CHARACTERS, sms_out, sms_text, sms_units
 from tests.factories import booking, pool_slots, push, session_item, sign, synthetic_id

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from service.config import Settings
-from service.errors import Unprocessable
+from service.kit.config import Settings
+from service.kit.errors import Unprocessable
 from service.loops.dispatcher import Dispatcher, http_client
-from service.webhooks.models import WebhookAttempt, WebhookEndpoint
+from service.models.webhooks import WebhookAttempt, WebhookEndpoint
 from service.webhooks.urls import check_url, numeric_ipv4, refusal_of
 from tests.test_webhooks import ALL_TYPES, drain, emit_returned, fake_dns, scalar
 from tests.webhook_receiver import Receiver

@@ -17,15 +17,15 @@ import pytest
 from sqlalchemy import func, select, text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from service.clock import ManualClock
-from service.config import Settings
-from service.crypto import Crypto
-from service.db import Database
-from service.errors import Unprocessable
-from service.events.models import EVENT_TYPES, Event
 from service.events.service import emit
+from service.kit.clock import ManualClock
+from service.kit.config import Settings
+from service.kit.crypto import Crypto
+from service.kit.db import Database
+from service.kit.errors import Unprocessable
 from service.loops.dispatcher import BACKOFF, JITTER, MAX_ATTEMPTS, Dispatcher, http_client, listen_dsn
-from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from service.models.events import EVENT_TYPES, Event
+from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from service.webhooks.signing import signature, signature_header
 from service.webhooks.urls import check_url
 from tests.factories import World, booking, pool_slots, push, session_item, sign, synthetic_id
@@ -388,7 +388,7 @@ async def test_r19_notify_at_commit_wakes_the_dispatcher(
 ):
     await register(client, world, receiver.url)
     settings = hook_settings.model_copy(update={"webhook_poll_seconds": 60.0})
-    from service.clock import Clock
+    from service.kit.clock import Clock
 
     stop = asyncio.Event()
     async with http_client(settings) as http:

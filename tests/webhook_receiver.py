@@ -16,7 +16,7 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from service.clock import Clock
+from service.kit.clock import Clock
 
 
 @dataclass(frozen=True)

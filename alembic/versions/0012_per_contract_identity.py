@@ -28,8 +28,8 @@ depends_on: str | Sequence[str] | None = None
 
 def _copy_names() -> None:
     """Give every existing contract and referral the resident's current name (and phone)."""
-    from service.config import get_settings
-    from service.crypto import Crypto
+    from service.kit.config import get_settings
+    from service.kit.crypto import Crypto
 
     bind = op.get_bind()
     contracts = bind.execute(

@@ -1,6 +1,6 @@
 """Which builds the schema still serves: one row read by /readyz during rolling deploys.
 
-``slotpool migrate`` writes the row after every upgrade (service/migrations.py): the oldest
+``slotpool migrate`` writes the row after every upgrade (service/models/migrations.py): the oldest
 build revision that still works on this schema. A replica whose build does not know the
 database's revision (the database is ahead) is ready when its own head is at or after that
 revision. This revision only adds a table, so older builds keep working on it.

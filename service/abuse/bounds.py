@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.errors import Unprocessable
+from service.kit.errors import Unprocessable
 
 
 def max_items(limit: int) -> dict[str, Any]:

@@ -16,9 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.abuse.models import HotlineAttempts
-from service.config import Settings
-from service.errors import TooManyRequests
+from service.kit.config import Settings
+from service.kit.errors import TooManyRequests
+from service.models.abuse import HotlineAttempts
 
 
 @dataclass(frozen=True)

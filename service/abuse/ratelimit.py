@@ -14,8 +14,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.config import RateLimit, Settings
-from service.errors import TooManyRequests
+from service.kit.config import RateLimit, Settings
+from service.kit.errors import TooManyRequests
 
 # ``available`` is the bucket refilled up to now and capped at the burst. A clock that reads
 # earlier than the last request (another replica's) refills nothing rather than draining.

@@ -7,9 +7,9 @@ from datetime import date
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.attendance.models import NoShowBar
-from service.db import advisory_key
-from service.errors import Forbidden
+from service.kit.db import advisory_key
+from service.kit.errors import Forbidden
+from service.models.attendance import NoShowBar
 
 
 async def lock_resident_at_hospital(

@@ -20,11 +20,11 @@ from service.attendance.schemas import (
     ReceiveIn,
     Worklist,
 )
-from service.bounds import instant_in_window
-from service.context import Caller
-from service.cursors import CursorQuery, cursor_id, decode_cursor, decode_id_cursor, encode_cursor
 from service.deps import State, actor_for, require
-from service.ids import PathId, QueryId
+from service.kit.bounds import instant_in_window
+from service.kit.context import Caller
+from service.kit.cursors import CursorQuery, cursor_id, decode_cursor, decode_id_cursor, encode_cursor
+from service.kit.ids import PathId, QueryId
 from service.referrals.schemas import ReferralOut
 
 router = APIRouter(prefix="/v1", tags=["attendance"])

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field
 
 from service.abuse.bounds import max_items
+from service.kit.schemas import ApiModel
 from service.referrals.schemas import NamedRef, ReferralOut
-from service.schemas import ApiModel
 
 MAX_REPORTS = 500
 

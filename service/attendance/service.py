@@ -8,7 +8,6 @@ from sqlalchemy import any_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.attendance.bars import active_bar, lock_resident_at_hospital
-from service.attendance.models import NoShowBar
 from service.attendance.schemas import (
     AttendanceReport,
     AttendanceResult,
@@ -17,20 +16,21 @@ from service.attendance.schemas import (
     ReportResult,
 )
 from service.audit.service import record, record_read
-from service.clock import local_date
-from service.context import Actor
-from service.crypto import Crypto, mask_id_number, mask_name
-from service.errors import Conflict, NotFound, Problem
 from service.events.service import emit
-from service.policy.models import Policy
+from service.kit.clock import local_date
+from service.kit.context import Actor
+from service.kit.crypto import Crypto, mask_id_number, mask_name
+from service.kit.errors import Conflict, NotFound, Problem
+from service.kit.regions import covers
+from service.models.attendance import NoShowBar
+from service.models.policy import Policy
+from service.models.referrals import REFERRAL_RESIDENT_NAME, Referral
+from service.models.registry import Organisation
+from service.models.residents import Resident
+from service.models.slots import Slot
 from service.policy.schemas import NoShowRule
-from service.referrals.models import REFERRAL_RESIDENT_NAME, Referral
 from service.referrals.schemas import NamedRef, ReferralOut
 from service.referrals.service import instant, referral_event_data, referral_out
-from service.regions import covers
-from service.registry.models import Organisation
-from service.residents.models import Resident
-from service.slots.models import Slot
 
 # --- attendance reports -----------------------------------------------------------------
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.audit.models import AuditEntry
-from service.context import Actor
+from service.kit.context import Actor
+from service.models.audit import AuditEntry
 
 
 async def record(

@@ -10,13 +10,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.availability import service
 from service.availability.schemas import AvailabilityOut
-from service.bounds import Day
-from service.context import Caller
 from service.deps import State, require
-from service.errors import Forbidden
-from service.ids import QueryId
-from service.regions import covers
-from service.resources import Modality, ResourceKind
+from service.kit.bounds import Day
+from service.kit.context import Caller
+from service.kit.errors import Forbidden
+from service.kit.ids import QueryId
+from service.kit.regions import covers
+from service.kit.resources import Modality, ResourceKind
 
 router = APIRouter(prefix="/v1", tags=["availability"])
 CACHE_CONTROL = "private, no-cache"  # per-client scope; always revalidate (cheap with If-None-Match)

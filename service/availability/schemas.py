@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.resources import Modality, ResourceKind
+from service.kit.resources import Modality, ResourceKind
 
 Period = Literal["morning", "afternoon", "evening"]
 Title = Literal["chief", "associate_chief", "attending", "resident"]

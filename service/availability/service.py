@@ -21,9 +21,9 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.errors import Unprocessable
-from service.regions import significant_prefix
-from service.resources import MODALITIES, RESOURCE_KINDS
+from service.kit.errors import Unprocessable
+from service.kit.regions import significant_prefix
+from service.kit.resources import MODALITIES, RESOURCE_KINDS
 
 _SNAPSHOT = re.compile(r"[0-9]{1,20}:[0-9]{1,20}:([0-9]{1,20}(,[0-9]{1,20})*)?")
 MAX_DAYS = 7  # the widest span one query may cover: one city, one week

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.events.models import EVENT_TYPES, Event, EventType
+from service.models.events import EVENT_TYPES, Event, EventType
 from service.webhooks.service import fan_out
 
 

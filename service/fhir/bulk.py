@@ -25,14 +25,14 @@ from sqlalchemy import Select, String, case, cast, func, literal, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import bounds
-from service.db import Database
 from service.fhir import resources
 from service.fhir.service import region_names
 from service.fhir.validation import checked
-from service.regions import within
-from service.registry.models import Department, Doctor, Organisation
-from service.slots.models import ClinicSession, Slot
+from service.kit import bounds
+from service.kit.db import Database
+from service.kit.regions import within
+from service.models.registry import Department, Doctor, Organisation
+from service.models.slots import ClinicSession, Slot
 
 TYPES = ("Location", "Schedule", "Slot")
 PUBLISHED_STATUSES = ("free", "busy")  # the two Slot statuses SMART Scheduling Links defines

@@ -14,12 +14,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, literal
 from sqlalchemy.sql.elements import Case
 
-from service.clock import SHANGHAI
+from service.kit.clock import SHANGHAI
+from service.kit.resources import MODALITIES
+from service.models.registry import Department, Doctor, Organisation
+from service.models.slots import ClinicSession, Slot
 from service.referrals.schemas import ReferralOut
-from service.registry.models import Department, Doctor, Organisation
-from service.resources import MODALITIES
 from service.slip.service import MODALITIES_ZH
-from service.slots.models import ClinicSession, Slot
 
 FHIR_VERSION = "4.0.1"
 BASE = "https://slotpool.example/fhir"

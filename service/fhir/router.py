@@ -20,10 +20,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.context import Caller
-from service.cursors import encode_cursor
 from service.deps import AppState, State, actor_for, require
-from service.errors import NotFound, Problem, as_problem, log_failure
 from service.fhir import resources, service
 from service.fhir.bulk import TYPES, BulkPublication, Generation
 from service.fhir.search import (
@@ -37,6 +34,9 @@ from service.fhir.search import (
     parse_tokens,
 )
 from service.fhir.validation import checked
+from service.kit.context import Caller
+from service.kit.cursors import encode_cursor
+from service.kit.errors import NotFound, Problem, as_problem, log_failure
 
 FHIR_JSON = "application/fhir+json"
 FHIR_NDJSON = "application/fhir+ndjson"

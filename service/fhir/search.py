@@ -10,13 +10,13 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_
 
-from service.bounds import EARLIEST, LATEST, check_day, check_instant
-from service.clock import SHANGHAI
-from service.cursors import decode_id_cursor
-from service.errors import Problem, Unprocessable
 from service.fhir import resources
-from service.ids import MAX_ID
-from service.resources import MODALITIES, RESOURCE_KINDS
+from service.kit.bounds import EARLIEST, LATEST, check_day, check_instant
+from service.kit.clock import SHANGHAI
+from service.kit.cursors import decode_id_cursor
+from service.kit.errors import Problem, Unprocessable
+from service.kit.ids import MAX_ID
+from service.kit.resources import MODALITIES, RESOURCE_KINDS
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500

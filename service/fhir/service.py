@@ -18,19 +18,19 @@ from typing import Any
 from sqlalchemy import ColumnElement, DateTime, Select, and_, false, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import bounds
 from service.audit.service import record
-from service.clock import local_date
-from service.context import Actor, Caller
-from service.crypto import Crypto
 from service.fhir import resources
 from service.fhir.search import DateBound
-from service.referrals.models import Referral
+from service.kit import bounds
+from service.kit.clock import local_date
+from service.kit.context import Actor, Caller
+from service.kit.crypto import Crypto
+from service.kit.regions import city_of, covers, province_of
+from service.kit.resources import RESOURCE_KINDS
+from service.models.referrals import Referral
+from service.models.registry import Department, Doctor, Organisation, Region
+from service.models.slots import ClinicSession, Slot
 from service.referrals.service import pools_in_scope, referral_out
-from service.regions import city_of, covers, province_of
-from service.registry.models import Department, Doctor, Organisation, Region
-from service.resources import RESOURCE_KINDS
-from service.slots.models import ClinicSession, Slot
 
 Pool = tuple[int, str]  # (hospital id, resource kind)
 Service = tuple[str, str | None]  # (resource kind, modality)

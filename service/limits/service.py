@@ -21,12 +21,12 @@ from decimal import Decimal
 from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.clock import SHANGHAI, local_date
-from service.db import advisory_key
-from service.errors import Conflict
-from service.policy.models import Policy
-from service.referrals.models import Referral
-from service.slots.models import ClinicSession, Slot
+from service.kit.clock import SHANGHAI, local_date
+from service.kit.db import advisory_key
+from service.kit.errors import Conflict
+from service.models.policy import Policy
+from service.models.referrals import Referral
+from service.models.slots import ClinicSession, Slot
 
 HOUR = timedelta(hours=1)
 

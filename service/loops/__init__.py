@@ -10,10 +10,10 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from service.clock import Clock
-from service.config import Settings
-from service.crypto import Crypto
-from service.db import Database
+from service.kit.clock import Clock
+from service.kit.config import Settings
+from service.kit.crypto import Crypto
+from service.kit.db import Database
 
 
 def background_loops(

@@ -32,15 +32,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
-from service.clock import Clock
-from service.config import Settings
-from service.context import Actor
-from service.crypto import Crypto
-from service.db import Database, asyncpg_url
-from service.errors import Problem, log_failure
-from service.events.models import Event
-from service.metrics import LOOP_ERRORS, WEBHOOK_ATTEMPTS
-from service.webhooks.models import EXCERPT_CHARS, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from service.kit.clock import Clock
+from service.kit.config import Settings
+from service.kit.context import Actor
+from service.kit.crypto import Crypto
+from service.kit.db import Database, asyncpg_url
+from service.kit.errors import Problem, log_failure
+from service.kit.metrics import LOOP_ERRORS, WEBHOOK_ATTEMPTS
+from service.models.events import Event
+from service.models.webhooks import EXCERPT_CHARS, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from service.webhooks.service import CHANNEL, signing_secrets
 from service.webhooks.signing import signature_header, webhook_id
 from service.webhooks.urls import Resolver, resolve_target, system_resolver

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from service.errors import log_failure
-from service.metrics import LOOP_ERRORS
+from service.kit.errors import log_failure
+from service.kit.metrics import LOOP_ERRORS
 
 log = structlog.get_logger("slotpool.loops")
 

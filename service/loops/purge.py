@@ -12,8 +12,8 @@ from functools import partial
 
 import structlog
 
-from service.clock import Clock
-from service.db import Database
+from service.kit.clock import Clock
+from service.kit.db import Database
 from service.loops.periodic import every
 from service.referrals.service import purge_idempotency_keys
 

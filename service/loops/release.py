@@ -19,13 +19,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
-from service.clock import Clock
-from service.context import Actor
-from service.db import Database
+from service.kit.clock import Clock
+from service.kit.context import Actor
+from service.kit.db import Database
+from service.kit.metrics import SLOTS_RETURNED
 from service.loops.periodic import every
-from service.metrics import SLOTS_RETURNED
+from service.models.slots import Slot
 from service.referrals.service import emit_slots_returned
-from service.slots.models import Slot
 
 log = structlog.get_logger("slotpool.release")
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from service.context import Caller
 from service.deps import State, actor_for, authenticate, require
-from service.ids import PathId
+from service.kit.context import Caller
+from service.kit.ids import PathId
 from service.policy import service
 from service.policy.schemas import PolicyIn, PolicyList, PolicyOut
 from service.registry.schemas import PolicyAssignment

@@ -8,10 +8,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from service.bounds import Day
-from service.policy.models import MIN_LEAD_MINUTES
-from service.resources import ResourceKind
-from service.schemas import ApiModel
+from service.kit.bounds import Day
+from service.kit.resources import ResourceKind
+from service.kit.schemas import ApiModel
+from service.models.policy import MIN_LEAD_MINUTES
 from service.signals.rules import SignalThresholds
 
 

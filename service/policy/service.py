@@ -10,14 +10,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
-from service.context import Actor
-from service.db import advisory_key
-from service.errors import Conflict, Forbidden, NotFound, Unprocessable
-from service.policy.models import HospitalPolicy, Policy
+from service.kit.context import Actor
+from service.kit.db import advisory_key
+from service.kit.errors import Conflict, Forbidden, NotFound, Unprocessable
+from service.kit.regions import covers, within
+from service.models.policy import HospitalPolicy, Policy
+from service.models.registry import Organisation
 from service.policy.presets import PRESETS
 from service.policy.schemas import PolicyOut
-from service.regions import covers, within
-from service.registry.models import Organisation
 
 PUBLISH_LOCK = advisory_key("policy", "publish")
 

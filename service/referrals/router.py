@@ -10,13 +10,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.abuse.hotline import HotlineLimits
-from service.bounds import Day, day_in_window
-from service.context import Caller
-from service.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
 from service.deps import State, actor_for, require
-from service.errors import Problem
-from service.ids import MAX_ID, QueryId
-from service.metrics import BOOKINGS
+from service.kit.bounds import Day, day_in_window
+from service.kit.context import Caller
+from service.kit.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
+from service.kit.errors import Problem
+from service.kit.ids import MAX_ID, QueryId
+from service.kit.metrics import BOOKINGS
+from service.kit.resources import Modality, ResourceKind
 from service.referrals import service
 from service.referrals.schemas import (
     BookableSlotList,
@@ -26,7 +27,6 @@ from service.referrals.schemas import (
     ReferralList,
     ReferralOut,
 )
-from service.resources import Modality, ResourceKind
 
 router = APIRouter(prefix="/v1", tags=["referrals"])
 Primary = Annotated[Caller, Depends(require("primary"))]

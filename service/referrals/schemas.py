@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from service.bounds import Instant
-from service.ids import DbId
-from service.resources import Modality, ResourceKind
-from service.schemas import ApiModel
+from service.kit.bounds import Instant
+from service.kit.ids import DbId
+from service.kit.resources import Modality, ResourceKind
+from service.kit.schemas import ApiModel
 
 Icd10 = Annotated[
     str,

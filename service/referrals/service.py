@@ -17,16 +17,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.abuse.hotline import HotlineLimits, count_failure, lock_attempts, refusal_if_locked
 from service.attendance.bars import refuse_if_barred
 from service.audit.service import record, record_read
-from service.clock import SHANGHAI, local_date, zh_instant
-from service.context import Actor, Caller
-from service.crypto import Crypto, mask_id_number, mask_name
-from service.dberrors import constraint_name
-from service.errors import Conflict, Forbidden, NotFound, Problem, Unprocessable
 from service.events.service import emit
+from service.kit.clock import SHANGHAI, local_date, zh_instant
+from service.kit.context import Actor, Caller
+from service.kit.crypto import Crypto, mask_id_number, mask_name
+from service.kit.dberrors import constraint_name
+from service.kit.errors import Conflict, Forbidden, NotFound, Problem, Unprocessable
+from service.kit.regions import city_of, covers, province_of
 from service.limits.service import enforce_booking_limits
-from service.policy.models import HospitalPolicy, Policy
+from service.models.policy import HospitalPolicy, Policy
+from service.models.referrals import REFERRAL_RESIDENT_NAME, IdempotencyKey, Referral
+from service.models.registry import (
+    Alliance,
+    AllianceMember,
+    Department,
+    Doctor,
+    Organisation,
+)
+from service.models.residents import CONTRACT_NAME, FamilyDoctorContract, Resident
+from service.models.slots import ClinicSession, Slot
 from service.policy.service import policy_in_force
-from service.referrals.models import REFERRAL_RESIDENT_NAME, IdempotencyKey, Referral
 from service.referrals.schemas import (
     AttendanceOut,
     BookableSlot,
@@ -40,18 +50,8 @@ from service.referrals.schemas import (
     SlotOut,
     WardOut,
 )
-from service.regions import city_of, covers, province_of
-from service.registry.models import (
-    Alliance,
-    AllianceMember,
-    Department,
-    Doctor,
-    Organisation,
-)
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
-from service.residents.models import CONTRACT_NAME, FamilyDoctorContract, Resident
-from service.slots.models import ClinicSession, Slot
-from service.supervision.access import refuse_if_suspended
+from service.identity.suspensions import refuse_if_suspended
 
 REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 

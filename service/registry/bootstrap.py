@@ -18,12 +18,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
-from service.context import Actor
-from service.crypto import Crypto
-from service.db import advisory_key
-from service.errors import Conflict, Unprocessable
-from service.regions import province_of
-from service.registry.models import ApiClient, Organisation, Region
+from service.kit.context import Actor
+from service.kit.crypto import Crypto
+from service.kit.db import advisory_key
+from service.kit.errors import Conflict, Unprocessable
+from service.kit.regions import province_of
+from service.models.registry import ApiClient, Organisation, Region
 from service.registry.schemas import OrganisationIn, RegionIn
 from service.registry.service import create_api_client, create_organisation, organisation_out
 

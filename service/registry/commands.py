@@ -17,12 +17,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import service.models  # noqa: F401  (every model, so a flush can order its inserts)
-from service.cli_failures import CommandRefused
-from service.clock import Clock
-from service.context import Actor
-from service.db import Database
-from service.dberrors import sqlstate
-from service.errors import Problem
+from service.kit.cli_failures import CommandRefused
+from service.kit.clock import Clock
+from service.kit.context import Actor
+from service.kit.db import Database
+from service.kit.dberrors import sqlstate
+from service.kit.errors import Problem
 
 T = TypeVar("T")
 INSUFFICIENT_PRIVILEGE = "42501"
@@ -49,7 +49,7 @@ def _plain(url: str) -> str:
 
 async def check_schema(url: str) -> None:
     """Refuse, in one line, a database that does not answer or whose schema is not at head."""
-    from service.migrations import head_revision
+    from service.models.migrations import head_revision
 
     try:
         conn = await asyncpg.connect(_plain(url), timeout=10)

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.context import Caller
 from service.deps import State, actor_for, authenticate, require
-from service.errors import NotFound
-from service.ids import PathId
+from service.kit.context import Caller
+from service.kit.errors import NotFound
+from service.kit.ids import PathId
+from service.models.registry import AllianceMember, Organisation
 from service.registry import service
-from service.registry.models import AllianceMember, Organisation
 from service.registry.schemas import (
     AllianceIn,
     AllianceOut,

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from service.schemas import ApiModel
+from service.kit.schemas import ApiModel
 
 
 class RegionIn(ApiModel):

@@ -9,11 +9,11 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
-from service.context import Actor
-from service.crypto import Crypto, new_api_key
-from service.errors import Conflict, Forbidden, NotFound, Unprocessable
-from service.regions import covers
-from service.registry.models import Alliance, AllianceMember, ApiClient, Organisation, Region
+from service.kit.context import Actor
+from service.kit.crypto import Crypto, new_api_key
+from service.kit.errors import Conflict, Forbidden, NotFound, Unprocessable
+from service.kit.regions import covers
+from service.models.registry import Alliance, AllianceMember, ApiClient, Organisation, Region
 from service.registry.schemas import AllianceIn, OpeningHoursIn, OrganisationIn, OrganisationOut, RegionIn
 
 ROLE_ORG_KINDS = {

@@ -6,14 +6,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from service.bounds import Day
-from service.context import Caller
 from service.deps import State, require
-from service.ids import QueryId
+from service.kit.bounds import Day
+from service.kit.context import Caller
+from service.kit.ids import QueryId
+from service.kit.resources import ResourceKind
 from service.reports import service
 from service.reports.csvfile import report_csv
 from service.reports.schemas import ComplianceReport, Granularity, Group, RegionLevel
-from service.resources import ResourceKind
 
 router = APIRouter(prefix="/v1", tags=["reports"])
 Commission = Annotated[Caller, Depends(require("commission"))]

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from service.resources import ResourceKind
+from service.kit.resources import ResourceKind
 
 Granularity = Literal["day", "week", "month"]
 Group = Literal["hospital", "department", "region", "alliance"]

@@ -16,10 +16,11 @@ from sqlalchemy import ARRAY, BigInteger, bindparam, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import BindParameter
 
-from service.errors import Forbidden, NotFound, Unprocessable
-from service.policy.models import Policy
-from service.regions import covers, within
-from service.registry.models import SENIOR_TITLES, Alliance, AllianceMember, Organisation
+from service.kit.errors import Forbidden, NotFound, Unprocessable
+from service.kit.regions import covers, within
+from service.kit.resources import ResourceKind
+from service.models.policy import Policy
+from service.models.registry import SENIOR_TITLES, Alliance, AllianceMember, Organisation
 from service.reports.schemas import (
     ComplianceReport,
     Granularity,
@@ -32,7 +33,6 @@ from service.reports.schemas import (
     ReportRow,
     ReportShortfalls,
 )
-from service.resources import ResourceKind
 
 # The longest range each granularity answers: bounded rows, bounded work.
 MAX_DAYS: dict[str, int] = {"day": 92, "week": 26 * 7, "month": 366}

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 
 from service.abuse.bounds import refuse_if_too_many
-from service.context import Caller
 from service.deps import State, actor_for, require
+from service.kit.context import Caller
 from service.residents import service
 from service.residents.schemas import (
     MAX_SYNC_CONTRACTS,

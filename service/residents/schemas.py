@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field
 
 from service.abuse.bounds import max_items
-from service.bounds import Day
-from service.schemas import ApiModel
+from service.kit.bounds import Day
+from service.kit.schemas import ApiModel
 from service.slots.schemas import Title
 
 

@@ -11,20 +11,20 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
-from service.clock import local_date
-from service.context import Actor, Caller
-from service.crypto import Crypto, mask_id_number
-from service.errors import Forbidden, NotFound
-from service.regions import city_of, covers, province_of
-from service.registry.models import Doctor, Organisation, Region
-from service.residents.idnumber import InvalidIdNumber, normalise_id_number
-from service.residents.models import (
+from service.kit.clock import local_date
+from service.kit.context import Actor, Caller
+from service.kit.crypto import Crypto, mask_id_number
+from service.kit.errors import Forbidden, NotFound
+from service.kit.regions import city_of, covers, province_of
+from service.models.registry import Doctor, Organisation, Region
+from service.models.residents import (
     CONTRACT_NAME,
     CONTRACT_PHONE,
     FamilyDoctorContract,
     RegionContractSource,
     Resident,
 )
+from service.residents.idnumber import InvalidIdNumber, normalise_id_number
 from service.residents.schemas import (
     ContractIn,
     ContractResult,

@@ -12,15 +12,15 @@ from sqlalchemy import Select, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
-from service.clock import local_date
-from service.context import Actor
-from service.crypto import Crypto, mask_name
-from service.errors import NotFound
+from service.kit.clock import local_date
+from service.kit.context import Actor
+from service.kit.crypto import Crypto, mask_name
+from service.kit.errors import NotFound
+from service.kit.regions import within
+from service.models.registry import Organisation
+from service.models.residents import CONTRACT_NAME, FamilyDoctorContract, Resident
+from service.models.signals import IdentityConflict, IdentityConflictParty
 from service.referrals.schemas import NamedRef
-from service.regions import within
-from service.registry.models import Organisation
-from service.residents.models import CONTRACT_NAME, FamilyDoctorContract, Resident
-from service.signals.models import IdentityConflict, IdentityConflictParty
 from service.signals.schemas import ConflictParty, IdentityConflictOut
 from service.signals.service import mark_acknowledged
 

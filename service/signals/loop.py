@@ -13,8 +13,8 @@ from functools import partial
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.clock import Clock
-from service.db import Database
+from service.kit.clock import Clock
+from service.kit.db import Database
 from service.loops.periodic import every
 from service.signals.service import PassResult, detect_signals
 

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.context import Caller
-from service.cursors import CursorQuery, decode_id_cursor, encode_cursor
 from service.deps import State, actor_for, require
-from service.ids import PathId, QueryId
+from service.kit.context import Caller
+from service.kit.cursors import CursorQuery, decode_id_cursor, encode_cursor
+from service.kit.ids import PathId, QueryId
 from service.signals import identity, service
 from service.signals.rules import Signal, SubjectType
 from service.signals.schemas import (

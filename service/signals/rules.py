@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from service.schemas import ApiModel
+from service.kit.schemas import ApiModel
 
 SIGNALS = (
     "book_cancel_churn",

@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from service.kit.schemas import ApiModel
 from service.referrals.schemas import NamedRef
-from service.schemas import ApiModel
 from service.signals.rules import Signal, SubjectType
 
 

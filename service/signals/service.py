@@ -20,21 +20,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from service.audit.service import record
-from service.clock import local_date
-from service.context import Actor
-from service.crypto import Crypto, mask_name
-from service.db import advisory_key
-from service.errors import Conflict, NotFound, Problem
+from service.kit.clock import local_date
+from service.kit.context import Actor
+from service.kit.crypto import Crypto, mask_name
+from service.kit.db import advisory_key
+from service.kit.errors import Conflict, NotFound, Problem
+from service.kit.regions import within
+from service.models.referrals import REFERRAL_RESIDENT_NAME, Referral
+from service.models.registry import Doctor, Organisation
+from service.models.signals import Alert, IdentityConflict
+from service.models.slots import ClinicSession
 from service.policy.service import policy_in_force
-from service.referrals.models import REFERRAL_RESIDENT_NAME, Referral
 from service.referrals.schemas import NamedRef
-from service.regions import within
-from service.registry.models import Doctor, Organisation
 from service.registry.schemas import DEFAULT_OPENING_HOURS
-from service.signals.models import Alert, IdentityConflict
 from service.signals.rules import MAX_WINDOW_HOURS, SIGNALS, SignalRule, SignalThresholds
 from service.signals.schemas import AlertOut, EvidenceReferral
-from service.slots.models import ClinicSession
 
 # One replica computes at a time: the pass takes this transaction-level advisory lock or skips.
 DETECTION_LOCK = advisory_key("signals", "detection")

@@ -24,7 +24,7 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
-from service.clock import SHANGHAI, zh_instant
+from service.kit.clock import SHANGHAI, zh_instant
 from service.slip.schemas import PatientNotice
 from service.slip.service import PERIODS_ZH, TITLES_ZH, booked_for_zh, number_zh, zh_date
 

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.context import Caller
 from service.deps import State, actor_for, require
+from service.kit.context import Caller
 from service.slip import service
 from service.slip.render import render_slip
 from service.slip.schemas import PatientNotice

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from service.kit.schemas import ApiModel
 from service.referrals.schemas import Notice
-from service.schemas import ApiModel
 
 
 class SmsOut(ApiModel):

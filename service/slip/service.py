@@ -10,14 +10,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
-from service.clock import zh_instant
-from service.context import Actor, Caller
-from service.crypto import Crypto
-from service.referrals.models import Referral
+from service.kit.clock import zh_instant
+from service.kit.context import Actor, Caller
+from service.kit.crypto import Crypto
+from service.models.referrals import Referral
+from service.models.slots import ClinicSession
 from service.referrals.schemas import Notice, ReferralOut
 from service.referrals.service import get_referral
 from service.slip.schemas import PatientNotice, SmsOut
-from service.slots.models import ClinicSession
 
 TITLES_ZH = {
     "chief": "主任医师",

@@ -10,12 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.abuse.bounds import refuse_if_too_many
-from service.bounds import Day
-from service.context import Caller
 from service.deps import AppState, State, actor_for, require
-from service.ids import PathId, QueryId
-from service.regions import covers
-from service.registry.models import Organisation
+from service.kit.bounds import Day
+from service.kit.context import Caller
+from service.kit.ids import PathId, QueryId
+from service.kit.regions import covers
+from service.models.registry import Organisation
 from service.slots import service
 from service.slots.schemas import (
     MAX_PUSH_SESSIONS,

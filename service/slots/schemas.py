@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from service.abuse.bounds import max_items
-from service.bounds import Day, Instant
-from service.ids import MAX_ID
-from service.resources import Modality, ResourceKind
-from service.schemas import ApiModel
+from service.kit.bounds import Day, Instant
+from service.kit.ids import MAX_ID
+from service.kit.resources import Modality, ResourceKind
+from service.kit.schemas import ApiModel
 
 # What one push may carry: one transaction locks and writes all of it (docs/abuse-limits.md).
 MAX_PUSH_SESSIONS = 500

@@ -8,21 +8,21 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import bounds
 from service.audit.service import record
-from service.bounds import service_date_window
-from service.clock import local_date
-from service.context import Actor
-from service.crypto import Crypto
-from service.errors import NotFound, Problem
-from service.policy.models import Policy
+from service.kit import bounds
+from service.kit.bounds import service_date_window
+from service.kit.clock import local_date
+from service.kit.context import Actor
+from service.kit.crypto import Crypto
+from service.kit.errors import NotFound, Problem
+from service.kit.regions import covers
+from service.kit.resources import MAX_BED_WINDOW_MINUTES, MAX_SLOT_MINUTES
+from service.models.policy import Policy
+from service.models.referrals import Referral
+from service.models.registry import SENIOR_TITLES, Department, Doctor, Organisation
+from service.models.slots import ClinicSession, ReservationShortfall, Slot
 from service.policy.service import policy_in_force
-from service.referrals.models import Referral
 from service.referrals.service import cancel_for_withdrawal
-from service.regions import covers
-from service.registry.models import SENIOR_TITLES, Department, Doctor, Organisation
-from service.resources import MAX_BED_WINDOW_MINUTES, MAX_SLOT_MINUTES
-from service.slots.models import ClinicSession, ReservationShortfall, Slot
 from service.slots.reservation import Candidate, Selection, check_marked, select_reserved
 from service.slots.schemas import ItemError, SessionIn, SessionRemoved, SessionResult, ShortfallOut
 

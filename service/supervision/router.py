@@ -7,12 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from service.bounds import QueryInstant
-from service.context import Caller
-from service.cursors import CursorQuery, decode_id_cursor, encode_cursor
 from service.deps import State, actor_for, require
-from service.errors import Unprocessable
-from service.ids import PathId, QueryId
+from service.kit.bounds import QueryInstant
+from service.kit.context import Caller
+from service.kit.cursors import CursorQuery, decode_id_cursor, encode_cursor
+from service.kit.errors import Unprocessable
+from service.kit.ids import PathId, QueryId
 from service.supervision import service
 from service.supervision.schemas import (
     AuditPage,

@@ -7,10 +7,10 @@ from typing import Any, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
-from service.bounds import Instant, QueryInstant
-from service.ids import DbId
+from service.kit.bounds import Instant, QueryInstant
+from service.kit.ids import DbId
+from service.kit.schemas import ApiModel
 from service.referrals.schemas import NamedRef
-from service.schemas import ApiModel
 
 SubjectType = Literal["doctor", "institution", "api_client"]
 Mode = Literal["suspended", "revoked"]

@@ -11,25 +11,25 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from service.audit.models import AuditEntry
 from service.audit.service import record
-from service.clock import local_date
-from service.context import Actor, Caller
-from service.crypto import Crypto, mask_id_number
-from service.dberrors import constraint_name
-from service.errors import Conflict, NotFound, Unprocessable
-from service.events.models import EventType
 from service.events.service import emit
-from service.referrals.models import Referral
+from service.kit.clock import local_date
+from service.kit.context import Actor, Caller
+from service.kit.crypto import Crypto, mask_id_number
+from service.kit.dberrors import constraint_name
+from service.kit.errors import Conflict, NotFound, Unprocessable
+from service.kit.regions import covers, within
+from service.models.audit import AuditEntry
+from service.models.events import EventType
+from service.models.referrals import Referral
+from service.models.registry import ApiClient, Doctor, Organisation
+from service.models.residents import Resident
+from service.models.slots import Slot
+from service.models.supervision import AccessSuspension
 from service.referrals.schemas import NamedRef
 from service.referrals.service import cancel_by_commission, instant
-from service.regions import covers, within
-from service.registry.models import ApiClient, Doctor, Organisation
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
-from service.residents.models import Resident
-from service.slots.models import Slot
-from service.supervision.access import in_force
-from service.supervision.models import AccessSuspension
+from service.identity.suspensions import in_force
 from service.supervision.schemas import AuditEntryOut, SuspensionIn, SuspensionOut
 
 # What a hospital reads in referral.cancelled and access.* events: the commission's own reason

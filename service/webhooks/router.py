@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.context import Caller
 from service.deps import State, actor_for, require
-from service.ids import MAX_ID, PathId, QueryId
+from service.kit.context import Caller
+from service.kit.ids import MAX_ID, PathId, QueryId
 from service.webhooks import service
 from service.webhooks.schemas import (
     DeliveryList,

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from service.events.models import EVENT_TYPES, EventType
-from service.schemas import ApiModel
+from service.kit.schemas import ApiModel
+from service.models.events import EVENT_TYPES, EventType
 from service.webhooks.urls import MAX_URL_LENGTH
 
 

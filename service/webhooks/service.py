@@ -9,11 +9,11 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
-from service.context import Actor
-from service.crypto import Crypto
-from service.errors import Conflict, NotFound
-from service.events.models import Event
-from service.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from service.kit.context import Actor
+from service.kit.crypto import Crypto
+from service.kit.errors import Conflict, NotFound
+from service.models.events import Event
+from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from service.webhooks.schemas import (
     AttemptOut,
     DeliveryOut,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import SplitResult, urlsplit
 
-from service.errors import Unprocessable
+from service.kit.errors import Unprocessable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

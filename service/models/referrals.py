@@ -23,9 +23,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base
+from service.kit.db import Base
 
-# AES-GCM associated data of the name a referral was booked under (service/crypto.py).
+# AES-GCM associated data of the name a referral was booked under (service/kit/crypto.py).
 REFERRAL_RESIDENT_NAME = "referrals.resident_name"
 
 

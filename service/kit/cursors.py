@@ -10,8 +10,8 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Query
 
-from service.errors import Unprocessable
-from service.ids import MAX_ID
+from service.kit.errors import Unprocessable
+from service.kit.ids import MAX_ID
 
 T = TypeVar("T")
 

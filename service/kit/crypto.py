@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from service.kit.config import Settings
 
 _VERSION = b"\x01"
 

@@ -24,8 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base
-from service.resources import RESOURCE_KINDS, sql_list
+from service.kit.db import Base
+from service.kit.resources import RESOURCE_KINDS, sql_list
 
 RATIO_BASES = ("all_outpatient", "expert")
 SCOPES = ("city", "jurisdiction", "by_tier", "alliance", "lower_tier")

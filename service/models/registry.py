@@ -19,7 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base
+from service.kit.db import Base
 
 REGION_LEVELS = ("province", "city", "county")
 ORG_KINDS = ("hospital", "primary", "authority")

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.dberrors import database_unavailable, sqlstate
+from service.kit.dberrors import database_unavailable, sqlstate
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("slotpool.errors")
@@ -82,7 +82,7 @@ DRIVER_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
-# Exception types the database layer raises. Those that mean "unreachable" (service.dberrors
+# Exception types the database layer raises. Those that mean "unreachable" (service.kit.dberrors
 # decides) answer 503 database_unavailable; the rest are bugs (500). Handled here rather than
 # by the catch-all, which Starlette re-raises into the server's traceback log.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (*DRIVER_ERRORS, sqlalchemy.exc.TimeoutError, OSError)
@@ -190,7 +190,7 @@ def install_handlers(app: FastAPI) -> None:
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in exc.errors()
         ]
-        # Dates and instants out of their window (service/bounds.py) have their own stable code.
+        # Dates and instants out of their window (service/kit/bounds.py) have their own stable code.
         out_of_range = [".".join(map(str, e["loc"][1:])) for e in errors if e["type"] == "date_out_of_range"]
         if out_of_range:
             detail = f"Date or instant out of its window: {', '.join(out_of_range)}."

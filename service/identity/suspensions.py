@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, ColumnExpressionArgument, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.errors import Forbidden
-from service.supervision.models import AccessSuspension
+from service.kit.errors import Forbidden
+from service.models.supervision import AccessSuspension
 
 REFUSAL_CODES = {
     "api_client": "client_suspended",

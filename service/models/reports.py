@@ -7,7 +7,7 @@ from datetime import date
 from sqlalchemy import Date, ForeignKey, Index, Integer
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base
+from service.kit.db import Base
 
 
 class ReferralCount(Base):

@@ -22,9 +22,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from alembic import command
-from service.db import Database, advisory_key, asyncpg_url
+from service.kit.db import Database, advisory_key, asyncpg_url
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
 MIGRATION_LOCK = advisory_key("migrations")
 log = structlog.get_logger("slotpool.migrations")
 

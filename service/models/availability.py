@@ -9,7 +9,7 @@ from sqlalchemy import BigInteger, Date, DateTime, ForeignKey, Index, Integer, S
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import UserDefinedType
 
-from service.db import Base
+from service.kit.db import Base
 
 
 class Xid8(UserDefinedType[int]):

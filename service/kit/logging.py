@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import HTTP_REQUESTS
+from service.kit.metrics import HTTP_REQUESTS
 
 access_log = structlog.get_logger("slotpool.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
-from service.dberrors import LOCK_NOT_AVAILABLE, RETRYABLE, database_unavailable, sqlstate
-from service.errors import Conflict, DatabaseUnavailable, Problem
+from service.kit.dberrors import LOCK_NOT_AVAILABLE, RETRYABLE, database_unavailable, sqlstate
+from service.kit.errors import Conflict, DatabaseUnavailable, Problem
 
 T = TypeVar("T")
 log = structlog.get_logger("slotpool.db")
@@ -71,31 +71,47 @@ class Database:
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
 
-    async def run(self, work: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 3) -> T:
+    async def run(
+        self,
+        work: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        attempts: int = 3,
+        session: AsyncSession | None = None,
+        keep_open: bool = False,
+    ) -> T:
         """Run ``work`` in one transaction and commit it; retry serialization failures.
 
+        ``session`` is used for the first attempt instead of a new one (a request's unit of
+        work continues the session that authenticated it); with ``keep_open`` it is left open
+        after a successful commit, holding no connection, for the next transaction.
         A database that cannot be reached raises ``DatabaseUnavailable`` (503), whatever
         layer noticed it first.
         """
         for attempt in range(1, attempts + 1):
+            current = session if attempt == 1 and session is not None else self.sessionmaker()
+            close = True
             try:
-                async with self.sessionmaker() as session:
-                    try:
-                        result = await work(session)
-                        await session.commit()
-                        return result
-                    except DBAPIError as exc:
-                        if not database_unavailable(exc):
-                            await session.rollback()
-                        state = sqlstate(exc)
-                        if state in RETRYABLE and attempt < attempts:
-                            log.info("retrying transaction", sqlstate=state, attempt=attempt)
-                            continue
-                        if state == LOCK_NOT_AVAILABLE:
-                            raise Conflict(
-                                "busy", "The resource is locked by another request; retry.", retry_after=1
-                            ) from exc
-                        raise
+                try:
+                    result = await work(current)
+                    await current.commit()
+                except DBAPIError as exc:
+                    if not database_unavailable(exc):
+                        await current.rollback()
+                    state = sqlstate(exc)
+                    if state in RETRYABLE and attempt < attempts:
+                        log.info("retrying transaction", sqlstate=state, attempt=attempt)
+                        continue
+                    if state == LOCK_NOT_AVAILABLE:
+                        raise Conflict(
+                            "busy", "The resource is locked by another request; retry.", retry_after=1
+                        ) from exc
+                    raise
+                else:
+                    close = not (keep_open and current is session)
+                    return result
+                finally:
+                    if close:
+                        await current.close()
             except Problem:
                 raise
             except Exception as exc:

@@ -18,9 +18,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base
+from service.kit.db import Base
 
-# AES-GCM associated data: the column each ciphertext belongs to (service/crypto.py).
+# AES-GCM associated data: the column each ciphertext belongs to (service/kit/crypto.py).
 CONTRACT_NAME = "family_doctor_contracts.name"
 CONTRACT_PHONE = "family_doctor_contracts.phone"
 

@@ -19,8 +19,8 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import ValidationError
 
-from service.config import env_name
-from service.errors import Problem
+from service.kit.config import env_name
+from service.kit.errors import Problem
 
 SECRET_VARIABLES = (
     "DATABASE_URL",

@@ -16,7 +16,7 @@ from typing import Annotated
 from pydantic import AfterValidator, AwareDatetime
 from pydantic_core import PydanticCustomError
 
-from service.errors import Unprocessable
+from service.kit.errors import Unprocessable
 
 CODE = "date_out_of_range"
 EARLIEST = date(2000, 1, 1)

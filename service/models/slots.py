@@ -21,8 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base
-from service.resources import (
+from service.kit.db import Base
+from service.kit.resources import (
     MAX_BED_WINDOW_MINUTES,
     MAX_SLOT_MINUTES,
     MODALITIES,

@@ -1,6 +1,6 @@
 """What a database driver error means: its SQLSTATE, its constraint, and whether the server is away.
 
-Below both ``service.db`` (which retries and maps lock timeouts) and ``service.errors`` (which
+Below both ``service.kit.db`` (which retries and maps lock timeouts) and ``service.kit.errors`` (which
 answers 503 for an unreachable database): neither imports the other for it.
 """
 
@@ -49,7 +49,7 @@ def database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means the database cannot be reached (rather than a bug or a refusal).
 
     The one place that decides it: requests answer 503 ``database_unavailable`` for these
-    (service/errors.py) and loops log one line instead of a traceback. It follows the chain
+    (service/kit/errors.py) and loops log one line instead of a traceback. It follows the chain
     SQLAlchemy and asyncpg build (``orig``, ``__cause__``, ``__context__``).
     """
     seen: set[int] = set()

@@ -17,8 +17,8 @@ from sqlalchemy import SmallInteger, Text, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base
-from service.migrations import head_revision, served_revisions
+from service.kit.db import Base
+from service.models.migrations import head_revision, served_revisions
 
 
 class SchemaCompatibility(Base):

@@ -22,8 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base
-from service.resources import sql_list
+from service.kit.db import Base
+from service.kit.resources import sql_list
 from service.signals.rules import SIGNALS, SUBJECT_TYPES
 
 ALERT_STATUSES = ("open", "acknowledged", "closed")

@@ -1,0 +1,162 @@
+"""One unit of work per request.
+
+An endpoint declares what it is and who may call it with one parameter::
+
+    @router.post("/referrals/{reference}/cancel")
+    async def cancel(reference: str, body: CancelIn, unit: Annotated[Unit, writes("primary")]) -> ReferralOut:
+        return await cancellation.cancel_by_institution(unit.session, ...)
+
+and its router is an ``APIRouter(route_class=UnitRoute)``. The route runs the endpoint
+inside ``Database.run``: one session authenticates the API key, spends the client's
+rate-limit token and commits that, then runs the endpoint's work in a second transaction
+that is committed before the response is built. Serialization failures and deadlocks
+re-run the work (not the authentication) with a fresh session.
+
+- ``writes(...)``: ``SET LOCAL lock_timeout`` bounds every wait on a row lock; a lock
+  not granted in time is 409 ``busy`` with ``Retry-After``.
+- ``reads(...)``: the transaction is ``READ ONLY``, so the database itself refuses a write.
+  A GET that records a read of personal data in the audit trail (R15) is a write unit.
+
+An endpoint that must commit what it recorded and still refuse (a wrong hotline code is
+counted, a refused booking is audited) returns the ``Problem``: the route commits, then
+raises it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from fastapi import Depends, Request
+from fastapi.routing import APIRoute
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.identity.authentication import authenticate, bearer_token
+from service.kit.config import Settings
+from service.kit.context import Actor, Caller
+from service.kit.crypto import Crypto
+from service.kit.errors import Forbidden, Problem
+from service.web.state import AppState
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What an endpoint works with: one session, who is acting, and one clock reading."""
+
+    session: AsyncSession
+    caller: Caller
+    actor: Actor
+    crypto: Crypto
+    settings: Settings
+
+    @property
+    def now(self) -> datetime:
+        return self.actor.now
+
+
+class Opening:
+    """What the ``writes``/``reads`` dependency resolves to: the authenticated caller and the
+    session that authenticated it, which the unit of work continues (``UnitRoute``)."""
+
+    def __init__(self, request: Request, *, roles: tuple[str, ...], write: bool) -> None:
+        self.request = request
+        self.state: AppState = request.app.state.slotpool
+        self.roles = roles
+        self.write = write
+        self.session = self.state.db.sessionmaker()
+        self.caller: Caller | None = None
+
+    async def authenticate(self) -> None:
+        """Find the caller, spend its rate-limit token and commit that: a refused request
+        still spends its token, and the bucket's row is not held while the work runs."""
+        token = bearer_token(self.request.headers.get("authorization", ""))
+        state = self.state
+
+        async def work(session: AsyncSession) -> Caller:
+            return await authenticate(
+                session=session,
+                key_digest=state.crypto.api_key_digest(token),
+                now=state.clock.now(),
+                settings=state.settings,
+            )
+
+        caller = await state.db.run(work, session=self.session, keep_open=True)
+        self.request.state.caller = caller
+        structlog.contextvars.bind_contextvars(client_id=caller.client_id)  # in every later line
+        if self.roles and caller.role not in self.roles:
+            await self.session.close()
+            raise Forbidden(
+                "wrong_role", f"This endpoint is for {' or '.join(self.roles)} clients, not {caller.role}."
+            )
+        self.caller = caller
+
+    async def run(self, work: Callable[[Unit], Awaitable[Any]]) -> Any:
+        """Run ``work`` in the unit's transaction, commit it, and answer (or refuse)."""
+        state = self.state
+        caller = self.caller
+        assert caller is not None
+
+        async def attempt(session: AsyncSession) -> Any:
+            if self.write:
+                await session.execute(
+                    text(f"SET LOCAL lock_timeout = '{int(state.settings.lock_timeout_ms)}ms'")
+                )
+            else:
+                await session.connection(execution_options={"postgresql_readonly": True})
+            actor = Actor.for_caller(
+                caller, now=state.clock.now(), request_id=getattr(self.request.state, "request_id", None)
+            )
+            unit = Unit(
+                session=session, caller=caller, actor=actor, crypto=state.crypto, settings=state.settings
+            )
+            return await work(unit)
+
+        result = await state.db.run(attempt, session=self.session)
+        if isinstance(result, Problem):
+            raise result  # what it recorded is committed; now the caller hears the refusal
+        return result
+
+
+def _dependency(roles: tuple[str, ...], *, write: bool) -> Any:
+    async def opening(request: Request) -> Opening:
+        opened = Opening(request, roles=roles, write=write)
+        await opened.authenticate()
+        return opened
+
+    return Depends(opening)
+
+
+def writes(*roles: str) -> Any:
+    """The unit of an endpoint that changes state, for callers with one of ``roles`` (any if none)."""
+    return _dependency(roles, write=True)
+
+
+def reads(*roles: str) -> Any:
+    """The read-only unit of an endpoint that changes nothing, for callers with one of ``roles``."""
+    return _dependency(roles, write=False)
+
+
+class UnitRoute(APIRoute):
+    """Runs an endpoint that takes a ``Unit`` inside that unit (see the module docstring)."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        endpoint = self.dependant.call
+        if endpoint is not None and not getattr(endpoint, "_runs_in_unit", False):
+            assert asyncio.iscoroutinefunction(endpoint), f"{self.path}: endpoints are async"
+
+            async def in_unit(**values: Any) -> Any:
+                openings = [name for name, value in values.items() if isinstance(value, Opening)]
+                if not openings:
+                    return await endpoint(**values)
+                (name,) = openings
+                opening: Opening = values[name]
+                return await opening.run(lambda unit: endpoint(**{**values, name: unit}))
+
+            in_unit._runs_in_unit = True  # type: ignore[attr-defined]
+            self.dependant.call = in_unit
+        return super().get_route_handler()
