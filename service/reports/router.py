@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from service.deps import State, require
 from service.kit.bounds import Day
-from service.kit.context import Caller
 from service.kit.ids import QueryId
 from service.kit.resources import ResourceKind
 from service.reports import service
 from service.reports.csvfile import report_csv
 from service.reports.schemas import ComplianceReport, Granularity, Group, RegionLevel
+from service.web.unit import Unit, UnitRoute, reads
 
-router = APIRouter(prefix="/v1", tags=["reports"])
-Commission = Annotated[Caller, Depends(require("commission"))]
+router = APIRouter(prefix="/v1", tags=["reports"], route_class=UnitRoute)
+Commission = Annotated[Unit, reads("commission")]
 PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
@@ -39,8 +38,7 @@ def wants_csv(request: Request, fmt: str | None) -> bool:
 )
 async def compliance_report(
     request: Request,
-    state: State,
-    caller: Commission,
+    unit: Commission,
     date_from: Annotated[Day, Query(alias="from", description="First service date (Beijing).")],
     date_to: Annotated[Day, Query(alias="to", description="Last service date, inclusive.")],
     granularity: Granularity = "day",
@@ -59,26 +57,25 @@ async def compliance_report(
     Only hospitals of the commission's region count; a filter naming another region is refused.
     """
     service.check_range(date_from, date_to, granularity)
-    async with state.db.sessionmaker() as session:
-        hospital_ids = await service.hospitals_in_scope(
-            session=session,
-            commission_region=caller.region_code,
-            hospital_id=hospital_id,
-            region=region,
-            alliance_id=alliance_id,
-        )
-        report = await service.compliance_report(
-            session=session,
-            hospital_ids=hospital_ids,
-            date_from=date_from,
-            date_to=date_to,
-            granularity=granularity,
-            group=group,
-            region_level=region_level,
-            resource_kind=resource_kind,
-            alliance_id=alliance_id,
-            now=state.clock.now(),
-        )
+    hospital_ids = await service.hospitals_in_scope(
+        session=unit.session,
+        commission_region=unit.caller.region_code,
+        hospital_id=hospital_id,
+        region=region,
+        alliance_id=alliance_id,
+    )
+    report = await service.compliance_report(
+        session=unit.session,
+        hospital_ids=hospital_ids,
+        date_from=date_from,
+        date_to=date_to,
+        granularity=granularity,
+        group=group,
+        region_level=region_level,
+        resource_kind=resource_kind,
+        alliance_id=alliance_id,
+        now=unit.now,
+    )
     if not wants_csv(request, fmt):
         return report
     filename = f"compliance-{group}-{granularity}-{date_from.isoformat()}-{date_to.isoformat()}.csv"

@@ -24,11 +24,12 @@ raises it.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, get_type_hints
 
 import structlog
 from fastapi import Depends, Request
@@ -123,10 +124,15 @@ class Opening:
 
 
 def _dependency(roles: tuple[str, ...], *, write: bool) -> Any:
-    async def opening(request: Request) -> Opening:
+    async def opening(request: Request) -> AsyncIterator[Opening]:
         opened = Opening(request, roles=roles, write=write)
-        await opened.authenticate()
-        return opened
+        try:
+            await opened.authenticate()
+            yield opened
+        finally:
+            # Normally closed by its unit already; this covers a request refused between the
+            # dependency and the endpoint (a malformed body), so no session is ever left open.
+            await opened.session.close()
 
     return Depends(opening)
 
@@ -141,22 +147,36 @@ def reads(*roles: str) -> Any:
     return _dependency(roles, write=False)
 
 
+def in_unit(endpoint: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``endpoint``, run inside the unit its ``writes``/``reads`` parameter opened.
+
+    The wrapper shows FastAPI the endpoint's own signature, with its annotations resolved, so
+    parameters, the response model and the OpenAPI document are exactly the endpoint's.
+    """
+    assert inspect.iscoroutinefunction(endpoint), f"{endpoint.__qualname__}: endpoints are async"
+    hints = get_type_hints(endpoint, include_extras=True)
+    signature = inspect.signature(endpoint)
+
+    @functools.wraps(endpoint)
+    async def run(**values: Any) -> Any:
+        openings = [name for name, value in values.items() if isinstance(value, Opening)]
+        if not openings:
+            return await endpoint(**values)
+        (name,) = openings
+        opening: Opening = values[name]
+        return await opening.run(lambda unit: endpoint(**{**values, name: unit}))
+
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[
+            p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+        ],
+        return_annotation=hints.get("return", signature.return_annotation),
+    )
+    return run
+
+
 class UnitRoute(APIRoute):
-    """Runs an endpoint that takes a ``Unit`` inside that unit (see the module docstring)."""
+    """A route whose endpoint runs inside the unit of work of its ``Unit`` parameter."""
 
-    def get_route_handler(self) -> Callable[[Request], Any]:
-        endpoint = self.dependant.call
-        if endpoint is not None and not getattr(endpoint, "_runs_in_unit", False):
-            assert asyncio.iscoroutinefunction(endpoint), f"{self.path}: endpoints are async"
-
-            async def in_unit(**values: Any) -> Any:
-                openings = [name for name, value in values.items() if isinstance(value, Opening)]
-                if not openings:
-                    return await endpoint(**values)
-                (name,) = openings
-                opening: Opening = values[name]
-                return await opening.run(lambda unit: endpoint(**{**values, name: unit}))
-
-            in_unit._runs_in_unit = True  # type: ignore[attr-defined]
-            self.dependant.call = in_unit
-        return super().get_route_handler()
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, in_unit(endpoint), **kwargs)
