@@ -35,13 +35,14 @@ import structlog
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.identity.authentication import authenticate, bearer_token
 from service.kit.config import Settings
 from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto
-from service.kit.errors import Forbidden, Problem
+from service.kit.dberrors import database_unavailable
+from service.kit.errors import DatabaseUnavailable, Forbidden, Problem
 from service.web.state import AppState
 
 
@@ -69,14 +70,32 @@ class Opening:
         self.state: AppState = request.app.state.slotpool
         self.roles = roles
         self.write = write
-        self.session = self.state.db.sessionmaker()
+        self.connection: AsyncConnection | None = None
+        self.session: AsyncSession | None = None
         self.caller: Caller | None = None
+
+    async def release(self) -> None:
+        """Close the session and give its connection back to the pool (idempotent)."""
+        if self.session is not None:
+            await self.session.close()
+        if self.connection is not None:
+            await self.connection.close()
+        self.session = self.connection = None
 
     async def authenticate(self) -> None:
         """Find the caller, spend its rate-limit token and commit that: a refused request
         still spends its token, and the bucket's row is not held while the work runs."""
         token = bearer_token(self.request.headers.get("authorization", ""))
         state = self.state
+        # One connection for the whole request: the session commits the token, then continues
+        # on the same connection for the work, without a second pool checkout.
+        try:
+            self.connection = await state.db.engine.connect()
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise DatabaseUnavailable() from exc
+            raise
+        self.session = state.db.sessionmaker(bind=self.connection)
 
         async def work(session: AsyncSession) -> Caller:
             return await authenticate(
@@ -90,7 +109,7 @@ class Opening:
         self.request.state.caller = caller
         structlog.contextvars.bind_contextvars(client_id=caller.client_id)  # in every later line
         if self.roles and caller.role not in self.roles:
-            await self.session.close()
+            await self.release()
             raise Forbidden(
                 "wrong_role", f"This endpoint is for {' or '.join(self.roles)} clients, not {caller.role}."
             )
@@ -117,7 +136,10 @@ class Opening:
             )
             return await work(unit)
 
-        result = await state.db.run(attempt, session=self.session)
+        try:
+            result = await state.db.run(attempt, session=self.session)
+        finally:
+            await self.release()
         if isinstance(result, Problem):
             raise result  # what it recorded is committed; now the caller hears the refusal
         return result
@@ -132,7 +154,7 @@ def _dependency(roles: tuple[str, ...], *, write: bool) -> Any:
         finally:
             # Normally closed by its unit already; this covers a request refused between the
             # dependency and the endpoint (a malformed body), so no session is ever left open.
-            await opened.session.close()
+            await opened.release()
 
     return Depends(opening)
 
