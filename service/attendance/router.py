@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import APIRouter, Query
 
 from service.abuse.bounds import refuse_if_too_many
 from service.attendance import service
@@ -20,37 +19,33 @@ from service.attendance.schemas import (
     ReceiveIn,
     Worklist,
 )
-from service.deps import State, actor_for, require
 from service.kit.bounds import instant_in_window
-from service.kit.context import Caller
 from service.kit.cursors import CursorQuery, cursor_id, decode_cursor, decode_id_cursor, encode_cursor
 from service.kit.ids import PathId, QueryId
 from service.referrals.schemas import ReferralOut
+from service.web.unit import Unit, UnitRoute, writes
 
-router = APIRouter(prefix="/v1", tags=["attendance"])
-Hospital = Annotated[Caller, Depends(require("hospital"))]
-Commission = Annotated[Caller, Depends(require("commission"))]
+router = APIRouter(prefix="/v1", tags=["attendance"], route_class=UnitRoute)
+# Every endpoint here writes: reports and receipts change referrals, lifts change bars, and the
+# worklist and the bar list record the read of personal data (R15).
+Hospital = Annotated[Unit, writes("hospital")]
+Commission = Annotated[Unit, writes("commission")]
 PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
 @router.post("/hospital/attendance", response_model=AttendanceResult, responses={422: PROBLEM})
-async def report_attendance(
-    body: AttendanceBatch, request: Request, state: State, caller: Hospital
-) -> AttendanceResult:
+async def report_attendance(body: AttendanceBatch, unit: Hospital) -> AttendanceResult:
     """Report attended or no-show per referral (R13); repeating a report changes nothing.
 
     A schema error refuses the whole batch; otherwise each item is applied or refused on its own.
     """
     refuse_if_too_many("reports", len(body.reports), MAX_REPORTS)
-    actor = actor_for(request, state, caller)
-    return await state.db.run(
-        lambda session: service.report_attendance(
-            session=session,
-            actor=actor,
-            crypto=state.crypto,
-            hospital_id=caller.org_id,
-            reports=body.reports,
-        )
+    return await service.report_attendance(
+        session=unit.session,
+        actor=unit.actor,
+        crypto=unit.crypto,
+        hospital_id=unit.caller.org_id,
+        reports=body.reports,
     )
 
 
@@ -63,9 +58,7 @@ def _instant_and_id(parts: list[Any]) -> tuple[datetime, int]:
 
 @router.get("/hospital/worklist", response_model=Worklist, responses={422: PROBLEM})
 async def worklist(
-    request: Request,
-    state: State,
-    caller: Hospital,
+    unit: Hospital,
     cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> Worklist:
@@ -74,16 +67,13 @@ async def worklist(
     They stay here until the HIS reports: the service never marks a referral as a no-show.
     """
     after = decode_cursor(cursor, _instant_and_id) if cursor is not None else None
-    actor = actor_for(request, state, caller)
-    items, following = await state.db.run(
-        lambda session: service.list_worklist(
-            session=session,
-            actor=actor,
-            crypto=state.crypto,
-            hospital_id=caller.org_id,
-            after=after,
-            limit=limit,
-        )
+    items, following = await service.list_worklist(
+        session=unit.session,
+        actor=unit.actor,
+        crypto=unit.crypto,
+        hospital_id=unit.caller.org_id,
+        after=after,
+        limit=limit,
     )
     next_cursor = encode_cursor(following[0].isoformat(), following[1]) if following else None
     return Worklist(items=items, next_cursor=next_cursor)
@@ -96,33 +86,23 @@ async def worklist(
 )
 async def receive_referral(
     reference: str,
-    request: Request,
-    state: State,
-    caller: Hospital,
+    unit: Hospital,
     body: ReceiveIn | None = None,
 ) -> ReferralOut:
     """The HIS acknowledges the referral into its own system; the referring doctor sees it."""
-    actor = actor_for(request, state, caller)
-    his_reference = body.his_reference if body is not None else None
-
-    async def work(session: AsyncSession) -> ReferralOut:
-        return await service.receive_referral(
-            session=session,
-            actor=actor,
-            crypto=state.crypto,
-            hospital_id=caller.org_id,
-            reference=reference,
-            his_reference=his_reference,
-        )
-
-    return await state.db.run(work)
+    return await service.receive_referral(
+        session=unit.session,
+        actor=unit.actor,
+        crypto=unit.crypto,
+        hospital_id=unit.caller.org_id,
+        reference=reference,
+        his_reference=body.his_reference if body is not None else None,
+    )
 
 
 @router.get("/no-show-bars", response_model=NoShowBarList, responses={422: PROBLEM})
 async def list_bars(
-    request: Request,
-    state: State,
-    caller: Commission,
+    unit: Commission,
     hospital_id: QueryId = None,
     active: bool | None = None,
     cursor: CursorQuery = None,
@@ -130,18 +110,15 @@ async def list_bars(
 ) -> NoShowBarList:
     """No-show bars at the hospitals of the commission's region, newest first (R13)."""
     before = decode_id_cursor(cursor)
-    actor = actor_for(request, state, caller)
-    items, following = await state.db.run(
-        lambda session: service.list_bars(
-            session=session,
-            actor=actor,
-            crypto=state.crypto,
-            region_code=caller.region_code,
-            hospital_id=hospital_id,
-            active=active,
-            before_id=before,
-            limit=limit,
-        )
+    items, following = await service.list_bars(
+        session=unit.session,
+        actor=unit.actor,
+        crypto=unit.crypto,
+        region_code=unit.caller.region_code,
+        hospital_id=hospital_id,
+        active=active,
+        before_id=before,
+        limit=limit,
     )
     return NoShowBarList(items=items, next_cursor=encode_cursor(following) if following is not None else None)
 
@@ -151,20 +128,13 @@ async def list_bars(
     response_model=NoShowBarOut,
     responses={404: PROBLEM, 409: PROBLEM},
 )
-async def lift_bar(
-    bar_id: PathId, body: LiftIn, request: Request, state: State, caller: Commission
-) -> NoShowBarOut:
+async def lift_bar(bar_id: PathId, body: LiftIn, unit: Commission) -> NoShowBarOut:
     """The commission lifts a bar, with a reason that is recorded (R13)."""
-    actor = actor_for(request, state, caller)
-
-    async def work(session: AsyncSession) -> NoShowBarOut:
-        return await service.lift_bar(
-            session=session,
-            actor=actor,
-            crypto=state.crypto,
-            region_code=caller.region_code,
-            bar_id=bar_id,
-            reason=body.reason,
-        )
-
-    return await state.db.run(work)
+    return await service.lift_bar(
+        session=unit.session,
+        actor=unit.actor,
+        crypto=unit.crypto,
+        region_code=unit.caller.region_code,
+        bar_id=bar_id,
+        reason=body.reason,
+    )
