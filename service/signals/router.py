@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import APIRouter, Query
 
-from service.deps import State, actor_for, require
-from service.kit.context import Caller
 from service.kit.cursors import CursorQuery, decode_id_cursor, encode_cursor
 from service.kit.ids import PathId, QueryId
 from service.signals import identity, service
@@ -20,17 +17,17 @@ from service.signals.schemas import (
     IdentityConflictList,
     IdentityConflictOut,
 )
+from service.web.unit import Unit, UnitRoute, writes
 
-router = APIRouter(prefix="/v1/supervision", tags=["supervision"])
-Commission = Annotated[Caller, Depends(require("commission"))]
+router = APIRouter(prefix="/v1/supervision", tags=["supervision"], route_class=UnitRoute)
+# Every endpoint here writes: a read of alerts or conflicts is recorded in the audit trail (R15).
+Commission = Annotated[Unit, writes("commission")]
 PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
 @router.get("/alerts", response_model=AlertList, responses={422: PROBLEM})
 async def list_alerts(
-    request: Request,
-    state: State,
-    caller: Commission,
+    unit: Commission,
     signal: Signal | None = None,
     status: Annotated[str | None, Query(pattern="^(open|acknowledged|closed)$")] = None,
     subject_type: SubjectType | None = None,
@@ -42,68 +39,56 @@ async def list_alerts(
 ) -> AlertList:
     """Alerts about the region's hospitals or booking institutions, newest first, with their evidence."""
     before = decode_id_cursor(cursor)
-    actor = actor_for(request, state, caller)
-
-    async def work(session: AsyncSession) -> AlertList:
-        alerts, following = await service.list_alerts(
-            session=session,
-            region_code=caller.region_code,
-            signal=signal,
-            status=status,
-            subject_type=subject_type,
-            institution_id=institution_id,
-            doctor_id=doctor_id,
-            hospital_id=hospital_id,
-            before_id=before,
-            limit=limit,
-        )
-        if alerts:
-            await service.record_alert_read(session=session, actor=actor, alerts=alerts)
-        items = await service.alerts_out(session=session, crypto=state.crypto, alerts=alerts)
-        return AlertList(items=items, next_cursor=encode_cursor(following) if following is not None else None)
-
-    return await state.db.run(work)
+    alerts, following = await service.list_alerts(
+        session=unit.session,
+        region_code=unit.caller.region_code,
+        signal=signal,
+        status=status,
+        subject_type=subject_type,
+        institution_id=institution_id,
+        doctor_id=doctor_id,
+        hospital_id=hospital_id,
+        before_id=before,
+        limit=limit,
+    )
+    if alerts:
+        await service.record_alert_read(session=unit.session, actor=unit.actor, alerts=alerts)
+    items = await service.alerts_out(session=unit.session, crypto=unit.crypto, alerts=alerts)
+    return AlertList(items=items, next_cursor=encode_cursor(following) if following is not None else None)
 
 
 @router.get("/alerts/{alert_id}", response_model=AlertOut, responses={404: PROBLEM})
-async def get_alert(alert_id: PathId, request: Request, state: State, caller: Commission) -> AlertOut:
+async def get_alert(alert_id: PathId, unit: Commission) -> AlertOut:
     """One alert with every referral behind it."""
-    actor = actor_for(request, state, caller)
-
-    async def work(session: AsyncSession) -> AlertOut:
-        alert = await service.get_alert(session=session, region_code=caller.region_code, alert_id=alert_id)
-        await service.record_alert_read(session=session, actor=actor, alerts=[alert])
-        [out] = await service.alerts_out(session=session, crypto=state.crypto, alerts=[alert])
-        return out
-
-    return await state.db.run(work)
+    alert = await service.get_alert(
+        session=unit.session, region_code=unit.caller.region_code, alert_id=alert_id
+    )
+    await service.record_alert_read(session=unit.session, actor=unit.actor, alerts=[alert])
+    [out] = await service.alerts_out(session=unit.session, crypto=unit.crypto, alerts=[alert])
+    return out
 
 
 @router.post(
     "/alerts/{alert_id}/acknowledge", response_model=AlertOut, responses={404: PROBLEM, 409: PROBLEM}
 )
 async def acknowledge_alert(
-    alert_id: PathId, request: Request, state: State, caller: Commission, body: AcknowledgeIn | None = None
+    alert_id: PathId, unit: Commission, body: AcknowledgeIn | None = None
 ) -> AlertOut:
     """The commission has looked into the alert; a note may say what it found or did."""
-    actor = actor_for(request, state, caller)
-    note = body.note if body is not None else None
-
-    async def work(session: AsyncSession) -> AlertOut:
-        alert = await service.acknowledge_alert(
-            session=session, actor=actor, region_code=caller.region_code, alert_id=alert_id, note=note
-        )
-        [out] = await service.alerts_out(session=session, crypto=state.crypto, alerts=[alert])
-        return out
-
-    return await state.db.run(work)
+    alert = await service.acknowledge_alert(
+        session=unit.session,
+        actor=unit.actor,
+        region_code=unit.caller.region_code,
+        alert_id=alert_id,
+        note=body.note if body is not None else None,
+    )
+    [out] = await service.alerts_out(session=unit.session, crypto=unit.crypto, alerts=[alert])
+    return out
 
 
 @router.get("/identity-conflicts", response_model=IdentityConflictList, responses={422: PROBLEM})
 async def list_identity_conflicts(
-    request: Request,
-    state: State,
-    caller: Commission,
+    unit: Commission,
     status: Annotated[str | None, Query(pattern="^(open|acknowledged|closed)$")] = None,
     institution_id: QueryId = None,
     cursor: CursorQuery = None,
@@ -111,42 +96,30 @@ async def list_identity_conflicts(
 ) -> IdentityConflictList:
     """Institutions declaring different names for one ID number, where one of them is in the region."""
     before = decode_id_cursor(cursor)
-    actor = actor_for(request, state, caller)
-
-    async def work(session: AsyncSession) -> IdentityConflictList:
-        conflicts, following = await identity.list_identity_conflicts(
-            session=session,
-            region_code=caller.region_code,
-            status=status,
-            institution_id=institution_id,
-            before_id=before,
-            limit=limit,
-        )
-        await identity.record_conflict_read(session=session, actor=actor, conflicts=conflicts)
-        items = await identity.conflicts_out(session=session, conflicts=conflicts)
-        return IdentityConflictList(
-            items=items, next_cursor=encode_cursor(following) if following is not None else None
-        )
-
-    return await state.db.run(work)
+    conflicts, following = await identity.list_identity_conflicts(
+        session=unit.session,
+        region_code=unit.caller.region_code,
+        status=status,
+        institution_id=institution_id,
+        before_id=before,
+        limit=limit,
+    )
+    await identity.record_conflict_read(session=unit.session, actor=unit.actor, conflicts=conflicts)
+    items = await identity.conflicts_out(session=unit.session, conflicts=conflicts)
+    return IdentityConflictList(
+        items=items, next_cursor=encode_cursor(following) if following is not None else None
+    )
 
 
 @router.get("/identity-conflicts/{conflict_id}", response_model=IdentityConflictOut, responses={404: PROBLEM})
-async def get_identity_conflict(
-    conflict_id: PathId, request: Request, state: State, caller: Commission
-) -> IdentityConflictOut:
+async def get_identity_conflict(conflict_id: PathId, unit: Commission) -> IdentityConflictOut:
     """One name conflict with every declaration behind it."""
-    actor = actor_for(request, state, caller)
-
-    async def work(session: AsyncSession) -> IdentityConflictOut:
-        conflict = await identity.get_identity_conflict(
-            session=session, region_code=caller.region_code, conflict_id=conflict_id
-        )
-        await identity.record_conflict_read(session=session, actor=actor, conflicts=[conflict])
-        [out] = await identity.conflicts_out(session=session, conflicts=[conflict])
-        return out
-
-    return await state.db.run(work)
+    conflict = await identity.get_identity_conflict(
+        session=unit.session, region_code=unit.caller.region_code, conflict_id=conflict_id
+    )
+    await identity.record_conflict_read(session=unit.session, actor=unit.actor, conflicts=[conflict])
+    [out] = await identity.conflicts_out(session=unit.session, conflicts=[conflict])
+    return out
 
 
 @router.post(
@@ -155,17 +128,15 @@ async def get_identity_conflict(
     responses={404: PROBLEM, 409: PROBLEM},
 )
 async def acknowledge_identity_conflict(
-    conflict_id: PathId, request: Request, state: State, caller: Commission, body: AcknowledgeIn | None = None
+    conflict_id: PathId, unit: Commission, body: AcknowledgeIn | None = None
 ) -> IdentityConflictOut:
     """The commission has looked into the conflict; it closes by itself once the declarations agree."""
-    actor = actor_for(request, state, caller)
-    note = body.note if body is not None else None
-
-    async def work(session: AsyncSession) -> IdentityConflictOut:
-        conflict = await identity.acknowledge_identity_conflict(
-            session=session, actor=actor, region_code=caller.region_code, conflict_id=conflict_id, note=note
-        )
-        [out] = await identity.conflicts_out(session=session, conflicts=[conflict])
-        return out
-
-    return await state.db.run(work)
+    conflict = await identity.acknowledge_identity_conflict(
+        session=unit.session,
+        actor=unit.actor,
+        region_code=unit.caller.region_code,
+        conflict_id=conflict_id,
+        note=body.note if body is not None else None,
+    )
+    [out] = await identity.conflicts_out(session=unit.session, conflicts=[conflict])
+    return out
