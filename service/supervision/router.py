@@ -5,11 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 
-from service.deps import State, actor_for, require
 from service.kit.bounds import QueryInstant
-from service.kit.context import Caller
 from service.kit.cursors import CursorQuery, decode_id_cursor, encode_cursor
 from service.kit.errors import Unprocessable
 from service.kit.ids import PathId, QueryId
@@ -23,9 +21,12 @@ from service.supervision.schemas import (
     SuspensionList,
     SuspensionOut,
 )
+from service.web.unit import Unit, UnitRoute, reads, writes
 
-router = APIRouter(prefix="/v1", tags=["supervision"])
-Commission = Annotated[Caller, Depends(require("commission"))]
+router = APIRouter(prefix="/v1", tags=["supervision"], route_class=UnitRoute)
+Commission = Annotated[Unit, writes("commission")]
+# Listing suspensions records nothing; every other endpoint here changes state or audits a read.
+CommissionReading = Annotated[Unit, reads("commission")]
 PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
@@ -35,26 +36,20 @@ PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused:
     status_code=201,
     responses={404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
 )
-async def suspend_access(
-    body: SuspensionIn, request: Request, state: State, caller: Commission
-) -> SuspensionOut:
+async def suspend_access(body: SuspensionIn, unit: Commission) -> SuspensionOut:
     """Suspend or revoke a family doctor, an institution or an API client of the region (R14).
 
     It takes effect on the subject's very next request. Booked referrals stay valid unless
     ``cancel_active_referrals`` is set; then they are cancelled like any other cancellation.
     """
-    actor = actor_for(request, state, caller)
-    return await state.db.run(
-        lambda session: service.suspend_access(
-            session=session, actor=actor, caller=caller, crypto=state.crypto, body=body
-        )
+    return await service.suspend_access(
+        session=unit.session, actor=unit.actor, caller=unit.caller, crypto=unit.crypto, body=body
     )
 
 
 @router.get("/supervision/suspensions", response_model=SuspensionList, responses={422: PROBLEM})
 async def list_suspensions(
-    state: State,
-    caller: Commission,
+    unit: CommissionReading,
     subject_type: SubjectType | None = None,
     organisation_id: QueryId = None,
     active: Annotated[bool | None, Query(description="In force now (true) or ended (false).")] = None,
@@ -63,17 +58,16 @@ async def list_suspensions(
 ) -> SuspensionList:
     """Suspensions and revocations of subjects in the commission's region, newest first."""
     before = decode_id_cursor(cursor)
-    async with state.db.sessionmaker() as session:
-        items, following = await service.list_suspensions(
-            session=session,
-            caller=caller,
-            now=state.clock.now(),
-            subject_type=subject_type,
-            organisation_id=organisation_id,
-            active=active,
-            before_id=before,
-            limit=limit,
-        )
+    items, following = await service.list_suspensions(
+        session=unit.session,
+        caller=unit.caller,
+        now=unit.now,
+        subject_type=subject_type,
+        organisation_id=organisation_id,
+        active=active,
+        before_id=before,
+        limit=limit,
+    )
     return SuspensionList(
         items=items, next_cursor=encode_cursor(following) if following is not None else None
     )
@@ -84,15 +78,14 @@ async def list_suspensions(
     response_model=SuspensionOut,
     responses={404: PROBLEM, 409: PROBLEM},
 )
-async def reinstate_access(
-    suspension_id: PathId, body: ReinstateIn, request: Request, state: State, caller: Commission
-) -> SuspensionOut:
+async def reinstate_access(suspension_id: PathId, body: ReinstateIn, unit: Commission) -> SuspensionOut:
     """End a suspension or revocation, with a recorded reason; access returns on the next request."""
-    actor = actor_for(request, state, caller)
-    return await state.db.run(
-        lambda session: service.reinstate_access(
-            session=session, actor=actor, caller=caller, suspension_id=suspension_id, reason=body.reason
-        )
+    return await service.reinstate_access(
+        session=unit.session,
+        actor=unit.actor,
+        caller=unit.caller,
+        suspension_id=suspension_id,
+        reason=body.reason,
     )
 
 
@@ -102,43 +95,38 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
     return value
 
 
-async def _search_audit(request: Request, state: State, caller: Caller, search: AuditSearch) -> AuditPage:
+async def _search_audit(unit: Unit, search: AuditSearch) -> AuditPage:
     before = decode_id_cursor(search.cursor)
-    actor = actor_for(request, state, caller)
-    items, following = await state.db.run(
-        lambda session: service.query_audit(
-            session=session,
-            actor=actor,
-            caller=caller,
-            crypto=state.crypto,
-            resident_id_number=search.resident_id_number,
-            actor_client_id=search.actor_client_id,
-            actor_org_id=search.actor_org_id,
-            action=search.action,
-            from_=_aware("from", search.from_),
-            to=_aware("to", search.to),
-            before_id=before,
-            limit=search.limit,
-        )
+    items, following = await service.query_audit(
+        session=unit.session,
+        actor=unit.actor,
+        caller=unit.caller,
+        crypto=unit.crypto,
+        resident_id_number=search.resident_id_number,
+        actor_client_id=search.actor_client_id,
+        actor_org_id=search.actor_org_id,
+        action=search.action,
+        from_=_aware("from", search.from_),
+        to=_aware("to", search.to),
+        before_id=before,
+        limit=search.limit,
     )
     return AuditPage(items=items, next_cursor=encode_cursor(following) if following is not None else None)
 
 
 @router.post("/audit/search", response_model=AuditPage, responses={422: PROBLEM})
-async def search_audit(body: AuditSearch, request: Request, state: State, caller: Commission) -> AuditPage:
+async def search_audit(body: AuditSearch, unit: Commission) -> AuditPage:
     """The audit trail of the commission's region, newest first (R15); this query is recorded too.
 
     Filter by resident (ID number), by actor (client or organisation), by action and by time;
     page with ``cursor``. The ID number travels in the body, out of URLs and proxy logs.
     """
-    return await _search_audit(request, state, caller, body)
+    return await _search_audit(unit, body)
 
 
 @router.get("/audit", response_model=AuditPage, responses={422: PROBLEM}, deprecated=True)
 async def query_audit(
-    request: Request,
-    state: State,
-    caller: Commission,
+    unit: Commission,
     resident_id_number: Annotated[
         str | None, Query(min_length=15, max_length=20, description="Found through the blind index.")
     ] = None,
@@ -165,4 +153,4 @@ async def query_audit(
         cursor=cursor,
         limit=limit,
     )
-    return await _search_audit(request, state, caller, search)
+    return await _search_audit(unit, search)
