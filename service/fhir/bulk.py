@@ -10,6 +10,12 @@ of the rows the files are built from (one aggregate query over the same joins), 
 next instant at which a status turns by time alone (a window opens or closes, a slot starts).
 While neither has moved, the cached generation is served; otherwise it is rebuilt, in one
 REPEATABLE READ snapshot so that the fingerprint and the files describe the same data.
+
+The fingerprint is read in the request's unit of work. The rebuild is not: the unit's
+transaction has already begun at READ COMMITTED, where each statement sees its own snapshot,
+and a generation is shared by every later request of the region, not this request's work. So
+the rebuild opens a REPEATABLE READ transaction of its own on the same engine (a second
+pooled connection, held only while it reads), and ends it; it writes nothing.
 """
 
 from __future__ import annotations
@@ -23,13 +29,12 @@ from typing import Any
 
 from sqlalchemy import Select, String, case, cast, func, literal, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from service.fhir import resources
 from service.fhir.service import region_names
 from service.fhir.validation import checked
 from service.kit import bounds
-from service.kit.db import Database
 from service.kit.regions import within
 from service.models.registry import Department, Doctor, Organisation
 from service.models.slots import ClinicSession, Slot
@@ -100,8 +105,8 @@ def _ndjson(items: list[dict[str, Any]]) -> bytes:
     )
 
 
-async def _generate(db: Database, now: datetime, region_code: str) -> Generation:
-    async with db.sessionmaker() as session:
+async def _generate(engine: AsyncEngine, now: datetime, region_code: str) -> Generation:
+    async with AsyncSession(engine, expire_on_commit=False) as session:
         await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         etag = await _fingerprint(session, now, region_code)
         stmt = _candidates(now, region_code).where(resources.slot_status(now).in_(PUBLISHED_STATUSES))
@@ -124,9 +129,10 @@ class BulkPublication:
         self._generations: dict[str, Generation] = {}
         self._lock = asyncio.Lock()
 
-    async def current(self, db: Database, *, now: datetime, region_code: str) -> Generation:
-        async with db.sessionmaker() as session:
-            etag = await _fingerprint(session, now, region_code)
+    async def current(self, *, session: AsyncSession, now: datetime, region_code: str) -> Generation:
+        """The region's generation as of ``now``: ``session`` (the request's) reads the fingerprint;
+        a rebuild reads in a snapshot of its own (see the module's docstring)."""
+        etag = await _fingerprint(session, now, region_code)
         cached = self._generations.get(region_code)
         if cached is not None and cached.etag == etag:
             return cached
@@ -134,6 +140,9 @@ class BulkPublication:
             cached = self._generations.get(region_code)
             if cached is not None and cached.etag == etag:
                 return cached
-            generation = await _generate(db, now, region_code)
+            bind = session.bind
+            engine = bind.engine if isinstance(bind, AsyncConnection) else bind
+            assert isinstance(engine, AsyncEngine), "a request's session is bound to the database"
+            generation = await _generate(engine, now, region_code)
             self._generations[region_code] = generation
             return generation

@@ -8,19 +8,16 @@ OperationOutcome resources with the HTTP status /v1 would use; the issue's
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import structlog
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.deps import AppState, State, actor_for, require
 from service.fhir import resources, service
 from service.fhir.bulk import TYPES, BulkPublication, Generation
 from service.fhir.search import (
@@ -34,9 +31,10 @@ from service.fhir.search import (
     parse_tokens,
 )
 from service.fhir.validation import checked
-from service.kit.context import Caller
 from service.kit.cursors import encode_cursor
 from service.kit.errors import NotFound, Problem, as_problem, log_failure
+from service.web.state import State
+from service.web.unit import Unit, UnitRoute, reads, writes
 
 FHIR_JSON = "application/fhir+json"
 FHIR_NDJSON = "application/fhir+ndjson"
@@ -61,8 +59,9 @@ def outcome(status: int, code: str, detail: str, headers: dict[str, str] | None 
     )
 
 
-class FhirRoute(APIRoute):
-    """Turns every error of a /fhir route, its dependencies included, into an OperationOutcome."""
+class FhirRoute(UnitRoute):
+    """A route run in its unit of work (``UnitRoute``) that turns every error, its dependencies'
+    and its unit's included, into an OperationOutcome."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -90,9 +89,11 @@ class FhirRoute(APIRoute):
 router = APIRouter(
     prefix="/fhir", tags=["fhir"], route_class=FhirRoute, default_response_class=FhirJSONResponse
 )
-Reader = Annotated[Caller, Depends(require("hospital", "primary", "platform", "commission"))]
-Referrer = Annotated[Caller, Depends(require("hospital", "primary"))]
-Publisher = Annotated[Caller, Depends(require("platform", "commission"))]
+# Searches of the pool's Locations, Schedules and Slots show no personal data and record nothing.
+Reader = Annotated[Unit, reads("hospital", "primary", "platform", "commission")]
+# Every read of an Appointment (a referral) is recorded in the audit trail (R15).
+Referrer = Annotated[Unit, writes("hospital", "primary")]
+Publisher = Annotated[Unit, reads("platform", "commission")]
 Count = Annotated[int, Query(alias="_count", ge=1, le=MAX_COUNT, description="Page size.")]
 Cursor = Annotated[str | None, Query(alias="_cursor", max_length=100, description="From Bundle.link next.")]
 Dates = Annotated[list[str] | None, Query(max_length=10, description="FHIR date: eq|ge|gt|le|lt prefix.")]
@@ -148,20 +149,17 @@ def path_id(resource_type: str, value: str) -> int:
 
 
 Page = tuple[list[dict[str, Any]], int | None]
-PoolSearch = Callable[[AsyncSession, list[service.Pool], datetime], Awaitable[Page]]
 
 
-async def _in_pools(state: AppState, caller: Caller, search: PoolSearch) -> tuple[datetime, Page]:
-    """Run ``search`` over the pools the caller may read, in one session, at one clock reading."""
-    now = state.clock.now()
-    async with state.db.sessionmaker() as session:
-        pools = await service.visible_pools(session=session, caller=caller, now=now)
-        return now, await search(session, pools, now)
+async def _pools(unit: Unit) -> list[service.Pool]:
+    """The pools the caller may read, at the unit's clock reading."""
+    return await service.visible_pools(session=unit.session, caller=unit.caller, now=unit.now)
 
 
 @router.get("/metadata", responses=ERRORS)
 async def metadata(request: Request, state: State) -> FhirJSONResponse:
     """The CapabilityStatement: FHIR R4, read and search only, JSON only."""
+    # Public (no API key), so it has no unit of work; it only reads the shared clock.
     return FhirJSONResponse(checked(capability_statement(fhir_base(request), state.clock.now())))
 
 
@@ -171,8 +169,7 @@ async def metadata(request: Request, state: State) -> FhirJSONResponse:
 @router.get("/Location", responses=ERRORS)
 async def search_locations(
     request: Request,
-    state: State,
-    caller: Reader,
+    unit: Reader,
     count: Count = DEFAULT_COUNT,
     cursor: Cursor = None,
     _id: Annotated[str | None, Query(alias="_id", max_length=30)] = None,
@@ -180,25 +177,17 @@ async def search_locations(
     """Hospitals the caller may read, as Locations."""
     location_id = parse_reference("_id", _id, "Location") if _id is not None else None
     after = decode_cursor(cursor)
-    now, page = await _in_pools(
-        state,
-        caller,
-        lambda session, pools, _: service.search_locations(
-            session=session, pools=pools, location_id=location_id, after=after, count=count
-        ),
+    page = await service.search_locations(
+        session=unit.session, pools=await _pools(unit), location_id=location_id, after=after, count=count
     )
-    return searchset(request, now, page)
+    return searchset(request, unit.now, page)
 
 
 @router.get("/Location/{location_id}", responses=ERRORS)
-async def read_location(location_id: str, state: State, caller: Reader) -> FhirJSONResponse:
+async def read_location(location_id: str, unit: Reader) -> FhirJSONResponse:
     wanted = path_id("Location", location_id)
-    _, page = await _in_pools(
-        state,
-        caller,
-        lambda session, pools, _: service.search_locations(
-            session=session, pools=pools, location_id=wanted, count=1
-        ),
+    page = await service.search_locations(
+        session=unit.session, pools=await _pools(unit), location_id=wanted, count=1
     )
     return single(page, "Location", location_id)
 
@@ -209,8 +198,7 @@ async def read_location(location_id: str, state: State, caller: Reader) -> FhirJ
 @router.get("/Schedule", responses=ERRORS)
 async def search_schedules(
     request: Request,
-    state: State,
-    caller: Reader,
+    unit: Reader,
     actor: Annotated[str | None, Query(max_length=100, description="Location/<id>")] = None,
     active: bool | None = None,
     date: Dates = None,
@@ -223,32 +211,24 @@ async def search_schedules(
     dates = [parse_date("date", d) for d in date or []]
     services = parse_service_types("service-type", service_type)
     after = decode_cursor(cursor)
-    now, page = await _in_pools(
-        state,
-        caller,
-        lambda session, pools, _: service.search_schedules(
-            session=session,
-            pools=pools,
-            location_id=location_id,
-            active=active,
-            dates=dates,
-            services=services,
-            after=after,
-            count=count,
-        ),
+    page = await service.search_schedules(
+        session=unit.session,
+        pools=await _pools(unit),
+        location_id=location_id,
+        active=active,
+        dates=dates,
+        services=services,
+        after=after,
+        count=count,
     )
-    return searchset(request, now, page)
+    return searchset(request, unit.now, page)
 
 
 @router.get("/Schedule/{schedule_id}", responses=ERRORS)
-async def read_schedule(schedule_id: str, state: State, caller: Reader) -> FhirJSONResponse:
+async def read_schedule(schedule_id: str, unit: Reader) -> FhirJSONResponse:
     wanted = path_id("Schedule", schedule_id)
-    _, page = await _in_pools(
-        state,
-        caller,
-        lambda session, pools, _: service.search_schedules(
-            session=session, pools=pools, schedule_id=wanted, count=1
-        ),
+    page = await service.search_schedules(
+        session=unit.session, pools=await _pools(unit), schedule_id=wanted, count=1
     )
     return single(page, "Schedule", schedule_id)
 
@@ -259,8 +239,7 @@ async def read_schedule(schedule_id: str, state: State, caller: Reader) -> FhirJ
 @router.get("/Slot", responses=ERRORS)
 async def search_slots(
     request: Request,
-    state: State,
-    caller: Reader,
+    unit: Reader,
     schedule: Annotated[str | None, Query(max_length=100, description="Schedule/<id>")] = None,
     start: Dates = None,
     status: Annotated[str | None, Query(max_length=100, description="free,busy,busy-unavailable")] = None,
@@ -274,33 +253,25 @@ async def search_slots(
     statuses = parse_tokens("status", status, resources.SLOT_STATUSES)
     services = parse_service_types("service-type", service_type)
     after = decode_cursor(cursor)
-    now, page = await _in_pools(
-        state,
-        caller,
-        lambda session, pools, now: service.search_slots(
-            session=session,
-            pools=pools,
-            now=now,
-            schedule_id=schedule_id,
-            starts=starts,
-            statuses=statuses,
-            services=services,
-            after=after,
-            count=count,
-        ),
+    page = await service.search_slots(
+        session=unit.session,
+        pools=await _pools(unit),
+        now=unit.now,
+        schedule_id=schedule_id,
+        starts=starts,
+        statuses=statuses,
+        services=services,
+        after=after,
+        count=count,
     )
-    return searchset(request, now, page)
+    return searchset(request, unit.now, page)
 
 
 @router.get("/Slot/{slot_id}", responses=ERRORS)
-async def read_slot(slot_id: str, state: State, caller: Reader) -> FhirJSONResponse:
+async def read_slot(slot_id: str, unit: Reader) -> FhirJSONResponse:
     wanted = path_id("Slot", slot_id)
-    _, page = await _in_pools(
-        state,
-        caller,
-        lambda session, pools, now: service.search_slots(
-            session=session, pools=pools, now=now, slot_id=wanted, count=1
-        ),
+    page = await service.search_slots(
+        session=unit.session, pools=await _pools(unit), now=unit.now, slot_id=wanted, count=1
     )
     return single(page, "Slot", slot_id)
 
@@ -308,24 +279,16 @@ async def read_slot(slot_id: str, state: State, caller: Reader) -> FhirJSONRespo
 # --- Appointment --------------------------------------------------------------------------
 
 
-async def _appointments(
-    request: Request, state: AppState, caller: Caller, **filters: Any
-) -> tuple[datetime, tuple[list[dict[str, Any]], int | None]]:
-    actor = actor_for(request, state, caller)
-
-    async def work(session: AsyncSession) -> tuple[list[dict[str, Any]], int | None]:
-        return await service.search_appointments(
-            session=session, actor=actor, caller=caller, crypto=state.crypto, **filters
-        )
-
-    return actor.now, await state.db.run(work)
+async def _appointments(unit: Unit, **filters: Any) -> Page:
+    return await service.search_appointments(
+        session=unit.session, actor=unit.actor, caller=unit.caller, crypto=unit.crypto, **filters
+    )
 
 
 @router.get("/Appointment", responses=ERRORS)
 async def search_appointments(
     request: Request,
-    state: State,
-    caller: Referrer,
+    unit: Referrer,
     status: Annotated[str | None, Query(max_length=100, description="booked,cancelled")] = None,
     date: Dates = None,
     slot: Annotated[str | None, Query(max_length=100, description="Slot/<id>")] = None,
@@ -333,10 +296,8 @@ async def search_appointments(
     cursor: Cursor = None,
 ) -> FhirJSONResponse:
     """Referrals the caller made (primary) or receives (hospital), as Appointments."""
-    now, page = await _appointments(
-        request,
-        state,
-        caller,
+    page = await _appointments(
+        unit,
         reference=None,
         statuses=parse_tokens("status", status, ("booked", "cancelled")),
         dates=[parse_date("date", d) for d in date or []],
@@ -344,21 +305,15 @@ async def search_appointments(
         after=decode_cursor(cursor),
         count=count,
     )
-    return searchset(request, now, page)
+    return searchset(request, unit.now, page)
 
 
 @router.get("/Appointment/{reference}", responses=ERRORS)
 async def read_appointment(
-    reference: Annotated[str, Path(max_length=64)], request: Request, state: State, caller: Referrer
+    reference: Annotated[str, Path(max_length=64)], unit: Referrer
 ) -> FhirJSONResponse:
     """One referral, to the referring institution or the receiving hospital only."""
-    _, page = await _appointments(
-        request,
-        state,
-        caller,
-        reference=reference,
-        count=1,
-    )
+    page = await _appointments(unit, reference=reference, count=1)
     return single(page, "Appointment", reference)
 
 
@@ -377,16 +332,16 @@ def _not_modified(request: Request, generation: Generation) -> bool:
     return f'"{generation.etag}"' in tags or "*" in tags
 
 
-async def _generation(request: Request, state: AppState, caller: Caller) -> Generation:
+async def _generation(request: Request, unit: Unit) -> Generation:
     return await _publication(request).current(
-        state.db, now=state.clock.now(), region_code=caller.region_code
+        session=unit.session, now=unit.now, region_code=unit.caller.region_code
     )
 
 
 @router.get("/$bulk-publish", responses={304: {"description": "Unchanged since the ETag sent."}})
-async def bulk_manifest(request: Request, state: State, caller: Publisher) -> Response:
+async def bulk_manifest(request: Request, unit: Publisher) -> Response:
     """SMART Scheduling Links manifest of the caller's region's open pool availability."""
-    generation = await _generation(request, state, caller)
+    generation = await _generation(request, unit)
     headers = {"ETag": f'"{generation.etag}"', "Cache-Control": "no-cache"}
     if _not_modified(request, generation):
         return Response(status_code=304, headers=headers)
@@ -402,11 +357,11 @@ async def bulk_manifest(request: Request, state: State, caller: Publisher) -> Re
 
 
 @router.get("/bulk/{resource_type}.ndjson", responses={**ERRORS, 304: {"description": "Unchanged."}})
-async def bulk_file(resource_type: str, request: Request, state: State, caller: Publisher) -> Response:
+async def bulk_file(resource_type: str, request: Request, unit: Publisher) -> Response:
     """One NDJSON file of the current generation; its ETag is the manifest's."""
     if resource_type not in TYPES:
         raise NotFound("resource_not_found", f"No bulk file for {resource_type}.")
-    generation = await _generation(request, state, caller)
+    generation = await _generation(request, unit)
     headers = {"ETag": f'"{generation.etag}"', "Cache-Control": "no-cache"}
     if _not_modified(request, generation):
         return Response(status_code=304, headers=headers)
