@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import APIRouter, Response
 
-from service.deps import State, actor_for, require
-from service.kit.context import Caller
 from service.slip import service
 from service.slip.render import render_slip
 from service.slip.schemas import PatientNotice
+from service.web.unit import Unit, UnitRoute, writes
 
-router = APIRouter(prefix="/v1", tags=["referrals"])
-Reader = Annotated[Caller, Depends(require("primary", "hospital"))]
+router = APIRouter(prefix="/v1", tags=["referrals"], route_class=UnitRoute)
+# Both endpoints record the read of the referral in the audit trail (R15), so they write.
+Reader = Annotated[Unit, writes("primary", "hospital")]
 PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
@@ -27,22 +26,18 @@ PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused:
         404: PROBLEM,
     },
 )
-async def get_slip(reference: str, request: Request, state: State, caller: Reader) -> Response:
+async def get_slip(reference: str, unit: Reader) -> Response:
     """The printable referral slip; a cancelled referral's slip says so. The read is audited (R15)."""
-    actor = actor_for(request, state, caller)
-
-    async def work(session: AsyncSession) -> PatientNotice:
-        return await service.patient_notice(
-            session=session,
-            actor=actor,
-            caller=caller,
-            crypto=state.crypto,
-            reference=reference,
-            purpose="slip",
-        )
-
-    notice = await state.db.run(work)
-    pdf = await asyncio.to_thread(render_slip, notice, issued_at=actor.now)
+    notice = await service.patient_notice(
+        session=unit.session,
+        actor=unit.actor,
+        caller=unit.caller,
+        crypto=unit.crypto,
+        reference=reference,
+        purpose="slip",
+    )
+    # Rendered off the event loop; the audited read commits with the slip it delivers.
+    pdf = await asyncio.to_thread(render_slip, notice, issued_at=unit.now)
     return Response(
         pdf,
         media_type="application/pdf",
@@ -54,18 +49,13 @@ async def get_slip(reference: str, request: Request, state: State, caller: Reade
 
 
 @router.get("/referrals/{reference}/notice", response_model=PatientNotice, responses={404: PROBLEM})
-async def get_notice(reference: str, request: Request, state: State, caller: Reader) -> PatientNotice:
+async def get_notice(reference: str, unit: Reader) -> PatientNotice:
     """The patient notice as data and as SMS text, for the family doctor app to send (R11)."""
-    actor = actor_for(request, state, caller)
-
-    async def work(session: AsyncSession) -> PatientNotice:
-        return await service.patient_notice(
-            session=session,
-            actor=actor,
-            caller=caller,
-            crypto=state.crypto,
-            reference=reference,
-            purpose="notice",
-        )
-
-    return await state.db.run(work)
+    return await service.patient_notice(
+        session=unit.session,
+        actor=unit.actor,
+        caller=unit.caller,
+        crypto=unit.crypto,
+        reference=reference,
+        purpose="notice",
+    )
