@@ -7,7 +7,9 @@ from datetime import date, datetime
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 
+from service.availability import service as availability
 from service.availability.schemas import AvailabilityOut
 from service.kit.clock import SHANGHAI
 from service.loops.release import release_due_slots
@@ -213,6 +215,21 @@ async def test_r19_etag_and_304(client, world, clock, pushed):
     changed = await feed(client, world, headers={"If-None-Match": etag})
     assert changed.headers["etag"] != etag
     assert counts(changed.json(), department_code="CARD", service_date=DAY.isoformat())["booked"] == 1
+
+
+async def test_r19_a_whole_window_is_read_in_one_read_only_snapshot(client, world, pushed, monkeypatch):
+    """The digests, the fragments rendered for them and the cursor come from one snapshot."""
+    seen = []
+    original = availability.read_window
+
+    async def read_window(*, session, window, cache):
+        for name in ("transaction_isolation", "transaction_read_only"):
+            seen.append((await session.execute(text(f"SHOW {name}"))).scalar_one())
+        return await original(session=session, window=window, cache=cache)
+
+    monkeypatch.setattr(availability, "read_window", read_window)
+    await feed(client, world)
+    assert seen == ["repeatable read", "on"]
 
 
 async def test_r19_etag_changes_when_only_the_clock_moves_counts(client, world, clock, pushed):

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from service.kit.clock import local_datetime
 from service.models.slots import ClinicSession, Slot
-from tests.factories import booking, push, session_item, sign
+from tests.factories import add_wuhu_key, booking, push, session_item, sign
 
 DAY = date(2026, 3, 10)
 
@@ -46,6 +46,18 @@ async def test_r4_senior_share_shortfall_is_recorded_not_ignored(client, world):
     assert result["shortfalls"] == []
     r = await client.get("/v1/hospital/shortfalls", headers=world.auth("city_hospital"))
     assert r.json()["items"] == []
+
+
+async def test_commission_reads_the_shortfalls_of_its_own_region_only(client, world, crypto):
+    await push(client, world, [session_item("S1", DAY, slots=20, title="attending")])
+    hospital = world.ids["city_hospital"]
+    r = await client.get("/v1/shortfalls", params={"hospital_id": hospital}, headers=world.auth("commission"))
+    assert [s["hospital_id"] for s in r.json()["items"]] == [hospital]
+    await add_wuhu_key(world, crypto, "wuhu_commission", "commission")
+    for params in ({}, {"hospital_id": hospital}):
+        r = await client.get("/v1/shortfalls", params=params, headers=world.auth("wuhu_commission"))
+        assert r.status_code == 200, r.text
+        assert r.json()["items"] == []
 
 
 async def test_r2_expert_base_reserves_a_third_of_expert_slots(client, world):

@@ -6,19 +6,18 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from service.availability import service
 from service.availability.schemas import AvailabilityOut
-from service.deps import State, require
 from service.kit.bounds import Day
-from service.kit.context import Caller
 from service.kit.errors import Forbidden
 from service.kit.ids import QueryId
 from service.kit.regions import covers
 from service.kit.resources import Modality, ResourceKind
+from service.web.unit import Unit, UnitRoute, reads
 
-router = APIRouter(prefix="/v1", tags=["availability"])
+router = APIRouter(prefix="/v1", tags=["availability"], route_class=UnitRoute)
 CACHE_CONTROL = "private, no-cache"  # per-client scope; always revalidate (cheap with If-None-Match)
 
 
@@ -65,8 +64,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 )
 async def read_availability(
     request: Request,
-    state: State,
-    caller: Annotated[Caller, Depends(require("platform"))],
+    unit: Annotated[Unit, reads("platform")],
     region: Annotated[str, Query(pattern=r"^[0-9]{6}$", description="A city or county code (GB/T 2260).")],
     date_from: Annotated[Day, Query(alias="from")],
     date_to: Annotated[Day, Query(alias="to", description="Inclusive; at most 7 days after from.")],
@@ -82,14 +80,13 @@ async def read_availability(
     hospital, department, date, period and resource kind (R18), and within the kind per doctor
     title (visits), modality (examinations) or ward (beds); no personal data."""
     service.check_window(region, date_from, date_to)
-    if not covers(caller.region_code, region):
+    if not covers(unit.caller.region_code, region):
         raise Forbidden(
             "region_out_of_scope",
-            f"This platform serves {caller.region_code}, which does not cover {region}.",
+            f"This platform serves {unit.caller.region_code}, which does not cover {region}.",
         )
-    cursor = service.Cursor.decode(since) if since is not None else None
     window = service.Window(
-        now=state.clock.now(),
+        now=unit.now,
         region=region,
         date_from=date_from,
         date_to=date_to,
@@ -98,15 +95,12 @@ async def read_availability(
         resource_kind=resource_kind,
         modality=modality,
     )
-    async with state.db.sessionmaker() as session:
-        if cursor is not None:
-            result = await service.read_changes(session=session, window=window, since=cursor)
-        else:
-            # Digests, fragments and cursor must share one snapshot.
-            await session.connection(
-                execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
-            )
-            result = await service.read_window(session=session, window=window, cache=_cache(request))
+    result = await service.read(
+        session=unit.session,
+        window=window,
+        since=service.Cursor.decode(since) if since is not None else None,
+        cache=_cache(request),
+    )
     query = {
         "region": region,
         "from": date_from.isoformat(),

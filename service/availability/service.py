@@ -373,3 +373,17 @@ async def read_changes(*, session: AsyncSession, window: Window, since: Cursor) 
         replaces=",".join(replaced),
         cursor=Cursor(snapshot=rows[0].snapshot, as_of=window.now),
     )
+
+
+async def read(
+    *, session: AsyncSession, window: Window, since: Cursor | None, cache: FragmentCache
+) -> Availability:
+    """The whole window, or with ``since`` what changed in it after that cursor.
+
+    Must be the first statement of its transaction: the whole window's digests, fragments
+    and cursor share one snapshot, so it reads at REPEATABLE READ (the changes are one statement).
+    """
+    if since is not None:
+        return await read_changes(session=session, window=window, since=since)
+    await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+    return await read_window(session=session, window=window, cache=cache)

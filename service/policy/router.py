@@ -4,41 +4,34 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 
-from service.deps import State, actor_for, authenticate, require
-from service.kit.context import Caller
 from service.kit.ids import PathId
 from service.policy import service
 from service.policy.schemas import PolicyIn, PolicyList, PolicyOut
 from service.registry.schemas import PolicyAssignment
+from service.web.unit import Unit, UnitRoute, reads, writes
 
-router = APIRouter(prefix="/v1", tags=["policies"])
+router = APIRouter(prefix="/v1", tags=["policies"], route_class=UnitRoute)
 
 
 @router.get("/policies", response_model=PolicyList)
-async def list_policies(state: State, caller: Annotated[Caller, Depends(authenticate)]) -> PolicyList:
+async def list_policies(unit: Annotated[Unit, reads()]) -> PolicyList:
     """Every policy version."""
-    async with state.db.sessionmaker() as session:
-        rows = await service.list_policies(session=session)
+    rows = await service.list_policies(session=unit.session)
     return PolicyList(items=[PolicyOut(**service.policy_out(p)) for p in rows])
 
 
 @router.post("/policies", response_model=PolicyOut, status_code=201)
-async def publish_policy(
-    body: PolicyIn, request: Request, state: State, caller: Annotated[Caller, Depends(require("commission"))]
-) -> PolicyOut:
+async def publish_policy(body: PolicyIn, unit: Annotated[Unit, writes("commission")]) -> PolicyOut:
     """Publish the next version of a policy code.
 
     A new code belongs to the commission's region. A built-in code, or one of another region,
     is copied on write: the answer's ``code`` is then the region's own copy, ``<code>-<region>``,
     and the region's hospitals that held the original now hold the copy (docs/authorization.md).
     """
-    actor = actor_for(request, state, caller)
-    policy = await state.db.run(
-        lambda s: service.publish_policy(
-            session=s, actor=actor, fields=body.model_dump(), area=caller.region_code
-        )
+    policy = await service.publish_policy(
+        session=unit.session, actor=unit.actor, fields=body.model_dump(), area=unit.caller.region_code
     )
     return PolicyOut(**service.policy_out(policy))
 
@@ -46,26 +39,22 @@ async def publish_policy(
 @router.put(
     "/hospitals/{hospital_id}/policy",
     status_code=204,
+    # Spelled out: the unit's wrapper resolves ``-> None`` to ``NoneType``, which FastAPI
+    # would take for a body model, and a 204 has no body.
+    response_model=None,
     responses={
         403: {"content": {"application/problem+json": {}}, "description": "`policy_of_another_region`."},
         404: {"content": {"application/problem+json": {}}, "description": "Not in your region."},
     },
 )
 async def assign_policy(
-    hospital_id: PathId,
-    body: PolicyAssignment,
-    request: Request,
-    state: State,
-    caller: Annotated[Caller, Depends(require("commission"))],
+    hospital_id: PathId, body: PolicyAssignment, unit: Annotated[Unit, writes("commission")]
 ) -> None:
     """Assign a policy (by code) to a hospital of the commission's region."""
-    actor = actor_for(request, state, caller)
-    await state.db.run(
-        lambda s: service.assign_policy(
-            session=s,
-            actor=actor,
-            hospital_id=hospital_id,
-            policy_code=body.policy_code,
-            area=caller.region_code,
-        )
+    await service.assign_policy(
+        session=unit.session,
+        actor=unit.actor,
+        hospital_id=hospital_id,
+        policy_code=body.policy_code,
+        area=unit.caller.region_code,
     )

@@ -9,12 +9,21 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
-from service.kit.context import Actor
+from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto, new_api_key
 from service.kit.errors import Conflict, Forbidden, NotFound, Unprocessable
 from service.kit.regions import covers
 from service.models.registry import Alliance, AllianceMember, ApiClient, Organisation, Region
-from service.registry.schemas import AllianceIn, OpeningHoursIn, OrganisationIn, OrganisationOut, RegionIn
+from service.registry.schemas import (
+    AllianceIn,
+    AllianceOut,
+    Me,
+    OpeningHoursIn,
+    OrganisationIn,
+    OrganisationList,
+    OrganisationOut,
+    RegionIn,
+)
 
 ROLE_ORG_KINDS = {
     "hospital": ("hospital",),
@@ -133,6 +142,22 @@ def organisation_out(org: Organisation) -> OrganisationOut:
     )
 
 
+async def me(*, session: AsyncSession, caller: Caller) -> Me:
+    """The calling client, its role and its organisation."""
+    org = await session.get(Organisation, caller.org_id)
+    if org is None:
+        raise NotFound("organisation_not_found", "Your organisation no longer exists.")
+    return Me(client_id=caller.client_id, role=caller.role, organisation=organisation_out(org))
+
+
+async def list_organisations(*, session: AsyncSession, kind: str | None) -> OrganisationList:
+    """Every organisation (of one ``kind`` if given), in ID order."""
+    stmt = select(Organisation).order_by(Organisation.id)
+    if kind:
+        stmt = stmt.where(Organisation.kind == kind)
+    return OrganisationList(items=[organisation_out(o) for o in await session.scalars(stmt)])
+
+
 async def set_opening_hours(
     *, session: AsyncSession, actor: Actor, region_code: str, organisation_id: int, hours: OpeningHoursIn
 ) -> Organisation:
@@ -201,6 +226,18 @@ async def create_alliance(
         },
     )
     return row
+
+
+async def alliance_out(*, session: AsyncSession, alliance: Alliance) -> AllianceOut:
+    members = await session.scalars(
+        select(AllianceMember.organisation_id).where(AllianceMember.alliance_id == alliance.id)
+    )
+    return AllianceOut(
+        id=alliance.id,
+        name=alliance.name,
+        lead_hospital_id=alliance.lead_hospital_id,
+        member_ids=sorted(members),
+    )
 
 
 async def create_api_client(

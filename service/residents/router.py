@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path
 
 from service.abuse.bounds import refuse_if_too_many
-from service.deps import State, actor_for, require
-from service.kit.context import Caller
 from service.residents import service
 from service.residents.schemas import (
     MAX_SYNC_CONTRACTS,
@@ -17,18 +15,16 @@ from service.residents.schemas import (
     ContractSync,
     ContractSyncResult,
 )
+from service.web.unit import Unit, UnitRoute, reads, writes
 
-router = APIRouter(prefix="/v1", tags=["residents"])
+router = APIRouter(prefix="/v1", tags=["residents"], route_class=UnitRoute)
 PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 RegionCode = Annotated[str, Path(pattern="^[0-9]{6}$", description="A GB/T 2260 division code.")]
 
 
 @router.post("/contracts/sync", response_model=ContractSyncResult, responses={403: PROBLEM})
 async def sync_contracts(
-    body: ContractSync,
-    request: Request,
-    state: State,
-    caller: Annotated[Caller, Depends(require("platform", "primary"))],
+    body: ContractSync, unit: Annotated[Unit, writes("platform", "primary")]
 ) -> ContractSyncResult:
     """Upsert signed residents and their contracts; invalid rows are reported one by one.
 
@@ -37,22 +33,17 @@ async def sync_contracts(
     ``contracts_platform_only``).
     """
     refuse_if_too_many("contracts", len(body.contracts), MAX_SYNC_CONTRACTS)
-    actor = actor_for(request, state, caller)
-    return await state.db.run(
-        lambda s: service.sync_contracts(
-            session=s, actor=actor, caller=caller, crypto=state.crypto, rows=body.contracts
-        )
+    return await service.sync_contracts(
+        session=unit.session, actor=unit.actor, caller=unit.caller, crypto=unit.crypto, rows=body.contracts
     )
 
 
 @router.get("/regions/{region_code}/contract-source", response_model=ContractSourceOut)
 async def get_contract_source(
-    region_code: RegionCode,
-    state: State,
-    caller: Annotated[Caller, Depends(require("commission", "platform", "primary"))],
+    region_code: RegionCode, unit: Annotated[Unit, reads("commission", "platform", "primary")]
 ) -> ContractSourceOut:
     """Whether this division takes contracts from its signing platform only, and which setting decides."""
-    return await state.db.run(lambda s: service.contract_source_for(session=s, region_code=region_code))
+    return await service.contract_source_for(session=unit.session, region_code=region_code)
 
 
 @router.put(
@@ -61,16 +52,13 @@ async def get_contract_source(
     responses={403: PROBLEM, 404: PROBLEM},
 )
 async def set_contract_source(
-    region_code: RegionCode,
-    body: ContractSourceIn,
-    request: Request,
-    state: State,
-    caller: Annotated[Caller, Depends(require("commission"))],
+    region_code: RegionCode, body: ContractSourceIn, unit: Annotated[Unit, writes("commission")]
 ) -> ContractSourceOut:
     """The commission sets where contracts come from for a division of its region and those below it."""
-    actor = actor_for(request, state, caller)
-    return await state.db.run(
-        lambda s: service.set_contract_source(
-            session=s, actor=actor, caller=caller, region_code=region_code, source=body.source
-        )
+    return await service.set_contract_source(
+        session=unit.session,
+        actor=unit.actor,
+        caller=unit.caller,
+        region_code=region_code,
+        source=body.source,
     )

@@ -15,7 +15,7 @@ from service.kit.clock import local_date
 from service.kit.context import Actor
 from service.kit.crypto import Crypto
 from service.kit.errors import NotFound, Problem
-from service.kit.regions import covers
+from service.kit.regions import covers, within
 from service.kit.resources import MAX_BED_WINDOW_MINUTES, MAX_SLOT_MINUTES
 from service.models.policy import Policy
 from service.models.referrals import Referral
@@ -24,7 +24,16 @@ from service.models.slots import ClinicSession, ReservationShortfall, Slot
 from service.policy.service import policy_in_force
 from service.referrals.service import cancel_for_withdrawal
 from service.slots.reservation import Candidate, Selection, check_marked, select_reserved
-from service.slots.schemas import ItemError, SessionIn, SessionRemoved, SessionResult, ShortfallOut
+from service.slots.schemas import (
+    ItemError,
+    PushResult,
+    SessionIn,
+    SessionRemoved,
+    SessionResult,
+    ShortfallList,
+    ShortfallOut,
+    ShortfallRow,
+)
 
 POOL_HELD = ("reserved", "booked", "returned")
 # What each resource kind must name; a doctor stays optional for the other two (R18).
@@ -148,6 +157,19 @@ async def push_sessions(
                 )
             )
     return results
+
+
+async def push_hospital_sessions(
+    *, session: AsyncSession, actor: Actor, crypto: Crypto, hospital_id: int, items: list[SessionIn]
+) -> PushResult:
+    """``push_sessions`` for the hospital ``hospital_id`` (the pushing client's organisation)."""
+    hospital = await session.get(Organisation, hospital_id)
+    assert hospital is not None
+    return PushResult(
+        results=await push_sessions(
+            session=session, actor=actor, crypto=crypto, hospital=hospital, items=items
+        )
+    )
 
 
 async def _upsert_department(session: AsyncSession, hospital_id: int, item: SessionIn) -> Department:
@@ -492,10 +514,13 @@ async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, ver
 async def list_shortfalls(
     *,
     session: AsyncSession,
-    hospital_ids: list[int] | None,
     date_from: date | None,
     date_to: date | None,
-) -> list[tuple[ReservationShortfall, Department, Policy]]:
+    hospital_id: int | None = None,
+    region_code: str | None = None,
+) -> ShortfallList:
+    """Unmet rules per department and day: of one hospital (``hospital_id``), of the hospitals
+    of a region (``region_code``), or of one hospital if it lies in the region (both)."""
     stmt = (
         select(ReservationShortfall, Department, Policy)
         .join(Department, Department.id == ReservationShortfall.department_id)
@@ -507,13 +532,35 @@ async def list_shortfalls(
             ReservationShortfall.kind,
         )
     )
-    if hospital_ids is not None:
-        stmt = stmt.where(ReservationShortfall.hospital_id.in_(hospital_ids))
+    if region_code is not None:
+        stmt = stmt.join(Organisation, Organisation.id == ReservationShortfall.hospital_id).where(
+            Organisation.kind == "hospital", within(Organisation.region_code, region_code)
+        )
+    if hospital_id is not None:
+        stmt = stmt.where(ReservationShortfall.hospital_id == hospital_id)
     if date_from is not None:
         stmt = stmt.where(ReservationShortfall.service_date >= date_from)
     if date_to is not None:
         stmt = stmt.where(ReservationShortfall.service_date <= date_to)
-    return [tuple(row) for row in (await session.execute(stmt.limit(5000))).all()]  # type: ignore[misc]
+    rows = (await session.execute(stmt.limit(5000))).all()
+    return ShortfallList(
+        items=[
+            ShortfallRow(
+                hospital_id=sf.hospital_id,
+                department_code=dept.code,
+                department_name=dept.name,
+                service_date=sf.service_date,
+                resource_kind=sf.resource_kind,
+                kind=sf.kind,
+                required=sf.required,
+                actual=sf.actual,
+                policy_code=policy.code,
+                policy_version=policy.version,
+                recorded_at=sf.recorded_at,
+            )
+            for sf, dept, policy in rows
+        ]
+    )
 
 
 # --- removal of a session pushed in error ---------------------------------------------------
