@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 
 from service.abuse.ratelimit import limit_for, take_token
+from service.identity.suspensions import blocking_suspension, refusal
 from service.kit.clock import Clock
 from service.kit.config import Settings
 from service.kit.context import Actor, Caller
@@ -19,7 +20,6 @@ from service.kit.db import Database
 from service.kit.errors import Forbidden, Unauthorized
 from service.models.registry import ApiClient, Organisation
 from service.models.supervision import AccessSuspension
-from service.identity.suspensions import blocking_suspension, refusal
 
 
 @dataclass

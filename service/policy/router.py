@@ -39,9 +39,6 @@ async def publish_policy(body: PolicyIn, unit: Annotated[Unit, writes("commissio
 @router.put(
     "/hospitals/{hospital_id}/policy",
     status_code=204,
-    # Spelled out: the unit's wrapper resolves ``-> None`` to ``NoneType``, which FastAPI
-    # would take for a body model, and a 204 has no body.
-    response_model=None,
     responses={
         403: {"content": {"application/problem+json": {}}, "description": "`policy_of_another_region`."},
         404: {"content": {"application/problem+json": {}}, "description": "Not in your region."},

@@ -18,6 +18,7 @@ from service.abuse.hotline import HotlineLimits, count_failure, lock_attempts, r
 from service.attendance.bars import refuse_if_barred
 from service.audit.service import record, record_read
 from service.events.service import emit
+from service.identity.suspensions import refuse_if_suspended
 from service.kit.clock import SHANGHAI, local_date, zh_instant
 from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto, mask_id_number, mask_name
@@ -51,7 +52,6 @@ from service.referrals.schemas import (
     WardOut,
 )
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
-from service.identity.suspensions import refuse_if_suspended
 
 REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 

@@ -35,9 +35,7 @@ OUT_OF_REGION: dict[int | str, dict[str, Any]] = {
 }
 
 
-# ``response_model=None`` spelled out: the unit's wrapper resolves ``-> None`` to ``NoneType``,
-# which FastAPI would take for a body model, and a 204 has no body.
-@router.post("/regions", status_code=204, response_model=None, responses=OUT_OF_REGION)
+@router.post("/regions", status_code=204, responses=OUT_OF_REGION)
 async def upsert_regions(body: RegionBatch, unit: Commission) -> None:
     """Insert or rename GB/T 2260 divisions inside the commission's region."""
     await service.upsert_regions(

@@ -192,7 +192,10 @@ def in_unit(endpoint: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
         parameters=[
             p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
         ],
-        return_annotation=hints.get("return", signature.return_annotation),
+        # ``-> None`` resolves to NoneType, which FastAPI would take for a body model.
+        return_annotation=None
+        if hints.get("return") is type(None)
+        else hints.get("return", signature.return_annotation),
     )
     return run
 
