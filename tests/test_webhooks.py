@@ -17,17 +17,17 @@ import pytest
 from sqlalchemy import func, select, text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from service.events.service import emit
 from service.kit.clock import ManualClock
 from service.kit.config import Settings
 from service.kit.crypto import Crypto
 from service.kit.db import Database
 from service.kit.errors import Unprocessable
-from service.loops.dispatcher import BACKOFF, JITTER, MAX_ATTEMPTS, Dispatcher, http_client, listen_dsn
 from service.models.events import EVENT_TYPES, Event
 from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from service.webhooks.signing import signature, signature_header
-from service.webhooks.urls import check_url
+from service.outbox.dispatcher import BACKOFF, JITTER, MAX_ATTEMPTS, Dispatcher, http_client, listen_dsn
+from service.outbox.events import emit
+from service.outbox.signing import signature, signature_header
+from service.outbox.urls import check_url
 from tests.factories import World, booking, pool_slots, push, session_item, sign, synthetic_id
 from tests.test_contracts import RESIDENTS, _validator, run_flow
 from tests.webhook_receiver import Receiver, verify
@@ -505,8 +505,8 @@ async def test_r19_delivery_rechecks_the_address_dns_rebinding(world, clock, cry
     assert await check_url(url, allow_loopback=False, resolver=DNS)
 
     async def add(session: Any) -> None:
-        from service.webhooks.service import SECRET_COLUMN
-        from service.webhooks.signing import new_secret
+        from service.outbox.endpoints import SECRET_COLUMN
+        from service.outbox.signing import new_secret
 
         now = clock.now()
         session.add(

@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.deps import State, actor_for, require
 from service.kit.context import Caller
 from service.kit.ids import MAX_ID, PathId, QueryId
-from service.webhooks import service
-from service.webhooks.schemas import (
+from service.outbox import endpoints as service
+from service.outbox.schemas import (
     DeliveryList,
     EndpointIn,
     EndpointList,

@@ -1,11 +1,11 @@
-"""Hospitals' webhook endpoints, the fan-out of events to them, dead letters and replays."""
+"""Hospitals' webhook endpoints, their signing secrets, dead letters and replays."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
@@ -14,50 +14,19 @@ from service.kit.crypto import Crypto
 from service.kit.errors import Conflict, NotFound
 from service.models.events import Event
 from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from service.webhooks.schemas import (
+from service.outbox.events import notify_dispatchers
+from service.outbox.schemas import (
     AttemptOut,
     DeliveryOut,
     EndpointIn,
     EndpointOut,
     EndpointPatch,
 )
-from service.webhooks.signing import new_secret, webhook_id
-from service.webhooks.urls import Resolver, check_url, system_resolver
+from service.outbox.signing import new_secret, webhook_id
+from service.outbox.urls import Resolver, check_url, system_resolver
 
 SECRET_COLUMN = "webhook_endpoints.secret"
-CHANNEL = "slotpool_events"
 DeliveryStatus = Literal["pending", "delivered", "dead"]
-
-
-async def notify_dispatchers(*, session: AsyncSession) -> None:
-    """Wake the dispatchers when this transaction commits (PostgreSQL delivers NOTIFY at commit)."""
-    await session.execute(text(f"NOTIFY {CHANNEL}"))
-
-
-async def fan_out(*, session: AsyncSession, event: Event) -> int:
-    """One pending delivery per endpoint of the event's hospital subscribed to its type.
-
-    Disabled endpoints get theirs too: they wait in the endpoint's queue until it is
-    re-enabled, so a hospital whose receiver answered 410 misses nothing. Endpoints
-    registered later never see older events.
-    """
-    result = await session.execute(
-        text(
-            "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, created_at) "
-            "SELECT :event_id, id, 'pending', 0, :at, :at FROM webhook_endpoints "
-            "WHERE hospital_id = :hospital_id AND :event_type = ANY(event_types)"
-        ),
-        {
-            "event_id": event.id,
-            "at": event.created_at,
-            "hospital_id": event.hospital_id,
-            "event_type": event.type,
-        },
-    )
-    count: int = getattr(result, "rowcount", 0) or 0
-    if count:
-        await notify_dispatchers(session=session)
-    return count
 
 
 def endpoint_out(endpoint: WebhookEndpoint) -> EndpointOut:
