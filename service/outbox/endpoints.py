@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
@@ -18,12 +19,10 @@ from service.outbox.events import notify_dispatchers
 from service.outbox.schemas import (
     AttemptOut,
     DeliveryOut,
-    EndpointIn,
     EndpointOut,
     EndpointPatch,
 )
 from service.outbox.signing import new_secret, webhook_id
-from service.outbox.urls import Resolver, check_url, system_resolver
 
 SECRET_COLUMN = "webhook_endpoints.secret"
 DeliveryStatus = Literal["pending", "delivered", "dead"]
@@ -57,17 +56,18 @@ async def register_endpoint(
     actor: Actor,
     crypto: Crypto,
     hospital_id: int,
-    body: EndpointIn,
-    allow_loopback: bool,
-    resolver: Resolver = system_resolver,
+    url: str,
+    event_types: Sequence[str],
 ) -> tuple[WebhookEndpoint, str]:
-    """Register an endpoint with a fresh secret; returns the secret, which is never shown again."""
-    url = await check_url(body.url, allow_loopback=allow_loopback, resolver=resolver)
+    """Register an endpoint with a fresh secret; returns the secret, which is never shown again.
+
+    ``url`` has passed ``check_url`` (which may resolve DNS: before the transaction, not in it).
+    """
     secret = new_secret()
     endpoint = WebhookEndpoint(
         hospital_id=hospital_id,
         url=url,
-        event_types=sorted(set(body.event_types)),
+        event_types=sorted(set(event_types)),
         secret_enc=crypto.encrypt(secret, column=SECRET_COLUMN),
         status="active",
         created_at=actor.now,
@@ -118,16 +118,12 @@ async def update_endpoint(
     hospital_id: int,
     endpoint_id: int,
     patch: EndpointPatch,
-    allow_loopback: bool,
-    resolver: Resolver = system_resolver,
+    url: str | None,
 ) -> WebhookEndpoint:
-    """Change the URL or the event types, or re-enable a disabled endpoint."""
-    # The URL check may resolve DNS: done before the first statement, so no connection waits on it.
-    url = (
-        None
-        if patch.url is None
-        else await check_url(patch.url, allow_loopback=allow_loopback, resolver=resolver)
-    )
+    """Change the URL or the event types, or re-enable a disabled endpoint.
+
+    ``url`` is ``patch.url`` once it has passed ``check_url`` (None when the patch leaves the URL).
+    """
     endpoint = await get_endpoint(
         session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
     )

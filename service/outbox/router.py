@@ -6,10 +6,7 @@ from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.deps import State, actor_for, require
-from service.kit.context import Caller
 from service.kit.ids import MAX_ID, PathId, QueryId
 from service.outbox import endpoints as service
 from service.outbox.schemas import (
@@ -21,10 +18,37 @@ from service.outbox.schemas import (
     EndpointWithSecret,
     RotateSecretIn,
 )
+from service.outbox.urls import check_url
+from service.web.state import AppState
+from service.web.unit import Unit, UnitRoute, reads, writes
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
-Hospital = Annotated[Caller, Depends(require("hospital"))]
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=UnitRoute)
+Hospital = Annotated[Unit, writes("hospital")]
+HospitalReads = Annotated[Unit, reads("hospital")]
 PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
+
+
+# The URL check may resolve DNS. As a dependency declared after the unit it runs once the caller
+# is authenticated and before the unit's transaction begins, so no connection waits on it.
+
+
+async def _checked(request: Request, url: str | None) -> str | None:
+    if url is None:
+        return None
+    state: AppState = request.app.state.slotpool
+    return await check_url(url, allow_loopback=state.settings.webhook_allow_loopback)
+
+
+async def new_url(request: Request, body: EndpointIn) -> str:
+    """The URL being registered, if the service may call it."""
+    checked = await _checked(request, body.url)
+    assert checked is not None
+    return checked
+
+
+async def changed_url(request: Request, body: EndpointPatch) -> str | None:
+    """The URL a patch sets, if the service may call it; None when the patch leaves it."""
+    return await _checked(request, body.url)
 
 
 def _with_secret(endpoint: EndpointOut, secret: str) -> EndpointWithSecret:
@@ -33,72 +57,60 @@ def _with_secret(endpoint: EndpointOut, secret: str) -> EndpointWithSecret:
 
 @router.post("/endpoints", response_model=EndpointWithSecret, status_code=201, responses={422: PROBLEM})
 async def register_endpoint(
-    body: EndpointIn, request: Request, state: State, caller: Hospital
+    body: EndpointIn, unit: Hospital, url: Annotated[str, Depends(new_url)]
 ) -> EndpointWithSecret:
     """Register a receiver of the HIS; the answer carries its signing secret, shown this once."""
-    actor = actor_for(request, state, caller)
-
-    async def work(session: AsyncSession) -> EndpointWithSecret:
-        endpoint, secret = await service.register_endpoint(
-            session=session,
-            actor=actor,
-            crypto=state.crypto,
-            hospital_id=caller.org_id,
-            body=body,
-            allow_loopback=state.settings.webhook_allow_loopback,
-        )
-        return _with_secret(service.endpoint_out(endpoint), secret)
-
-    return await state.db.run(work)
+    endpoint, secret = await service.register_endpoint(
+        session=unit.session,
+        actor=unit.actor,
+        crypto=unit.crypto,
+        hospital_id=unit.caller.org_id,
+        url=url,
+        event_types=body.event_types,
+    )
+    return _with_secret(service.endpoint_out(endpoint), secret)
 
 
 @router.get("/endpoints", response_model=EndpointList)
-async def list_endpoints(state: State, caller: Hospital) -> EndpointList:
+async def list_endpoints(unit: HospitalReads) -> EndpointList:
     """The hospital's endpoints (never their secrets)."""
-    async with state.db.sessionmaker() as session:
-        endpoints = await service.list_endpoints(session=session, hospital_id=caller.org_id)
+    endpoints = await service.list_endpoints(session=unit.session, hospital_id=unit.caller.org_id)
     return EndpointList(items=[service.endpoint_out(e) for e in endpoints])
 
 
 @router.get("/endpoints/{endpoint_id}", response_model=EndpointOut, responses={404: PROBLEM})
-async def get_endpoint(endpoint_id: PathId, state: State, caller: Hospital) -> EndpointOut:
+async def get_endpoint(endpoint_id: PathId, unit: HospitalReads) -> EndpointOut:
     """One of the hospital's endpoints."""
-    async with state.db.sessionmaker() as session:
-        endpoint = await service.get_endpoint(
-            session=session, hospital_id=caller.org_id, endpoint_id=endpoint_id
-        )
+    endpoint = await service.get_endpoint(
+        session=unit.session, hospital_id=unit.caller.org_id, endpoint_id=endpoint_id
+    )
     return service.endpoint_out(endpoint)
 
 
 @router.patch("/endpoints/{endpoint_id}", response_model=EndpointOut, responses={404: PROBLEM, 422: PROBLEM})
 async def update_endpoint(
-    endpoint_id: PathId, body: EndpointPatch, request: Request, state: State, caller: Hospital
+    endpoint_id: PathId,
+    body: EndpointPatch,
+    unit: Hospital,
+    url: Annotated[str | None, Depends(changed_url)],
 ) -> EndpointOut:
     """Change the URL or event types; ``status: active`` re-enables an endpoint disabled by a 410."""
-    actor = actor_for(request, state, caller)
-
-    async def work(session: AsyncSession) -> EndpointOut:
-        endpoint = await service.update_endpoint(
-            session=session,
-            actor=actor,
-            hospital_id=caller.org_id,
-            endpoint_id=endpoint_id,
-            patch=body,
-            allow_loopback=state.settings.webhook_allow_loopback,
-        )
-        return service.endpoint_out(endpoint)
-
-    return await state.db.run(work)
+    endpoint = await service.update_endpoint(
+        session=unit.session,
+        actor=unit.actor,
+        hospital_id=unit.caller.org_id,
+        endpoint_id=endpoint_id,
+        patch=body,
+        url=url,
+    )
+    return service.endpoint_out(endpoint)
 
 
 @router.delete("/endpoints/{endpoint_id}", status_code=204, responses={404: PROBLEM})
-async def delete_endpoint(endpoint_id: PathId, request: Request, state: State, caller: Hospital) -> Response:
+async def delete_endpoint(endpoint_id: PathId, unit: Hospital) -> Response:
     """Delete an endpoint and its pending and past deliveries."""
-    actor = actor_for(request, state, caller)
-    await state.db.run(
-        lambda session: service.delete_endpoint(
-            session=session, actor=actor, hospital_id=caller.org_id, endpoint_id=endpoint_id
-        )
+    await service.delete_endpoint(
+        session=unit.session, actor=unit.actor, hospital_id=unit.caller.org_id, endpoint_id=endpoint_id
     )
     return Response(status_code=204)
 
@@ -107,32 +119,26 @@ async def delete_endpoint(endpoint_id: PathId, request: Request, state: State, c
     "/endpoints/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret, responses={404: PROBLEM}
 )
 async def rotate_secret(
-    endpoint_id: PathId, request: Request, state: State, caller: Hospital, body: RotateSecretIn | None = None
+    endpoint_id: PathId, unit: Hospital, body: RotateSecretIn | None = None
 ) -> EndpointWithSecret:
     """A new secret, shown once; requests are signed with both until the overlap ends."""
-    actor = actor_for(request, state, caller)
-    hours = state.settings.webhook_secret_overlap_hours
+    hours = unit.settings.webhook_secret_overlap_hours
     if body is not None and body.overlap_hours is not None:
         hours = body.overlap_hours
-
-    async def work(session: AsyncSession) -> EndpointWithSecret:
-        endpoint, secret = await service.rotate_secret(
-            session=session,
-            actor=actor,
-            crypto=state.crypto,
-            hospital_id=caller.org_id,
-            endpoint_id=endpoint_id,
-            overlap=timedelta(hours=hours),
-        )
-        return _with_secret(service.endpoint_out(endpoint), secret)
-
-    return await state.db.run(work)
+    endpoint, secret = await service.rotate_secret(
+        session=unit.session,
+        actor=unit.actor,
+        crypto=unit.crypto,
+        hospital_id=unit.caller.org_id,
+        endpoint_id=endpoint_id,
+        overlap=timedelta(hours=hours),
+    )
+    return _with_secret(service.endpoint_out(endpoint), secret)
 
 
 @router.get("/deliveries", response_model=DeliveryList)
 async def list_deliveries(
-    state: State,
-    caller: Hospital,
+    unit: HospitalReads,
     status: Literal["dead", "pending", "delivered"] = "dead",
     endpoint_id: QueryId = None,
     cursor: Annotated[
@@ -141,15 +147,14 @@ async def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DeliveryList:
     """The hospital's deliveries in one status (dead letters by default), with every attempt."""
-    async with state.db.sessionmaker() as session:
-        items, next_cursor = await service.list_deliveries(
-            session=session,
-            hospital_id=caller.org_id,
-            status=status,
-            endpoint_id=endpoint_id,
-            after_id=cursor,
-            limit=limit,
-        )
+    items, next_cursor = await service.list_deliveries(
+        session=unit.session,
+        hospital_id=unit.caller.org_id,
+        status=status,
+        endpoint_id=endpoint_id,
+        after_id=cursor,
+        limit=limit,
+    )
     return DeliveryList(items=items, next_cursor=next_cursor)
 
 
@@ -159,12 +164,9 @@ async def list_deliveries(
     response_model=None,
     responses={404: PROBLEM, 409: PROBLEM},
 )
-async def replay_delivery(delivery_id: PathId, request: Request, state: State, caller: Hospital) -> Response:
+async def replay_delivery(delivery_id: PathId, unit: Hospital) -> Response:
     """Queue a dead letter again, with the same webhook-id, for a new round of retries."""
-    actor = actor_for(request, state, caller)
-    await state.db.run(
-        lambda session: service.replay_delivery(
-            session=session, actor=actor, hospital_id=caller.org_id, delivery_id=delivery_id
-        )
+    await service.replay_delivery(
+        session=unit.session, actor=unit.actor, hospital_id=unit.caller.org_id, delivery_id=delivery_id
     )
     return Response(status_code=202)
