@@ -435,6 +435,37 @@ async def test_r19_registration_requires_https_except_to_loopback_when_allowed(c
     )
 
 
+async def test_r19_a_url_is_resolved_for_a_hospital_only_and_with_no_connection_held(
+    app, client, world, monkeypatch
+):
+    """DNS may be slow: the check runs after authentication and outside the request's transaction."""
+    from service.outbox import urls
+
+    pool = app.state.slotpool.db.engine.pool
+    held: list[int] = []
+    addresses = urls._addresses
+
+    async def watched(host: str, port: int, resolver: Any) -> list[str]:
+        held.append(pool.checkedout())
+        return await addresses(host, port, resolver)
+
+    monkeypatch.setattr(urls, "_addresses", watched)
+    body = {"url": "http://localhost/hook", "event_types": ALL_TYPES}
+    r = await client.post("/v1/webhooks/endpoints", json=body)
+    assert r.status_code == 401
+    r = await client.post("/v1/webhooks/endpoints", json=body, headers=world.auth("chc_a"))
+    assert r.status_code == 403 and r.json()["code"] == "wrong_role"
+    assert held == []
+    hospital = world.auth("city_hospital")
+    r = await client.post("/v1/webhooks/endpoints", json=body, headers=hospital)
+    assert r.status_code == 201, r.text
+    r = await client.patch(
+        f"/v1/webhooks/endpoints/{r.json()['id']}", json={"url": "http://localhost/other"}, headers=hospital
+    )
+    assert r.status_code == 200 and r.json()["url"] == "http://localhost/other", r.text
+    assert held == [0, 0]
+
+
 def fake_dns(table: dict[str, list[str]]) -> Any:
     async def resolve(host: str, port: int) -> list[str]:
         if host not in table:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from service.kit.ids import MAX_ID, PathId, QueryId
 from service.outbox import endpoints as service
@@ -19,7 +19,7 @@ from service.outbox.schemas import (
     RotateSecretIn,
 )
 from service.outbox.urls import check_url
-from service.web.state import AppState
+from service.web.state import State
 from service.web.unit import Unit, UnitRoute, reads, writes
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=UnitRoute)
@@ -32,23 +32,16 @@ PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused:
 # is authenticated and before the unit's transaction begins, so no connection waits on it.
 
 
-async def _checked(request: Request, url: str | None) -> str | None:
-    if url is None:
-        return None
-    state: AppState = request.app.state.slotpool
-    return await check_url(url, allow_loopback=state.settings.webhook_allow_loopback)
-
-
-async def new_url(request: Request, body: EndpointIn) -> str:
+async def new_url(body: EndpointIn, state: State) -> str:
     """The URL being registered, if the service may call it."""
-    checked = await _checked(request, body.url)
-    assert checked is not None
-    return checked
+    return await check_url(body.url, allow_loopback=state.settings.webhook_allow_loopback)
 
 
-async def changed_url(request: Request, body: EndpointPatch) -> str | None:
+async def changed_url(body: EndpointPatch, state: State) -> str | None:
     """The URL a patch sets, if the service may call it; None when the patch leaves it."""
-    return await _checked(request, body.url)
+    if body.url is None:
+        return None
+    return await check_url(body.url, allow_loopback=state.settings.webhook_allow_loopback)
 
 
 def _with_secret(endpoint: EndpointOut, secret: str) -> EndpointWithSecret:
