@@ -51,18 +51,18 @@ sys.path.insert(0, str(ROOT / "bench"))
 import asyncpg  # noqa: E402
 from booking_rush import plain, provision  # noqa: E402
 
-from service.events.service import emit  # noqa: E402
 from service.kit.clock import Clock, ManualClock  # noqa: E402
 from service.kit.config import Settings  # noqa: E402
 from service.kit.context import Actor  # noqa: E402
 from service.kit.crypto import Crypto  # noqa: E402
 from service.kit.db import Database  # noqa: E402
-from service.loops.dispatcher import Dispatcher, http_client, listen_dsn  # noqa: E402
 from service.models.migrations import upgrade  # noqa: E402
+from service.outbox.dispatcher import Dispatcher, http_client, listen_dsn  # noqa: E402
+from service.outbox.endpoints import register_endpoint  # noqa: E402
+from service.outbox.events import emit  # noqa: E402
+from service.outbox.urls import check_url  # noqa: E402
 from service.registry.schemas import OrganisationIn  # noqa: E402
 from service.registry.service import create_organisation  # noqa: E402
-from service.webhooks.schemas import EndpointIn  # noqa: E402
-from service.webhooks.service import register_endpoint  # noqa: E402
 from tests.factories import build_world  # noqa: E402
 from tests.test_webhooks import returned_data  # noqa: E402
 
@@ -141,9 +141,9 @@ async def seed(
                                    region_code="340104", hospital_level=3, hospital_tier="city"),
             )  # fmt: skip
             _, secret = await register_endpoint(
-                session=session, actor=actor, crypto=crypto, hospital_id=org.id, allow_loopback=True,
-                body=EndpointIn(url=f"{receiver_url}/his-{i}",
-                                event_types=["referral.booked", "referral.cancelled", "slots.returned"]),
+                session=session, actor=actor, crypto=crypto, hospital_id=org.id,
+                url=await check_url(f"{receiver_url}/his-{i}", allow_loopback=True),
+                event_types=["referral.booked", "referral.cancelled", "slots.returned"],
             )  # fmt: skip
             return org.id, secret
 

@@ -17,6 +17,7 @@ from service.attendance.router import router as attendance_router
 from service.availability.router import router as availability_router
 from service.deps import AppState
 from service.fhir.router import router as fhir_router
+from service.jobs import background_loops
 from service.kit.clock import Clock
 from service.kit.config import Settings
 from service.kit.crypto import Crypto
@@ -24,8 +25,8 @@ from service.kit.db import Database
 from service.kit.dberrors import database_unavailable
 from service.kit.errors import install_handlers, problem_response
 from service.kit.logging import RequestContext
-from service.loops import background_loops
 from service.models.readiness import schema_state
+from service.outbox.router import router as webhooks_router
 from service.policy.router import router as policy_router
 from service.referrals.router import router as referrals_router
 from service.registry.router import router as registry_router
@@ -35,7 +36,6 @@ from service.signals.router import router as signals_router
 from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
 from service.supervision.router import router as supervision_router
-from service.webhooks.router import router as webhooks_router
 
 log = structlog.get_logger("slotpool.http")
 

@@ -127,7 +127,7 @@ WORKER_STOP_SECONDS = 10.0
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
-    from service.loops import background_loops
+    from service.jobs import background_loops
 
     start_metrics(settings)
     url = resolve_database_url(settings)

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from service.availability import service as availability
 from service.availability.schemas import AvailabilityOut
 from service.kit.clock import SHANGHAI
-from service.loops.release import release_due_slots
+from service.slots.release import release_due_slots
 from tests.factories import booking, pool_slots, push, session_item, sign, synthetic_id
 from tests.test_resource_kinds import (
     LUNG,

@@ -8,10 +8,10 @@ from datetime import date, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from service.loops.release import release_due_slots
 from service.models.audit import AuditEntry
 from service.models.events import Event
 from service.models.slots import Slot
+from service.slots.release import release_due_slots
 from tests.factories import booking, pool_slots, push, session_item, sign
 
 DAY = date(2026, 3, 10)

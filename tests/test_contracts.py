@@ -13,8 +13,8 @@ from jsonschema import Draft202012Validator, FormatChecker
 from sqlalchemy import select
 
 from service.app import create_app
-from service.loops.release import release_due_slots
 from service.models.events import EVENT_TYPES, Event
+from service.slots.release import release_due_slots
 from tests.factories import booking, contract_row, session_item, synthetic_id
 
 CONTRACTS = Path(__file__).resolve().parent.parent / "contracts"

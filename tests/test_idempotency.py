@@ -7,8 +7,8 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from service.loops.purge import purge_expired_answers
 from service.models.referrals import IdempotencyKey
+from service.referrals.purge import purge_expired_answers
 from tests.factories import booking, pool_slots, push, session_item, sign
 
 DAY = date(2026, 3, 10)  # pool open at the test's start (2 March 09:00), public 3 March 08:00

@@ -31,7 +31,7 @@ from service.models.events import Event
 from service.models.migrations import downgrade, upgrade
 from service.models.referrals import REFERRAL_RESIDENT_NAME, Referral
 from service.models.residents import CONTRACT_NAME, CONTRACT_PHONE, FamilyDoctorContract
-from service.signals.identity import note_declared_identity
+from service.residents.conflicts import note_declared_identity
 from tests.conftest import START
 from tests.factories import add_wuhu_key, booking, build_world, contract_row, pool_slots, push, session_item
 from tests.test_slip import _text

@@ -224,7 +224,7 @@ async def test_background_loops_do_their_work_and_stop_together(db, crypto, cloc
     import asyncio
     from datetime import datetime
 
-    from service.loops import background_loops
+    from service.jobs import background_loops
     from tests.factories import pool_slots, push, session_item
 
     [pushed] = await push(client, world, [session_item("S1", date(2026, 3, 10))])

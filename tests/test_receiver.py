@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook
 
-from service.loops.dispatcher import Dispatcher, http_client
-from service.webhooks.signing import new_secret
+from service.outbox.dispatcher import Dispatcher, http_client
+from service.outbox.signing import new_secret
 from tests.test_webhooks import ALL_TYPES, drain, emit_returned, returned_data
 
 RECEIVER = Path(__file__).resolve().parent.parent / "contracts" / "receiver.py"

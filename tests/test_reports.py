@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import text
 
 from service.kit.clock import local_datetime
-from service.loops.release import release_due_slots
+from service.slots.release import release_due_slots
 from tests.factories import (
     TEST_POLICY,
     add_alliance,

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import select, update
 
 from service.kit.clock import local_datetime
-from service.loops.release import release_due_slots
 from service.models.events import Event
 from service.models.registry import Organisation
 from service.policy.presets import DEFAULT_NO_SHOW
+from service.slots.release import release_due_slots
 from tests.factories import booking, pool_slots, push, session_item, sign, to_local
 from tests.test_contracts import _validator
 from tests.test_slip import _text

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from service.kit.clock import local_datetime
 from service.models.audit import AuditEntry
 from service.models.signals import Alert
-from service.signals.loop import run_detection
+from service.signals.detection import run_detection
 from tests.factories import (
     TEST_POLICY,
     add_wuhu_key,

@@ -18,9 +18,9 @@ from sqlalchemy import select
 
 from service.kit.config import Settings
 from service.kit.errors import Unprocessable
-from service.loops.dispatcher import Dispatcher, http_client
 from service.models.webhooks import WebhookAttempt, WebhookEndpoint
-from service.webhooks.urls import check_url, numeric_ipv4, refusal_of
+from service.outbox.dispatcher import Dispatcher, http_client
+from service.outbox.urls import check_url, numeric_ipv4, refusal_of
 from tests.test_webhooks import ALL_TYPES, drain, emit_returned, fake_dns, scalar
 from tests.webhook_receiver import Receiver
 
@@ -36,7 +36,7 @@ def settings() -> Settings:
 
 
 def registry_rows(filename: str) -> list[dict[str, str]]:
-    text = resources.files("service.webhooks").joinpath("iana", filename).read_text(encoding="utf-8")
+    text = resources.files("service.outbox").joinpath("iana", filename).read_text(encoding="utf-8")
     return list(csv.DictReader(text.splitlines(keepends=True)))
 
 
@@ -228,8 +228,8 @@ async def test_delivery_rechecks_with_default_settings(world, clock, crypto, db,
     try:
 
         async def add(session: Any) -> None:
-            from service.webhooks.service import SECRET_COLUMN
-            from service.webhooks.signing import new_secret
+            from service.outbox.endpoints import SECRET_COLUMN
+            from service.outbox.signing import new_secret
 
             now = clock.now()
             session.add(

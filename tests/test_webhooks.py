@@ -17,17 +17,17 @@ import pytest
 from sqlalchemy import func, select, text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from service.events.service import emit
 from service.kit.clock import ManualClock
 from service.kit.config import Settings
 from service.kit.crypto import Crypto
 from service.kit.db import Database
 from service.kit.errors import Unprocessable
-from service.loops.dispatcher import BACKOFF, JITTER, MAX_ATTEMPTS, Dispatcher, http_client, listen_dsn
 from service.models.events import EVENT_TYPES, Event
 from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from service.webhooks.signing import signature, signature_header
-from service.webhooks.urls import check_url
+from service.outbox.dispatcher import BACKOFF, JITTER, MAX_ATTEMPTS, Dispatcher, http_client, listen_dsn
+from service.outbox.events import emit
+from service.outbox.signing import signature, signature_header
+from service.outbox.urls import check_url
 from tests.factories import World, booking, pool_slots, push, session_item, sign, synthetic_id
 from tests.test_contracts import RESIDENTS, _validator, run_flow
 from tests.webhook_receiver import Receiver, verify
@@ -435,6 +435,37 @@ async def test_r19_registration_requires_https_except_to_loopback_when_allowed(c
     )
 
 
+async def test_r19_a_url_is_resolved_for_a_hospital_only_and_with_no_connection_held(
+    app, client, world, monkeypatch
+):
+    """DNS may be slow: the check runs after authentication and outside the request's transaction."""
+    from service.outbox import urls
+
+    pool = app.state.slotpool.db.engine.pool
+    held: list[int] = []
+    addresses = urls._addresses
+
+    async def watched(host: str, port: int, resolver: Any) -> list[str]:
+        held.append(pool.checkedout())
+        return await addresses(host, port, resolver)
+
+    monkeypatch.setattr(urls, "_addresses", watched)
+    body = {"url": "http://localhost/hook", "event_types": ALL_TYPES}
+    r = await client.post("/v1/webhooks/endpoints", json=body)
+    assert r.status_code == 401
+    r = await client.post("/v1/webhooks/endpoints", json=body, headers=world.auth("chc_a"))
+    assert r.status_code == 403 and r.json()["code"] == "wrong_role"
+    assert held == []
+    hospital = world.auth("city_hospital")
+    r = await client.post("/v1/webhooks/endpoints", json=body, headers=hospital)
+    assert r.status_code == 201, r.text
+    r = await client.patch(
+        f"/v1/webhooks/endpoints/{r.json()['id']}", json={"url": "http://localhost/other"}, headers=hospital
+    )
+    assert r.status_code == 200 and r.json()["url"] == "http://localhost/other", r.text
+    assert held == [0, 0]
+
+
 def fake_dns(table: dict[str, list[str]]) -> Any:
     async def resolve(host: str, port: int) -> list[str]:
         if host not in table:
@@ -505,8 +536,8 @@ async def test_r19_delivery_rechecks_the_address_dns_rebinding(world, clock, cry
     assert await check_url(url, allow_loopback=False, resolver=DNS)
 
     async def add(session: Any) -> None:
-        from service.webhooks.service import SECRET_COLUMN
-        from service.webhooks.signing import new_secret
+        from service.outbox.endpoints import SECRET_COLUMN
+        from service.outbox.signing import new_secret
 
         now = clock.now()
         session.add(

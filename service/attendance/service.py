@@ -16,7 +16,6 @@ from service.attendance.schemas import (
     ReportResult,
 )
 from service.audit.service import record, record_read
-from service.events.service import emit
 from service.kit.clock import local_date
 from service.kit.context import Actor
 from service.kit.crypto import Crypto, mask_id_number, mask_name
@@ -28,6 +27,7 @@ from service.models.referrals import REFERRAL_RESIDENT_NAME, Referral
 from service.models.registry import Organisation
 from service.models.residents import Resident
 from service.models.slots import Slot
+from service.outbox.events import emit
 from service.policy.schemas import NoShowRule
 from service.referrals.schemas import NamedRef, ReferralOut
 from service.referrals.service import instant, referral_event_data, referral_out

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     release_batch_size: int = 500
     signals_interval_seconds: float = 300.0
     lock_timeout_ms: int = 2000
-    # Webhook delivery (service/loops/dispatcher.py): endpoints delivered to at once per
+    # Webhook delivery (service/outbox/dispatcher.py): endpoints delivered to at once per
     # replica, the backstop poll when no NOTIFY arrives, the whole-request time limit, and how
     # long the old secret stays valid after a rotation.
     webhook_concurrency: int = Field(default=16, ge=1, le=256)

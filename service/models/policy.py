@@ -82,7 +82,7 @@ class Policy(Base):
     cancel_hotline: Mapped[str] = mapped_column(String(40))
     # {"max_no_shows": 3, "window_days": 180, "bar_days": 90, "text": "..."}
     no_show_rule: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    # R14: per-signal scalping thresholds (service/signals/rules.py); a signal left out takes its default.
+    # R14: per-signal scalping thresholds (service/policy/signal_rules.py); a signal left out takes its default.
     signal_thresholds: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     source: Mapped[str] = mapped_column(Text, default="", server_default="")
     # R14 booking limits (service/limits); NULL means no limit.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     BigInteger,
@@ -25,7 +25,9 @@ REGION_LEVELS = ("province", "city", "county")
 ORG_KINDS = ("hospital", "primary", "authority")
 HOSPITAL_TIERS = ("provincial", "city", "county")
 PRIMARY_KINDS = ("community", "township", "village")
-TITLES = ("chief", "associate_chief", "attending", "resident")
+# A doctor's title, as the HIS and the signing platform send it.
+Title = Literal["chief", "associate_chief", "attending", "resident"]
+TITLES: tuple[str, ...] = get_args(Title)
 SENIOR_TITLES = ("chief", "associate_chief")
 ROLES = ("hospital", "primary", "platform", "hotline", "commission")
 

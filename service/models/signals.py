@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Literal, get_args
 
 from sqlalchemy import (
     ARRAY,
@@ -24,8 +25,20 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from service.kit.db import Base
 from service.kit.resources import sql_list
-from service.signals.rules import SIGNALS, SUBJECT_TYPES
 
+# The scalping signals (R14); docs/signals.md says what each measures, and the policy's
+# signal thresholds (service/policy/signal_rules.py) when each alerts.
+Signal = Literal[
+    "book_cancel_churn",
+    "cancel_near_release",
+    "new_signing_referrals",
+    "senior_only_referrals",
+    "consultation_burst",
+    "consultation_off_hours",
+]
+SIGNALS: tuple[str, ...] = get_args(Signal)
+SubjectType = Literal["doctor", "institution"]
+SUBJECT_TYPES: tuple[str, ...] = get_args(SubjectType)
 ALERT_STATUSES = ("open", "acknowledged", "closed")
 
 

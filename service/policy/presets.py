@@ -12,7 +12,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from service.signals.rules import default_thresholds
+from service.policy.signal_rules import default_thresholds
 
 # R10: hypertension, diabetes, coronary heart disease, stroke (ICD-10 prefixes).
 CHRONIC_DISEASES = [

@@ -12,7 +12,7 @@ from service.kit.bounds import Day
 from service.kit.resources import ResourceKind
 from service.kit.schemas import ApiModel
 from service.models.policy import MIN_LEAD_MINUTES
-from service.signals.rules import SignalThresholds
+from service.policy.signal_rules import SignalThresholds
 
 
 class NoShowRule(ApiModel):

@@ -10,7 +10,7 @@ from pydantic import Field
 from service.abuse.bounds import max_items
 from service.kit.bounds import Day
 from service.kit.schemas import ApiModel
-from service.slots.schemas import Title
+from service.models.registry import Title
 
 
 class FamilyDoctorIn(ApiModel):

@@ -24,6 +24,7 @@ from service.models.residents import (
     RegionContractSource,
     Resident,
 )
+from service.residents.conflicts import note_declared_identity
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
 from service.residents.schemas import (
     ContractIn,
@@ -32,7 +33,6 @@ from service.residents.schemas import (
     ContractSyncResult,
     RowError,
 )
-from service.signals.identity import note_declared_identity
 
 
 class RowRejected(Exception):

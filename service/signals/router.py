@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query
 
 from service.kit.cursors import CursorQuery, decode_id_cursor, encode_cursor
 from service.kit.ids import PathId, QueryId
+from service.models.signals import Signal, SubjectType
 from service.signals import identity, service
-from service.signals.rules import Signal, SubjectType
 from service.signals.schemas import (
     AcknowledgeIn,
     AlertList,

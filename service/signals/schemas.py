@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import Field
 
 from service.kit.schemas import ApiModel
+from service.models.signals import Signal, SubjectType
 from service.referrals.schemas import NamedRef
-from service.signals.rules import Signal, SubjectType
 
 
 class EvidenceReferral(ApiModel):

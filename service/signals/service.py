@@ -28,12 +28,12 @@ from service.kit.errors import Conflict, NotFound, Problem
 from service.kit.regions import within
 from service.models.referrals import REFERRAL_RESIDENT_NAME, Referral
 from service.models.registry import Doctor, Organisation
-from service.models.signals import Alert, IdentityConflict
+from service.models.signals import SIGNALS, Alert, IdentityConflict
 from service.models.slots import ClinicSession
 from service.policy.service import policy_in_force
+from service.policy.signal_rules import MAX_WINDOW_HOURS, SignalRule, SignalThresholds
 from service.referrals.schemas import NamedRef
 from service.registry.schemas import DEFAULT_OPENING_HOURS
-from service.signals.rules import MAX_WINDOW_HOURS, SIGNALS, SignalRule, SignalThresholds
 from service.signals.schemas import AlertOut, EvidenceReferral
 
 # One replica computes at a time: the pass takes this transaction-level advisory lock or skips.

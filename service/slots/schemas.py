@@ -12,13 +12,13 @@ from service.kit.bounds import Day, Instant
 from service.kit.ids import MAX_ID
 from service.kit.resources import Modality, ResourceKind
 from service.kit.schemas import ApiModel
+from service.models.registry import Title
 
 # What one push may carry: one transaction locks and writes all of it (docs/abuse-limits.md).
 MAX_PUSH_SESSIONS = 500
 MAX_PUSH_SLOTS = 20_000
 MAX_SESSION_SLOTS = 500
 
-Title = Literal["chief", "associate_chief", "attending", "resident"]
 Period = Literal["morning", "afternoon", "evening"]
 Location = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,6 +14,7 @@ from service.kit.bounds import service_date_window
 from service.kit.clock import local_date
 from service.kit.context import Actor
 from service.kit.crypto import Crypto
+from service.kit.db import advisory_key
 from service.kit.errors import NotFound, Problem
 from service.kit.regions import covers, within
 from service.kit.resources import MAX_BED_WINDOW_MINUTES, MAX_SLOT_MINUTES
@@ -203,10 +204,8 @@ async def _upsert_doctor(session: AsyncSession, hospital_id: int, item: SessionI
 
 async def _lock_department_day(session: AsyncSession, department_id: int, day: date) -> None:
     """Serialise pushes that recompute the same department-day."""
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(:a, :b)"),
-        {"a": department_id, "b": day.toordinal()},
-    )
+    key = advisory_key("push", "department_day", department_id, day.isoformat())
+    await session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 async def _apply_session(

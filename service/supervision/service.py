@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from service.audit.service import record
-from service.events.service import emit
 from service.identity.suspensions import in_force
 from service.kit.clock import local_date
 from service.kit.context import Actor, Caller
@@ -27,6 +26,7 @@ from service.models.registry import ApiClient, Doctor, Organisation
 from service.models.residents import Resident
 from service.models.slots import Slot
 from service.models.supervision import AccessSuspension
+from service.outbox.events import emit
 from service.referrals.schemas import NamedRef
 from service.referrals.service import cancel_by_commission, instant
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number

@@ -70,7 +70,7 @@ class SpecialBlock:
 
 def _load_registry() -> tuple[SpecialBlock, ...]:
     blocks: list[SpecialBlock] = []
-    folder = resources.files("service.webhooks").joinpath("iana")
+    folder = resources.files("service.outbox").joinpath("iana")
     for filename in REGISTRY_FILES:
         text = folder.joinpath(filename).read_text(encoding="utf-8")
         for row in csv.DictReader(io.StringIO(text)):

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.kit.clock import Clock
 from service.kit.db import Database
-from service.loops.periodic import every
+from service.kit.periodic import every
 from service.signals.service import PassResult, detect_signals
 
 log = structlog.get_logger("slotpool.signals")

@@ -1,11 +1,12 @@
-"""Hospitals' webhook endpoints, the fan-out of events to them, dead letters and replays."""
+"""Hospitals' webhook endpoints, their signing secrets, dead letters and replays."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
@@ -14,50 +15,17 @@ from service.kit.crypto import Crypto
 from service.kit.errors import Conflict, NotFound
 from service.models.events import Event
 from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from service.webhooks.schemas import (
+from service.outbox.events import notify_dispatchers
+from service.outbox.schemas import (
     AttemptOut,
     DeliveryOut,
-    EndpointIn,
     EndpointOut,
     EndpointPatch,
 )
-from service.webhooks.signing import new_secret, webhook_id
-from service.webhooks.urls import Resolver, check_url, system_resolver
+from service.outbox.signing import new_secret, webhook_id
 
 SECRET_COLUMN = "webhook_endpoints.secret"
-CHANNEL = "slotpool_events"
 DeliveryStatus = Literal["pending", "delivered", "dead"]
-
-
-async def notify_dispatchers(*, session: AsyncSession) -> None:
-    """Wake the dispatchers when this transaction commits (PostgreSQL delivers NOTIFY at commit)."""
-    await session.execute(text(f"NOTIFY {CHANNEL}"))
-
-
-async def fan_out(*, session: AsyncSession, event: Event) -> int:
-    """One pending delivery per endpoint of the event's hospital subscribed to its type.
-
-    Disabled endpoints get theirs too: they wait in the endpoint's queue until it is
-    re-enabled, so a hospital whose receiver answered 410 misses nothing. Endpoints
-    registered later never see older events.
-    """
-    result = await session.execute(
-        text(
-            "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, created_at) "
-            "SELECT :event_id, id, 'pending', 0, :at, :at FROM webhook_endpoints "
-            "WHERE hospital_id = :hospital_id AND :event_type = ANY(event_types)"
-        ),
-        {
-            "event_id": event.id,
-            "at": event.created_at,
-            "hospital_id": event.hospital_id,
-            "event_type": event.type,
-        },
-    )
-    count: int = getattr(result, "rowcount", 0) or 0
-    if count:
-        await notify_dispatchers(session=session)
-    return count
 
 
 def endpoint_out(endpoint: WebhookEndpoint) -> EndpointOut:
@@ -88,17 +56,18 @@ async def register_endpoint(
     actor: Actor,
     crypto: Crypto,
     hospital_id: int,
-    body: EndpointIn,
-    allow_loopback: bool,
-    resolver: Resolver = system_resolver,
+    url: str,
+    event_types: Sequence[str],
 ) -> tuple[WebhookEndpoint, str]:
-    """Register an endpoint with a fresh secret; returns the secret, which is never shown again."""
-    url = await check_url(body.url, allow_loopback=allow_loopback, resolver=resolver)
+    """Register an endpoint with a fresh secret; returns the secret, which is never shown again.
+
+    ``url`` has passed ``check_url`` (which may resolve DNS: before the transaction, not in it).
+    """
     secret = new_secret()
     endpoint = WebhookEndpoint(
         hospital_id=hospital_id,
         url=url,
-        event_types=sorted(set(body.event_types)),
+        event_types=sorted(set(event_types)),
         secret_enc=crypto.encrypt(secret, column=SECRET_COLUMN),
         status="active",
         created_at=actor.now,
@@ -149,16 +118,12 @@ async def update_endpoint(
     hospital_id: int,
     endpoint_id: int,
     patch: EndpointPatch,
-    allow_loopback: bool,
-    resolver: Resolver = system_resolver,
+    url: str | None,
 ) -> WebhookEndpoint:
-    """Change the URL or the event types, or re-enable a disabled endpoint."""
-    # The URL check may resolve DNS: done before the first statement, so no connection waits on it.
-    url = (
-        None
-        if patch.url is None
-        else await check_url(patch.url, allow_loopback=allow_loopback, resolver=resolver)
-    )
+    """Change the URL or the event types, or re-enable a disabled endpoint.
+
+    ``url`` is ``patch.url`` once it has passed ``check_url`` (None when the patch leaves the URL).
+    """
     endpoint = await get_endpoint(
         session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
     )

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from service.kit.schemas import ApiModel
 from service.models.events import EVENT_TYPES, EventType
-from service.webhooks.urls import MAX_URL_LENGTH
+from service.outbox.urls import MAX_URL_LENGTH
 
 
 class EndpointIn(ApiModel):

@@ -1,7 +1,8 @@
-"""The background loops, one list for both ``serve`` and ``worker``.
+"""The background jobs, one list for both ``serve`` and ``worker``.
 
-Every loop is safe to run in several replicas at once, so each process that
-runs loops runs all of them.
+Each job lives in its domain and runs on ``service.kit.periodic.every`` (or, for
+delivery, on NOTIFY with a poll as the backstop). Every job is safe to run in several
+replicas at once, so each process that runs jobs runs all of them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from service.kit.clock import Clock
 from service.kit.config import Settings
 from service.kit.crypto import Crypto
 from service.kit.db import Database
+from service.outbox.dispatcher import dispatch_loop
+from service.referrals.purge import purge_loop
+from service.signals.detection import detection_loop
+from service.slots.release import release_loop
 
 
 def background_loops(
@@ -26,11 +31,6 @@ def background_loops(
     stop: asyncio.Event,
 ) -> list[Coroutine[Any, Any, None]]:
     """Release (R6), webhook delivery, scalping detection (R14) and the idempotency purge, until ``stop``."""
-    from service.loops.dispatcher import dispatch_loop
-    from service.loops.purge import purge_loop
-    from service.loops.release import release_loop
-    from service.signals.loop import detection_loop
-
     return [
         release_loop(
             db,

@@ -23,7 +23,7 @@ from service.kit.clock import Clock
 from service.kit.context import Actor
 from service.kit.db import Database
 from service.kit.metrics import SLOTS_RETURNED
-from service.loops.periodic import every
+from service.kit.periodic import every
 from service.models.slots import Slot
 from service.referrals.service import emit_slots_returned
 

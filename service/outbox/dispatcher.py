@@ -41,9 +41,10 @@ from service.kit.errors import Problem, log_failure
 from service.kit.metrics import LOOP_ERRORS, WEBHOOK_ATTEMPTS
 from service.models.events import Event
 from service.models.webhooks import EXCERPT_CHARS, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from service.webhooks.service import CHANNEL, signing_secrets
-from service.webhooks.signing import signature_header, webhook_id
-from service.webhooks.urls import Resolver, resolve_target, system_resolver
+from service.outbox.endpoints import signing_secrets
+from service.outbox.events import CHANNEL
+from service.outbox.signing import signature_header, webhook_id
+from service.outbox.urls import Resolver, resolve_target, system_resolver
 
 log = structlog.get_logger("slotpool.webhooks")
 

@@ -1,4 +1,4 @@
-"""The scalping signals (R14) and their thresholds, which are policy data.
+"""The thresholds of the scalping signals (R14): policy data, published with a hospital's policy.
 
 Every signal measures a share: of a subject's referrals (or cancellations) in a
 sliding window ending now, the part that looks like scalping. A signal raises an
@@ -9,32 +9,11 @@ scalping.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import ConfigDict, Field
 
 from service.kit.schemas import ApiModel
 
-SIGNALS = (
-    "book_cancel_churn",
-    "cancel_near_release",
-    "new_signing_referrals",
-    "senior_only_referrals",
-    "consultation_burst",
-    "consultation_off_hours",
-)
-SUBJECT_TYPES = ("doctor", "institution")
 MAX_WINDOW_HOURS = 30 * 24
-
-Signal = Literal[
-    "book_cancel_churn",
-    "cancel_near_release",
-    "new_signing_referrals",
-    "senior_only_referrals",
-    "consultation_burst",
-    "consultation_off_hours",
-]
-SubjectType = Literal["doctor", "institution"]
 
 
 class SignalRule(ApiModel):

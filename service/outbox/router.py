@@ -1,0 +1,165 @@
+"""Hospitals manage their webhook endpoints and dead letters; each sees only its own (OWASP API1)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from service.kit.ids import MAX_ID, PathId, QueryId
+from service.outbox import endpoints as service
+from service.outbox.schemas import (
+    DeliveryList,
+    EndpointIn,
+    EndpointList,
+    EndpointOut,
+    EndpointPatch,
+    EndpointWithSecret,
+    RotateSecretIn,
+)
+from service.outbox.urls import check_url
+from service.web.state import State
+from service.web.unit import Unit, UnitRoute, reads, writes
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=UnitRoute)
+Hospital = Annotated[Unit, writes("hospital")]
+HospitalReads = Annotated[Unit, reads("hospital")]
+PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
+
+
+# The URL check may resolve DNS. As a dependency declared after the unit it runs once the caller
+# is authenticated and before the unit's transaction begins, so no connection waits on it.
+
+
+async def new_url(body: EndpointIn, state: State) -> str:
+    """The URL being registered, if the service may call it."""
+    return await check_url(body.url, allow_loopback=state.settings.webhook_allow_loopback)
+
+
+async def changed_url(body: EndpointPatch, state: State) -> str | None:
+    """The URL a patch sets, if the service may call it; None when the patch leaves it."""
+    if body.url is None:
+        return None
+    return await check_url(body.url, allow_loopback=state.settings.webhook_allow_loopback)
+
+
+def _with_secret(endpoint: EndpointOut, secret: str) -> EndpointWithSecret:
+    return EndpointWithSecret(**endpoint.model_dump(), secret=secret)
+
+
+@router.post("/endpoints", response_model=EndpointWithSecret, status_code=201, responses={422: PROBLEM})
+async def register_endpoint(
+    body: EndpointIn, unit: Hospital, url: Annotated[str, Depends(new_url)]
+) -> EndpointWithSecret:
+    """Register a receiver of the HIS; the answer carries its signing secret, shown this once."""
+    endpoint, secret = await service.register_endpoint(
+        session=unit.session,
+        actor=unit.actor,
+        crypto=unit.crypto,
+        hospital_id=unit.caller.org_id,
+        url=url,
+        event_types=body.event_types,
+    )
+    return _with_secret(service.endpoint_out(endpoint), secret)
+
+
+@router.get("/endpoints", response_model=EndpointList)
+async def list_endpoints(unit: HospitalReads) -> EndpointList:
+    """The hospital's endpoints (never their secrets)."""
+    endpoints = await service.list_endpoints(session=unit.session, hospital_id=unit.caller.org_id)
+    return EndpointList(items=[service.endpoint_out(e) for e in endpoints])
+
+
+@router.get("/endpoints/{endpoint_id}", response_model=EndpointOut, responses={404: PROBLEM})
+async def get_endpoint(endpoint_id: PathId, unit: HospitalReads) -> EndpointOut:
+    """One of the hospital's endpoints."""
+    endpoint = await service.get_endpoint(
+        session=unit.session, hospital_id=unit.caller.org_id, endpoint_id=endpoint_id
+    )
+    return service.endpoint_out(endpoint)
+
+
+@router.patch("/endpoints/{endpoint_id}", response_model=EndpointOut, responses={404: PROBLEM, 422: PROBLEM})
+async def update_endpoint(
+    endpoint_id: PathId,
+    body: EndpointPatch,
+    unit: Hospital,
+    url: Annotated[str | None, Depends(changed_url)],
+) -> EndpointOut:
+    """Change the URL or event types; ``status: active`` re-enables an endpoint disabled by a 410."""
+    endpoint = await service.update_endpoint(
+        session=unit.session,
+        actor=unit.actor,
+        hospital_id=unit.caller.org_id,
+        endpoint_id=endpoint_id,
+        patch=body,
+        url=url,
+    )
+    return service.endpoint_out(endpoint)
+
+
+@router.delete("/endpoints/{endpoint_id}", status_code=204, responses={404: PROBLEM})
+async def delete_endpoint(endpoint_id: PathId, unit: Hospital) -> Response:
+    """Delete an endpoint and its pending and past deliveries."""
+    await service.delete_endpoint(
+        session=unit.session, actor=unit.actor, hospital_id=unit.caller.org_id, endpoint_id=endpoint_id
+    )
+    return Response(status_code=204)
+
+
+@router.post(
+    "/endpoints/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret, responses={404: PROBLEM}
+)
+async def rotate_secret(
+    endpoint_id: PathId, unit: Hospital, body: RotateSecretIn | None = None
+) -> EndpointWithSecret:
+    """A new secret, shown once; requests are signed with both until the overlap ends."""
+    hours = unit.settings.webhook_secret_overlap_hours
+    if body is not None and body.overlap_hours is not None:
+        hours = body.overlap_hours
+    endpoint, secret = await service.rotate_secret(
+        session=unit.session,
+        actor=unit.actor,
+        crypto=unit.crypto,
+        hospital_id=unit.caller.org_id,
+        endpoint_id=endpoint_id,
+        overlap=timedelta(hours=hours),
+    )
+    return _with_secret(service.endpoint_out(endpoint), secret)
+
+
+@router.get("/deliveries", response_model=DeliveryList)
+async def list_deliveries(
+    unit: HospitalReads,
+    status: Literal["dead", "pending", "delivered"] = "dead",
+    endpoint_id: QueryId = None,
+    cursor: Annotated[
+        int | None, Query(gt=0, le=MAX_ID, description="next_cursor of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> DeliveryList:
+    """The hospital's deliveries in one status (dead letters by default), with every attempt."""
+    items, next_cursor = await service.list_deliveries(
+        session=unit.session,
+        hospital_id=unit.caller.org_id,
+        status=status,
+        endpoint_id=endpoint_id,
+        after_id=cursor,
+        limit=limit,
+    )
+    return DeliveryList(items=items, next_cursor=next_cursor)
+
+
+@router.post(
+    "/deliveries/{delivery_id}/replay",
+    status_code=202,
+    response_model=None,
+    responses={404: PROBLEM, 409: PROBLEM},
+)
+async def replay_delivery(delivery_id: PathId, unit: Hospital) -> Response:
+    """Queue a dead letter again, with the same webhook-id, for a new round of retries."""
+    await service.replay_delivery(
+        session=unit.session, actor=unit.actor, hospital_id=unit.caller.org_id, delivery_id=delivery_id
+    )
+    return Response(status_code=202)
