@@ -13,7 +13,8 @@ from sqlalchemy.orm import aliased
 
 from service.audit.service import record
 from service.events.service import emit
-from service.kit.clock import local_date
+from service.identity.suspensions import in_force
+from service.kit.clock import instant, local_date
 from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto, mask_id_number
 from service.kit.dberrors import constraint_name
@@ -26,10 +27,9 @@ from service.models.registry import ApiClient, Doctor, Organisation
 from service.models.residents import Resident
 from service.models.slots import Slot
 from service.models.supervision import AccessSuspension
+from service.referrals.cancellation import cancel_by_commission
 from service.referrals.schemas import NamedRef
-from service.referrals.service import cancel_by_commission, instant
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
-from service.identity.suspensions import in_force
 from service.supervision.schemas import AuditEntryOut, SuspensionIn, SuspensionOut
 
 # What a hospital reads in referral.cancelled and access.* events: the commission's own reason
