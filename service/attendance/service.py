@@ -7,7 +7,6 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import any_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.attendance.bars import active_bar, lock_resident_at_hospital
 from service.attendance.schemas import (
     AttendanceReport,
     AttendanceResult,
@@ -16,7 +15,7 @@ from service.attendance.schemas import (
     ReportResult,
 )
 from service.audit.service import record, record_read
-from service.kit.clock import local_date
+from service.kit.clock import instant, local_date
 from service.kit.context import Actor
 from service.kit.crypto import Crypto, mask_id_number, mask_name
 from service.kit.errors import Conflict, NotFound, Problem
@@ -29,8 +28,10 @@ from service.models.residents import Resident
 from service.models.slots import Slot
 from service.outbox.events import emit
 from service.policy.schemas import NoShowRule
+from service.referrals.events import referral_event_data
+from service.referrals.guards import active_bar, lock_resident_at_hospital
 from service.referrals.schemas import NamedRef, ReferralOut
-from service.referrals.service import instant, referral_event_data, referral_out
+from service.referrals.views import load_view, load_views
 
 # --- attendance reports -----------------------------------------------------------------
 
@@ -130,8 +131,7 @@ async def _emit_attendance_recorded(
 ) -> None:
     """Tell the hospital what the pool now holds for the visit, and any bar the report started."""
     assert referral.attendance is not None
-    out = await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
-    data = referral_event_data(out)
+    data = referral_event_data(await load_view(session, crypto, referral))
     data["attendance"] = {
         "outcome": referral.attendance,
         "reported_at": instant(actor.now),
@@ -329,10 +329,7 @@ async def list_worklist(
         stmt = stmt.where(tuple_(Slot.ends_at, Referral.id) > tuple_(*after))
     rows = (await session.execute(stmt)).all()
     following = (rows[limit - 1][1], rows[limit - 1][0].id) if len(rows) > limit else None
-    items = [
-        await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
-        for referral, _ in rows[:limit]
-    ]
+    views = await load_views(session, crypto, [referral for referral, _ in rows[:limit]])
     await record_read(
         session=session,
         actor=actor,
@@ -341,7 +338,7 @@ async def list_worklist(
         reads=[(referral.id, referral.resident_id) for referral, _ in rows[:limit]],
         detail={"via": "worklist"},
     )
-    return items, following
+    return [view.out(show_code=False) for view in views], following
 
 
 async def receive_referral(
@@ -379,7 +376,7 @@ async def receive_referral(
             referral_id=referral.id,
             detail={"reference": referral.reference, "his_reference": his_reference, "first": first},
         )
-    return await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
+    return (await load_view(session, crypto, referral)).out(show_code=False)
 
 
 # --- no-show bars for the commission ------------------------------------------------------------

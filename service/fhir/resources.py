@@ -18,7 +18,7 @@ from service.kit.clock import SHANGHAI
 from service.kit.resources import MODALITIES
 from service.models.registry import Department, Doctor, Organisation
 from service.models.slots import ClinicSession, Slot
-from service.referrals.schemas import ReferralOut
+from service.referrals.views import ReferralView
 from service.slip.service import MODALITIES_ZH
 
 FHIR_VERSION = "4.0.1"
@@ -293,64 +293,66 @@ def slot(row: Slot, cs: ClinicSession, status: str) -> dict[str, Any]:
     return resource
 
 
-def appointment(out: ReferralOut, *, hospital_id: int) -> dict[str, Any]:
+def appointment(view: ReferralView) -> dict[str, Any]:
     """A referral as an Appointment: masked patient name, never the ID number or the code.
 
     The booked doctor is a participant only when the session names one: an examination or a bed
     usually has none.
     """
+    referral, slot, cs, doctor = view.referral, view.slot, view.clinic_session, view.doctor
+    hospital_id = referral.hospital_id
     services = service_type(
         hospital_id=hospital_id,
-        kind=out.resource_kind,
-        modality=out.modality,
-        ward_code=out.ward.code if out.ward else None,
-        ward_name=out.ward.name if out.ward else None,
+        kind=cs.resource_kind,
+        modality=cs.modality,
+        ward_code=cs.ward_code,
+        ward_name=cs.ward_name,
     )
     resource: dict[str, Any] = {
         "resourceType": "Appointment",
-        "id": out.reference,
-        "extension": [kind_extension(out.resource_kind)],
-        "identifier": [{"system": SID_REFERRAL, "value": out.reference}],
-        "status": "booked" if out.status == "booked" else "cancelled",
+        "id": referral.reference,
+        "extension": [kind_extension(cs.resource_kind)],
+        "identifier": [{"system": SID_REFERRAL, "value": referral.reference}],
+        "status": "booked" if referral.status == "booked" else "cancelled",
     }
-    if out.priority:
-        resource["extension"].append({"url": EXT_PRIORITY_REFERRAL, "valueBoolean": True})
-    if out.cancel_reason:
-        resource["cancelationReason"] = {"text": out.cancel_reason}
+    # Pool referrals always carry the priority marker (R17).
+    resource["extension"].append({"url": EXT_PRIORITY_REFERRAL, "valueBoolean": True})
+    if referral.cancel_reason:
+        resource["cancelationReason"] = {"text": referral.cancel_reason}
     resource.update(
         {
-            "serviceCategory": service_category(out.resource_kind, out.modality),
+            "serviceCategory": service_category(cs.resource_kind, cs.modality),
             "serviceType": services,
-            "reasonCode": [{"coding": [{"system": ICD10, "code": code}]} for code in out.diagnoses],
+            "reasonCode": [{"coding": [{"system": ICD10, "code": code}]} for code in referral.diagnoses],
             "description": " · ".join(
                 [
-                    out.department.name,
-                    headline(out.resource_kind, out.doctor.name if out.doctor else None, services),
-                    number_label(out.resource_kind, out.slot.number),
+                    view.department.name,
+                    headline(cs.resource_kind, doctor.name if doctor else None, services),
+                    number_label(cs.resource_kind, slot.number),
                 ]
             ),
-            "start": instant(out.slot.starts_at),
-            "end": instant(out.slot.ends_at),
-            "slot": [{"reference": f"Slot/{out.slot.id}"}],
-            "created": instant(out.booked_at),
+            "start": instant(slot.starts_at),
+            "end": instant(slot.ends_at),
+            "slot": [{"reference": f"Slot/{slot.id}"}],
+            "created": instant(referral.booked_at),
             "participant": [
-                {"actor": {"type": "Patient", "display": out.resident_name_masked}, "status": "accepted"},
+                {"actor": {"type": "Patient", "display": view.resident_name_masked}, "status": "accepted"},
                 *(
                     [
                         {
                             "type": [{"coding": [{"system": PARTICIPATION_TYPE, "code": "PPRF"}]}],
-                            "actor": {"type": "Practitioner", "display": out.doctor.name},
+                            "actor": {"type": "Practitioner", "display": doctor.name},
                             "status": "accepted",
                         }
                     ]
-                    if out.doctor
+                    if doctor
                     else []
                 ),
                 {
                     "type": [{"coding": [{"system": PARTICIPATION_TYPE, "code": "REF"}]}],
                     "actor": {
                         "type": "Practitioner",
-                        "display": f"{out.referring_doctor.name} ({out.referring_institution.name})",
+                        "display": f"{view.referring_doctor.name} ({view.booker.name})",
                     },
                     "status": "accepted",
                 },

@@ -30,7 +30,8 @@ from service.kit.resources import RESOURCE_KINDS
 from service.models.referrals import Referral
 from service.models.registry import Department, Doctor, Organisation, Region
 from service.models.slots import ClinicSession, Slot
-from service.referrals.service import pools_in_scope, referral_out
+from service.policy.scope import pools_in_scope
+from service.referrals.views import load_views
 
 Pool = tuple[int, str]  # (hospital id, resource kind)
 Service = tuple[str, str | None]  # (resource kind, modality)
@@ -221,10 +222,9 @@ async def search_appointments(
     for bound in dates:
         stmt = stmt.where(bound.clause(Slot.starts_at))
     rows, next_after = await _page(session, stmt, Referral.id, after, count)
-    appointments = []
+    views = await load_views(session, crypto, [referral for (referral,) in rows])
+    appointments = [resources.appointment(view) for view in views]
     for (referral,) in rows:
-        out = await referral_out(session=session, crypto=crypto, referral=referral, show_code=False)
-        appointments.append(resources.appointment(out, hospital_id=referral.hospital_id))
         await record(
             session=session,
             actor=actor,

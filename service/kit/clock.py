@@ -48,3 +48,8 @@ def zh_instant(when: datetime) -> str:
     """An instant as a patient reads it: Beijing time, e.g. 3月10日06:00 (no zero padding)."""
     local = when.astimezone(SHANGHAI)
     return f"{local.month}月{local.day}日{local:%H:%M}"
+
+
+def instant(when: datetime) -> str:
+    """Event timestamps: ISO 8601 in UTC, whatever offset the value arrived with."""
+    return when.astimezone(UTC).isoformat()

@@ -85,7 +85,7 @@ class Policy(Base):
     # R14: per-signal scalping thresholds (service/policy/signal_rules.py); a signal left out takes its default.
     signal_thresholds: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     source: Mapped[str] = mapped_column(Text, default="", server_default="")
-    # R14 booking limits (service/limits); NULL means no limit.
+    # R14 booking limits (service/referrals/guards.py); NULL means no limit.
     doctor_hourly_limit: Mapped[int | None] = mapped_column(Integer)
     doctor_daily_limit: Mapped[int | None] = mapped_column(Integer)
     institution_share_limit: Mapped[Decimal | None] = mapped_column(Numeric(5, 4))

@@ -15,7 +15,7 @@ import structlog
 from service.kit.clock import Clock
 from service.kit.db import Database
 from service.kit.periodic import every
-from service.referrals.service import purge_idempotency_keys
+from service.referrals.idempotency import purge_idempotency_keys
 
 log = structlog.get_logger("slotpool.purge")
 

@@ -5,20 +5,19 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import DBAPIError
 
 from service.abuse.hotline import HotlineLimits
-from service.deps import State, actor_for, require
 from service.kit.bounds import Day, day_in_window
-from service.kit.context import Caller
 from service.kit.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
-from service.kit.errors import Problem
+from service.kit.dberrors import LOCK_NOT_AVAILABLE, sqlstate
+from service.kit.errors import Conflict, Problem
 from service.kit.ids import MAX_ID, QueryId
 from service.kit.metrics import BOOKINGS
 from service.kit.resources import Modality, ResourceKind
-from service.referrals import service
+from service.referrals import booking, cancellation, idempotency, reading, search
 from service.referrals.schemas import (
     BookableSlotList,
     BookingIn,
@@ -27,17 +26,15 @@ from service.referrals.schemas import (
     ReferralList,
     ReferralOut,
 )
+from service.web.unit import Unit, UnitRoute, reads, writes
 
-router = APIRouter(prefix="/v1", tags=["referrals"])
-Primary = Annotated[Caller, Depends(require("primary"))]
+router = APIRouter(prefix="/v1", tags=["referrals"], route_class=UnitRoute)
 PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
 @router.get("/pool/slots", response_model=BookableSlotList)
 async def search_slots(
-    request: Request,
-    state: State,
-    caller: Primary,
+    unit: Annotated[Unit, reads("primary")],
     hospital_id: QueryId = None,
     department_id: QueryId = None,
     service_date: Day | None = None,
@@ -53,22 +50,44 @@ async def search_slots(
 
     Visits, examinations and beds alike (R18); filter with ``resource_kind`` and ``modality``.
     """
-    now = state.clock.now()
-    async with state.db.sessionmaker() as session:
-        items, next_cursor = await service.search_bookable_slots(
-            session=session,
-            caller=caller,
-            now=now,
-            hospital_id=hospital_id,
-            department_id=department_id,
-            service_date=service_date,
-            title=title,
-            resource_kind=resource_kind,
-            modality=modality,
-            after_id=cursor,
-            limit=limit,
-        )
+    items, next_cursor = await search.search_bookable_slots(
+        session=unit.session,
+        caller=unit.caller,
+        now=unit.now,
+        hospital_id=hospital_id,
+        department_id=department_id,
+        service_date=service_date,
+        title=title,
+        resource_kind=resource_kind,
+        modality=modality,
+        after_id=cursor,
+        limit=limit,
+    )
     return BookableSlotList(items=items, next_cursor=next_cursor)
+
+
+async def _book(unit: Unit, body: BookingIn, idempotency_key: str | None) -> tuple[int, dict[str, Any], bool]:
+    """The booking, or the answer stored for the first request with this Idempotency-Key."""
+    if idempotency_key:
+        stored = await idempotency.claim_idempotency_key(
+            session=unit.session,
+            actor=unit.actor,
+            crypto=unit.crypto,
+            client_id=unit.caller.client_id,
+            key=idempotency_key,
+            body_hash=idempotency.request_hash(body.model_dump(mode="json")),
+        )
+        if stored is not None:
+            return stored[0], stored[1], True
+    out = await booking.book_referral(
+        session=unit.session, actor=unit.actor, caller=unit.caller, crypto=unit.crypto, booking=body
+    )
+    data = out.model_dump(mode="json")
+    if idempotency_key:
+        await idempotency.store_idempotent_answer(
+            session=unit.session, client_id=unit.caller.client_id, key=idempotency_key, status=201, body=data
+        )
+    return 201, data, False
 
 
 @router.post(
@@ -79,57 +98,33 @@ async def search_slots(
 )
 async def book_referral(
     body: BookingIn,
-    request: Request,
-    state: State,
-    caller: Primary,
+    unit: Annotated[Unit, writes("primary")],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
-) -> JSONResponse:
+) -> JSONResponse | Problem:
     """Book a reserved slot for a signed resident after a consultation (R5–R11)."""
-    actor = actor_for(request, state, caller)
-    body_hash = service.request_hash(body.model_dump(mode="json"))
-
-    async def work(session: AsyncSession) -> tuple[int, dict[str, Any], bool]:
-        if idempotency_key:
-            stored = await service.claim_idempotency_key(
-                session=session,
-                actor=actor,
-                crypto=state.crypto,
-                client_id=caller.client_id,
-                key=idempotency_key,
-                body_hash=body_hash,
-            )
-            if stored is not None:
-                return stored[0], stored[1], True
-        out = await service.book_referral(
-            session=session,
-            actor=actor,
-            caller=caller,
-            crypto=state.crypto,
-            booking=body,
-            lock_timeout_ms=state.settings.lock_timeout_ms,
-        )
-        data = out.model_dump(mode="json")
-        if idempotency_key:
-            await service.store_idempotent_answer(
-                session=session, client_id=caller.client_id, key=idempotency_key, status=201, body=data
-            )
-        return 201, data, False
-
+    # The booking runs in a savepoint: a refusal rolls it back, is recorded in the same
+    # transaction, and is returned, so the route commits the record and then refuses.
     try:
-        status, data, replayed = await state.db.run(work)
+        async with unit.session.begin_nested():
+            status, data, replayed = await _book(unit, body, idempotency_key)
+    except DBAPIError as exc:
+        if sqlstate(exc) != LOCK_NOT_AVAILABLE:
+            raise
+        refusal: Problem = Conflict(
+            "busy", "The resource is locked by another request; retry.", retry_after=1
+        )
     except Problem as exc:
-        BOOKINGS.labels(exc.code).inc()
         refusal = exc
-        if refusal.code != "idempotency_key_reused":
-            await state.db.run(
-                lambda s: service.record_refusal(session=s, actor=actor, problem=refusal, booking=body)
-            )
-        raise
-    BOOKINGS.labels("booked").inc()
-    headers = {"Location": f"/v1/referrals/{data['reference']}"}
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(data, status_code=status, headers=headers)
+    else:
+        BOOKINGS.labels("booked").inc()
+        headers = {"Location": f"/v1/referrals/{data['reference']}"}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(data, status_code=status, headers=headers)
+    BOOKINGS.labels(refusal.code).inc()
+    if refusal.code != "idempotency_key_reused":
+        await booking.record_refusal(session=unit.session, actor=unit.actor, problem=refusal, booking=body)
+    return refusal
 
 
 def cursor_day(value: str) -> date:
@@ -142,9 +137,7 @@ def cursor_day(value: str) -> date:
 
 @router.get("/referrals", response_model=ReferralList)
 async def list_referrals(
-    request: Request,
-    state: State,
-    caller: Annotated[Caller, Depends(require("primary", "hospital"))],
+    unit: Annotated[Unit, writes("primary", "hospital")],
     service_date: Day | None = None,
     department_code: str | None = None,
     status: Literal["booked", "cancelled"] | None = None,
@@ -158,37 +151,26 @@ async def list_referrals(
     after = (
         decode_cursor(cursor, lambda p: (cursor_day(p[0]), cursor_id(p[1]))) if cursor is not None else None
     )
-    actor = actor_for(request, state, caller)
-    items, following = await state.db.run(
-        lambda session: service.list_referrals(
-            session=session,
-            actor=actor,
-            caller=caller,
-            crypto=state.crypto,
-            service_date=service_date,
-            department_code=department_code,
-            status=status,
-            after=after,
-            limit=limit,
-        )
+    items, following = await reading.list_referrals(
+        session=unit.session,
+        actor=unit.actor,
+        caller=unit.caller,
+        crypto=unit.crypto,
+        service_date=service_date,
+        department_code=department_code,
+        status=status,
+        after=after,
+        limit=limit,
     )
     next_cursor = encode_cursor(following[0].isoformat(), following[1]) if following else None
     return ReferralList(items=items, next_cursor=next_cursor)
 
 
 @router.get("/referrals/{reference}", response_model=ReferralOut, responses={404: PROBLEM})
-async def get_referral(
-    reference: str,
-    request: Request,
-    state: State,
-    caller: Annotated[Caller, Depends(require("primary", "hospital"))],
-) -> ReferralOut:
+async def get_referral(reference: str, unit: Annotated[Unit, writes("primary", "hospital")]) -> ReferralOut:
     """One referral, visible to the institution that made it and the hospital that receives it."""
-    actor = actor_for(request, state, caller)
-    return await state.db.run(
-        lambda session: service.read_referral(
-            session=session, actor=actor, caller=caller, crypto=state.crypto, reference=reference
-        )
+    return await reading.read_referral(
+        session=unit.session, actor=unit.actor, caller=unit.caller, crypto=unit.crypto, reference=reference
     )
 
 
@@ -196,20 +178,16 @@ async def get_referral(
     "/referrals/{reference}/cancel", response_model=ReferralOut, responses={404: PROBLEM, 409: PROBLEM}
 )
 async def cancel_referral(
-    reference: str, body: CancelIn, request: Request, state: State, caller: Primary
+    reference: str, body: CancelIn, unit: Annotated[Unit, writes("primary")]
 ) -> ReferralOut:
     """The referring institution cancels, before the policy's cut-off (R12)."""
-    actor = actor_for(request, state, caller)
-
-    return await state.db.run(
-        lambda session: service.cancel_by_institution(
-            session=session,
-            actor=actor,
-            caller=caller,
-            crypto=state.crypto,
-            reference=reference,
-            reason=body.reason,
-        )
+    return await cancellation.cancel_by_institution(
+        session=unit.session,
+        actor=unit.actor,
+        caller=unit.caller,
+        crypto=unit.crypto,
+        reference=reference,
+        reason=body.reason,
     )
 
 
@@ -219,32 +197,22 @@ async def cancel_referral(
     responses={409: PROBLEM, 422: PROBLEM, 429: PROBLEM},
 )
 async def hotline_cancel(
-    body: HotlineCancelIn,
-    request: Request,
-    state: State,
-    caller: Annotated[Caller, Depends(require("hotline"))],
-) -> ReferralOut:
+    body: HotlineCancelIn, unit: Annotated[Unit, writes("hotline")]
+) -> ReferralOut | Problem:
     """The hotline cancels for a patient who gives the reference and verification code (R12).
 
     An unknown reference and a wrong code get the same 422 ``verification_failed``. After
     repeated failures for one reference, or from one hotline client, every attempt (even with
     the right code) gets 429 ``verification_locked`` with ``Retry-After`` (docs/abuse-limits.md).
     """
-    actor = actor_for(request, state, caller)
-    limits = HotlineLimits.from_settings(state.settings)
-
-    outcome = await state.db.run(
-        lambda session: service.cancel_by_hotline(
-            session=session,
-            actor=actor,
-            caller=caller,
-            crypto=state.crypto,
-            reference=body.reference,
-            verification_code=body.verification_code,
-            reason=body.reason,
-            limits=limits,
-        )
+    # A refusal is returned, not raised: the failed attempt it counted commits before the caller hears it.
+    return await cancellation.cancel_by_hotline(
+        session=unit.session,
+        actor=unit.actor,
+        caller=unit.caller,
+        crypto=unit.crypto,
+        reference=body.reference,
+        verification_code=body.verification_code,
+        reason=body.reason,
+        limits=HotlineLimits.from_settings(unit.settings),
     )
-    if isinstance(outcome, Problem):
-        raise outcome  # recorded and committed; now the caller hears it
-    return outcome

@@ -6,17 +6,14 @@ import math
 from datetime import date
 from typing import Literal
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
 from service.kit.clock import zh_instant
 from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto
-from service.models.referrals import Referral
-from service.models.slots import ClinicSession
-from service.referrals.schemas import Notice, ReferralOut
-from service.referrals.service import get_referral
+from service.referrals.reading import shows_code, visible_referral
+from service.referrals.schemas import Notice
 from service.slip.schemas import PatientNotice, SmsOut
 
 TITLES_ZH = {
@@ -144,14 +141,11 @@ async def patient_notice(
     purpose: Literal["slip", "notice"],
 ) -> PatientNotice:
     """The notice of a referral the caller may see (404 otherwise); the read is audited (R15)."""
-    out: ReferralOut = await get_referral(session=session, caller=caller, crypto=crypto, reference=reference)
-    referral = await session.scalar(select(Referral).where(Referral.reference == reference))
-    assert referral is not None
-    clinic_session = await session.get(ClinicSession, referral.session_id)
-    assert clinic_session is not None
+    view = await visible_referral(session=session, caller=caller, crypto=crypto, reference=reference)
+    referral, clinic_session = view.referral, view.clinic_session
     # The hotline asks for this code (R12): the patient gets it from the referring institution only,
     # and a cancelled referral has nothing left to cancel.
-    code = out.verification_code if out.status == "booked" else None
+    code = view.verification_code() if shows_code(caller) and referral.status == "booked" else None
     await record(
         session=session,
         actor=actor,
@@ -159,20 +153,21 @@ async def patient_notice(
         hospital_id=referral.hospital_id,
         resident_id=referral.resident_id,
         referral_id=referral.id,
-        detail={"status": out.status, "verification_code_shown": code is not None},
+        detail={"status": referral.status, "verification_code_shown": code is not None},
     )
+    notice = view.notice()
     return PatientNotice(
-        reference=out.reference,
-        status=out.status,
-        notice=out.notice,
+        reference=referral.reference,
+        status=referral.status,
+        notice=notice,
         location=clinic_session.location,
-        resident_name_masked=out.resident_name_masked,
-        resident_id_masked=out.resident_id_masked,
+        resident_name_masked=view.resident_name_masked,
+        resident_id_masked=view.resident_id_masked,
         verification_code=code,
-        referring_institution=out.referring_institution.name,
-        referring_doctor=out.referring_doctor.name,
-        cancelled_at=out.cancelled_at,
+        referring_institution=view.booker.name,
+        referring_doctor=view.referring_doctor.name,
+        cancelled_at=referral.cancelled_at,
         sms=sms_out(
-            sms_text(out.notice, status=out.status, location=clinic_session.location, verification_code=code)
+            sms_text(notice, status=referral.status, location=clinic_session.location, verification_code=code)
         ),
     )

@@ -25,7 +25,7 @@ from service.kit.db import Database
 from service.kit.metrics import SLOTS_RETURNED
 from service.kit.periodic import every
 from service.models.slots import Slot
-from service.referrals.service import emit_slots_returned
+from service.slots.returns import emit_slots_returned
 
 log = structlog.get_logger("slotpool.release")
 

@@ -23,8 +23,11 @@ from service.models.referrals import Referral
 from service.models.registry import SENIOR_TITLES, Department, Doctor, Organisation
 from service.models.slots import ClinicSession, ReservationShortfall, Slot
 from service.policy.service import policy_in_force
-from service.referrals.service import cancel_for_withdrawal
+
+# The one deliberate seam upward: withdrawing or removing a session cancels its referrals.
+from service.referrals.cancellation import cancel_for_withdrawal
 from service.slots.reservation import Candidate, Selection, check_marked, select_reserved
+from service.slots.returns import withdraw_slots
 from service.slots.schemas import (
     ItemError,
     PushResult,
@@ -278,6 +281,7 @@ async def _apply_session(
             clinic_session=existing,
             reason=item.withdrawn_reason or "The hospital withdrew this session (停诊).",
         )
+        await withdraw_slots(session, existing)
         await _record_shortfalls(session, actor, hospital, department, existing, policy, None)
         return await _result(session, existing, "withdrawn", version=item.version)
 
@@ -625,6 +629,7 @@ async def remove_session(
     # Their ``by`` stays ``hospital`` whoever removes: to the HIS and the patient the session is
     # gone, as after a 停诊 (the event contract ties a slot that no longer exists to ``hospital``).
     await cancel_for_withdrawal(session=session, actor=actor, crypto=crypto, clinic_session=cs, reason=reason)
+    await withdraw_slots(session, cs)
     cs.status = "removed"
     cs.withdrawn_reason = reason
     cs.updated_at = actor.now

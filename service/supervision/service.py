@@ -13,7 +13,7 @@ from sqlalchemy.orm import aliased
 
 from service.audit.service import record
 from service.identity.suspensions import in_force
-from service.kit.clock import local_date
+from service.kit.clock import instant, local_date
 from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto, mask_id_number
 from service.kit.dberrors import constraint_name
@@ -27,8 +27,8 @@ from service.models.residents import Resident
 from service.models.slots import Slot
 from service.models.supervision import AccessSuspension
 from service.outbox.events import emit
+from service.referrals.cancellation import cancel_by_commission
 from service.referrals.schemas import NamedRef
-from service.referrals.service import cancel_by_commission, instant
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
 from service.supervision.schemas import AuditEntryOut, SuspensionIn, SuspensionOut
 

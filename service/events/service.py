@@ -1,1 +1,0 @@
-from service.outbox.events import emit as emit  # temporary: removed once every caller imports the outbox

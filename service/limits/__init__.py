@@ -1,1 +1,0 @@
-"""Booking limits (R14): per-policy caps that stop scalping before it happens."""
