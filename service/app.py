@@ -15,7 +15,7 @@ from starlette.types import ASGIApp
 from service.abuse.body_limit import BodyLimit
 from service.attendance.router import router as attendance_router
 from service.availability.router import router as availability_router
-from service.deps import AppState
+from service.web.state import AppState
 from service.fhir.router import router as fhir_router
 from service.jobs import background_loops
 from service.kit.clock import Clock
