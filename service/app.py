@@ -15,7 +15,6 @@ from starlette.types import ASGIApp
 from service.abuse.body_limit import BodyLimit
 from service.attendance.router import router as attendance_router
 from service.availability.router import router as availability_router
-from service.web.state import AppState
 from service.fhir.router import router as fhir_router
 from service.jobs import background_loops
 from service.kit.clock import Clock
@@ -36,6 +35,7 @@ from service.signals.router import router as signals_router
 from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
 from service.supervision.router import router as supervision_router
+from service.web.state import AppState
 
 log = structlog.get_logger("slotpool.http")
 
