@@ -25,11 +25,11 @@ from service.web.unit import Unit, UnitRoute, reads, writes
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=UnitRoute)
 Hospital = Annotated[Unit, writes("hospital")]
 HospitalReads = Annotated[Unit, reads("hospital")]
-PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
-
-
 # The URL check may resolve DNS. As a dependency declared after the unit it runs once the caller
-# is authenticated and before the unit's transaction begins, so no connection waits on it.
+# is authenticated and before the unit's transaction begins; with slow_dependencies the
+# authentication's connection is back in the pool by then, so no connection waits on DNS.
+HospitalSettingUrl = Annotated[Unit, writes("hospital", slow_dependencies=True)]
+PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
 async def new_url(body: EndpointIn, state: State) -> str:
@@ -50,7 +50,7 @@ def _with_secret(endpoint: EndpointOut, secret: str) -> EndpointWithSecret:
 
 @router.post("/endpoints", response_model=EndpointWithSecret, status_code=201, responses={422: PROBLEM})
 async def register_endpoint(
-    body: EndpointIn, unit: Hospital, url: Annotated[str, Depends(new_url)]
+    body: EndpointIn, unit: HospitalSettingUrl, url: Annotated[str, Depends(new_url)]
 ) -> EndpointWithSecret:
     """Register a receiver of the HIS; the answer carries its signing secret, shown this once."""
     endpoint, secret = await service.register_endpoint(
@@ -84,7 +84,7 @@ async def get_endpoint(endpoint_id: PathId, unit: HospitalReads) -> EndpointOut:
 async def update_endpoint(
     endpoint_id: PathId,
     body: EndpointPatch,
-    unit: Hospital,
+    unit: HospitalSettingUrl,
     url: Annotated[str | None, Depends(changed_url)],
 ) -> EndpointOut:
     """Change the URL or event types; ``status: active`` re-enables an endpoint disabled by a 410."""

@@ -65,8 +65,9 @@ class Opening:
     """What the ``writes``/``reads`` dependency resolves to: the authenticated caller and the
     session that authenticated it, which the unit of work continues (``UnitRoute``)."""
 
-    def __init__(self, request: Request, *, roles: tuple[str, ...], write: bool) -> None:
+    def __init__(self, request: Request, *, roles: tuple[str, ...], write: bool, hold: bool) -> None:
         self.request = request
+        self.hold = hold
         self.state: AppState = request.app.state.slotpool
         self.roles = roles
         self.write = write
@@ -87,15 +88,20 @@ class Opening:
         still spends its token, and the bucket's row is not held while the work runs."""
         token = bearer_token(self.request.headers.get("authorization", ""))
         state = self.state
-        # One connection for the whole request: the session commits the token, then continues
-        # on the same connection for the work, without a second pool checkout.
-        try:
-            self.connection = await state.db.engine.connect()
-        except Exception as exc:
-            if database_unavailable(exc):
-                raise DatabaseUnavailable() from exc
-            raise
-        self.session = state.db.sessionmaker(bind=self.connection)
+        if self.hold:
+            # One connection for the whole request: the session commits the token, then
+            # continues on the same connection for the work, without a second pool checkout.
+            try:
+                self.connection = await state.db.engine.connect()
+            except Exception as exc:
+                if database_unavailable(exc):
+                    raise DatabaseUnavailable() from exc
+                raise
+            self.session = state.db.sessionmaker(bind=self.connection)
+        else:
+            # The connection goes back to the pool at the token's commit, and the work checks
+            # one out again: nothing is held while the endpoint's other dependencies wait.
+            self.session = state.db.sessionmaker()
 
         async def work(session: AsyncSession) -> Caller:
             return await authenticate(
@@ -145,9 +151,9 @@ class Opening:
         return result
 
 
-def _dependency(roles: tuple[str, ...], *, write: bool) -> Any:
+def _dependency(roles: tuple[str, ...], *, write: bool, hold: bool) -> Any:
     async def opening(request: Request) -> AsyncIterator[Opening]:
-        opened = Opening(request, roles=roles, write=write)
+        opened = Opening(request, roles=roles, write=write, hold=hold)
         try:
             await opened.authenticate()
             yield opened
@@ -159,14 +165,18 @@ def _dependency(roles: tuple[str, ...], *, write: bool) -> Any:
     return Depends(opening)
 
 
-def writes(*roles: str) -> Any:
-    """The unit of an endpoint that changes state, for callers with one of ``roles`` (any if none)."""
-    return _dependency(roles, write=True)
+def writes(*roles: str, slow_dependencies: bool = False) -> Any:
+    """The unit of an endpoint that changes state, for callers with one of ``roles`` (any if none).
+
+    ``slow_dependencies``: the endpoint's other dependencies wait on the network (a webhook
+    URL's DNS check), so no connection is held between authentication and the work.
+    """
+    return _dependency(roles, write=True, hold=not slow_dependencies)
 
 
 def reads(*roles: str) -> Any:
     """The read-only unit of an endpoint that changes nothing, for callers with one of ``roles``."""
-    return _dependency(roles, write=False)
+    return _dependency(roles, write=False, hold=True)
 
 
 def in_unit(endpoint: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
