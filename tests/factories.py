@@ -11,6 +11,8 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
+
 from service.kit.clock import SHANGHAI, Clock, ManualClock, local_datetime
 from service.kit.context import Actor
 from service.kit.crypto import Crypto
@@ -249,6 +251,34 @@ async def push(
     assert r.status_code == 200, r.text
     results: list[dict[str, Any]] = r.json()["results"]
     return results
+
+
+async def post_referral(client: Any, world: World, payload: dict[str, Any], who: str = "chc_a",
+                        **headers: str) -> httpx.Response:  # fmt: skip
+    """Ask to book as ``who`` (``POST /v1/referrals``); the answer is returned unchecked."""
+    response: httpx.Response = await client.post(
+        "/v1/referrals", json=payload, headers=world.auth(who) | headers
+    )
+    return response
+
+
+async def book(client: Any, world: World, payload: dict[str, Any], who: str = "chc_a",
+               **headers: str) -> dict[str, Any]:  # fmt: skip
+    """Book as ``who``, which must succeed (201); the referral as answered."""
+    r = await post_referral(client, world, payload, who, **headers)
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def booked_referral(client: Any, world: World, day: date, signed: list[int], *, name: str | None = None,
+                          item: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One referral: the city hospital pushes session S1 (10 slots on ``day``, or ``item``),
+    residents ``signed`` sign with chc_a's FD-1, and resident 1 books the first pool slot."""
+    await push(client, world, [item or session_item("S1", day, slots=10)])
+    await sign(client, world, signed, **({"name": name} if name is not None else {}))
+    slots = await pool_slots(client, world)
+    return await book(client, world, booking(slots[0]["slot_id"], 1, clock=world.clock, name=name))
 
 
 async def sign(client: Any, world: World, seqs: list[int], who: str = "platform", **kwargs: Any) -> None:

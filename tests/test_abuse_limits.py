@@ -20,7 +20,7 @@ from service.kit.config import RateLimit, Settings
 from service.models.audit import AuditEntry
 from service.models.registry import ApiClient
 from service.slots.schemas import MAX_PUSH_SESSIONS
-from tests.factories import booking, contract_row, pool_slots, push, session_item, sign
+from tests.factories import booked_referral, booking, contract_row, pool_slots, push, session_item, sign
 
 DAY = date(2026, 3, 10)
 HOTLINE = "/v1/hotline/cancellations"
@@ -45,15 +45,8 @@ async def http_app(settings: Settings, database_url: str, clock: Any) -> AsyncIt
 
 
 @pytest.fixture
-async def referral(client, world, clock) -> dict[str, Any]:
-    await push(client, world, [session_item("S1", DAY, slots=10)])
-    await sign(client, world, [1, 2])
-    slots = await pool_slots(client, world)
-    r = await client.post(
-        "/v1/referrals", json=booking(slots[0]["slot_id"], 1, clock=clock), headers=world.auth("chc_a")
-    )
-    assert r.status_code == 201, r.text
-    return r.json()
+async def referral(client, world) -> dict[str, Any]:
+    return await booked_referral(client, world, DAY, [1, 2])
 
 
 def wrong_code(referral: dict[str, Any], offset: int = 1) -> str:

@@ -15,7 +15,7 @@ from service.kit.crypto import mask_id_number
 from service.models.attendance import NoShowBar
 from service.models.audit import AuditEntry
 from service.models.referrals import Referral
-from tests.factories import add_wuhu_key, booking, pool_slots, push, session_item, sign, synthetic_id
+from tests.factories import add_wuhu_key, book, booking, pool_slots, push, session_item, sign, synthetic_id
 
 DAY = date(2026, 3, 10)
 ID1 = synthetic_id("340102", seq=1)
@@ -31,11 +31,7 @@ async def booked(client, world, clock) -> dict[str, Any]:
     references = {}
     for seq, slot in ((1, slots[0]), (2, slots[1])):
         clock.advance(timedelta(minutes=1))
-        r = await client.post(
-            "/v1/referrals", json=booking(slot["slot_id"], seq, clock=clock), headers=world.auth("chc_a")
-        )
-        assert r.status_code == 201, r.text
-        references[seq] = r.json()["reference"]
+        references[seq] = (await book(client, world, booking(slot["slot_id"], seq, clock=clock)))["reference"]
     return references
 
 

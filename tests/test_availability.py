@@ -13,7 +13,7 @@ from service.availability import service as availability
 from service.availability.schemas import AvailabilityOut
 from service.kit.clock import SHANGHAI
 from service.slots.release import release_due_slots
-from tests.factories import booking, pool_slots, push, session_item, sign, synthetic_id
+from tests.factories import book, booking, pool_slots, push, session_item, sign, synthetic_id
 from tests.test_resource_kinds import (
     LUNG,
     STROKE_AND_MI,
@@ -41,16 +41,6 @@ def counts(body, **key):
     """The counts of the one item matching ``key``."""
     [item] = [i for i in body["items"] if all(i[k] == v for k, v in key.items())]
     return {k: item[k] for k in ZERO}
-
-
-async def book(client, world, clock, slot_id, seq, diagnoses=None):
-    r = await client.post(
-        "/v1/referrals",
-        json=booking(slot_id, seq, clock=clock, diagnoses=diagnoses),
-        headers=world.auth("chc_a"),
-    )
-    assert r.status_code == 201, r.text
-    return r.json()
 
 
 def plain(url: str) -> str:
@@ -111,7 +101,7 @@ async def test_r19_counts_per_group_follow_bookings(client, world, clock, pushed
     assert [d["code"] for d in hospital["departments"]] == ["CARD", "NEUR"]
 
     slots = await pool_slots(client, world, service_date=DAY.isoformat(), title="associate_chief")
-    await book(client, world, clock, slots[0]["slot_id"], 1)
+    await book(client, world, booking(slots[0]["slot_id"], 1, clock=clock))
     body = (await feed(client, world)).json()
     assert counts(body, **card) == ZERO | {"public": 8, "pool_open": 1, "booked": 1}
 
@@ -143,8 +133,8 @@ async def test_r18_counts_per_kind_follow_bookings(client, world, clock, kinds):
 
     [ct, *_] = await pool_slots(client, world, resource_kind="examination", modality="CT")
     [bed, *_] = await pool_slots(client, world, resource_kind="bed")
-    await book(client, world, clock, ct["slot_id"], 1, diagnoses=LUNG[1:])
-    await book(client, world, clock, bed["slot_id"], 2, diagnoses=["I63.9"])
+    await book(client, world, booking(ct["slot_id"], 1, clock=clock, diagnoses=LUNG[1:]))
+    await book(client, world, booking(bed["slot_id"], 2, clock=clock, diagnoses=["I63.9"]))
     after = (await feed(client, world)).json()
     assert counts(after, **CT) == ZERO | {"public": 6, "pool_open": 5, "booked": 1}
     assert counts(after, **BEDS) == ZERO | {"public": 7, "pool_open": 2, "booked": 1}
@@ -211,7 +201,7 @@ async def test_r19_etag_and_304(client, world, clock, pushed):
     assert other.headers["etag"] != etag
 
     slots = await pool_slots(client, world, service_date=DAY.isoformat(), title="associate_chief")
-    await book(client, world, clock, slots[0]["slot_id"], 1)
+    await book(client, world, booking(slots[0]["slot_id"], 1, clock=clock))
     changed = await feed(client, world, headers={"If-None-Match": etag})
     assert changed.headers["etag"] != etag
     assert counts(changed.json(), department_code="CARD", service_date=DAY.isoformat())["booked"] == 1
@@ -245,7 +235,7 @@ async def test_r19_since_returns_only_changed_department_days_with_full_counts(c
     assert quiet["replaces"] == []
 
     slots = await pool_slots(client, world, service_date=DAY.isoformat(), title="associate_chief")
-    await book(client, world, clock, slots[0]["slot_id"], 1)
+    await book(client, world, booking(slots[0]["slot_id"], 1, clock=clock))
     body = (await feed(client, world, since=cursor)).json()
     AvailabilityOut.model_validate(body)
     hospital_id = world.ids["city_hospital"]
@@ -291,7 +281,7 @@ async def test_r19_since_misses_nothing_committed_after_the_poll_by_an_older_tra
         tx = conn.transaction()
         await tx.start()
         await conn.execute("UPDATE slots SET status = 'booked' WHERE id = $1", neur[0]["slot_id"])
-        await book(client, world, clock, card[0]["slot_id"], 1)  # younger, committed first
+        await book(client, world, booking(card[0]["slot_id"], 1, clock=clock))  # younger, committed first
         first = (await feed(client, world)).json()  # sees the CARD booking, not the NEUR one
         assert counts(first, department_code="CARD", service_date=DAY.isoformat())["booked"] == 1
         assert counts(first, department_code="NEUR")["booked"] == 0
@@ -306,7 +296,7 @@ async def test_r19_since_misses_nothing_committed_after_the_poll_by_an_older_tra
 async def test_r18_since_reports_an_examination_booking(client, world, clock, kinds):
     cursor = (await feed(client, world)).json()["cursor"]
     [ct, *_] = await pool_slots(client, world, resource_kind="examination", modality="CT")
-    await book(client, world, clock, ct["slot_id"], 1, diagnoses=LUNG[1:])
+    await book(client, world, booking(ct["slot_id"], 1, clock=clock, diagnoses=LUNG[1:]))
     body = (await feed(client, world, since=cursor)).json()
     AvailabilityOut.model_validate(body)
     assert body["replaces"] == [
@@ -355,9 +345,9 @@ async def test_r19_since_replaces_a_department_day_whose_session_changed_period(
 
 async def test_r15_platform_responses_carry_no_personal_data(client, world, clock, pushed):
     slots = await pool_slots(client, world, service_date=DAY.isoformat(), title="associate_chief")
-    referral = await book(client, world, clock, slots[0]["slot_id"], 1)
+    referral = await book(client, world, booking(slots[0]["slot_id"], 1, clock=clock))
     cursor = (await feed(client, world, to="2026-03-10")).json()["cursor"]
-    await book(client, world, clock, slots[1]["slot_id"], 2)
+    await book(client, world, booking(slots[1]["slot_id"], 2, clock=clock))
     for r in (await feed(client, world), await feed(client, world, since=cursor)):
         body = r.json()
         AvailabilityOut.model_validate(body)  # extra="forbid": only the documented fields
@@ -416,12 +406,12 @@ async def test_r19_counts_table_equals_a_recount_of_the_slots(client, world, clo
     from sqlalchemy import text
 
     slots = await pool_slots(client, world, service_date=DAY.isoformat(), title="associate_chief")
-    first = await book(client, world, clock, slots[0]["slot_id"], 1)
-    await book(client, world, clock, slots[1]["slot_id"], 2)
+    first = await book(client, world, booking(slots[0]["slot_id"], 1, clock=clock))
+    await book(client, world, booking(slots[1]["slot_id"], 2, clock=clock))
     [ct, *_] = await pool_slots(client, world, resource_kind="examination", modality="CT")
-    exam = await book(client, world, clock, ct["slot_id"], 3, diagnoses=LUNG[1:])
+    exam = await book(client, world, booking(ct["slot_id"], 3, clock=clock, diagnoses=LUNG[1:]))
     [bed, *_] = await pool_slots(client, world, resource_kind="bed")
-    await book(client, world, clock, bed["slot_id"], 3, diagnoses=["I63.9"])
+    await book(client, world, booking(bed["slot_id"], 3, clock=clock, diagnoses=["I63.9"]))
     for referral in (first, exam):
         r = await client.post(
             f"/v1/referrals/{referral['reference']}/cancel", json={"reason": "x"}, headers=world.auth("chc_a")
@@ -491,7 +481,7 @@ async def test_r19_warm_answers_follow_renames_and_agree_with_since_answers(clie
         lambda s: s.execute(text("UPDATE organisations SET name = '合肥一院' WHERE code = 'H-CITY'"))
     )
     slots = await pool_slots(client, world, service_date=DAY.isoformat(), title="attending")
-    await book(client, world, clock, slots[0]["slot_id"], 1)
+    await book(client, world, booking(slots[0]["slot_id"], 1, clock=clock))
     body = (await feed(client, world)).json()
     [hospital] = body["hospitals"]
     assert hospital["name"] == "合肥一院"

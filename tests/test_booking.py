@@ -10,7 +10,16 @@ from sqlalchemy import select
 from service.kit.clock import SHANGHAI
 from service.models.audit import AuditEntry
 from service.models.events import Event
-from tests.factories import add_alliance, booking, pool_slots, push, session_item, sign, synthetic_id
+from tests.factories import (
+    add_alliance,
+    booking,
+    pool_slots,
+    post_referral,
+    push,
+    session_item,
+    sign,
+    synthetic_id,
+)
 
 DAY = date(2026, 3, 10)
 
@@ -23,12 +32,8 @@ async def open_pool(client, world):
     return await pool_slots(client, world)
 
 
-async def book(client, world, payload, who="chc_a", **headers):
-    return await client.post("/v1/referrals", json=payload, headers=world.auth(who) | headers)
-
-
 async def test_r8_books_for_a_signed_resident(client, world, clock, open_pool, db):
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["resident_id_masked"] == "3****************" + synthetic_id("340102", seq=1)[-1]
@@ -42,7 +47,7 @@ async def test_r8_books_for_a_signed_resident(client, world, clock, open_pool, d
 
 
 async def test_r8_unsigned_resident_is_refused_and_recorded(client, world, clock, open_pool, db):
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 99, clock=clock))
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 99, clock=clock))
     assert r.status_code == 422
     assert r.json()["code"] == "not_signed"
     assert r.headers["content-type"].startswith("application/problem+json")
@@ -55,18 +60,18 @@ async def test_r8_unsigned_resident_is_refused_and_recorded(client, world, clock
 
 async def test_r8_expired_contract_is_refused(client, world, clock, open_pool):
     await sign(client, world, [7], ends_on=date(2026, 3, 1))
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 7, clock=clock))
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 7, clock=clock))
     assert r.json()["code"] == "not_signed"
 
 
 async def test_r8_resident_of_another_family_doctor_is_refused(client, world, clock, open_pool):
     await sign(client, world, [8], doctor_code="FD-2")
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 8, clock=clock))
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 8, clock=clock))
     assert r.json()["code"] == "not_signed"
 
 
 async def test_r8_real_name_must_match(client, world, clock, open_pool):
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock, name="李四"))
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock, name="李四"))
     assert r.status_code == 422
     assert r.json()["code"] == "name_mismatch"
 
@@ -76,31 +81,37 @@ async def test_r8_invalid_id_number_is_refused(client, world, clock, open_pool):
     payload["resident"]["id_number"] = payload["resident"]["id_number"][:-1] + "0"
     if payload["resident"]["id_number"] == synthetic_id("340102", seq=1):
         payload["resident"]["id_number"] = payload["resident"]["id_number"][:-1] + "1"
-    r = await book(client, world, payload)
+    r = await post_referral(client, world, payload)
     assert r.json()["code"] == "invalid_id_number"
 
 
 async def test_r9_no_referral_without_a_recent_consultation(client, world, clock, open_pool):
     stale = clock.now() - timedelta(hours=73)
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock, encountered_at=stale))
+    r = await post_referral(
+        client, world, booking(open_pool[0]["slot_id"], 1, clock=clock, encountered_at=stale)
+    )
     assert r.json()["code"] == "consultation_out_of_window"
     future = clock.now() + timedelta(minutes=5)
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock, encountered_at=future))
+    r = await post_referral(
+        client, world, booking(open_pool[0]["slot_id"], 1, clock=clock, encountered_at=future)
+    )
     assert r.json()["code"] == "consultation_out_of_window"
 
 
 async def test_r10_diagnosis_must_be_on_the_disease_list(client, world, clock, open_pool):
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock, diagnoses=["J45"]))
+    r = await post_referral(
+        client, world, booking(open_pool[0]["slot_id"], 1, clock=clock, diagnoses=["J45"])
+    )
     assert r.status_code == 422
     assert r.json()["code"] == "disease_not_covered"
-    r = await book(
+    r = await post_referral(
         client, world, booking(open_pool[0]["slot_id"], 1, clock=clock, diagnoses=["J45", "E11.9"])
     )
     assert r.status_code == 201
 
 
 async def test_r10_malformed_icd10_is_a_schema_error(client, world, clock, open_pool):
-    r = await book(
+    r = await post_referral(
         client, world, booking(open_pool[0]["slot_id"], 1, clock=clock, diagnoses=["hypertension"])
     )
     assert r.status_code == 422
@@ -117,24 +128,24 @@ async def test_r5_window_not_open_before_pool_opens_at(client, world, clock):
 
     assert to_local(result["pool_opens_at"]) == to_local(result["public_at"]) - timedelta(days=1)
     slot_id = await slot_id_of(world, later, result["pool_slot_numbers"][0])
-    r = await book(client, world, booking(slot_id, 1, clock=clock))
+    r = await post_referral(client, world, booking(slot_id, 1, clock=clock))
     assert r.status_code == 409
     assert r.json()["code"] == "window_not_open"
     clock.set(to_local(result["pool_opens_at"]))
-    r = await book(client, world, booking(slot_id, 1, clock=clock))
+    r = await post_referral(client, world, booking(slot_id, 1, clock=clock))
     assert r.status_code == 201, r.text
 
 
 async def test_r6_window_closes_at_public_at_even_before_the_loop_runs(client, world, clock, open_pool):
     clock.set(datetime_of(open_pool[0]["public_at"]))
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
     assert r.status_code == 409
     assert r.json()["code"] == "window_closed"
 
 
 async def test_r7_city_hospital_is_closed_to_another_city(client, world, clock, open_pool):
     await sign(client, world, [1], who="chc_far", institution="P-FAR", region="340202")
-    r = await book(
+    r = await post_referral(
         client, world, booking(open_pool[0]["slot_id"], 1, clock=clock, region="340202"), who="chc_far"
     )
     assert r.status_code == 403
@@ -170,7 +181,7 @@ async def test_r3_provincial_pool_is_for_lower_tier_hospitals(client, world, clo
     slots = await pool_slots(client, world, who="district_as_booker")
     assert len(slots) == 2
     # The district hospital books for its own patient: no family-doctor contract, same real-name rule.
-    r = await book(
+    r = await post_referral(
         client,
         world,
         booking(slots[0]["slot_id"], 42, clock=clock, doctor_code="D-attending"),
@@ -179,7 +190,7 @@ async def test_r3_provincial_pool_is_for_lower_tier_hospitals(client, world, clo
     assert r.status_code == 422
     assert r.json()["code"] == "referring_doctor_unknown"
     await push(client, world, [session_item("X1", DAY, slots=2, title="attending")], who="district_hospital")
-    r = await book(
+    r = await post_referral(
         client,
         world,
         booking(slots[0]["slot_id"], 42, clock=clock, doctor_code="D-attending"),
@@ -189,22 +200,24 @@ async def test_r3_provincial_pool_is_for_lower_tier_hospitals(client, world, clo
     assert r.json()["referring_institution"]["code"] == "H-DIST"
     # Real name holds for hospital bookers too: the same ID number under another name is refused.
     other = booking(slots[1]["slot_id"], 42, clock=clock, doctor_code="D-attending", name="王五")
-    r = await book(client, world, other, who="district_as_booker")
+    r = await post_referral(client, world, other, who="district_as_booker")
     assert r.status_code == 422
     assert r.json()["code"] == "name_mismatch"
 
 
 async def test_one_active_referral_per_resident_department_day(client, world, clock, open_pool):
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
     assert r.status_code == 201
-    r = await book(client, world, booking(open_pool[1]["slot_id"], 1, clock=clock))
+    r = await post_referral(client, world, booking(open_pool[1]["slot_id"], 1, clock=clock))
     assert r.status_code == 409
     assert r.json()["code"] == "duplicate_referral"
 
 
 async def test_taken_slot_is_a_409(client, world, clock, open_pool):
-    assert (await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))).status_code == 201
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 2, clock=clock))
+    assert (
+        await post_referral(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
+    ).status_code == 201
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 2, clock=clock))
     assert r.status_code == 409
     assert r.json()["code"] == "slot_taken"
 
@@ -222,26 +235,26 @@ async def test_slots_never_start_inside_the_pool_window(client, world):
 
 
 async def test_unknown_slot_is_a_404(client, world, clock, open_pool):
-    r = await book(client, world, booking(999_999, 1, clock=clock))
+    r = await post_referral(client, world, booking(999_999, 1, clock=clock))
     assert r.status_code == 404
     assert r.json()["code"] == "slot_not_found"
 
 
 async def test_idempotency_key_returns_the_first_answer(client, world, clock, open_pool):
     payload = booking(open_pool[0]["slot_id"], 1, clock=clock)
-    first = await book(client, world, payload, **{"Idempotency-Key": "k-1"})
-    again = await book(client, world, payload, **{"Idempotency-Key": "k-1"})
+    first = await post_referral(client, world, payload, **{"Idempotency-Key": "k-1"})
+    again = await post_referral(client, world, payload, **{"Idempotency-Key": "k-1"})
     assert first.status_code == again.status_code == 201
     assert again.json() == first.json()
     assert again.headers["idempotent-replayed"] == "true"
     other = booking(open_pool[1]["slot_id"], 2, clock=clock)
-    r = await book(client, world, other, **{"Idempotency-Key": "k-1"})
+    r = await post_referral(client, world, other, **{"Idempotency-Key": "k-1"})
     assert r.status_code == 422
     assert r.json()["code"] == "idempotency_key_reused"
 
 
 async def test_r11_notice_tells_the_patient_everything(client, world, clock, open_pool):
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
     notice = r.json()["notice"]
     assert notice["hospital"] == "合肥市第一人民医院"
     assert notice["department"] == "心血管内科"
@@ -255,7 +268,7 @@ async def test_r11_notice_tells_the_patient_everything(client, world, clock, ope
 
 
 async def test_r17_hospital_sees_the_pool_marker_and_no_id_number(client, world, clock, open_pool):
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
     reference = r.json()["reference"]
     r = await client.get(
         "/v1/referrals", params={"service_date": DAY.isoformat()}, headers=world.auth("city_hospital")
@@ -269,7 +282,7 @@ async def test_r17_hospital_sees_the_pool_marker_and_no_id_number(client, world,
 
 
 async def test_owasp_api1_other_institutions_see_nothing(client, world, clock, open_pool):
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
     reference = r.json()["reference"]
     for who in ("chc_b", "district_hospital"):
         r = await client.get(f"/v1/referrals/{reference}", headers=world.auth(who))
@@ -326,7 +339,7 @@ async def test_r7_search_applies_the_policy_of_the_service_date(client, world, c
     assert r.json()["version"] == 2
     # chc_a is in 瑶海区; the city hospital is in 蜀山区: out of the new jurisdiction.
     assert await pool_slots(client, world, who="chc_a") == []
-    r = await book(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
+    r = await post_referral(client, world, booking(open_pool[0]["slot_id"], 1, clock=clock))
     assert r.status_code == 403
     assert r.json()["code"] == "out_of_scope"
     assert len(await pool_slots(client, world, who="chc_b")) == 2  # 蜀山区 still admitted

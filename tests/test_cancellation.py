@@ -12,21 +12,14 @@ from service.models.audit import AuditEntry
 from service.models.events import Event
 from service.models.slots import Slot
 from service.slots.release import release_due_slots
-from tests.factories import booking, pool_slots, push, session_item, sign
+from tests.factories import booked_referral, booking, pool_slots, push, session_item, sign
 
 DAY = date(2026, 3, 10)
 
 
 @pytest.fixture
-async def referral(client, world, clock):
-    await push(client, world, [session_item("S1", DAY, slots=10)])
-    await sign(client, world, [1, 2])
-    slots = await pool_slots(client, world)
-    r = await client.post(
-        "/v1/referrals", json=booking(slots[0]["slot_id"], 1, clock=clock), headers=world.auth("chc_a")
-    )
-    assert r.status_code == 201
-    return r.json()
+async def referral(client, world):
+    return await booked_referral(client, world, DAY, [1, 2])
 
 
 async def events_of(db, kind):

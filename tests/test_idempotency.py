@@ -9,7 +9,7 @@ from sqlalchemy import func, select, text
 
 from service.models.referrals import IdempotencyKey
 from service.referrals.purge import purge_expired_answers
-from tests.factories import booking, pool_slots, push, session_item, sign
+from tests.factories import booking, pool_slots, post_referral, push, session_item, sign
 
 DAY = date(2026, 3, 10)  # pool open at the test's start (2 March 09:00), public 3 March 08:00
 NEXT = date(2026, 3, 11)  # pool opens 3 March 08:00
@@ -24,12 +24,6 @@ async def slots(client, world) -> dict[str, list[int]]:
     }
 
 
-async def book(client, world, payload, key):
-    return await client.post(
-        "/v1/referrals", json=payload, headers=world.auth("chc_a") | {"Idempotency-Key": key}
-    )
-
-
 async def stored_bodies(db) -> list[str]:
     """The raw text of every stored answer, as PostgreSQL holds it."""
     rows = await db.run(lambda s: s.scalars(text("SELECT response_body::text FROM idempotency_keys")))
@@ -37,7 +31,9 @@ async def stored_bodies(db) -> list[str]:
 
 
 async def test_no_verification_code_is_stored_in_an_idempotency_row(client, world, clock, slots, db):
-    r = await book(client, world, booking(slots[DAY.isoformat()][0], 1, clock=clock), "k-1")
+    r = await post_referral(
+        client, world, booking(slots[DAY.isoformat()][0], 1, clock=clock), **{"Idempotency-Key": "k-1"}
+    )
     assert r.status_code == 201, r.text
     code = r.json()["verification_code"]
     assert code is not None and len(code) == 6
@@ -49,8 +45,8 @@ async def test_no_verification_code_is_stored_in_an_idempotency_row(client, worl
 
 async def test_a_replay_returns_the_same_answer_with_its_code(client, world, clock, slots):
     payload = booking(slots[DAY.isoformat()][0], 1, clock=clock)
-    first = await book(client, world, payload, "k-1")
-    again = await book(client, world, payload, "k-1")
+    first = await post_referral(client, world, payload, **{"Idempotency-Key": "k-1"})
+    again = await post_referral(client, world, payload, **{"Idempotency-Key": "k-1"})
     assert again.headers["idempotent-replayed"] == "true"
     assert again.status_code == first.status_code == 201
     assert again.json() == first.json()
@@ -62,7 +58,9 @@ async def count_keys(db) -> int:
 
 
 async def test_answers_are_purged_24_hours_after_by_the_clock(client, world, clock, slots, db):
-    r = await book(client, world, booking(slots[DAY.isoformat()][0], 1, clock=clock), "k-1")
+    r = await post_referral(
+        client, world, booking(slots[DAY.isoformat()][0], 1, clock=clock), **{"Idempotency-Key": "k-1"}
+    )
     assert r.status_code == 201, r.text
     start = clock.now()
     clock.set(start + timedelta(hours=23, minutes=59))
@@ -75,7 +73,9 @@ async def test_answers_are_purged_24_hours_after_by_the_clock(client, world, clo
 
 async def test_purge_works_in_batches_until_none_is_left(client, world, clock, slots, db):
     for n, slot_id in enumerate(slots[DAY.isoformat()][:2], start=1):
-        r = await book(client, world, booking(slot_id, n, clock=clock), f"k-{n}")
+        r = await post_referral(
+            client, world, booking(slot_id, n, clock=clock), **{"Idempotency-Key": f"k-{n}"}
+        )
         assert r.status_code == 201, r.text
     clock.advance(timedelta(days=2))
     assert await purge_expired_answers(db, clock, batch_size=1) == 2
@@ -83,19 +83,21 @@ async def test_purge_works_in_batches_until_none_is_left(client, world, clock, s
 
 
 async def test_after_the_window_the_key_names_a_new_request(client, world, clock, slots):
-    first = await book(client, world, booking(slots[DAY.isoformat()][0], 1, clock=clock), "k-1")
+    first = await post_referral(
+        client, world, booking(slots[DAY.isoformat()][0], 1, clock=clock), **{"Idempotency-Key": "k-1"}
+    )
     assert first.status_code == 201, first.text
     clock.advance(timedelta(hours=23))  # the next day's pool has opened
     [next_slot, *_] = await pool_slots(client, world, service_date=NEXT.isoformat())
     other = booking(next_slot["slot_id"], 2, clock=clock)
-    r = await book(client, world, other, "k-1")
+    r = await post_referral(client, world, other, **{"Idempotency-Key": "k-1"})
     assert (r.status_code, r.json()["code"]) == (422, "idempotency_key_reused")
     # Not purged yet, but past its window: the stored answer no longer binds the key.
     clock.advance(timedelta(hours=1, minutes=1))
-    r = await book(client, world, other, "k-1")
+    r = await post_referral(client, world, other, **{"Idempotency-Key": "k-1"})
     assert r.status_code == 201, r.text
     assert "idempotent-replayed" not in r.headers
     assert r.json()["reference"] != first.json()["reference"]
-    again = await book(client, world, other, "k-1")
+    again = await post_referral(client, world, other, **{"Idempotency-Key": "k-1"})
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json() == r.json()

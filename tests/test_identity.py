@@ -33,7 +33,16 @@ from service.models.referrals import REFERRAL_RESIDENT_NAME, Referral
 from service.models.residents import CONTRACT_NAME, CONTRACT_PHONE, FamilyDoctorContract
 from service.residents.conflicts import note_declared_identity
 from tests.conftest import START
-from tests.factories import add_wuhu_key, booking, build_world, contract_row, pool_slots, push, session_item
+from tests.factories import (
+    add_wuhu_key,
+    booking,
+    build_world,
+    contract_row,
+    pool_slots,
+    post_referral,
+    push,
+    session_item,
+)
 from tests.test_slip import _text
 
 DAY = date(2026, 3, 10)
@@ -57,12 +66,6 @@ async def synced(client, world, who: str, institution: str, name: str) -> None:
     r = await sync(client, world, who, institution, name)
     assert r.status_code == 200, r.text
     assert r.json()["rejected"] == 0, r.text
-
-
-async def book(client, world, slot_id: int, name: str, who: str) -> httpx.Response:
-    return await client.post(
-        "/v1/referrals", json=booking(slot_id, SEQ, clock=world.clock, name=name), headers=world.auth(who)
-    )
 
 
 @pytest.fixture
@@ -94,7 +97,9 @@ async def event_payloads(db, kind: str) -> list[dict[str, Any]]:
 
 async def test_r8_another_centres_sync_leaves_a_referral_as_booked(client, world, pools, db):
     await synced(client, world, "chc_a", "P-A", A_NAME)
-    r = await book(client, world, pools["CARD"][0]["slot_id"], A_NAME, "chc_a")
+    r = await post_referral(
+        client, world, booking(pools["CARD"][0]["slot_id"], SEQ, clock=world.clock, name=A_NAME), "chc_a"
+    )
     assert r.status_code == 201, r.text
     reference = r.json()["reference"]
 
@@ -126,15 +131,23 @@ async def test_r8_each_centre_books_under_its_own_declared_name(client, world, p
     await synced(client, world, "chc_b", "P-B", B_NAME)
     card, neur = pools["CARD"], pools["NEUR"]
 
-    r = await book(client, world, card[0]["slot_id"], B_NAME, "chc_a")
+    r = await post_referral(
+        client, world, booking(card[0]["slot_id"], SEQ, clock=world.clock, name=B_NAME), "chc_a"
+    )
     assert r.json()["code"] == "name_mismatch"  # another centre's declaration vouches for nothing here
-    r = await book(client, world, card[0]["slot_id"], A_NAME, "chc_a")
+    r = await post_referral(
+        client, world, booking(card[0]["slot_id"], SEQ, clock=world.clock, name=A_NAME), "chc_a"
+    )
     assert r.status_code == 201, r.text
     assert r.json()["resident_name_masked"] == "张**"
 
-    r = await book(client, world, neur[0]["slot_id"], A_NAME, "chc_b")
+    r = await post_referral(
+        client, world, booking(neur[0]["slot_id"], SEQ, clock=world.clock, name=A_NAME), "chc_b"
+    )
     assert r.json()["code"] == "name_mismatch"
-    r = await book(client, world, neur[0]["slot_id"], B_NAME, "chc_b")
+    r = await post_referral(
+        client, world, booking(neur[0]["slot_id"], SEQ, clock=world.clock, name=B_NAME), "chc_b"
+    )
     assert r.status_code == 201, r.text
     assert r.json()["resident_name_masked"] == "李**"
 
@@ -143,12 +156,16 @@ async def test_r8_a_referral_keeps_the_name_it_was_booked_under_after_its_own_ce
     client, world, pools
 ):
     await synced(client, world, "chc_a", "P-A", A_NAME)
-    r = await book(client, world, pools["CARD"][0]["slot_id"], A_NAME, "chc_a")
+    r = await post_referral(
+        client, world, booking(pools["CARD"][0]["slot_id"], SEQ, clock=world.clock, name=A_NAME), "chc_a"
+    )
     reference = r.json()["reference"]
     await synced(client, world, "chc_a", "P-A", "王五")
     r = await client.get(f"/v1/referrals/{reference}", headers=world.auth("chc_a"))
     assert r.json()["resident_name_masked"] == "张**"
-    r = await book(client, world, pools["NEUR"][0]["slot_id"], "王五", "chc_a")
+    r = await post_referral(
+        client, world, booking(pools["NEUR"][0]["slot_id"], SEQ, clock=world.clock, name="王五"), "chc_a"
+    )
     assert r.status_code == 201, r.text
     assert r.json()["resident_name_masked"] == "王*"
 
@@ -158,7 +175,9 @@ async def test_declared_names_and_phones_are_ciphertext_bound_to_their_columns(
 ):
     r = await sync(client, world, "chc_a", "P-A", A_NAME, phone="13800000001")
     assert r.status_code == 200, r.text
-    await book(client, world, pools["CARD"][0]["slot_id"], A_NAME, "chc_a")
+    await post_referral(
+        client, world, booking(pools["CARD"][0]["slot_id"], SEQ, clock=world.clock, name=A_NAME), "chc_a"
+    )
     contract = await db.run(lambda s: s.scalar(select(FamilyDoctorContract)))
     referral = await db.run(lambda s: s.scalar(select(Referral)))
     assert A_NAME.encode() not in contract.name_enc and b"13800000001" not in contract.phone_enc
@@ -229,7 +248,12 @@ async def test_a_sync_in_progress_does_not_hold_up_a_booking_for_the_resident(
     actor = Actor.system("test", now=world.clock.now())
     async with db.sessionmaker() as held, held.begin():
         await note_declared_identity(session=held, actor=actor, crypto=crypto, resident_id=resident_id)
-        r = await asyncio.wait_for(book(client, world, pools["CARD"][0]["slot_id"], A_NAME, "chc_a"), 4)
+        r = await asyncio.wait_for(
+            post_referral(
+                client, world, booking(pools["CARD"][0]["slot_id"], SEQ, clock=world.clock, name=A_NAME)
+            ),
+            4,
+        )
         assert r.status_code == 201, r.text
 
 
@@ -371,7 +395,9 @@ async def test_migration_gives_existing_contracts_and_referrals_the_residents_na
                 r = await sync(client, world, "chc_a", "P-A", A_NAME, phone="13800000001")
                 assert r.status_code == 200, r.text
                 [slot, *_] = await pool_slots(client, world)
-                r = await book(client, world, slot["slot_id"], A_NAME, "chc_a")
+                r = await post_referral(
+                    client, world, booking(slot["slot_id"], SEQ, clock=world.clock, name=A_NAME), "chc_a"
+                )
                 assert r.status_code == 201, r.text
         await downgrade(target, "0010")
         await upgrade(target)

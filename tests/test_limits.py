@@ -15,7 +15,16 @@ from sqlalchemy import func, select
 from service.kit.clock import SHANGHAI
 from service.models.audit import AuditEntry
 from service.models.referrals import Referral
-from tests.factories import TEST_POLICY, booking, contract_row, pool_slots, push, session_item, sign
+from tests.factories import (
+    TEST_POLICY,
+    booking,
+    contract_row,
+    pool_slots,
+    post_referral,
+    push,
+    session_item,
+    sign,
+)
 
 DAY = date(2026, 3, 10)
 NO_LIMITS = {
@@ -68,10 +77,6 @@ def outcomes(responses: list[httpx.Response]) -> Counter[Any]:
     return Counter(
         r.status_code if r.status_code == 201 else (r.status_code, r.json()["code"]) for r in responses
     )
-
-
-async def book(client, world, payload: dict[str, Any], who: str = "chc_a") -> httpx.Response:
-    return await client.post("/v1/referrals", json=payload, headers=world.auth(who))
 
 
 async def cancel(client, world, reference: str, who: str = "chc_a") -> None:
@@ -158,12 +163,12 @@ async def test_r14_doctor_hourly_limit_holds_under_parallel_requests(client, wor
     booked = [r.json() for r in responses if r.status_code == 201]
     await cancel(client, world, booked[0]["reference"])
     free = await pool_slots(client, world)
-    r = await book(client, world, booking(free[0]["slot_id"], 11, clock=clock))
+    r = await post_referral(client, world, booking(free[0]["slot_id"], 11, clock=clock))
     assert (r.status_code, r.json()["code"]) == (409, "doctor_hourly_limit")
 
     # The window rolls: an hour after those bookings the doctor may book again.
     clock.advance(timedelta(hours=1))
-    r = await book(client, world, booking(free[0]["slot_id"], 11, clock=clock))
+    r = await post_referral(client, world, booking(free[0]["slot_id"], 11, clock=clock))
     assert r.status_code == 201, r.text
 
 
@@ -173,16 +178,22 @@ async def test_r14_doctor_hourly_limit_frees_as_each_booking_leaves_the_hour(cli
     slots = await pool_slots(client, world)
     await sign(client, world, [1, 2, 3])
     first_at = clock.now()
-    assert (await book(client, world, booking(slots[0]["slot_id"], 1, clock=clock))).status_code == 201
+    assert (
+        await post_referral(client, world, booking(slots[0]["slot_id"], 1, clock=clock))
+    ).status_code == 201
     clock.advance(timedelta(minutes=20))
-    assert (await book(client, world, booking(slots[1]["slot_id"], 2, clock=clock))).status_code == 201
+    assert (
+        await post_referral(client, world, booking(slots[1]["slot_id"], 2, clock=clock))
+    ).status_code == 201
     clock.advance(timedelta(minutes=10))
-    r = await book(client, world, booking(slots[2]["slot_id"], 3, clock=clock))
+    r = await post_referral(client, world, booking(slots[2]["slot_id"], 3, clock=clock))
     assert r.json()["code"] == "doctor_hourly_limit"
     assert datetime.fromisoformat(r.json()["resets_at"]) == first_at + timedelta(hours=1)
     assert r.json()["retry_after"] == 30 * 60
     clock.set(first_at + timedelta(hours=1))
-    assert (await book(client, world, booking(slots[2]["slot_id"], 3, clock=clock))).status_code == 201
+    assert (
+        await post_referral(client, world, booking(slots[2]["slot_id"], 3, clock=clock))
+    ).status_code == 201
 
 
 async def test_r14_doctor_daily_limit_holds_under_parallel_requests(client, world, clock, db, live_server):
@@ -191,7 +202,9 @@ async def test_r14_doctor_daily_limit_holds_under_parallel_requests(client, worl
     slots = await pool_slots(client, world)
     await sign(client, world, list(range(1, 11)))
     # Two bookings earlier in the (Beijing) day, one of them since cancelled: both count.
-    early = [await book(client, world, booking(slots[i]["slot_id"], i + 1, clock=clock)) for i in (0, 1)]
+    early = [
+        await post_referral(client, world, booking(slots[i]["slot_id"], i + 1, clock=clock)) for i in (0, 1)
+    ]
     assert [r.status_code for r in early] == [201, 201]
     await cancel(client, world, early[0].json()["reference"])
     clock.advance(timedelta(hours=11))  # 20:00 the same day
@@ -216,7 +229,7 @@ async def test_r14_doctor_daily_limit_holds_under_parallel_requests(client, worl
 
     clock.set(midnight + timedelta(minutes=30))  # the next day, the window still open
     last = (await pool_slots(client, world))[0]
-    assert (await book(client, world, booking(last["slot_id"], 1, clock=clock))).status_code == 201
+    assert (await post_referral(client, world, booking(last["slot_id"], 1, clock=clock))).status_code == 201
 
 
 async def test_r14_limits_follow_the_booked_slot_and_count_across_hospitals(client, world, clock):
@@ -228,20 +241,20 @@ async def test_r14_limits_follow_the_booked_slot_and_count_across_hospitals(clie
     district = await pool_slots(client, world, hospital_id=world.ids["district_hospital"])
     await sign(client, world, [1, 2, 3])
 
-    r = await book(client, world, booking(district[0]["slot_id"], 1, clock=clock))
+    r = await post_referral(client, world, booking(district[0]["slot_id"], 1, clock=clock))
     assert r.status_code == 201, r.text
     # At the city hospital the doctor's district booking already fills the hour.
-    r = await book(client, world, booking(city[0]["slot_id"], 2, clock=clock))
+    r = await post_referral(client, world, booking(city[0]["slot_id"], 2, clock=clock))
     assert (r.status_code, r.json()["code"]) == (409, "doctor_hourly_limit")
     # At the district hospital its own policy applies, counting the same bookings.
-    r = await book(client, world, booking(district[1]["slot_id"], 2, clock=clock))
+    r = await post_referral(client, world, booking(district[1]["slot_id"], 2, clock=clock))
     assert r.status_code == 201, r.text
     # A resident's active referrals at another hospital count against this one's limit.
     clock.advance(timedelta(hours=1))
-    r = await book(client, world, booking(city[0]["slot_id"], 1, clock=clock))
+    r = await post_referral(client, world, booking(city[0]["slot_id"], 1, clock=clock))
     assert (r.status_code, r.json()["code"]) == (409, "resident_active_limit")
     assert (r.json()["limit"], r.json()["current"]) == (1, 1)
-    r = await book(client, world, booking(city[0]["slot_id"], 3, clock=clock))
+    r = await post_referral(client, world, booking(city[0]["slot_id"], 3, clock=clock))
     assert r.status_code == 201, r.text
 
 
@@ -273,7 +286,7 @@ async def test_r14_institution_share_holds_under_parallel_requests(client, world
     # Another institution has its own share of the same pool.
     await sign(client, world, [1], who="platform", institution="P-B", doctor_code="FD-9", region="340104")
     free = await pool_slots(client, world, who="chc_b")
-    r = await book(
+    r = await post_referral(
         client,
         world,
         booking(free[0]["slot_id"], 1, clock=clock, doctor_code="FD-9", region="340104"),
@@ -284,7 +297,7 @@ async def test_r14_institution_share_holds_under_parallel_requests(client, world
     await cancel(client, world, next(r.json() for r in responses if r.status_code == 201)["reference"])
     free = await pool_slots(client, world)
     await sign(client, world, [13], doctor_code="FD-1")  # a resident who took no part in the race
-    r = await book(client, world, booking(free[0]["slot_id"], 13, clock=clock, doctor_code="FD-1"))
+    r = await post_referral(client, world, booking(free[0]["slot_id"], 13, clock=clock, doctor_code="FD-1"))
     assert r.status_code == 201, r.text
 
 
@@ -298,10 +311,14 @@ async def test_r14_institution_share_is_per_hospital_kind_and_day(client, world,
     slots = await pool_slots(client, world, service_date=DAY.isoformat())
     other_day = await pool_slots(client, world, service_date=later.isoformat())
     await sign(client, world, [1, 2, 3])
-    assert (await book(client, world, booking(slots[0]["slot_id"], 1, clock=clock))).status_code == 201
-    r = await book(client, world, booking(slots[1]["slot_id"], 2, clock=clock))
+    assert (
+        await post_referral(client, world, booking(slots[0]["slot_id"], 1, clock=clock))
+    ).status_code == 201
+    r = await post_referral(client, world, booking(slots[1]["slot_id"], 2, clock=clock))
     assert (r.status_code, r.json()["code"], r.json()["limit"]) == (409, "institution_share_limit", 1)
-    assert (await book(client, world, booking(other_day[0]["slot_id"], 2, clock=clock))).status_code == 201
+    assert (
+        await post_referral(client, world, booking(other_day[0]["slot_id"], 2, clock=clock))
+    ).status_code == 201
 
 
 # --- per resident ---------------------------------------------------------------------------
@@ -342,8 +359,8 @@ async def test_r14_resident_active_limit_holds_under_parallel_requests(client, w
     free = {s["department"]["code"]: s for s in await pool_slots(client, world)}
     free.pop(second["department"]["code"])
     one, two = list(free.values())[:2]
-    assert (await book(client, world, booking(one["slot_id"], 1, clock=clock))).status_code == 201
-    r = await book(client, world, booking(two["slot_id"], 1, clock=clock))
+    assert (await post_referral(client, world, booking(one["slot_id"], 1, clock=clock))).status_code == 201
+    r = await post_referral(client, world, booking(two["slot_id"], 1, clock=clock))
     assert r.json()["code"] == "resident_active_limit"
 
 

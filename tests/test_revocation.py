@@ -15,7 +15,16 @@ from service.kit.clock import local_datetime
 from service.models.audit import AuditEntry
 from service.models.events import Event
 from service.models.supervision import AccessSuspension
-from tests.factories import add_wuhu_key, booking, pool_slots, push, session_item, sign, synthetic_id
+from tests.factories import (
+    add_wuhu_key,
+    booked_referral,
+    booking,
+    pool_slots,
+    push,
+    session_item,
+    sign,
+    synthetic_id,
+)
 from tests.test_attendance import refer
 from tests.test_contracts import _validator
 
@@ -25,15 +34,8 @@ URL = "/v1/supervision/suspensions"
 
 
 @pytest.fixture
-async def referral(client, world, clock) -> dict[str, Any]:
-    await push(client, world, [session_item("S1", DAY, slots=10)])
-    await sign(client, world, [1, 2, 3])
-    slots = await pool_slots(client, world)
-    r = await client.post(
-        "/v1/referrals", json=booking(slots[0]["slot_id"], 1, clock=clock), headers=world.auth("chc_a")
-    )
-    assert r.status_code == 201, r.text
-    return r.json()
+async def referral(client, world) -> dict[str, Any]:
+    return await booked_referral(client, world, DAY, [1, 2, 3])
 
 
 async def client_id(client, world, who: str) -> int:

@@ -17,6 +17,7 @@ from service.signals.detection import run_detection
 from tests.factories import (
     TEST_POLICY,
     add_wuhu_key,
+    book,
     booking,
     pool_slots,
     push,
@@ -41,18 +42,12 @@ async def open_pool(client, world, day=DAY, *, titles=("associate_chief",)) -> d
     return {title: [s["slot_id"] for s in slots if s["doctor"]["title"] == title] for title in titles}
 
 
-async def book(client, world, slot_id, seq, encountered_at, doctor_code="FD-1") -> dict[str, Any]:
-    payload = booking(slot_id, seq, clock=world.clock, doctor_code=doctor_code, encountered_at=encountered_at)
-    r = await client.post("/v1/referrals", json=payload, headers=world.auth("chc_a"))
-    assert r.status_code == 201, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
 async def book_many(client, world, slot_ids, seqs, *, spacing=timedelta(minutes=15), first=SUNDAY):
     """One referral per resident, consultations ``spacing`` apart from ``first``."""
     return [
-        await book(client, world, slot_id, seq, first + spacing * i)
+        await book(
+            client, world, booking(slot_id, seq, clock=world.clock, encountered_at=first + spacing * i)
+        )
         for i, (slot_id, seq) in enumerate(zip(slot_ids, seqs, strict=False))
     ]
 
@@ -231,8 +226,16 @@ async def test_r14_one_couple_seen_together_does_not_alert(client, world):
     slots = (await open_pool(client, world))["associate_chief"]
     referrals = await book_many(client, world, slots[:6], range(1, 7))  # 15 minutes apart
     couple = SUNDAY + timedelta(hours=3)
-    referrals.append(await book(client, world, slots[6], 7, couple))
-    referrals.append(await book(client, world, slots[7], 8, couple + timedelta(minutes=2)))
+    referrals.append(
+        await book(client, world, booking(slots[6], 7, clock=world.clock, encountered_at=couple))
+    )
+    referrals.append(
+        await book(
+            client,
+            world,
+            booking(slots[7], 8, clock=world.clock, encountered_at=couple + timedelta(minutes=2)),
+        )
+    )
     assert await detect_and_list(client, world) == []  # 2 of 8: 0.25
 
 

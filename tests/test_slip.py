@@ -17,7 +17,7 @@ from service.kit.clock import SHANGHAI, zh_instant
 from service.models.audit import AuditEntry
 from service.referrals.schemas import Notice
 from service.slip.service import SMS_MAX_CHARACTERS, sms_out, sms_text, sms_units
-from tests.factories import booking, pool_slots, push, session_item, sign, synthetic_id
+from tests.factories import booked_referral, push, session_item, synthetic_id
 
 DAY = date(2026, 3, 10)
 NAME = "张伟"
@@ -29,16 +29,7 @@ async def _book(client, world, clock, *, location: str | None = LOCATION) -> dic
     item = session_item("S1", DAY, slots=10)
     if location is not None:
         item["location"] = location
-    await push(client, world, [item])
-    await sign(client, world, [1], name=NAME)
-    slots = await pool_slots(client, world)
-    r = await client.post(
-        "/v1/referrals",
-        json=booking(slots[0]["slot_id"], 1, clock=clock, name=NAME),
-        headers=world.auth("chc_a"),
-    )
-    assert r.status_code == 201, r.text
-    return r.json()
+    return await booked_referral(client, world, DAY, [1], name=NAME, item=item)
 
 
 @pytest.fixture
