@@ -26,7 +26,7 @@ What it does, all on loopback and all cleaned up afterwards:
    2026 09:00 Beijing time) it is pending, open, partly booked, or returned/booked. All of
    it is written with INSERT ... SELECT generate_series through the real tables, so the
    triggers build the counts exactly as they would for pushes. Then ANALYZE.
-3. ``tests.factories.build_world`` adds the test region's organisations and keys; the
+3. ``bench/world.py``'s ``build_world`` adds the test region's organisations and keys; the
    booking-rush department-day (city hospital, cardiology, 10 March) is pushed and its
    residents signed over HTTP, as ``booking_rush.py`` does.
 4. Servers: ``bench/rush_server.py`` subprocesses (uvicorn, one event loop, clock fixed at
@@ -73,12 +73,12 @@ import asyncpg  # noqa: E402
 import booking_rush as rush  # noqa: E402
 import httpx  # noqa: E402
 
+from bench.world import build_world  # noqa: E402
 from service.kit.clock import ManualClock  # noqa: E402
 from service.kit.config import Settings  # noqa: E402
 from service.kit.crypto import Crypto  # noqa: E402
 from service.kit.db import Database  # noqa: E402
 from service.models.migrations import upgrade  # noqa: E402
-from tests.factories import build_world  # noqa: E402
 
 START = rush.START  # Monday 2 March 2026, 09:00 Beijing time
 LAST_DAY = date(2026, 3, 15)

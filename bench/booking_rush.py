@@ -10,7 +10,7 @@ What it does, all on loopback and all cleaned up afterwards:
 1. PostgreSQL: with DATABASE_URL set, a fresh database ``bench_<random>`` on
    that server (dropped at the end); otherwise the embedded server in a
    temporary directory under /tmp (deleted at the end). Migrations to head.
-2. Seed one hospital-day: ``tests.factories.build_world`` (regions,
+2. Seed one hospital-day: ``bench/world.py``'s ``build_world`` (regions,
    organisations, the 20 %-half-senior ``test-city`` policy for the city
    hospital, API keys), then over HTTP: one push of ``ceil(M / 0.20)`` slots of
    5 minutes (sessions of at most 100 slots, senior doctors, one department,
@@ -80,12 +80,7 @@ import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from service.kit.clock import SHANGHAI, ManualClock  # noqa: E402
-from service.kit.config import Settings  # noqa: E402
-from service.kit.crypto import Crypto  # noqa: E402
-from service.kit.db import Database  # noqa: E402
-from service.models.migrations import upgrade  # noqa: E402
-from tests.factories import (  # noqa: E402
+from bench.world import (  # noqa: E402
     TEST_POLICY,
     World,
     booking,
@@ -94,6 +89,11 @@ from tests.factories import (  # noqa: E402
     session_item,
     synthetic_id,
 )
+from service.kit.clock import SHANGHAI, ManualClock  # noqa: E402
+from service.kit.config import Settings  # noqa: E402
+from service.kit.crypto import Crypto  # noqa: E402
+from service.kit.db import Database  # noqa: E402
+from service.models.migrations import upgrade  # noqa: E402
 
 # Monday 2 March 2026, 09:00 Beijing time, as in tests/conftest.py.
 START = datetime(2026, 3, 2, 9, 0, tzinfo=SHANGHAI)

@@ -8,7 +8,7 @@ What it does, all on loopback and all cleaned up afterwards:
 
 1. PostgreSQL as in bench/booking_rush.py: a fresh database ``bench_<random>`` on
    DATABASE_URL's server, or the embedded server in a temporary directory.
-   Migrations to head, then ``tests.factories.build_world`` plus E extra
+   Migrations to head, then ``bench/world.py``'s ``build_world`` plus E extra
    hospitals, each with one webhook endpoint (loopback allowed explicitly: plain http to
    loopback) subscribed to every event type. One endpoint per hospital because
    an endpoint's deliveries go strictly one after another: parallelism is
@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import asyncpg  # noqa: E402
 from booking_rush import plain, provision  # noqa: E402
 
+from bench.world import build_world, returned_data  # noqa: E402
 from service.kit.clock import Clock, ManualClock  # noqa: E402
 from service.kit.config import Settings  # noqa: E402
 from service.kit.context import Actor  # noqa: E402
@@ -63,8 +64,6 @@ from service.outbox.events import emit  # noqa: E402
 from service.outbox.urls import check_url  # noqa: E402
 from service.registry.schemas import OrganisationIn  # noqa: E402
 from service.registry.service import create_organisation  # noqa: E402
-from tests.factories import build_world  # noqa: E402
-from tests.test_webhooks import returned_data  # noqa: E402
 
 
 class ReceiverProcess:

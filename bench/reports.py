@@ -9,7 +9,7 @@ What it does, all on loopback and all cleaned up afterwards:
 
 1. PostgreSQL as in bench/booking_rush.py: a fresh database on DATABASE_URL's
    server, or the embedded server in a temporary directory; migrations to head;
-   ``tests.factories.build_world`` for the province 340000, the test-city policy
+   ``bench/world.py``'s ``build_world`` for the province 340000, the test-city policy
    (20 %, half senior) and a commission key for the whole province.
 2. Seeding in SQL through the real schema (generate_series, one statement per
    table): 16 more cities and counties; H hospitals spread over 19 counties, each
@@ -44,12 +44,12 @@ import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 
 from bench.booking_rush import START, ServerProcess, plain, provision  # noqa: E402
+from bench.world import World, build_world  # noqa: E402
 from service.kit.clock import ManualClock  # noqa: E402
 from service.kit.config import Settings  # noqa: E402
 from service.kit.crypto import Crypto  # noqa: E402
 from service.kit.db import Database  # noqa: E402
 from service.models.migrations import upgrade  # noqa: E402
-from tests.factories import World, build_world  # noqa: E402
 
 FIRST_DAY = date(2026, 1, 1)
 CITIES = range(3, 11)  # 340300 ... 341000, two counties each, beside 340100 and 340200
