@@ -6,12 +6,14 @@ from a region code, a birth date and a sequence number.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 
 from service.kit.clock import SHANGHAI, Clock, ManualClock, local_datetime
 from service.kit.context import Actor
@@ -146,6 +148,21 @@ async def build_world(db: Database, crypto: Crypto, clock: ManualClock) -> World
 
     await db.run(work)
     return world
+
+
+async def until_a_session_waits_on_a_lock(db: Database) -> None:
+    """Return as soon as some session of this database waits for a lock; fail after 10 s.
+
+    For races: a test holding a lock starts a request that must queue behind it, and waits for
+    the request to be seen queueing (rather than sleeping and hoping it got that far).
+    """
+    query = text(
+        "SELECT EXISTS (SELECT FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock')"
+    )
+    async with asyncio.timeout(10):
+        while not await db.run(lambda s: s.scalar(query)):  # noqa: ASYNC110 (PostgreSQL sends no event)
+            await asyncio.sleep(0.01)
 
 
 async def add_alliance(db: Database, lead_code: str, members: list[str]) -> None:

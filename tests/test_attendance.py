@@ -27,6 +27,7 @@ from tests.factories import (
     sign,
     synthetic_id,
     to_local,
+    until_a_session_waits_on_a_lock,
 )
 from tests.test_contracts import _validator
 
@@ -576,7 +577,7 @@ async def test_r13_concurrent_reports_reach_the_threshold_once(client, world, si
         )
         assert held.results[0].bar is None
         other = asyncio.create_task(report(client, world, (second["reference"], "no_show")))
-        await asyncio.sleep(0.5)
+        await until_a_session_waits_on_a_lock(db)
         assert not other.done()
         await session.commit()
     body = await other
@@ -607,7 +608,7 @@ async def test_r13_a_booking_waits_for_a_bar_being_decided(client, world, signed
         world.clock.set(local_datetime(later - timedelta(days=8), 9))
         payload = booking(slot["slot_id"], 1, clock=world.clock)
         racing = asyncio.create_task(client.post("/v1/referrals", json=payload, headers=world.auth("chc_a")))
-        await asyncio.sleep(0.5)
+        await until_a_session_waits_on_a_lock(db)
         assert not racing.done()
         await session.commit()
     r = await racing
