@@ -11,8 +11,8 @@ concurrently and start loops like production does.
 
 The reset is the suite's main fixed cost, so it is kept cheap without making it
 weaker (see `Reset`): one owner connection for the whole run, DELETE rather than
-TRUNCATE (a TRUNCATE of 33 tables allocates and later unlinks ~100 files per
-test), and the world restored from rows `build_world` wrote once rather than
+TRUNCATE (which allocates, and later unlinks, new files for every table and
+index at each test), and the world restored from rows `build_world` wrote once rather than
 built again, whenever the rebuild would write exactly those rows.
 """
 
