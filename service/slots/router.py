@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from service.abuse.bounds import refuse_if_too_many
 from service.kit.bounds import Day
 from service.kit.ids import PathId, QueryId
-from service.slots import service
+from service.slots import removal, service, shortfalls
 from service.slots.schemas import (
     MAX_PUSH_SESSIONS,
     MAX_PUSH_SLOTS,
@@ -59,7 +59,7 @@ async def remove_own_session(
     Its booked referrals are cancelled as by a withdrawal (停诊), its slots leave every view, and
     its session ID is free for the corrected push. ``session_id`` is the push result's.
     """
-    return await service.remove_session(
+    return await removal.remove_session(
         session=unit.session,
         actor=unit.actor,
         crypto=unit.crypto,
@@ -75,7 +75,7 @@ async def remove_region_session(
     session_id: PathId, reason: Reason, unit: Annotated[Unit, writes("commission")]
 ) -> SessionRemoved:
     """Remove a session pushed in error by a hospital of the commission's region (its FHIR Schedule id)."""
-    return await service.remove_session(
+    return await removal.remove_session(
         session=unit.session,
         actor=unit.actor,
         crypto=unit.crypto,
@@ -91,7 +91,7 @@ async def own_shortfalls(
     unit: Annotated[Unit, reads("hospital")], date_from: Day | None = None, date_to: Day | None = None
 ) -> ShortfallList:
     """This hospital's unmet rules, per department and day."""
-    return await service.list_shortfalls(
+    return await shortfalls.list_shortfalls(
         session=unit.session, date_from=date_from, date_to=date_to, hospital_id=unit.caller.org_id
     )
 
@@ -104,7 +104,7 @@ async def region_shortfalls(
     hospital_id: QueryId = None,
 ) -> ShortfallList:
     """Unmet rules of every hospital in the commission's region."""
-    return await service.list_shortfalls(
+    return await shortfalls.list_shortfalls(
         session=unit.session,
         date_from=date_from,
         date_to=date_to,

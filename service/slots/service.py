@@ -4,40 +4,32 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.audit.service import record
 from service.kit import bounds
 from service.kit.bounds import service_date_window
 from service.kit.clock import local_date
 from service.kit.context import Actor
 from service.kit.crypto import Crypto
 from service.kit.db import advisory_key
-from service.kit.errors import NotFound, Problem
-from service.kit.regions import covers, within
+from service.kit.errors import Problem
 from service.kit.resources import MAX_BED_WINDOW_MINUTES, MAX_SLOT_MINUTES
 from service.models.policy import Policy
-from service.models.referrals import Referral
 from service.models.registry import SENIOR_TITLES, Department, Doctor, Organisation
 from service.models.slots import ClinicSession, ReservationShortfall, Slot
 from service.policy.service import policy_in_force
-
-# The one deliberate seam upward: withdrawing or removing a session cancels its referrals.
-from service.referrals.cancellation import cancel_for_withdrawal
 from service.slots.reservation import Candidate, Selection, check_marked, select_reserved
-from service.slots.returns import withdraw_slots
 from service.slots.schemas import (
     ItemError,
     PushResult,
     SessionIn,
-    SessionRemoved,
     SessionResult,
-    ShortfallList,
     ShortfallOut,
-    ShortfallRow,
 )
+from service.slots.shortfalls import record_shortfalls
+from service.slots.withdrawal import withdraw_session
 
 POOL_HELD = ("reserved", "booked", "returned")
 # What each resource kind must name; a doctor stays optional for the other two (R18).
@@ -205,7 +197,7 @@ async def _upsert_doctor(session: AsyncSession, hospital_id: int, item: SessionI
     return (await session.scalars(stmt, execution_options={"populate_existing": True})).one()
 
 
-async def _lock_department_day(session: AsyncSession, department_id: int, day: date) -> None:
+async def lock_department_day(session: AsyncSession, department_id: int, day: date) -> None:
     """Serialise pushes that recompute the same department-day."""
     key = advisory_key("push", "department_day", department_id, day.isoformat())
     await session.execute(select(func.pg_advisory_xact_lock(key)))
@@ -235,7 +227,7 @@ async def _apply_session(
     policy = await policy_in_force(
         session=session, hospital_id=hospital.id, on=item.service_date, kind=item.resource_kind
     )
-    await _lock_department_day(session, department.id, item.service_date)
+    await lock_department_day(session, department.id, item.service_date)
 
     created = existing is None
     if existing is None:
@@ -274,21 +266,20 @@ async def _apply_session(
     await session.flush()
 
     if item.status == "withdrawn":
-        await cancel_for_withdrawal(
+        await withdraw_session(
             session=session,
             actor=actor,
             crypto=crypto,
             clinic_session=existing,
             reason=item.withdrawn_reason or "The hospital withdrew this session (停诊).",
         )
-        await withdraw_slots(session, existing)
-        await _record_shortfalls(session, actor, hospital, department, existing, policy, None)
+        await record_shortfalls(session, actor, hospital, department, existing, policy, None)
         return await _result(session, existing, "withdrawn", version=item.version)
 
     await _upsert_slots(session, hospital, existing, item, policy)
     selection = await _reserve(session, actor, hospital, department, existing, item, policy)
     lead_short = _lead_shortfall(item, policy, actor.now)
-    await _record_shortfalls(session, actor, hospital, department, existing, policy, selection, lead_short)
+    await record_shortfalls(session, actor, hospital, department, existing, policy, selection, lead_short)
     return await _result(session, existing, "created" if created else "updated", version=item.version)
 
 
@@ -423,63 +414,6 @@ def _lead_shortfall(item: SessionIn, policy: Policy, now: datetime) -> tuple[int
     return policy.lead_minutes, actual
 
 
-async def _record_shortfalls(
-    session: AsyncSession,
-    actor: Actor,
-    hospital: Organisation,
-    department: Department,
-    cs: ClinicSession,
-    policy: Policy,
-    selection: Selection | None,
-    lead_short: tuple[int, int] | None = None,
-) -> None:
-    """Keep one row per unmet rule for the department-day-kind; delete rows that are met again."""
-    measured: dict[str, tuple[int, int] | None] = {}
-    if selection is not None:
-        measured["ratio"] = (selection.target, len(selection.held)) if selection.ratio_short else None
-        measured["senior_share"] = (
-            (selection.senior_target, selection.senior_held) if selection.senior_short else None
-        )
-    else:
-        measured = {"ratio": None, "senior_share": None}
-    if lead_short is not None:
-        measured["lead_time"] = lead_short
-    for kind, values in measured.items():
-        key = {
-            "department_id": department.id,
-            "service_date": cs.service_date,
-            "resource_kind": cs.resource_kind,
-            "kind": kind,
-        }
-        if values is None:
-            await session.execute(
-                delete(ReservationShortfall).where(
-                    *(getattr(ReservationShortfall, k) == v for k, v in key.items())
-                )
-            )
-            continue
-        required, actual = values
-        stmt = insert(ReservationShortfall).values(
-            **key,
-            hospital_id=hospital.id,
-            required=required,
-            actual=actual,
-            policy_id=policy.id,
-            recorded_at=actor.now,
-        )
-        await session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["department_id", "service_date", "resource_kind", "kind"],
-                set_={
-                    "required": stmt.excluded.required,
-                    "actual": stmt.excluded.actual,
-                    "policy_id": stmt.excluded.policy_id,
-                    "recorded_at": stmt.excluded.recorded_at,
-                },
-            )
-        )
-
-
 async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, version: int) -> SessionResult:
     slots = list(await session.scalars(select(Slot).where(Slot.session_id == cs.id).order_by(Slot.number)))
     dept = await session.get(Department, cs.department_id)
@@ -511,159 +445,4 @@ async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, ver
             )
             for sf in shortfalls
         ],
-    )
-
-
-async def list_shortfalls(
-    *,
-    session: AsyncSession,
-    date_from: date | None,
-    date_to: date | None,
-    hospital_id: int | None = None,
-    region_code: str | None = None,
-) -> ShortfallList:
-    """Unmet rules per department and day: of one hospital (``hospital_id``), of the hospitals
-    of a region (``region_code``), or of one hospital if it lies in the region (both)."""
-    stmt = (
-        select(ReservationShortfall, Department, Policy)
-        .join(Department, Department.id == ReservationShortfall.department_id)
-        .join(Policy, Policy.id == ReservationShortfall.policy_id)
-        .order_by(
-            ReservationShortfall.service_date,
-            Department.code,
-            ReservationShortfall.resource_kind,
-            ReservationShortfall.kind,
-        )
-    )
-    if region_code is not None:
-        stmt = stmt.join(Organisation, Organisation.id == ReservationShortfall.hospital_id).where(
-            Organisation.kind == "hospital", within(Organisation.region_code, region_code)
-        )
-    if hospital_id is not None:
-        stmt = stmt.where(ReservationShortfall.hospital_id == hospital_id)
-    if date_from is not None:
-        stmt = stmt.where(ReservationShortfall.service_date >= date_from)
-    if date_to is not None:
-        stmt = stmt.where(ReservationShortfall.service_date <= date_to)
-    rows = (await session.execute(stmt.limit(5000))).all()
-    return ShortfallList(
-        items=[
-            ShortfallRow(
-                hospital_id=sf.hospital_id,
-                department_code=dept.code,
-                department_name=dept.name,
-                service_date=sf.service_date,
-                resource_kind=sf.resource_kind,
-                kind=sf.kind,
-                required=sf.required,
-                actual=sf.actual,
-                policy_code=policy.code,
-                policy_version=policy.version,
-                recorded_at=sf.recorded_at,
-            )
-            for sf, dept, policy in rows
-        ]
-    )
-
-
-# --- removal of a session pushed in error ---------------------------------------------------
-
-
-async def remove_session(
-    *,
-    session: AsyncSession,
-    actor: Actor,
-    crypto: Crypto,
-    session_id: int,
-    hospital_id: int | None,
-    region_code: str | None,
-    reason: str,
-) -> SessionRemoved:
-    """Take a wrongly pushed session out of the pool: cancel its referrals, withdraw its slots, mark it removed.
-
-    The hospital names its own sessions (``hospital_id``), the commission those of its region
-    (``region_code``). The row stays, marked ``removed``: its cancelled referrals and the audit
-    trail point at it, and every view leaves it out.
-    """
-    cs = await session.scalar(
-        select(ClinicSession)
-        .where(ClinicSession.id == session_id, ClinicSession.status != "removed")
-        .with_for_update()
-    )
-    hospital = await session.get(Organisation, cs.hospital_id) if cs is not None else None
-    visible = (
-        cs is not None
-        and hospital is not None
-        and (hospital_id is None or cs.hospital_id == hospital_id)
-        and (region_code is None or covers(region_code, hospital.region_code))
-    )
-    if not visible or cs is None:
-        raise NotFound("session_not_found", f"No session {session_id} you may remove.")
-    await _lock_department_day(session, cs.department_id, cs.service_date)
-    dept = await session.get(Department, cs.department_id)
-    assert dept is not None
-    slot_counts = (
-        await session.execute(
-            select(Slot.status, func.count()).where(Slot.session_id == cs.id).group_by(Slot.status)
-        )
-    ).all()
-    references = list(
-        await session.scalars(
-            select(Referral.reference)
-            .where(Referral.session_id == cs.id, Referral.status == "booked")
-            .order_by(Referral.id)
-        )
-    )
-    before = {
-        "external_id": cs.external_id,
-        "version": cs.version,
-        "status": cs.status,
-        "department_code": dept.code,
-        "resource_kind": cs.resource_kind,
-        "service_date": cs.service_date.isoformat(),
-        "period": cs.period,
-        "slots": dict(slot_counts),
-        "booked_referrals": references,
-    }
-    # The referrals go through the withdrawal's cancellation: the same events, notices and counts.
-    # Their ``by`` stays ``hospital`` whoever removes: to the HIS and the patient the session is
-    # gone, as after a 停诊 (the event contract ties a slot that no longer exists to ``hospital``).
-    await cancel_for_withdrawal(session=session, actor=actor, crypto=crypto, clinic_session=cs, reason=reason)
-    await withdraw_slots(session, cs)
-    cs.status = "removed"
-    cs.withdrawn_reason = reason
-    cs.updated_at = actor.now
-    await session.flush()
-    await _forget_shortfalls(session, cs)
-    await record(
-        session=session,
-        actor=actor,
-        action="session.removed",
-        hospital_id=cs.hospital_id,
-        reason=reason,
-        detail={"session_id": cs.id, "before": before, "cancelled_referrals": references},
-    )
-    return SessionRemoved(
-        session_id=cs.id, external_id=cs.external_id, status="removed", cancelled_referrals=references
-    )
-
-
-async def _forget_shortfalls(session: AsyncSession, cs: ClinicSession) -> None:
-    """As a withdrawal does, drop the department-day's measured shortfalls; with no session left, all."""
-    others = await session.scalar(
-        select(func.count()).where(
-            ClinicSession.department_id == cs.department_id,
-            ClinicSession.service_date == cs.service_date,
-            ClinicSession.resource_kind == cs.resource_kind,
-            ClinicSession.status == "active",
-        )
-    )
-    kinds = ("ratio", "senior_share") if others else ("ratio", "senior_share", "lead_time")
-    await session.execute(
-        delete(ReservationShortfall).where(
-            ReservationShortfall.department_id == cs.department_id,
-            ReservationShortfall.service_date == cs.service_date,
-            ReservationShortfall.resource_kind == cs.resource_kind,
-            ReservationShortfall.kind.in_(kinds),
-        )
     )
