@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy
 from sqlalchemy import func, select, text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -391,11 +392,21 @@ async def test_r19_notify_at_commit_wakes_the_dispatcher(
     from service.kit.clock import Clock
 
     stop = asyncio.Event()
+    # The loop LISTENs, then claims once and gives the claim's connection back: from that
+    # moment it is idle until woken, so an event emitted after it can only arrive by NOTIFY.
+    idle = asyncio.Event()
+
+    def on_checkin(*_: object) -> None:
+        idle.set()
+
+    pool = db.engine.sync_engine.pool
+    sqlalchemy.event.listen(pool, "checkin", on_checkin)
     async with http_client(settings) as http:
         dispatcher = Dispatcher(db, Clock(), crypto, settings, http)
         task = asyncio.create_task(dispatcher.run(stop=stop, listen_url=listen_dsn(clean_db)))
         try:
-            await asyncio.sleep(0.5)  # the loop is listening and idle
+            await asyncio.wait_for(idle.wait(), timeout=10)
+            sqlalchemy.event.remove(pool, "checkin", on_checkin)
             [event_id] = await emit_returned(db, world, 1)
             for _ in range(100):
                 if receiver.requests:
