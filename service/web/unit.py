@@ -4,7 +4,7 @@ An endpoint declares what it is and who may call it with one parameter::
 
     @router.post("/referrals/{reference}/cancel")
     async def cancel(reference: str, body: CancelIn, unit: Annotated[Unit, writes("primary")]) -> ReferralOut:
-        return await cancellation.cancel_by_institution(unit.session, ...)
+        return await cancellation.cancel_by_institution(session=unit.session, actor=unit.actor, ...)
 
 and its router is an ``APIRouter(route_class=UnitRoute)``. The route runs the endpoint
 inside ``Database.run``: one session authenticates the API key, spends the client's
