@@ -621,7 +621,10 @@ async def test_r13_a_booking_waits_for_a_bar_being_decided(client, world, signed
 async def attendance_events(db) -> list[Event]:
     rows = await db.run(
         lambda s: s.scalars(
-            select(Event).where(Event.type == "referral.attendance_recorded").order_by(Event.id)
+            select(Event)
+            .where(Event.type == "referral.attendance_recorded")
+            .order_by(Event.id)
+            .order_by(Event.id)
         )
     )
     return list(rows)

@@ -41,7 +41,7 @@ async def test_r8_books_for_a_signed_resident(client, world, clock, open_pool, d
     assert r.headers["location"] == f"/v1/referrals/{body['reference']}"
     assert await pool_slots(client, world) == open_pool[1:]
 
-    events = list(await db.run(lambda s: s.scalars(select(Event))))
+    events = list(await db.run(lambda s: s.scalars(select(Event).order_by(Event.id))))
     assert [e.type for e in events] == ["referral.booked"]
     assert events[0].hospital_id == world.ids["city_hospital"]
 
@@ -52,7 +52,11 @@ async def test_r8_unsigned_resident_is_refused_and_recorded(client, world, clock
     assert r.json()["code"] == "not_signed"
     assert r.headers["content-type"].startswith("application/problem+json")
     entries = list(
-        await db.run(lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action == "referral.refused")))
+        await db.run(
+            lambda s: s.scalars(
+                select(AuditEntry).where(AuditEntry.action == "referral.refused").order_by(AuditEntry.id)
+            )
+        )
     )
     assert [(e.code, e.actor_org_id) for e in entries] == [("not_signed", world.ids["chc_a"])]
     assert await pool_slots(client, world) == open_pool  # nothing half-written

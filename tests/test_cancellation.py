@@ -45,7 +45,9 @@ async def test_r12_family_doctor_cancels_and_the_slot_returns_to_the_pool(client
         "slot_returned_to": "pool",
     }
     audit = await db.run(
-        lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action == "referral.cancelled"))
+        lambda s: s.scalars(
+            select(AuditEntry).where(AuditEntry.action == "referral.cancelled").order_by(AuditEntry.id)
+        )
     )
     assert [(a.reason, a.actor_org_id) for a in audit] == [("患者改期", world.ids["chc_a"])]
 

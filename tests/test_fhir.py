@@ -286,7 +286,11 @@ async def test_r19_appointment_only_for_the_hospital_and_the_referrer(client, wo
     assert id_number not in r.text and id_number[1:-1] not in r.text
     code = (await client.get(f"/v1/referrals/{ref}", headers=world.auth("chc_a"))).json()["verification_code"]
     assert code not in r.text
-    reads = await db.run(lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action == "referral.read")))
+    reads = await db.run(
+        lambda s: s.scalars(
+            select(AuditEntry).where(AuditEntry.action == "referral.read").order_by(AuditEntry.id)
+        )
+    )
     assert [(e.actor_org_id, e.detail["via"]) for e in reads] == [
         (world.ids["city_hospital"], "fhir"),
         (world.ids["chc_a"], "fhir"),

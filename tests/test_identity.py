@@ -208,7 +208,9 @@ async def test_identity_conflict_is_raised_once_per_disagreement(client, world, 
     [again] = await conflicts(client, world)
     assert again == conflict
     raised = await db.run(
-        lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action.like("identity_conflict.%")))
+        lambda s: s.scalars(
+            select(AuditEntry).where(AuditEntry.action.like("identity_conflict.%")).order_by(AuditEntry.id)
+        )
     )
     assert [e.action for e in raised] == ["identity_conflict.raised"]
 
@@ -273,7 +275,9 @@ async def test_identity_conflict_evidence_and_logs_carry_no_id_number_or_name(cl
     body = r.text + json.dumps(conflict)
     entries = list(
         await db.run(
-            lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action.like("identity_conflict%")))
+            lambda s: s.scalars(
+                select(AuditEntry).where(AuditEntry.action.like("identity_conflict%")).order_by(AuditEntry.id)
+            )
         )
     )
     trail = json.dumps([[e.action, e.detail, e.reason] for e in entries], ensure_ascii=False)
@@ -343,7 +347,9 @@ async def test_r8_platform_only_region_refuses_centre_syncs_and_takes_the_platfo
     assert r.json()["code"] == "contracts_platform_only"
 
     entries = await db.run(
-        lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action == "contract_source.set"))
+        lambda s: s.scalars(
+            select(AuditEntry).where(AuditEntry.action == "contract_source.set").order_by(AuditEntry.id)
+        )
     )
     assert [e.detail for e in entries] == [
         {"region_code": "340100", "before": None, "after": "platform"},

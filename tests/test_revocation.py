@@ -145,7 +145,7 @@ async def test_r14_one_action_in_force_per_subject(client, world, db):
     assert r.status_code == 409
     assert r.json()["code"] == "already_suspended"
     assert r.json()["suspension_id"] == first.json()["id"]
-    rows = await db.run(lambda s: s.scalars(select(AccessSuspension)))
+    rows = await db.run(lambda s: s.scalars(select(AccessSuspension).order_by(AccessSuspension.id)))
     assert len(list(rows)) == 1
 
 
@@ -292,14 +292,18 @@ async def test_r14_the_commission_may_cancel_active_referrals_like_any_cancellat
     # 3 March 09:00 is past the public release of 10 March's slots: the slot goes to the public.
     [event] = [
         e.payload
-        for e in await db.run(lambda s: s.scalars(select(Event).where(Event.type == "referral.cancelled")))
+        for e in await db.run(
+            lambda s: s.scalars(select(Event).where(Event.type == "referral.cancelled").order_by(Event.id))
+        )
     ]
     assert event["data"]["cancellation"]["by"] == "commission"
     assert event["data"]["cancellation"]["slot_returned_to"] == "public"
     assert "倒卖" not in json.dumps(event, ensure_ascii=False)  # the commission's reason stays in the audit
     schema = json.loads((EVENTS / "referral.cancelled.v2.schema.json").read_text())
     Draft202012Validator(schema).validate(event)
-    returned = await db.run(lambda s: s.scalars(select(Event).where(Event.type == "slots.returned")))
+    returned = await db.run(
+        lambda s: s.scalars(select(Event).where(Event.type == "slots.returned").order_by(Event.id))
+    )
     assert [e.payload["data"]["slots"][0]["number"] for e in returned] == [referral["slot"]["number"]]
     [cancelled] = await audit(db, "referral.cancelled")
     assert (cancelled.referral_id is not None, cancelled.detail["by"]) == (True, "commission")

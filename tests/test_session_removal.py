@@ -53,7 +53,9 @@ async def test_hospital_removal_cancels_the_referrals_as_a_withdrawal_does(clien
     assert (r.json()["status"], r.json()["cancelled_by"], r.json()["cancel_reason"]) == (
         "cancelled", "hospital", "日期推送错误",
     )  # fmt: skip
-    events = await db.run(lambda s: s.scalars(select(Event).where(Event.type == "referral.cancelled")))
+    events = await db.run(
+        lambda s: s.scalars(select(Event).where(Event.type == "referral.cancelled").order_by(Event.id))
+    )
     [event] = list(events)
     assert event.payload["data"]["cancellation"] == {
         "by": "hospital",
@@ -68,7 +70,9 @@ async def test_removal_is_audited_with_the_state_before(client, world, clock, db
         f"/v1/hospital/sessions/{session_id}", params=REASON, headers=world.auth("city_hospital")
     )
     entries = await db.run(
-        lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action == "session.removed"))
+        lambda s: s.scalars(
+            select(AuditEntry).where(AuditEntry.action == "session.removed").order_by(AuditEntry.id)
+        )
     )
     [entry] = list(entries)
     assert entry.actor_org_id == world.ids["city_hospital"]
@@ -101,7 +105,7 @@ async def test_removed_slots_leave_fhir_the_feed_the_pool_and_the_report_counts(
     # As if S1 had never been pushed: S2's ten slots, and no booking (the one on S1 went with it).
     assert (after["offered"], after["pool_bookings"], after["cancelled"]) == (10, 0, 0)
     assert after["reserved"] == before["reserved"] - 2  # S1 held two: one reserved, one booked
-    referrals = await db.run(lambda s: s.scalars(select(Referral)))
+    referrals = await db.run(lambda s: s.scalars(select(Referral).order_by(Referral.id)))
     assert [r.status for r in referrals] == ["cancelled"]  # kept, for the booker and the audit
 
 

@@ -422,7 +422,11 @@ async def test_r14_evidence_is_masked_and_reads_are_audited(client, world, db):
     for seq in range(1, 7):
         assert synthetic_id("340102", seq=seq) not in r.text
     reads = list(
-        await db.run(lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action == "alerts.read")))
+        await db.run(
+            lambda s: s.scalars(
+                select(AuditEntry).where(AuditEntry.action == "alerts.read").order_by(AuditEntry.id)
+            )
+        )
     )
     assert len(reads) == 2  # the list, then the one alert
     assert reads[-1].detail["alert_ids"] == [alert["id"]]

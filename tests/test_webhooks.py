@@ -211,7 +211,9 @@ async def test_r19_attendance_recorded_reaches_a_his_subscribed_to_it_alone(
     )
     assert r.status_code == 200, r.text
     [event] = await db.run(
-        lambda s: s.scalars(select(Event).where(Event.type == "referral.attendance_recorded"))
+        lambda s: s.scalars(
+            select(Event).where(Event.type == "referral.attendance_recorded").order_by(Event.id)
+        )
     )
 
     assert await drain(dispatcher) == 1  # the booking is not one of this endpoint's types
