@@ -5,16 +5,16 @@ Booking, the search of bookable slots and FHIR's visible pools all answer to the
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import date
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.kit.errors import Problem
 from service.kit.regions import city_of, province_of
 from service.models.policy import HospitalPolicy, Policy
 from service.models.registry import Alliance, AllianceMember, Organisation
-from service.policy.service import policy_in_force
 
 
 async def _alliance_members(session: AsyncSession, hospital_id: int) -> set[int]:
@@ -55,25 +55,70 @@ async def admits(
     return scope_admits(policy.scope, hospital, booker, members)
 
 
+async def policies_in_force(
+    *, session: AsyncSession, on: date, hospital_ids: Collection[int] | None = None
+) -> dict[tuple[int, str], Policy]:
+    """The policy version in force on ``on`` for every (hospital, resource kind), in one query.
+
+    The same choice as ``policy_in_force`` (latest ``effective_from``, then version), for
+    all hospitals at once; a pair with no version in force yet is absent.
+    """
+    stmt = (
+        select(HospitalPolicy.hospital_id, HospitalPolicy.resource_kind, Policy)
+        .join(
+            Policy,
+            (Policy.code == HospitalPolicy.policy_code)
+            & (Policy.resource_kind == HospitalPolicy.resource_kind),
+        )
+        .where(Policy.effective_from <= on)
+        .ext(distinct_on(HospitalPolicy.hospital_id, HospitalPolicy.resource_kind))
+        .order_by(
+            HospitalPolicy.hospital_id,
+            HospitalPolicy.resource_kind,
+            Policy.effective_from.desc(),
+            Policy.version.desc(),
+        )
+    )
+    if hospital_ids is not None:
+        stmt = stmt.where(HospitalPolicy.hospital_id.in_(list(hospital_ids)))
+    return {(hospital_id, kind): policy for hospital_id, kind, policy in (await session.execute(stmt)).all()}
+
+
+async def alliance_leads(session: AsyncSession, booker_id: int) -> set[int]:
+    """The hospitals leading an alliance that ``booker_id`` belongs to: whose alliance pools it may book."""
+    rows = await session.scalars(
+        select(Alliance.lead_hospital_id)
+        .join(AllianceMember, AllianceMember.alliance_id == Alliance.id)
+        .where(AllianceMember.organisation_id == booker_id)
+    )
+    return set(rows)
+
+
+def admitted(policy: Policy, hospital: Organisation, booker: Organisation, leads: set[int]) -> bool:
+    """``admits`` with the booker's alliance leads already known (see ``alliance_leads``)."""
+    members = {booker.id} if hospital.id in leads else set()
+    return scope_admits(policy.scope, hospital, booker, members)
+
+
 async def pools_in_scope(*, session: AsyncSession, booker: Organisation, on: date) -> list[tuple[int, str]]:
     """Every (hospital, resource kind) pool ``booker`` may book under the kind's policy in force on ``on``.
 
     Each kind has its own policy (R18), hence its own scope: a hospital may open its CT
-    pool city-wide and its outpatient pool to its alliance only.
+    pool city-wide and its outpatient pool to its alliance only. Three queries, however
+    many hospitals the region holds.
     """
-    rows = (
-        await session.execute(
-            select(Organisation, HospitalPolicy.resource_kind)
-            .join(HospitalPolicy, HospitalPolicy.hospital_id == Organisation.id)
-            .order_by(Organisation.id, HospitalPolicy.resource_kind)
+    hospitals = {
+        org.id: org
+        for org in await session.scalars(
+            select(Organisation).where(
+                Organisation.id.in_(select(HospitalPolicy.hospital_id).scalar_subquery())
+            )
         )
-    ).all()
-    allowed: list[tuple[int, str]] = []
-    for hospital, kind in rows:
-        try:
-            policy = await policy_in_force(session=session, hospital_id=hospital.id, on=on, kind=kind)
-        except Problem:
-            continue
-        if await admits(session=session, policy=policy, hospital=hospital, booker=booker):
-            allowed.append((hospital.id, kind))
-    return allowed
+    }
+    in_force = await policies_in_force(session=session, on=on)
+    leads = await alliance_leads(session, booker.id)
+    return [
+        (hospital_id, kind)
+        for (hospital_id, kind), policy in sorted(in_force.items())
+        if hospital_id in hospitals and admitted(policy, hospitals[hospital_id], booker, leads)
+    ]

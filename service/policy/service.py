@@ -250,12 +250,17 @@ async def policy_in_force(*, session: AsyncSession, hospital_id: int, on: date, 
         .limit(1)
     )
     if policy is None:
-        raise Conflict(
-            "no_policy",
-            f"Hospital {hospital_id} has no {kind} policy in force on {on.isoformat()}; "
-            "the commission must assign one before these slots can be pooled.",
-        )
+        raise no_policy(hospital_id, kind, on)
     return policy
+
+
+def no_policy(hospital_id: int, kind: str, on: date) -> Conflict:
+    """409 ``no_policy``: the hospital's ``kind`` has no policy version in force on ``on``."""
+    return Conflict(
+        "no_policy",
+        f"Hospital {hospital_id} has no {kind} policy in force on {on.isoformat()}; "
+        "the commission must assign one before these slots can be pooled.",
+    )
 
 
 async def list_policies(*, session: AsyncSession) -> list[Policy]:

@@ -9,10 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.kit.clock import local_date
 from service.kit.context import Caller
+from service.models.policy import Policy
 from service.models.registry import Department, Doctor, Organisation
 from service.models.slots import ClinicSession, Slot
-from service.policy.scope import admits, pools_in_scope
-from service.policy.service import policy_in_force
+from service.policy.scope import admitted, alliance_leads, policies_in_force, pools_in_scope
+from service.policy.service import no_policy
 from service.referrals.schemas import BookableSlot, NamedRef
 from service.referrals.views import doctor_out, ward_out
 
@@ -76,17 +77,21 @@ async def search_bookable_slots(
     next_cursor = rows[limit - 1][0].id if len(rows) > limit else None
     # The pool list used today's policies; each slot answers to its kind's policy on its service date,
     # as booking does.
-    verdicts: dict[tuple[int, str, date], bool] = {}
+    # One policy query per service date on the page, whatever the number of hospitals.
+    page = rows[:limit]
+    leads = await alliance_leads(session, booker.id)
+    in_force: dict[date, dict[tuple[int, str], Policy]] = {}
+    for day in sorted({row[1].service_date for row in page}):
+        in_force[day] = await policies_in_force(
+            session=session, on=day, hospital_ids={row[4].id for row in page}
+        )
     bookable = []
-    for row in rows[:limit]:
+    for row in page:
         cs, hosp = row[1], row[4]
-        key = (hosp.id, cs.resource_kind, cs.service_date)
-        if key not in verdicts:
-            policy = await policy_in_force(
-                session=session, hospital_id=hosp.id, on=cs.service_date, kind=cs.resource_kind
-            )
-            verdicts[key] = await admits(session=session, policy=policy, hospital=hosp, booker=booker)
-        if verdicts[key]:
+        policy = in_force[cs.service_date].get((hosp.id, cs.resource_kind))
+        if policy is None:
+            raise no_policy(hosp.id, cs.resource_kind, cs.service_date)
+        if admitted(policy, hosp, booker, leads):
             bookable.append(row)
     items = [
         BookableSlot(
