@@ -102,9 +102,7 @@ class Database:
                         log.info("retrying transaction", sqlstate=state, attempt=attempt)
                         continue
                     if state == LOCK_NOT_AVAILABLE:
-                        raise Conflict(
-                            "busy", "The resource is locked by another request; retry.", retry_after=1
-                        ) from exc
+                        raise busy() from exc
                     raise
                 else:
                     close = not (keep_open and current is session)
@@ -122,6 +120,11 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def busy() -> Conflict:
+    """409 ``busy``: a row or advisory lock was not granted within ``lock_timeout``."""
+    return Conflict("busy", "The resource is locked by another request; retry.", retry_after=1)
 
 
 def advisory_key(*parts: object) -> int:

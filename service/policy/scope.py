@@ -17,17 +17,9 @@ from service.models.policy import HospitalPolicy, Policy
 from service.models.registry import Alliance, AllianceMember, Organisation
 
 
-async def _alliance_members(session: AsyncSession, hospital_id: int) -> set[int]:
-    rows = await session.scalars(
-        select(AllianceMember.organisation_id)
-        .join(Alliance, Alliance.id == AllianceMember.alliance_id)
-        .where(Alliance.lead_hospital_id == hospital_id)
-    )
-    return set(rows)
-
-
-def scope_admits(scope: str, hospital: Organisation, booker: Organisation, members: set[int]) -> bool:
-    """Whether ``booker`` may book ``hospital``'s pool under ``scope`` (R3, R7)."""
+def scope_admits(scope: str, hospital: Organisation, booker: Organisation, in_alliance: bool) -> bool:
+    """Whether ``booker`` may book ``hospital``'s pool under ``scope`` (R3, R7); ``in_alliance``:
+    the booker belongs to an alliance that ``hospital`` leads."""
     if scope == "by_tier":
         scope = "jurisdiction" if hospital.hospital_tier == "county" else "city"
     if scope == "lower_tier":
@@ -43,7 +35,7 @@ def scope_admits(scope: str, hospital: Organisation, booker: Organisation, membe
     if scope == "jurisdiction":
         return booker.region_code == hospital.region_code
     if scope == "alliance":
-        return booker.id in members
+        return in_alliance
     return False
 
 
@@ -51,8 +43,8 @@ async def admits(
     *, session: AsyncSession, policy: Policy, hospital: Organisation, booker: Organisation
 ) -> bool:
     """Whether ``policy``, in force at ``hospital``, lets ``booker`` book its pool (R3, R7)."""
-    members = await _alliance_members(session, hospital.id) if policy.scope == "alliance" else set()
-    return scope_admits(policy.scope, hospital, booker, members)
+    leads = await alliance_leads(session, booker.id) if policy.scope == "alliance" else set()
+    return admitted(policy, hospital, booker, leads)
 
 
 async def policies_in_force(
@@ -96,8 +88,7 @@ async def alliance_leads(session: AsyncSession, booker_id: int) -> set[int]:
 
 def admitted(policy: Policy, hospital: Organisation, booker: Organisation, leads: set[int]) -> bool:
     """``admits`` with the booker's alliance leads already known (see ``alliance_leads``)."""
-    members = {booker.id} if hospital.id in leads else set()
-    return scope_admits(policy.scope, hospital, booker, members)
+    return scope_admits(policy.scope, hospital, booker, hospital.id in leads)
 
 
 async def pools_in_scope(*, session: AsyncSession, booker: Organisation, on: date) -> list[tuple[int, str]]:

@@ -12,8 +12,9 @@ from sqlalchemy.exc import DBAPIError
 from service.abuse.hotline import HotlineLimits
 from service.kit.bounds import Day, day_in_window
 from service.kit.cursors import CursorQuery, cursor_id, decode_cursor, encode_cursor
+from service.kit.db import busy
 from service.kit.dberrors import LOCK_NOT_AVAILABLE, sqlstate
-from service.kit.errors import Conflict, Problem
+from service.kit.errors import Problem
 from service.kit.ids import MAX_ID, QueryId
 from service.kit.metrics import BOOKINGS
 from service.kit.resources import Modality, ResourceKind
@@ -110,9 +111,7 @@ async def book_referral(
     except DBAPIError as exc:
         if sqlstate(exc) != LOCK_NOT_AVAILABLE:
             raise
-        refusal: Problem = Conflict(
-            "busy", "The resource is locked by another request; retry.", retry_after=1
-        )
+        refusal: Problem = busy()
     except Problem as exc:
         refusal = exc
     else:
