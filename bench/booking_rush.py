@@ -178,18 +178,28 @@ class ServerProcess:
         self.base_url = f"http://127.0.0.1:{port}"
 
     @classmethod
-    async def start(cls, url: str, now: datetime, pool_size: int, max_seconds: float) -> ServerProcess:
+    async def start(
+        cls,
+        url: str,
+        now: datetime,
+        pool_size: int,
+        max_seconds: float,
+        *,
+        workers: int = 1,
+        script: str = "rush_server.py",
+    ) -> ServerProcess:
+        """The service (or, with ``script="bare_server.py"``, the bare baseline) in a subprocess.
+
+        ``pool_size`` is the database connections of the whole server, split among ``workers``.
+        """
+        options = ["--database-url", url, "--workers", str(workers)]
+        options += ["--pool-size", str(max(2, pool_size // workers)), "--max-seconds", str(max_seconds)]
+        if script == "rush_server.py":
+            options += ["--now", now.isoformat()]
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(ROOT / "bench" / "rush_server.py"),
-            "--database-url",
-            url,
-            "--now",
-            now.isoformat(),
-            "--pool-size",
-            str(pool_size),
-            "--max-seconds",
-            str(max_seconds),
+            str(ROOT / "bench" / script),
+            *options,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=ROOT,
@@ -198,10 +208,22 @@ class ServerProcess:
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
             port = int(line)
+            await asyncio.wait_for(cls._listening(proc, port), timeout=60)
         except BaseException:
             await cls(proc, 0).stop()
-            raise RuntimeError("the server subprocess did not start") from None
+            raise RuntimeError(f"the {script} subprocess did not start") from None
         return cls(proc, port)
+
+    @staticmethod
+    async def _listening(proc: asyncio.subprocess.Process, port: int) -> None:
+        while proc.returncode is None:
+            try:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+                    await c.get("/healthz")
+                return
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError("exited")
 
     async def stop(self) -> None:
         if self.proc.returncode is not None:
@@ -362,15 +384,9 @@ def slot_for(i: int, slot_ids: list[int], per_slot: int) -> int:
 
 
 async def http_rush(
-    base_url: str, world: World, slot_ids: list[int], args: argparse.Namespace, clock: ManualClock
+    name: str, base_url: str, bodies: list[dict[str, Any]], headers: dict[str, str], args: argparse.Namespace
 ) -> Phase:
-    per_slot = math.ceil(args.clients / len(slot_ids))
-    bodies = []
-    for i in range(args.clients):
-        body = booking(slot_for(i, slot_ids, per_slot), i, clock=clock)
-        body["resident"] = resident(i)
-        bodies.append(body)
-    headers = world.auth(BOOKER)
+    """``bodies`` POSTed to /v1/referrals by ``args.concurrency`` clients, one keep-alive connection each."""
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
     async def open_client() -> httpx.AsyncClient:
@@ -381,7 +397,8 @@ async def http_rush(
 
     # Warm up: open every client's connection and the server's database pool.
     warm = [await open_client() for _ in range(args.concurrency)]
-    await asyncio.gather(*(c.get("/v1/pool/slots", params={"limit": 1}) for c in warm))
+    for _ in range(3):
+        await asyncio.gather(*(c.get("/v1/pool/slots", params={"limit": 1}) for c in warm))
     await asyncio.gather(*(close_client(c) for c in warm))
 
     async def attempt(c: httpx.AsyncClient, i: int) -> tuple[str, bool]:
@@ -394,35 +411,24 @@ async def http_rush(
             code = ""
         return f"{r.status_code} {code}".strip(), False
 
-    phase = Phase("HTTP POST /v1/referrals")
+    phase = Phase(name)
     await run_workers(
-        phase, args.clients, args.concurrency, open_client, close_client, attempt, args.time_limit
+        phase, len(bodies), args.concurrency, open_client, close_client, attempt, args.time_limit
     )
     return phase
 
 
-async def baseline_rush(url: str, slot_ids: list[int], args: argparse.Namespace) -> Phase:
+def rush_bodies(
+    world: World, slot_ids: list[int], args: argparse.Namespace, clock: ManualClock
+) -> list[dict[str, Any]]:
+    """Attempt i books slot ``slot_for(i)`` for resident i, each slot contended ~clients/slots times."""
     per_slot = math.ceil(args.clients / len(slot_ids))
-    dsn = plain(url)
-
-    async def open_conn() -> asyncpg.Connection:
-        conn = await asyncpg.connect(dsn)
-        await conn.fetchval("SELECT 1")
-        return conn
-
-    async def close_conn(conn: asyncpg.Connection) -> None:
-        await conn.close()
-
-    async def attempt(conn: asyncpg.Connection, i: int) -> tuple[str, bool]:
-        claimed = await conn.fetchval(
-            "UPDATE slots SET status = 'booked' WHERE id = $1 AND status = 'reserved' RETURNING id",
-            slot_for(i, slot_ids, per_slot),
-        )
-        return ("claimed", True) if claimed is not None else ("not claimed", False)
-
-    phase = Phase("asyncpg UPDATE baseline")
-    await run_workers(phase, args.clients, args.concurrency, open_conn, close_conn, attempt, args.time_limit)
-    return phase
+    bodies = []
+    for i in range(args.clients):
+        body = booking(slot_for(i, slot_ids, per_slot), i, clock=clock)
+        body["resident"] = resident(i)
+        bodies.append(body)
+    return bodies
 
 
 # --- integrity ------------------------------------------------------------------------
@@ -507,9 +513,9 @@ def report(
         ("latency max (ms)", lambda p: f"{p.latency_ms(1.0):.1f}"),
     ]
     width = 28
-    print(f"{'':{width}} {'HTTP POST /v1/referrals':>24} {'asyncpg UPDATE':>16}")
+    print(f"{'':{width}} {'slotpool POST /v1/referrals':>28} {'bare app UPDATE':>16}")
     for label, fmt in rows:
-        print(f"{label:{width}} {fmt(http):>24} {fmt(base):>16}")
+        print(f"{label:{width}} {fmt(http):>28} {fmt(base):>16}")
     print("outcomes:")
     for name, phase in (("HTTP", http), ("baseline", base)):
         print(f"  {name:9}" + ", ".join(f"{k}: {v}" for k, v in phase.counts().items()))
@@ -536,7 +542,20 @@ def report(
         f"  baseline claims {base.successes} vs slots left 'booked' {base_marked} (<= {pool} pool slots)  "
         f"[{'OK' if ok_base else 'FAIL'}]"
     )
-    return ok_oversold and ok_http and ok_base
+    ok = ok_oversold and ok_http and ok_base
+    rate = len(http.outcomes) / http.wall if http.wall else 0.0
+    base_rate = len(base.outcomes) / base.wall if base.wall else 0.0
+    p99, base_p99 = http.latency_ms(0.99), base.latency_ms(0.99)
+    p50, base_p50 = http.latency_ms(0.50), base.latency_ms(0.50)
+    print(
+        f"rush: attempts/s={rate:.1f} baseline_http={base_rate:.1f} "
+        f"ratio={rate / base_rate if base_rate else 0:.3f} "
+        f"p50_ms={p50:.1f} baseline_p50_ms={base_p50:.1f} p50_ratio={p50 / base_p50 if base_p50 else 0:.2f} "
+        f"p99_ms={p99:.1f} baseline_p99_ms={base_p99:.1f} p99_ratio={p99 / base_p99 if base_p99 else 0:.2f} "
+        f"oversold={checks.oversold} workers={args.workers} concurrency={args.concurrency} "
+        f"integrity={'ok' if ok else 'FAIL'}"
+    )
+    return ok
 
 
 # --- main -------------------------------------------------------------------------------
@@ -556,7 +575,9 @@ async def run(args: argparse.Namespace) -> bool:
         finally:
             await db.dispose()
         pool_size = await server_pool_size(pg.url, args.concurrency)
-        server = await ServerProcess.start(pg.url, START, pool_size, max_seconds=4 * args.time_limit + 120)
+        server = await ServerProcess.start(
+            pg.url, START, pool_size, max_seconds=4 * args.time_limit + 120, workers=args.workers
+        )
         slot_ids, total = await seed_over_http(
             server.base_url, world, pool_slots=args.slots, residents=args.residents
         )
@@ -566,15 +587,26 @@ async def run(args: argparse.Namespace) -> bool:
             print(f"note: the pool holds {len(slot_ids)} slots, not {args.slots}", file=sys.stderr)
         print(
             f"seeded in {time.perf_counter() - started:.1f} s: {total} slots, {len(slot_ids)} in the pool; "
-            f"server {server.base_url} (database pool {pool_size}); rushing...",
+            f"server {server.base_url} ({args.workers} worker(s), database pool {pool_size}); rushing...",
             flush=True,
         )
-        http = await http_rush(server.base_url, world, slot_ids, args, clock)
+        bodies = rush_bodies(world, slot_ids, args, clock)
+        http = await http_rush("slotpool", server.base_url, bodies, world.auth(BOOKER), args)
         await server.stop()
         checks = await integrity(pg.url, slot_ids)
 
+        # The bare app, started the same way, the same attempts by the same client code.
         await reset_slots(pg.url, slot_ids)
-        base = await baseline_rush(pg.url, slot_ids, args)
+        server = await ServerProcess.start(
+            pg.url,
+            START,
+            pool_size,
+            max_seconds=4 * args.time_limit + 120,
+            workers=args.workers,
+            script="bare_server.py",
+        )
+        base = await http_rush("bare app", server.base_url, bodies, {}, args)
+        await server.stop()
         conn = await asyncpg.connect(plain(pg.url))
         try:
             base_marked = await conn.fetchval(
@@ -603,6 +635,12 @@ def main() -> None:
     parser.add_argument("--residents", type=int, help="signed residents to sync (default: --clients)")
     parser.add_argument("--concurrency", type=int, default=50, help="simultaneous clients (default 50)")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per phase (default 60)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, the same for service and bare app (default 1)",
+    )
     args = parser.parse_args()
     args.residents = args.residents or args.clients
     if not 1 <= args.clients <= 20_000:
