@@ -88,9 +88,7 @@ async def _apply_report(
     if previous == item.outcome:
         return ReportResult(reference=referral.reference, result="unchanged", outcome=item.outcome)
 
-    await lock_resident_at_hospital(
-        session, hospital_id=hospital_id, resident_id=referral.resident_id, shared=False
-    )
+    await lock_resident_at_hospital(session, hospital_id=hospital_id, resident_id=referral.resident_id)
     referral.attendance = item.outcome
     referral.attendance_reported_at = actor.now
     referral.attendance_note = item.note

@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, ColumnExpressionArgument, and_, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.kit.errors import Forbidden
 from service.models.supervision import AccessSuspension
@@ -63,16 +62,18 @@ def refusal(suspension: AccessSuspension) -> Forbidden:
     return Forbidden(REFUSAL_CODES[suspension.subject_type], detail, **extra)
 
 
-async def refuse_if_suspended(
-    session: AsyncSession, *, subject_type: str, subject_id: int, now: datetime
-) -> None:
-    """Raise the subject's 403 when an action is in force against it."""
-    suspension = await session.scalar(
-        select(AccessSuspension).where(
+def suspension_in_force(subject_type: str, subject_id: ColumnExpressionArgument[int], now: datetime) -> Any:
+    """A scalar subquery: the suspension in force against one subject, if any.
+
+    Correlated into the query that finds the subject, so the check costs no extra round trip.
+    """
+    return (
+        select(AccessSuspension.id)
+        .where(
             AccessSuspension.subject_type == subject_type,
             AccessSuspension.subject_id == subject_id,
             in_force(now),
         )
+        .limit(1)
+        .scalar_subquery()
     )
-    if suspension is not None:
-        raise refusal(suspension)

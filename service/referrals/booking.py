@@ -4,30 +4,41 @@ from __future__ import annotations
 
 import secrets
 from datetime import date, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from service.audit.service import record
-from service.identity.suspensions import refuse_if_suspended
+from service.identity.suspensions import refusal, suspension_in_force
 from service.kit.clock import local_date
 from service.kit.context import Actor, Caller
-from service.kit.crypto import Crypto
+from service.kit.crypto import Crypto, mask_id_number, mask_name
 from service.kit.dberrors import constraint_name
 from service.kit.errors import Conflict, Forbidden, NotFound, Problem, Unprocessable
+from service.models.policy import HospitalPolicy, Policy
 from service.models.referrals import REFERRAL_RESIDENT_NAME, Referral
-from service.models.registry import Doctor, Organisation
+from service.models.registry import Alliance, AllianceMember, Department, Doctor, Organisation
 from service.models.residents import CONTRACT_NAME, FamilyDoctorContract, Resident
 from service.models.slots import ClinicSession, Slot
+from service.models.supervision import AccessSuspension
 from service.outbox.events import emit
-from service.policy.scope import admits
-from service.policy.service import policy_in_force
+from service.policy.scope import scope_admits
+from service.policy.service import no_policy
 from service.referrals.events import referral_event_data
-from service.referrals.guards import enforce_booking_limits, refuse_if_barred
+from service.referrals.guards import (
+    BookingSubject,
+    enforce_booking_limits,
+    lock_for_booking,
+    refuse_if_barred,
+    standing,
+)
 from service.referrals.schemas import BookingIn, ReferralOut
-from service.referrals.views import load_view
+from service.referrals.views import ReferralView
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
 
 REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -89,71 +100,70 @@ async def book_referral(
     crypto: Crypto,
     booking: BookingIn,
 ) -> ReferralOut:
-    """Book one reserved slot for one resident; every rule is checked in this transaction."""
+    """Book one reserved slot for one resident; every rule is checked in this transaction.
+
+    Everything that can be decided before the slot is claimed is decided first, from a
+    handful of reads that take no row lock: the doctor and any suspension of theirs, the
+    slot with its session, hospital, department, doctor, policy and the booker's alliance
+    tie, the resident with their contracts, then (under the limits' advisory locks) the bar,
+    a duplicate and the limits' counts. The claim comes last: one UPDATE that takes the
+    slot's row lock only if the slot is still reserved and its window open, followed by the
+    referral, its event and its audit entry. Contenders for one slot wait for that short
+    tail only, not for each other's checks (docs/performance.md).
+    """
     now = actor.now
-    booker = await session.get(Organisation, caller.org_id)
-    assert booker is not None
-    doctor = await session.scalar(
-        select(Doctor).where(
-            Doctor.organisation_id == caller.org_id, Doctor.code == booking.referring_doctor_code
+    today = local_date(now)
+    found = (
+        await session.execute(
+            select(Doctor, Organisation, suspension_in_force("doctor", Doctor.id, now))
+            .join(Organisation, Organisation.id == Doctor.organisation_id)
+            .where(Doctor.organisation_id == caller.org_id, Doctor.code == booking.referring_doctor_code)
         )
-    )
-    if doctor is None:
+    ).first()
+    if found is None:
         raise Unprocessable(
             "referring_doctor_unknown",
             "The referring doctor is not a doctor of the calling institution.",
         )
-    await refuse_if_suspended(session, subject_type="doctor", subject_id=doctor.id, now=now)
+    doctor, booker, suspension_id = found
+    if suspension_id is not None:
+        suspension = await session.get(AccessSuspension, suspension_id)
+        assert suspension is not None
+        raise refusal(suspension)
     try:
-        id_number = normalise_id_number(booking.resident.id_number, today=local_date(now))
+        id_number = normalise_id_number(booking.resident.id_number, today=today)
     except InvalidIdNumber as exc:
         raise Unprocessable("invalid_id_number", str(exc), reason=exc.reason) from None
 
-    slot = await session.scalar(select(Slot).where(Slot.id == booking.slot_id).with_for_update())
-    if slot is None:
+    context = await _slot_context(session, slot_id=booking.slot_id, booker_id=booker.id)
+    if context is None:
         raise NotFound("slot_not_found", f"No slot {booking.slot_id}.")
-    cs = await session.get(ClinicSession, slot.session_id)
-    hospital = await session.get(Organisation, slot.hospital_id)
-    assert cs is not None and hospital is not None
-    policy = await policy_in_force(
-        session=session, hospital_id=hospital.id, on=cs.service_date, kind=cs.resource_kind
-    )
-    if not await admits(session=session, policy=policy, hospital=hospital, booker=booker):
+    slot, cs, hospital, department, session_doctor, policy, in_alliance = context
+    if policy is None:
+        raise no_policy(hospital.id, cs.resource_kind, cs.service_date)
+    if not scope_admits(policy.scope, hospital, booker, in_alliance):
         raise Forbidden(
             "out_of_scope",
             f"This hospital's pool is open to {policy.scope.replace('_', ' ')} bookers only (R7).",
             hospital_id=hospital.id,
         )
-
+    # Read without a lock: a slot already taken or out of its window is refused at once; the
+    # claim below decides again, atomically.
     _check_slot_window(slot, now)
 
     name = booking.resident.name.strip()
     if booker.kind == "primary":
-        resident = await _find_resident(session, crypto, id_number)
-        contracts: list[FamilyDoctorContract] = []
-        if resident is not None:
-            contracts = list(
-                await session.scalars(
-                    select(FamilyDoctorContract).where(
-                        FamilyDoctorContract.resident_id == resident.id,
-                        FamilyDoctorContract.family_doctor_id == doctor.id,
-                        FamilyDoctorContract.institution_id == booker.id,
-                        FamilyDoctorContract.starts_on <= local_date(now),
-                        FamilyDoctorContract.ends_on >= local_date(now),
-                    )
-                )
-            )
-        if resident is None or not contracts:
+        resident, declared = await _resident_under_contract(
+            session, crypto, id_number=id_number, doctor_id=doctor.id, institution_id=booker.id, today=today
+        )
+        if resident is None or not declared:
             raise Unprocessable(
                 "not_signed",
                 "The resident has no family-doctor contract in force with this doctor (R8).",
             )
-        # The booker answers to its own contract only: another institution's declaration
-        # neither vouches for nor refuses this name (docs/identity.md).
-        declared = {crypto.decrypt(c.name_enc, column=CONTRACT_NAME) for c in contracts}
     else:
         resident = await _ensure_resident(session, crypto, actor, id_number, name)
-        declared = await _names_on_record(session, crypto, resident, local_date(now))
+        declared = await _names_on_record(session, crypto, resident, today)
     if name not in declared:
         raise Unprocessable(
             "name_mismatch",
@@ -161,77 +171,85 @@ async def book_referral(
             if booker.kind == "primary"
             else "The name does not match the resident's name on record (R8).",
         )
-    await refuse_if_barred(session, hospital_id=hospital.id, resident_id=resident.id, on=local_date(now))
 
+    subject = BookingSubject(
+        doctor_id=doctor.id,
+        institution_id=booker.id,
+        hospital_id=hospital.id,
+        department_id=cs.department_id,
+        resource_kind=cs.resource_kind,
+        service_date=cs.service_date,
+        resident_id=resident.id,
+    )
+    await lock_for_booking(session, policy=policy, subject=subject)
+    standing_now = await standing(session, policy=policy, subject=subject, now=now)
+    refuse_if_barred(standing_now)
     encountered = booking.consultation.encountered_at
     if encountered > now or now - encountered > timedelta(hours=policy.consultation_max_age_hours):
         raise Unprocessable(
             "consultation_out_of_window",
             f"The consultation must be within the last {policy.consultation_max_age_hours} hours (R9).",
         )
-    covered = [d for d in booking.diagnoses if d.startswith(tuple(policy.disease_prefixes))]
-    if not covered:
+    if not any(d.startswith(tuple(policy.disease_prefixes)) for d in booking.diagnoses):
         raise Unprocessable(
             "disease_not_covered",
             "No diagnosis is on this hospital's referral disease list (R10).",
             allowed_prefixes=policy.disease_prefixes,
         )
-    duplicate = await session.scalar(
-        select(Referral.reference).where(
-            Referral.resident_id == resident.id,
-            Referral.department_id == cs.department_id,
-            Referral.service_date == cs.service_date,
-            Referral.status == "booked",
-        )
-    )
-    if duplicate is not None:
+    if standing_now.duplicate is not None:
         raise _duplicate_referral()
-    await enforce_booking_limits(
-        session=session,
-        policy=policy,
-        now=now,
-        doctor_id=doctor.id,
-        institution_id=booker.id,
-        hospital_id=hospital.id,
-        resource_kind=cs.resource_kind,
-        service_date=cs.service_date,
-        resident_id=resident.id,
-    )
+    await enforce_booking_limits(session, policy=policy, subject=subject, found=standing_now, now=now)
 
+    await _claim(session, slot, now)
     code = f"{secrets.randbelow(1_000_000):06d}"
-    referral = Referral(
-        reference=_new_reference(cs.service_date),
-        hospital_id=hospital.id,
-        department_id=cs.department_id,
-        session_id=cs.id,
-        slot_id=slot.id,
-        service_date=cs.service_date,
-        resident_id=resident.id,
-        resident_name_enc=crypto.encrypt(name, column=REFERRAL_RESIDENT_NAME),
-        booker_org_id=booker.id,
-        referring_doctor_id=doctor.id,
-        booked_by_client_id=caller.client_id,
-        policy_id=policy.id,
-        encounter_id=booking.consultation.encounter_id,
-        encountered_at=encountered,
-        diagnoses=list(booking.diagnoses),
-        verification_code_enc=crypto.encrypt(code, column="referrals.verification_code"),
-        status="booked",
-        booked_at=now,
-    )
-    slot.status = "booked"
-    session.add(referral)
     try:
-        async with session.begin_nested():
-            await session.flush()
+        referral = await session.scalar(
+            insert(Referral)
+            .values(
+                reference=_new_reference(cs.service_date),
+                hospital_id=hospital.id,
+                department_id=cs.department_id,
+                session_id=cs.id,
+                slot_id=slot.id,
+                service_date=cs.service_date,
+                resident_id=resident.id,
+                resident_name_enc=crypto.encrypt(name, column=REFERRAL_RESIDENT_NAME),
+                booker_org_id=booker.id,
+                referring_doctor_id=doctor.id,
+                booked_by_client_id=caller.client_id,
+                policy_id=policy.id,
+                encounter_id=booking.consultation.encounter_id,
+                encountered_at=encountered,
+                diagnoses=list(booking.diagnoses),
+                verification_code_enc=crypto.encrypt(code, column="referrals.verification_code"),
+                status="booked",
+                booked_at=now,
+            )
+            .returning(Referral)
+        )
     except IntegrityError as exc:
-        # The database is the last word on both invariants, even if a check above raced.
+        # The database is the last word on both invariants, even if a check above raced;
+        # the caller's savepoint rolls the claim back with it.
         if constraint_name(exc) == "uq_referrals_active_slot":
             raise Conflict("slot_taken", "The slot was booked by another request.") from exc
         if constraint_name(exc) == "uq_referrals_active_resident_department_day":
             raise _duplicate_referral() from exc
         raise
-    view = await load_view(session, crypto, referral)
+    assert referral is not None
+    view = ReferralView(
+        referral=referral,
+        slot=slot,
+        clinic_session=cs,
+        hospital=hospital,
+        department=department,
+        booker=booker,
+        referring_doctor=doctor,
+        doctor=session_doctor,
+        policy=policy,
+        resident_name_masked=mask_name(name),
+        resident_id_masked=mask_id_number(id_number),
+        crypto=crypto,
+    )
     await emit(
         session=session,
         hospital_id=hospital.id,
@@ -249,6 +267,120 @@ async def book_referral(
         detail={"reference": referral.reference, "slot_id": slot.id, "policy_id": policy.id},
     )
     return view.out(show_code=True)
+
+
+SlotContext = tuple[Slot, ClinicSession, Organisation, Department, Doctor | None, Policy | None, bool]
+
+
+def _slot_context_statement() -> Any:
+    """The slot and everything its booking is decided by, without a lock (see ``_slot_context``)."""
+    hospital = aliased(Organisation, name="hospital")
+    session_doctor = aliased(Doctor, name="session_doctor")
+    policy_id = (
+        select(Policy.id)
+        .join(
+            HospitalPolicy,
+            (HospitalPolicy.policy_code == Policy.code)
+            & (HospitalPolicy.resource_kind == Policy.resource_kind),
+        )
+        .where(
+            HospitalPolicy.hospital_id == Slot.hospital_id,
+            HospitalPolicy.resource_kind == ClinicSession.resource_kind,
+            Policy.effective_from <= ClinicSession.service_date,
+        )
+        .order_by(Policy.effective_from.desc(), Policy.version.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    in_alliance = (
+        select(AllianceMember.alliance_id)
+        .join(Alliance, Alliance.id == AllianceMember.alliance_id)
+        .where(
+            AllianceMember.organisation_id == bindparam("booker_id"),
+            Alliance.lead_hospital_id == Slot.hospital_id,
+        )
+        .exists()
+    )
+    return (
+        select(Slot, ClinicSession, hospital, Department, session_doctor, Policy, in_alliance)
+        .join(ClinicSession, ClinicSession.id == Slot.session_id)
+        .join(hospital, hospital.id == Slot.hospital_id)
+        .join(Department, Department.id == ClinicSession.department_id)
+        .outerjoin(session_doctor, session_doctor.id == ClinicSession.doctor_id)
+        .outerjoin(Policy, Policy.id == policy_id)
+        .where(Slot.id == bindparam("slot_id"))
+    )
+
+
+# Built once: a booking's statements differ only in their parameters.
+_SLOT_CONTEXT = _slot_context_statement()
+
+
+async def _slot_context(session: AsyncSession, *, slot_id: int, booker_id: int) -> SlotContext | None:
+    """The slot and everything its booking is decided by, in one statement, without a lock.
+
+    The policy is the version in force on the service date for the slot's kind (as
+    ``policy_in_force`` chooses it); ``in_alliance`` tells whether the booker belongs to an
+    alliance the hospital leads.
+    """
+    row = (await session.execute(_SLOT_CONTEXT, {"slot_id": slot_id, "booker_id": booker_id})).first()
+    return None if row is None else cast(SlotContext, tuple(row))
+
+
+async def _resident_under_contract(
+    session: AsyncSession, crypto: Crypto, *, id_number: str, doctor_id: int, institution_id: int, today: date
+) -> tuple[Resident | None, set[str]]:
+    """The resident and the names declared on their contracts in force with this doctor and
+    institution, in one statement.
+
+    The booker answers to its own contract only: another institution's declaration neither
+    vouches for nor refuses this name (docs/identity.md).
+    """
+    rows = (
+        await session.execute(
+            select(Resident, FamilyDoctorContract.name_enc)
+            .outerjoin(
+                FamilyDoctorContract,
+                and_(
+                    FamilyDoctorContract.resident_id == Resident.id,
+                    FamilyDoctorContract.family_doctor_id == doctor_id,
+                    FamilyDoctorContract.institution_id == institution_id,
+                    FamilyDoctorContract.starts_on <= today,
+                    FamilyDoctorContract.ends_on >= today,
+                ),
+            )
+            .where(Resident.id_index == crypto.blind_index(id_number, purpose="resident_id"))
+        )
+    ).all()
+    if not rows:
+        return None, set()
+    names = {crypto.decrypt(blob, column=CONTRACT_NAME) for _, blob in rows if blob is not None}
+    return rows[0][0], names
+
+
+async def _claim(session: AsyncSession, slot: Slot, now: datetime) -> None:
+    """Claim the slot: the booking's only row lock, taken last, held till commit.
+
+    Under READ COMMITTED the UPDATE re-checks its condition on the row's latest version, so
+    of several contenders exactly one claims; the others learn from a fresh read why not.
+    """
+    claimed = await session.scalar(
+        update(Slot)
+        .where(
+            Slot.id == slot.id,
+            Slot.status == "reserved",
+            Slot.pool_opens_at <= now,
+            Slot.public_at > now,
+        )
+        .values(status="booked")
+        .returning(Slot.id)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed is None:
+        await session.refresh(slot)
+        _check_slot_window(slot, now)
+        raise Conflict("slot_taken", "The slot was booked by another request.")
+    set_committed_value(slot, "status", "booked")
 
 
 def _duplicate_referral() -> Conflict:

@@ -5,25 +5,25 @@ both take on (hospital, resident).
 
 Booking limits (R14): the database decides, under transaction-scoped advisory locks.
 
-Every booking takes three locks before it counts: its family doctor's, its
-institution's at the slot's hospital pool (kind and service date), and its
-resident's. They are taken in ascending key order, so two bookings never wait
-on each other crosswise, and held until commit or rollback. The counts run
-after the locks at READ COMMITTED, each statement on a fresh snapshot, so they
-see every booking committed by an earlier holder of the same lock: concurrent
-bookings that share a doctor, a pool-day or a resident are decided one at a
-time, whatever process or replica serves them. Locks are taken even where the
-policy sets no limit, because a doctor's or a resident's count spans hospitals
-whose policies differ. Decisions are in docs/limits.md.
+A booking takes one lock per limit that its policy sets: its family doctor's for the
+doctor's limits, its institution's at the slot's hospital pool (kind and service date)
+for the share, its resident's for the active-referral limit. A booking whose policy sets
+no limit of a kind reads no count of that kind, so it needs no lock to stay exact: it only
+adds a referral, and every booking that does count it is decided under the lock, at READ
+COMMITTED, each statement on a fresh snapshot, after every earlier holder committed. The
+locks are taken in ascending key order in one statement, with the bar's shared lock, and
+held until commit or rollback; the slot is claimed after them, so its row lock is the last
+one taken and the shortest held. Decisions are in docs/limits.md and docs/performance.md.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, and_, func, select, text
+from sqlalchemy import ColumnElement, and_, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.kit.clock import SHANGHAI, local_date
@@ -46,47 +46,179 @@ def active_referral(today: date) -> ColumnElement[bool]:
     )
 
 
-async def enforce_booking_limits(
-    *,
-    session: AsyncSession,
-    policy: Policy,
-    now: datetime,
-    doctor_id: int,
-    institution_id: int,
-    hospital_id: int,
-    resource_kind: str,
-    service_date: date,
-    resident_id: int,
-) -> None:
-    """Refuse (409) a booking that would exceed one of ``policy``'s limits; the locks stay held till commit.
+@dataclass(frozen=True)
+class BookingSubject:
+    """What one booking is counted against: its doctor, institution, pool-day and resident."""
 
-    ``policy`` is the one in force for the booked slot. The caller inserts the
-    referral in this same transaction, after this returns.
-    """
-    keys = {
-        advisory_key("limits", "doctor", doctor_id),
-        advisory_key("limits", "pool", institution_id, hospital_id, resource_kind, service_date.isoformat()),
-        advisory_key("limits", "resident", resident_id),
-    }
-    for key in sorted(keys):
-        await session.execute(select(func.pg_advisory_xact_lock(key)))
+    doctor_id: int
+    institution_id: int
+    hospital_id: int
+    department_id: int
+    resource_kind: str
+    service_date: date
+    resident_id: int
 
-    if policy.doctor_hourly_limit is not None:
-        await _doctor_hourly(session, policy.doctor_hourly_limit, now, doctor_id)
-    if policy.doctor_daily_limit is not None:
-        await _doctor_daily(session, policy.doctor_daily_limit, now, doctor_id)
+
+def _limit_keys(policy: Policy, s: BookingSubject) -> set[int]:
+    keys = set()
+    if policy.doctor_hourly_limit is not None or policy.doctor_daily_limit is not None:
+        keys.add(advisory_key("limits", "doctor", s.doctor_id))
     if policy.institution_share_limit is not None:
-        await _institution_share(
-            session,
-            policy.institution_share_limit,
-            now,
-            institution_id=institution_id,
-            hospital_id=hospital_id,
-            resource_kind=resource_kind,
-            service_date=service_date,
+        keys.add(
+            advisory_key(
+                "limits", "pool", s.institution_id, s.hospital_id, s.resource_kind, s.service_date.isoformat()
+            )
         )
     if policy.resident_active_limit is not None:
-        await _resident_active(session, policy.resident_active_limit, now, resident_id)
+        keys.add(advisory_key("limits", "resident", s.resident_id))
+    return keys
+
+
+async def lock_for_booking(session: AsyncSession, *, policy: Policy, subject: BookingSubject) -> None:
+    """The bar's shared lock and the locks of ``policy``'s limits, in one round trip, till commit.
+
+    The select list is evaluated left to right, so the limit locks are taken in ascending order.
+    """
+    bar = func.pg_advisory_xact_lock_shared(literal(bar_key(subject.hospital_id, subject.resident_id)))
+    limits = [func.pg_advisory_xact_lock(literal(key)) for key in sorted(_limit_keys(policy, subject))]
+    await session.execute(select(bar, *limits))
+
+
+@dataclass(frozen=True)
+class Standing:
+    """What the database says of a booking's subject, read after ``lock_for_booking``."""
+
+    bar_ends_on: date | None
+    duplicate: str | None
+    doctor_hour: int | None
+    doctor_day: int | None
+    pool_slots: int | None
+    institution_held: int | None
+    resident_active: int | None
+
+
+async def standing(
+    session: AsyncSession, *, policy: Policy, subject: BookingSubject, now: datetime
+) -> Standing:
+    """The bar in force, a duplicate referral and every count ``policy``'s limits need, in one statement."""
+    s = subject
+    today = local_date(now)
+    midnight = datetime(today.year, today.month, today.day, tzinfo=SHANGHAI)
+    nothing = literal(None)
+    columns = [
+        select(NoShowBar.ends_on)
+        .where(
+            NoShowBar.hospital_id == s.hospital_id,
+            NoShowBar.resident_id == s.resident_id,
+            NoShowBar.lifted_at.is_(None),
+            NoShowBar.starts_on <= today,
+            NoShowBar.ends_on >= today,
+        )
+        .order_by(NoShowBar.ends_on.desc())
+        .limit(1)
+        .scalar_subquery(),
+        select(Referral.reference)
+        .where(
+            Referral.resident_id == s.resident_id,
+            Referral.department_id == s.department_id,
+            Referral.service_date == s.service_date,
+            Referral.status == "booked",
+        )
+        .limit(1)
+        .scalar_subquery(),
+        select(func.count())
+        .where(Referral.referring_doctor_id == s.doctor_id, Referral.booked_at > now - HOUR)
+        .scalar_subquery()
+        if policy.doctor_hourly_limit is not None
+        else nothing,
+        select(func.count())
+        .where(
+            Referral.referring_doctor_id == s.doctor_id,
+            Referral.booked_at >= midnight,
+            Referral.booked_at < midnight + timedelta(days=1),
+        )
+        .scalar_subquery()
+        if policy.doctor_daily_limit is not None
+        else nothing,
+    ]
+    if policy.institution_share_limit is not None:
+        columns += [
+            select(func.count())
+            .select_from(Slot)
+            .join(ClinicSession, ClinicSession.id == Slot.session_id)
+            .where(
+                Slot.hospital_id == s.hospital_id,
+                Slot.resource_kind == s.resource_kind,
+                ClinicSession.service_date == s.service_date,
+                Slot.status.in_(("reserved", "booked")),
+            )
+            .scalar_subquery(),
+            select(func.count())
+            .select_from(Referral)
+            .join(Slot, Slot.id == Referral.slot_id)
+            .where(
+                Referral.booker_org_id == s.institution_id,
+                Referral.hospital_id == s.hospital_id,
+                Referral.service_date == s.service_date,
+                Slot.resource_kind == s.resource_kind,
+                active_referral(today),
+            )
+            .scalar_subquery(),
+        ]
+    else:
+        columns += [nothing, nothing]
+    columns.append(
+        select(func.count())
+        .where(Referral.resident_id == s.resident_id, active_referral(today))
+        .scalar_subquery()
+        if policy.resident_active_limit is not None
+        else nothing
+    )
+    row = (await session.execute(select(*columns))).one()
+    return Standing(*row)
+
+
+def refuse_if_barred(found: Standing) -> None:
+    """R13: a resident under a bar at this hospital cannot book its pool until the bar ends."""
+    if found.bar_ends_on is not None:
+        raise Forbidden(
+            "resident_barred",
+            f"After repeated no-shows the resident may not book this hospital's pool "
+            f"through {found.bar_ends_on.isoformat()} (R13).",
+            bar_ends_on=found.bar_ends_on.isoformat(),
+        )
+
+
+async def enforce_booking_limits(
+    session: AsyncSession, *, policy: Policy, subject: BookingSubject, found: Standing, now: datetime
+) -> None:
+    """Refuse (409) a booking that would exceed one of ``policy``'s limits, from ``found``'s counts.
+
+    ``policy`` is the one in force for the booked slot; the counts were read under the
+    limits' locks, which stay held till the booking commits.
+    """
+    if policy.doctor_hourly_limit is not None and (found.doctor_hour or 0) >= policy.doctor_hourly_limit:
+        await _doctor_hourly(session, policy.doctor_hourly_limit, now, subject.doctor_id)
+    if policy.doctor_daily_limit is not None and (found.doctor_day or 0) >= policy.doctor_daily_limit:
+        _doctor_daily(policy.doctor_daily_limit, now, found.doctor_day or 0)
+    if policy.institution_share_limit is not None:
+        _institution_share(
+            policy.institution_share_limit,
+            subject,
+            pool=found.pool_slots or 0,
+            held=found.institution_held or 0,
+        )
+    if (
+        policy.resident_active_limit is not None
+        and (found.resident_active or 0) >= policy.resident_active_limit
+    ):
+        raise Conflict(
+            "resident_active_limit",
+            f"The resident already holds {found.resident_active} active pool referrals; "
+            f"the policy allows {policy.resident_active_limit} (R14).",
+            limit=policy.resident_active_limit,
+            current=found.resident_active,
+        )
 
 
 async def _doctor_hourly(session: AsyncSession, limit: int, now: datetime, doctor_id: int) -> None:
@@ -113,20 +245,10 @@ async def _doctor_hourly(session: AsyncSession, limit: int, now: datetime, docto
     )
 
 
-async def _doctor_daily(session: AsyncSession, limit: int, now: datetime, doctor_id: int) -> None:
+def _doctor_daily(limit: int, now: datetime, made: int) -> None:
     """Bookings made by the doctor since Beijing-time midnight, whatever became of them."""
     today = local_date(now)
-    midnight = datetime(today.year, today.month, today.day, tzinfo=SHANGHAI)
-    made = await session.scalar(
-        select(func.count()).where(
-            Referral.referring_doctor_id == doctor_id,
-            Referral.booked_at >= midnight,
-            Referral.booked_at < midnight + timedelta(days=1),
-        )
-    )
-    if (made or 0) < limit:
-        return
-    resets_at = midnight + timedelta(days=1)
+    resets_at = datetime(today.year, today.month, today.day, tzinfo=SHANGHAI) + timedelta(days=1)
     raise Conflict(
         "doctor_daily_limit",
         f"This family doctor has made {made} pool bookings today; the policy allows {limit} a day (R14).",
@@ -137,53 +259,15 @@ async def _doctor_daily(session: AsyncSession, limit: int, now: datetime, doctor
     )
 
 
-async def _institution_share(
-    session: AsyncSession,
-    share: Decimal,
-    now: datetime,
-    *,
-    institution_id: int,
-    hospital_id: int,
-    resource_kind: str,
-    service_date: date,
-) -> None:
+def _institution_share(share: Decimal, s: BookingSubject, *, pool: int, held: int) -> None:
     """The institution's active referrals in one hospital's pool of one kind on one day, against its share."""
-    pool = (
-        await session.scalar(
-            select(func.count())
-            .select_from(Slot)
-            .join(ClinicSession, ClinicSession.id == Slot.session_id)
-            .where(
-                Slot.hospital_id == hospital_id,
-                Slot.resource_kind == resource_kind,
-                ClinicSession.service_date == service_date,
-                Slot.status.in_(("reserved", "booked")),
-            )
-        )
-        or 0
-    )
-    held = (
-        await session.scalar(
-            select(func.count())
-            .select_from(Referral)
-            .join(Slot, Slot.id == Referral.slot_id)
-            .where(
-                Referral.booker_org_id == institution_id,
-                Referral.hospital_id == hospital_id,
-                Referral.service_date == service_date,
-                Slot.resource_kind == resource_kind,
-                active_referral(local_date(now)),
-            )
-        )
-        or 0
-    )
     cap = math.ceil(share * pool)
     if held < cap:
         return
     raise Conflict(
         "institution_share_limit",
-        f"This institution already holds {held} of the {pool} {resource_kind} pool slots of this hospital "
-        f"on {service_date.isoformat()}; the policy allows {share} of them, {cap} (R14).",
+        f"This institution already holds {held} of the {pool} {s.resource_kind} pool slots of this hospital "
+        f"on {s.service_date.isoformat()}; the policy allows {share} of them, {cap} (R14).",
         limit=cap,
         current=held,
         pool_slots=pool,
@@ -191,40 +275,21 @@ async def _institution_share(
     )
 
 
-async def _resident_active(session: AsyncSession, limit: int, now: datetime, resident_id: int) -> None:
-    """The resident's active referrals at every hospital."""
-    held = (
-        await session.scalar(
-            select(func.count()).where(Referral.resident_id == resident_id, active_referral(local_date(now)))
-        )
-        or 0
-    )
-    if held < limit:
-        return
-    raise Conflict(
-        "resident_active_limit",
-        f"The resident already holds {held} active pool referrals; the policy allows {limit} (R14).",
-        limit=limit,
-        current=held,
-    )
-
-
 # --- no-show bars (R13) -------------------------------------------------------------------
 
 
-async def lock_resident_at_hospital(
-    session: AsyncSession, *, hospital_id: int, resident_id: int, shared: bool
-) -> None:
-    """Serialise bar decisions for one resident at one hospital against bookings there.
+def bar_key(hospital_id: int, resident_id: int) -> int:
+    """The advisory lock that orders bar decisions for one resident at one hospital against bookings."""
+    return advisory_key("no_show_bar", hospital_id, resident_id)
 
-    Bookings take the lock shared (they never wait for each other); deciding a bar
-    takes it exclusive, so a booking either sees the bar or committed before it.
+
+async def lock_resident_at_hospital(session: AsyncSession, *, hospital_id: int, resident_id: int) -> None:
+    """Serialise a bar decision for one resident at one hospital against bookings there.
+
+    Bookings take the lock shared (``lock_for_booking``: they never wait for each other);
+    deciding a bar takes it exclusive, so a booking either sees the bar or committed before it.
     """
-    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-    await session.execute(
-        text(f"SELECT {function}(:key)"),
-        {"key": advisory_key("no_show_bar", hospital_id, resident_id)},
-    )
+    await session.execute(select(func.pg_advisory_xact_lock(literal(bar_key(hospital_id, resident_id)))))
 
 
 async def active_bar(
@@ -244,16 +309,3 @@ async def active_bar(
         .limit(1)
     )
     return bar
-
-
-async def refuse_if_barred(session: AsyncSession, *, hospital_id: int, resident_id: int, on: date) -> None:
-    """R13: a resident under a bar at this hospital cannot book its pool until the bar ends."""
-    await lock_resident_at_hospital(session, hospital_id=hospital_id, resident_id=resident_id, shared=True)
-    bar = await active_bar(session, hospital_id=hospital_id, resident_id=resident_id, on=on)
-    if bar is not None:
-        raise Forbidden(
-            "resident_barred",
-            f"After repeated no-shows the resident may not book this hospital's pool "
-            f"through {bar.ends_on.isoformat()} (R13).",
-            bar_ends_on=bar.ends_on.isoformat(),
-        )

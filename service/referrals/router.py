@@ -103,11 +103,11 @@ async def book_referral(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> JSONResponse | Problem:
     """Book a reserved slot for a signed resident after a consultation (R5–R11)."""
-    # The booking runs in a savepoint: a refusal rolls it back, is recorded in the same
-    # transaction, and is returned, so the route commits the record and then refuses.
+    # A refusal rolls the booking's transaction back; the refusal is then recorded in a new
+    # one and returned, so the route commits the record and then refuses. A booking that
+    # succeeds pays for no savepoint.
     try:
-        async with unit.session.begin_nested():
-            status, data, replayed = await _book(unit, body, idempotency_key)
+        status, data, replayed = await _book(unit, body, idempotency_key)
     except DBAPIError as exc:
         if sqlstate(exc) != LOCK_NOT_AVAILABLE:
             raise
@@ -120,6 +120,7 @@ async def book_referral(
         if replayed:
             headers["Idempotent-Replayed"] = "true"
         return JSONResponse(data, status_code=status, headers=headers)
+    await unit.session.rollback()
     BOOKINGS.labels(refusal.code).inc()
     if refusal.code != "idempotency_key_reused":
         await booking.record_refusal(session=unit.session, actor=unit.actor, problem=refusal, booking=body)
