@@ -18,12 +18,12 @@ from service.availability.router import router as availability_router
 from service.fhir.router import router as fhir_router
 from service.jobs import background_loops
 from service.kit.clock import Clock
-from service.kit.config import Settings
+from service.kit.config import Settings, get_settings
 from service.kit.crypto import Crypto
 from service.kit.db import Database
 from service.kit.dberrors import database_unavailable
 from service.kit.errors import install_handlers, problem_response
-from service.kit.logging import RequestContext
+from service.kit.logging import RequestContext, configure_logging
 from service.models.readiness import schema_state
 from service.outbox.router import router as webhooks_router
 from service.policy.router import router as policy_router
@@ -163,3 +163,12 @@ def create_app(
     ):
         app.include_router(router)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one ``serve --workers`` process: settings, database and loops from the environment."""
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    if not settings.database_url:
+        raise RuntimeError("SLOTPOOL_DATABASE_URL is not set; `slotpool serve --workers` sets it")
+    return create_app(settings, database_url=settings.database_url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -109,7 +110,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from service.app import create_app
 
     ensure_port_free(args.host, args.port, what="--port")
-    start_metrics(settings)
     if args.migrate and settings.database_url:
         run_migrations(settings)
     url = resolve_database_url(settings)  # the embedded default migrates here
@@ -118,8 +118,27 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
         keys = asyncio.run(seed_demo(url, settings))
         print_demo_keys(keys, host=args.host, port=args.port)
-    app = create_app(settings, database_url=url, run_loops=not args.no_loops)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    if args.workers == 1:
+        start_metrics(settings)
+        app = create_app(settings, database_url=url, run_loops=not args.no_loops)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        return
+    # Several processes share the port; each builds its app from the environment, so the
+    # resolved database (the embedded one included) and --no-loops travel there. Every job
+    # is safe in several processes at once (service/jobs.py), so each worker runs them.
+    os.environ["SLOTPOOL_DATABASE_URL"] = url
+    os.environ["SLOTPOOL_RUN_LOOPS"] = "false" if args.no_loops else "true"
+    start_metrics(settings, multiprocess=True)
+    # uvicorn's supervisor: it restarts a worker that dies, and on SIGTERM or SIGINT stops
+    # them all gracefully and returns (exit status 0, where one process leaves with 143).
+    uvicorn.run(
+        "service.app:app_from_environment",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+    )
 
 
 # How long the worker waits, once told to stop, for its loops to finish their passes.
@@ -170,12 +189,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
     raise SystemExit(128 + received[0])
 
 
-def start_metrics(settings: Settings) -> None:
-    """Prometheus on SLOTPOOL_METRICS_PORT (unset: not served); never on the API port."""
+def start_metrics(settings: Settings, *, multiprocess: bool = False) -> None:
+    """Prometheus on SLOTPOOL_METRICS_PORT (unset: not served); never on the API port.
+
+    ``multiprocess``: the figures are the sum of ``serve --workers``' processes, which write
+    them to a directory of their own that this process reads at every scrape.
+    """
     if settings.metrics_port is None:
         return
     ensure_port_free(settings.metrics_host, settings.metrics_port, what="SLOTPOOL_METRICS_PORT")
-    serve_metrics(settings.metrics_port, settings.metrics_host)
+    serve_metrics(settings.metrics_port, settings.metrics_host, multiprocess=multiprocess)
 
 
 def cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
@@ -263,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="seed the demo region and print API keys")
     serve.add_argument("--no-loops", action="store_true", help="serve HTTP only; run `worker` elsewhere")
     serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="server processes sharing the port (default 1); one per core uses the machine",
+    )
+    serve.add_argument(
         "--migrate",
         action="store_true",
         help="with DATABASE_URL: run `slotpool migrate` first (needs the owner's URL)",
@@ -300,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("openapi", help="print the OpenAPI document").set_defaults(func=cmd_openapi)
     return parser
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

@@ -385,3 +385,37 @@ def test_serve_with_database_url_leaves_migrating_to_the_one_shot_unless_asked(s
     for name in ("a.log", "b.log"):
         _no_traceback((tmp_path / name).read_text())
     asyncio.run(scratch.admin(f"DROP OWNED BY {runtime}", database=scratch.database))
+
+
+async def test_serve_with_workers_shares_the_port_and_sums_their_metrics(scratch, tmp_path):
+    env = _env(DATABASE_URL=scratch.url())
+    code, out = await _run("migrate", env=env)
+    assert code == 0, out
+    metrics_port = _free_port()
+    proc, base = _serve_until_healthy(
+        {**env, "SLOTPOOL_METRICS_PORT": str(metrics_port)}, tmp_path / "serve.log", "--workers", "2"
+    )
+    try:
+        assert httpx.get(f"{base}/readyz").json()["status"] == "ready"
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        # Each worker is a spawned interpreter (multiprocessing also starts its resource tracker).
+        workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == 2, children
+        for _ in range(20):
+            assert httpx.get(f"{base}/healthz").status_code == 200
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        served = [
+            float(line.rsplit(" ", 1)[1])
+            for line in scraped.splitlines()
+            if line.startswith("slotpool_http_request_seconds_count") and 'route="/healthz"' in line
+        ]
+        # Every worker's requests, however the kernel spread them, in the one scrape.
+        assert sum(served) >= 20, scraped
+    finally:
+        assert _stop(proc) == 0
+
+    def all_gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() for pid in children)
+
+    _wait_until(all_gone, timeout=20)
+    _no_traceback((tmp_path / "serve.log").read_text())
