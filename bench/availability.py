@@ -226,16 +226,22 @@ async def read_loop(base_url: str, token: str, mode: str, count: int) -> dict[st
     statuses: dict[str, int] = {}
     size = items = 0
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as c:
-        first = await c.get("/v1/availability", params=QUERY)
-        first.raise_for_status()
-        body = first.json()
-        size, items = len(first.content), len(body["items"])
-        etag, cursor = first.headers["etag"], body["cursor"]
+        if mode in ("me", "search"):
+            # /v1/me: the API's floor; search: a family doctor's GET /v1/pool/slots?limit=20.
+            path, params, extra = (
+                ("/v1/me", {}, {}) if mode == "me" else ("/v1/pool/slots", {"limit": 20}, {})
+            )
+        else:
+            first = await c.get("/v1/availability", params=QUERY)
+            first.raise_for_status()
+            body = first.json()
+            size, items = len(first.content), len(body["items"])
+            etag, cursor = first.headers["etag"], body["cursor"]
+            path = "/v1/availability"
+            params = QUERY | {"since": cursor} if mode == "since" else QUERY
+            extra = {"If-None-Match": etag} if mode == "304" else {}
         for _ in range(20):  # warm up
-            await c.get("/v1/availability", params=QUERY)
-        path = "/v1/me" if mode == "me" else "/v1/availability"
-        params = {} if mode == "me" else QUERY | {"since": cursor} if mode == "since" else QUERY
-        extra = {"If-None-Match": etag} if mode == "304" else {}
+            (await c.get(path, params=params)).raise_for_status()
         while not stop.is_set() and (count == 0 or len(latencies) < count):
             started = time.perf_counter()
             r = await c.get(path, params=params, headers=extra)
@@ -325,8 +331,9 @@ async def run(args: Namespace) -> bool:
         )
 
         results: dict[str, dict[str, Any]] = {}
-        for mode in ("full", "304", "since"):
-            _, communicate = await run_reader(read_server.base_url, token, mode, args.requests)
+        for mode in ("full", "304", "since", "me", "search"):
+            who = world.keys[rush.BOOKER] if mode == "search" else token
+            _, communicate = await run_reader(read_server.base_url, who, mode, args.requests)
             out, _ = await communicate()
             results[f"quiet {mode}"] = json.loads(out)
 
@@ -335,8 +342,9 @@ async def run(args: Namespace) -> bool:
             reading = asyncio.create_task(communicate())
             await asyncio.sleep(2)  # the reader is warm and looping
             rush_args = Namespace(clients=args.rush_clients, concurrency=args.concurrency, time_limit=300.0)
+            bodies = rush.rush_bodies(world, slot_ids, rush_args, ManualClock(START))
             phase = await rush.http_rush(
-                booking_server.base_url, world, slot_ids, rush_args, ManualClock(START)
+                "booking rush", booking_server.base_url, bodies, world.auth(rush.BOOKER), rush_args
             )
             assert proc.stdin is not None
             proc.stdin.close()
@@ -381,6 +389,18 @@ async def run(args: Namespace) -> bool:
             f"201s {phase.successes} of {len(slot_ids)} pool slots  [{'OK' if ok else 'FAIL'}]"
         )
         print(f"total run time {time.perf_counter() - started:.1f} s")
+
+        def p99(name: str) -> float:
+            return quantile(results[name]["latencies"], 0.99) if name in results else float("nan")
+
+        feed, floor = p99("during the booking rush, full"), p99("during the booking rush, me")
+        search, quiet_floor = p99("quiet search"), p99("quiet me")
+        print(
+            f"availability: feed_p99_ms={feed:.1f} floor_p99_ms={floor:.1f} feed_ratio={feed / floor:.2f} "
+            f"search_p99_ms={search:.1f} quiet_floor_p99_ms={quiet_floor:.1f} "
+            f"search_ratio={search / quiet_floor:.2f} hospitals={province['hospitals']} slots={province['slots']} "
+            f"integrity={'ok' if ok else 'FAIL'}"
+        )
         return ok
     finally:
         for server in servers:

@@ -59,7 +59,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(database_url, pool_size=settings.db_pool_size)
+        db = Database(
+            database_url, pool_size=settings.db_pool_size, behind_pgbouncer=settings.db_behind_pgbouncer
+        )
         state = AppState(
             settings=settings,
             db=db,

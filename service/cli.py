@@ -159,7 +159,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
         stop.set()
 
     async def main() -> None:
-        db = Database(url, pool_size=settings.db_pool_size)
+        db = Database(url, pool_size=settings.db_pool_size, behind_pgbouncer=settings.db_behind_pgbouncer)
         # SIGTERM and SIGINT end the loops the way serve's lifespan does: each finishes its
         # pass and returns, so no transaction is cut off and every connection is closed.
         loop = asyncio.get_running_loop()

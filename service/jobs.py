@@ -39,7 +39,10 @@ def background_loops(
             batch_size=settings.release_batch_size,
             stop=stop,
         ),
-        dispatch_loop(db, clock, crypto, settings, database_url=database_url, stop=stop),
+        # LISTEN holds a session, so it goes to PostgreSQL itself, never through a transaction pooler.
+        dispatch_loop(
+            db, clock, crypto, settings, database_url=settings.listen_database_url or database_url, stop=stop
+        ),
         detection_loop(db, clock, interval=settings.signals_interval_seconds, stop=stop),
         purge_loop(db, clock, stop=stop),
     ]

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     # deployment that forgot SLOTPOOL_ENV=production; the commands refuse it unless this is set.
     allow_development_with_deployment_settings: bool = False
     db_pool_size: int = 10
+    # Behind PgBouncer in transaction pooling mode (docs/performance.md): no named prepared
+    # statement may outlive its transaction, because the next one may run on another server
+    # connection. The dispatcher's LISTEN needs a session of its own: it connects to
+    # SLOTPOOL_LISTEN_DATABASE_URL (PostgreSQL itself), or to DATABASE_URL when that is unset.
+    db_behind_pgbouncer: bool = False
+    listen_database_url: str | None = None
     # Prometheus metrics are served on their own port, never on the API port; unset: not served.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"

@@ -9,8 +9,9 @@ commit happens before the response is built.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import MetaData
@@ -53,9 +54,17 @@ def asyncpg_url(url: str) -> str:
 class Database:
     """The engine and session factory, owned by the app's lifespan or a worker."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, behind_pgbouncer: bool = False) -> None:
+        # Behind PgBouncer's transaction pooling a server connection serves other clients
+        # between two transactions, so nothing prepared may be cached on it: no statement
+        # cache in asyncpg or SQLAlchemy, and a fresh name for every prepared statement.
+        pgbouncer: dict[str, Any] = (
+            {"statement_cache_size": 0, "prepared_statement_name_func": _statement_name}
+            if behind_pgbouncer
+            else {}
+        )
         self.engine: AsyncEngine = create_async_engine(
-            asyncpg_url(url),
+            asyncpg_url(url) + ("?prepared_statement_cache_size=0" if behind_pgbouncer else ""),
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_pre_ping=True,
@@ -67,6 +76,7 @@ class Database:
             connect_args={
                 "timeout": 10,
                 "server_settings": {"timezone": "UTC", "application_name": "slotpool"},
+                **pgbouncer,
             },
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -120,6 +130,10 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _statement_name() -> str:
+    return f"__slotpool_{uuid.uuid4().hex}__"
 
 
 def busy() -> Conflict:
