@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import unquote
 
 import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.abuse.body_limit import BodyLimit
 from service.attendance.router import router as attendance_router
@@ -45,6 +45,28 @@ class SlotpoolApp(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         return RequestContext(super().build_middleware_stack())
+
+
+class RefuseNulInUrl:
+    """422 for NUL characters in a path or query string; bodies are checked by ``ApiModel``.
+
+    Pure ASGI: Starlette's ``@app.middleware("http")`` would add a task and a body stream
+    to every request for what is one string test.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            if "\x00" in request.url.path or "\x00" in unquote(request.url.query):
+                response = problem_response(
+                    422, "invalid_request", "NUL characters are not allowed in the URL.", request
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(
@@ -99,16 +121,7 @@ def create_app(
     install_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
-    @app.middleware("http")
-    async def refuse_nul_in_url(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if "\x00" in request.url.path or "\x00" in unquote(request.url.query):
-            # Bodies are checked by ApiModel; paths and query strings are checked here.
-            return problem_response(
-                422, "invalid_request", "NUL characters are not allowed in the URL.", request
-            )
-        return await call_next(request)
+    app.add_middleware(RefuseNulInUrl)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
