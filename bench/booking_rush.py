@@ -614,9 +614,8 @@ async def run(args: argparse.Namespace) -> bool:
             )
         finally:
             await conn.close()
-        ok = report(http, base, checks, base_marked, args, len(slot_ids), total)
         print(f"total run time {time.perf_counter() - started:.1f} s")
-        return ok
+        return report(http, base, checks, base_marked, args, len(slot_ids), total)  # its last line: the summary
     finally:
         if server is not None:
             await server.stop()

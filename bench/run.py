@@ -28,6 +28,7 @@ Figures (the script, and what it is run with):
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import subprocess
 import sys
@@ -151,8 +152,11 @@ FIGURES = {
 
 
 def summary(output: str) -> dict[str, float]:
-    """The values of a script's last line, ``name: key=value ...`` (non-numeric values dropped)."""
-    last = [line for line in output.splitlines() if line.strip()][-1]
+    """The values of a script's summary, its last ``name: key=value ...`` line (non-numeric dropped)."""
+    found = [line for line in output.splitlines() if re.match(r"^[\w-]+: \S+=\S", line)]
+    if not found:
+        return {}
+    last = found[-1]
     _, _, pairs = last.partition(": ")
     values: dict[str, float] = {}
     for pair in pairs.split():
