@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -58,6 +59,7 @@ SLOT_COLUMNS = (
     "status",
 )
 
+_NUMBER = attrgetter("number")
 GroupKey = tuple[int, date, str]  # a department-day of one resource kind
 Instants = list[tuple[datetime, datetime]]  # a session's slots' (starts_at, ends_at), in UTC
 
@@ -65,6 +67,19 @@ Instants = list[tuple[datetime, datetime]]  # a session's slots' (starts_at, end
 def slot_instants(item: SessionIn) -> Instants:
     """The item's slots' instants in UTC: compared and stored without converting an offset each time."""
     return [(s.starts_at.astimezone(UTC), s.ends_at.astimezone(UTC)) for s in item.slots]
+
+
+# The columns of a stored slot a push may change, with their types; ``_Slot.changed`` has a bit for
+# each but the status, which is compared with the status read.
+SLOT_CHANGES = (
+    ("external_id", "text"),
+    ("starts_at", "timestamptz"),
+    ("ends_at", "timestamptz"),
+    ("public_at", "timestamptz"),
+    ("pool_opens_at", "timestamptz"),
+    ("status", "text"),
+)
+STATUS_CHANGED = 1 << 5
 
 
 @dataclass(slots=True, eq=False)
@@ -77,17 +92,36 @@ class _Slot:
     ends_at: datetime
     public_at: datetime
     pool_opens_at: datetime
-    stored: tuple[Any, ...] | None = None  # the row as read, to write only what changed
+    stored_status: str | None = None  # as read; None for a slot not stored yet
+    changed: int = 0  # a bit per column of SLOT_CHANGES (but the status) the push changed
 
-    def values(self) -> tuple[Any, ...]:
-        return (
-            self.status,
-            self.external_id,
-            self.starts_at,
-            self.ends_at,
-            self.public_at,
-            self.pool_opens_at,
-        )
+    def update(
+        self,
+        external_id: str | None,
+        starts_at: datetime,
+        ends_at: datetime,
+        public_at: datetime,
+        opens_at: datetime,
+    ) -> None:
+        """Store a pushed slot's values, noting which differ."""
+        if self.external_id != external_id:
+            self.external_id = external_id
+            self.changed |= 1
+        if self.starts_at != starts_at:
+            self.starts_at = starts_at
+            self.changed |= 2
+        if self.ends_at != ends_at:
+            self.ends_at = ends_at
+            self.changed |= 4
+        if self.public_at != public_at:
+            self.public_at = public_at
+            self.changed |= 8
+        if self.pool_opens_at != opens_at:
+            self.pool_opens_at = opens_at
+            self.changed |= 16
+
+    def row_changes(self) -> int:
+        return self.changed | (STATUS_CHANGED if self.status != self.stored_status else 0)
 
 
 @dataclass(slots=True, eq=False)
@@ -219,7 +253,7 @@ def _measured(selection: Selection | None, lead: tuple[int, int] | None) -> dict
 def _result(
     cs: _Session, outcome: str, version: int, department_code: str, group: _Group | None
 ) -> SessionResult:
-    live = sorted((s for s in cs.slots.values() if s.status != "withdrawn"), key=lambda s: s.number)
+    live = sorted((s for s in cs.slots.values() if s.status != "withdrawn"), key=_NUMBER)
     shortfalls = sorted((group.shortfalls if group else {}).items(), key=lambda kv: SHORTFALL_ORDER[kv[0]])
     return SessionResult(
         external_id=cs.external_id,
@@ -282,8 +316,7 @@ async def _read_slots(db: Driver, sessions: dict[int, _Session], *, lock: bool) 
         return
     rows = await db.fetch(SLOTS + (" FOR UPDATE" if lock else ""), list(sessions))
     for r in rows:
-        values = (r[3], r[4], r[5], r[6], r[7], r[8])
-        sessions[r[1]].slots[r[2]] = _Slot(r[0], r[2], *values, stored=values)
+        sessions[r[1]].slots[r[2]] = _Slot(r[0], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[3])
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -328,14 +361,26 @@ UPDATE clinic_sessions cs SET updated_at = $2, {", ".join(f"{c} = u.{c}" for c, 
   FROM unnest($3::bigint[], {_ARRAYS}) AS u(id, {", ".join(c for c, _ in SESSION_COLUMNS)})
  WHERE cs.id = u.id AND cs.hospital_id = $1
 """
-UPDATE_SLOTS = """
-UPDATE slots s SET status = u.status, external_id = u.external_id, starts_at = u.starts_at,
-       ends_at = u.ends_at, public_at = u.public_at, pool_opens_at = u.pool_opens_at
-  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-              $6::timestamptz[], $7::timestamptz[])
-       AS u(id, status, external_id, starts_at, ends_at, public_at, pool_opens_at)
- WHERE s.id = u.id
-"""
+
+
+def update_slots(changed: Sequence[tuple[_Slot, int]]) -> tuple[str, list[list[Any]]]:
+    """One UPDATE for the changed slots (with their change bits), setting only the columns some changed.
+
+    A re-push usually changes one column of a slot or none: sending the others back would cost as
+    much as the change itself.
+    """
+    bits = 0
+    for _, row in changed:
+        bits |= row
+    used = [n for n in range(len(SLOT_CHANGES)) if bits & (1 << n)]
+    names = [SLOT_CHANGES[n][0] for n in used]
+    arrays = ", ".join(f"${k}::{SLOT_CHANGES[n][1]}[]" for k, n in enumerate(used, start=2))
+    sql = (
+        f"UPDATE slots s SET {', '.join(f'{c} = u.{c}' for c in names)} "
+        f"FROM unnest($1::bigint[], {arrays}) AS u(id, {', '.join(names)}) WHERE s.id = u.id"
+    )
+    slots = [slot for slot, _ in changed]
+    return sql, [[slot.key for slot in slots], *([getattr(slot, name) for slot in slots] for name in names)]
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
@@ -543,18 +588,11 @@ async def apply_sessions(
         for number, slot in cs.slots.items():
             if number not in incoming:
                 slot.status = "withdrawn"
-        for new in item.slots:
+        for new, (starts_at, ends_at) in zip(item.slots, instants[n], strict=True):
             slot = cs.slots.get(new.number)  # type: ignore[assignment]
             if slot is None:
                 slot = _Slot(
-                    next_key,
-                    new.number,
-                    "public",
-                    new.external_id,
-                    new.starts_at,
-                    new.ends_at,
-                    public_at,
-                    opens_at,
+                    next_key, new.number, "public", new.external_id, starts_at, ends_at, public_at, opens_at
                 )
                 next_key += 1
                 cs.slots[new.number] = slot
@@ -562,11 +600,7 @@ async def apply_sessions(
             else:
                 if slot.status == "withdrawn":
                     slot.status = "public"
-                slot.external_id = new.external_id
-                slot.starts_at = new.starts_at
-                slot.ends_at = new.ends_at
-                slot.public_at = public_at
-                slot.pool_opens_at = opens_at
+                slot.update(new.external_id, starts_at, ends_at, public_at, opens_at)
 
         # R1–R4 over the department-day of the session's kind; only this session's slots may be taken.
         selection: Selection | None = None
@@ -583,11 +617,11 @@ async def apply_sessions(
             senior = cs.doctor_title in SENIOR_TITLES
             own = [
                 Candidate(
-                    key=s.key,
-                    starts_at=s.starts_at,
-                    senior=senior,
-                    held=s.status in POOL_HELD,
-                    reservable=s.status == "public" and s.public_at > now,
+                    s.key,
+                    s.starts_at,
+                    senior,
+                    s.status in POOL_HELD,
+                    s.status == "public" and s.public_at > now,
                 )
                 for s in live
             ]
@@ -632,13 +666,14 @@ async def apply_sessions(
             ),
         )  # fmt: skip
     changed = [
-        (s.key, *values)
+        (s, bits)
         for cs in changing.values()
         for s in cs.slots.values()
-        if (values := s.values()) != s.stored
+        if s.stored_status is not None and (bits := s.row_changes())
     ]
     if changed:
-        await db.execute(UPDATE_SLOTS, *_columns(changed, 7))
+        sql, arrays = update_slots(changed)
+        await db.execute(sql, *arrays)
     unmet: list[tuple[ShortfallKey, int, int, int]] = []
     met: list[ShortfallKey] = []
     for shortfall, policy_id in touched.items():

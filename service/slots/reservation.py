@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from operator import itemgetter
 from typing import NamedTuple
 
 
@@ -71,6 +72,9 @@ class Selection:
         return self.senior_held < self.senior_target
 
 
+_BY_TIME = itemgetter(1, 0)  # (starts_at, key)
+
+
 def ceil_share(share: Decimal, count: int) -> int:
     return math.ceil(share * count)
 
@@ -107,7 +111,7 @@ def select_reserved(
     others: Tally = NO_OTHERS,
 ) -> Selection:
     """Which slots the pool holds for one department-day (``others``: its slots not to be taken)."""
-    ordered = sorted(candidates, key=lambda c: (c.starts_at, c.key))
+    ordered = sorted(candidates, key=_BY_TIME)
     target, senior_target = targets(
         ordered, ratio=ratio, ratio_base=ratio_base, min_senior_share=min_senior_share, others=others
     )
