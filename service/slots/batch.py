@@ -41,7 +41,6 @@ from service.slots.shortfalls import ShortfallKey, write_shortfalls
 
 POOL_HELD = frozenset(("reserved", "booked", "returned"))
 POOL_LISTED = frozenset(("reserved", "booked"))  # what a result lists as held for the pool
-SHORTFALL_ORDER = {"ratio": 0, "senior_share": 1, "lead_time": 2}
 # Keys of slots not stored yet sort after every stored slot's id, in the order they are added;
 # COPY stores them in that order, so their ids keep it.
 NEW_KEYS = 1 << 62
@@ -254,7 +253,8 @@ def _result(
     cs: _Session, outcome: str, version: int, department_code: str, group: _Group | None
 ) -> SessionResult:
     live = sorted((s for s in cs.slots.values() if s.status != "withdrawn"), key=_NUMBER)
-    shortfalls = sorted((group.shortfalls if group else {}).items(), key=lambda kv: SHORTFALL_ORDER[kv[0]])
+    # In the table's key order, by rule, as a read of the department-day's rows by its key returns them.
+    shortfalls = sorted((group.shortfalls if group else {}).items())
     return SessionResult(
         external_id=cs.external_id,
         session_id=cs.id,
