@@ -60,13 +60,6 @@ SLOT_COLUMNS = (
 
 _NUMBER = attrgetter("number")
 GroupKey = tuple[int, date, str]  # a department-day of one resource kind
-Instants = list[tuple[datetime, datetime]]  # a session's slots' (starts_at, ends_at), in UTC
-
-
-def slot_instants(item: SessionIn) -> Instants:
-    """The item's slots' instants in UTC: compared and stored without converting an offset each time."""
-    return [(s.starts_at.astimezone(UTC), s.ends_at.astimezone(UTC)) for s in item.slots]
-
 
 # The columns of a stored slot a push may change, with their types; ``_Slot.changed`` has a bit for
 # each but the status, which is compared with the status read.
@@ -396,7 +389,6 @@ async def apply_sessions(
     actor: Actor,
     hospital: Organisation,
     items: Sequence[SessionIn],
-    instants: Sequence[Instants],
 ) -> list[SessionResult]:
     """Apply validated active items, each session at most once, as if one by one in order."""
     assert len({i.external_id for i in items}) == len(items)
@@ -588,11 +580,18 @@ async def apply_sessions(
         for number, slot in cs.slots.items():
             if number not in incoming:
                 slot.status = "withdrawn"
-        for new, (starts_at, ends_at) in zip(item.slots, instants[n], strict=True):
+        for new in item.slots:  # their instants are parsed to UTC (``UtcInstant``)
             slot = cs.slots.get(new.number)  # type: ignore[assignment]
             if slot is None:
                 slot = _Slot(
-                    next_key, new.number, "public", new.external_id, starts_at, ends_at, public_at, opens_at
+                    next_key,
+                    new.number,
+                    "public",
+                    new.external_id,
+                    new.starts_at,
+                    new.ends_at,
+                    public_at,
+                    opens_at,
                 )
                 next_key += 1
                 cs.slots[new.number] = slot
@@ -600,7 +599,7 @@ async def apply_sessions(
             else:
                 if slot.status == "withdrawn":
                     slot.status = "public"
-                slot.update(new.external_id, starts_at, ends_at, public_at, opens_at)
+                slot.update(new.external_id, new.starts_at, new.ends_at, public_at, opens_at)
 
         # R1–R4 over the department-day of the session's kind; only this session's slots may be taken.
         selection: Selection | None = None

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from service.abuse.bounds import max_items
-from service.kit.bounds import Day, Instant
+from service.kit.bounds import Day, Instant, UtcInstant
 from service.kit.ids import MAX_ID
 from service.kit.resources import Modality, ResourceKind
 from service.kit.schemas import ApiModel, ApiPart
@@ -51,8 +51,8 @@ class SlotIn(ApiPart):
         description="The slot's number within the session (号序); for a bed session, the bed.",
     )
     external_id: str | None = Field(default=None, max_length=64)
-    starts_at: Instant = Field(description="For a bed: the start of the day's admission window.")
-    ends_at: Instant = Field(description="For a bed: the end of the day's admission window.")
+    starts_at: UtcInstant = Field(description="For a bed: the start of the day's admission window.")
+    ends_at: UtcInstant = Field(description="For a bed: the end of the day's admission window.")
     reserved: bool | None = Field(
         default=None,
         description="Only for hospitals that mark pool slots themselves; ignored otherwise.",

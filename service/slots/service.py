@@ -19,7 +19,7 @@ from service.kit.resources import MAX_BED_WINDOW_MINUTES, MAX_SLOT_MINUTES
 from service.models.registry import Department, Doctor, Organisation
 from service.models.slots import ClinicSession, ReservationShortfall, Slot
 from service.policy.service import policy_in_force
-from service.slots.batch import Instants, apply_sessions, slot_instants
+from service.slots.batch import apply_sessions
 from service.slots.schemas import (
     ItemError,
     PushResult,
@@ -67,8 +67,8 @@ def _kind_errors(item: SessionIn) -> list[ItemError]:
     return errors
 
 
-def validate_session(item: SessionIn, today: date, instants: Instants | None = None) -> list[ItemError]:
-    """Checks a push item must pass before anything is written (``instants``: its slots' in UTC)."""
+def validate_session(item: SessionIn, today: date) -> list[ItemError]:
+    """Checks a push item must pass before anything is written."""
     errors = _kind_errors(item)
     earliest, latest = service_date_window(today)
     if not earliest <= item.service_date <= latest:
@@ -86,12 +86,13 @@ def validate_session(item: SessionIn, today: date, instants: Instants | None = N
     numbers = [s.number for s in item.slots]
     if len(numbers) != len(set(numbers)):
         errors.append(ItemError(code="duplicate_slot_number", detail="Slot numbers must be unique."))
-    # Compared in UTC: an offset is converted once per instant rather than once per comparison.
+    # Compared in UTC (slots' instants are parsed to UTC): no offset converted at each comparison.
     longest = timedelta(minutes=max_minutes)
     day = item.service_date
     day_starts, day_ends = (local_datetime(d, 0).astimezone(UTC) for d in (day, day + timedelta(days=1)))
     public_at = item.public_at.astimezone(UTC)
-    for s, (starts_at, ends_at) in zip(item.slots, instants or slot_instants(item), strict=True):
+    for s in item.slots:
+        starts_at, ends_at = s.starts_at, s.ends_at
         if ends_at <= starts_at:
             errors.append(
                 ItemError(
@@ -148,7 +149,6 @@ async def push_sessions(
     results: list[SessionResult | None] = [None] * len(items)
     run: list[int] = []
     in_run: set[str] = set()
-    instants: list[Instants] = [[] for _ in items]
 
     async def apply_run() -> None:
         if run:
@@ -157,7 +157,6 @@ async def push_sessions(
                 actor=actor,
                 hospital=hospital,
                 items=[items[n] for n in run],
-                instants=[instants[n] for n in run],
             )
             for n, result in zip(run, applied, strict=True):
                 results[n] = result
@@ -165,8 +164,7 @@ async def push_sessions(
             in_run.clear()
 
     for n, item in enumerate(items):
-        instants[n] = slot_instants(item)
-        errors = validate_session(item, today, instants[n])
+        errors = validate_session(item, today)
         if errors:
             results[n] = _rejected(item, errors)
         elif item.status == "withdrawn":
