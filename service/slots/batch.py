@@ -200,12 +200,13 @@ def lead_shortfall(item: SessionIn, policy: Policy, now: datetime) -> tuple[int,
 
 
 def _booked_changes(current: dict[int, _Slot], item: SessionIn) -> list[ItemError]:
-    """R19: a slot with a pool referral is neither removed nor moved by an update."""
+    """R19: a slot with a pool referral is neither removed nor moved by an update (by slot number)."""
+    booked = sorted((number, old) for number, old in current.items() if old.status == "booked")
+    if not booked:
+        return []
     incoming = {s.number: s for s in item.slots}
     errors: list[ItemError] = []
-    for number, old in current.items():
-        if old.status != "booked":
-            continue
+    for number, old in booked:
         new = incoming.get(number)
         if new is None or (new.starts_at, new.ends_at) != (old.starts_at, old.ends_at):
             errors.append(
