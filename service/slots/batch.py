@@ -393,156 +393,169 @@ async def apply_sessions(
 ) -> list[SessionResult]:
     """Apply validated active items, each session at most once, as if one by one in order."""
     assert len({i.external_id for i in items}) == len(items)
-    db = await driver(session)
-    now = actor.now.astimezone(UTC)
-    found = {
-        r["external_id"]: _Session(
-            id=r["id"],
-            external_id=r["external_id"],
-            version=r["version"],
-            department_id=r["department_id"],
-            service_date=r["service_date"],
-            resource_kind=r["resource_kind"],
-            status=r["status"],
-            doctor_title=r["doctor_title"],
-        )
-        for r in await db.fetch(SESSIONS, hospital.id, [i.external_id for i in items])
-    }
+    run = _Run(await driver(session), hospital, actor.now.astimezone(UTC), items)
+    await run.decide(session)
+    await run.prepare()
+    results = [run.apply(n, item) for n, item in enumerate(items)]
+    await run.write()
+    forget_rows(session)
+    return results
 
-    # 1. Each item's fate that needs no lock: its version (R19), a policy in force.
-    replays: dict[int, _Session] = {}  # by session id: unchanged or stale
-    candidates: list[int] = []
-    errors: dict[int, list[ItemError]] = {}
-    for n, item in enumerate(items):
-        cs = found.get(item.external_id)
-        if cs is not None and item.version <= cs.version:
-            replays[cs.id] = cs  # type: ignore[index]
-        else:
-            candidates.append(n)
-    policies = await policies_in_force(
-        session=session,
-        hospital_id=hospital.id,
-        wanted={(items[n].resource_kind, items[n].service_date) for n in candidates},
-    )
-    codes = {
-        r["code"]: r["id"]
-        for r in await db.fetch(
+
+class _Run:
+    """One run of a push: what it read, what it decided, and what it will write."""
+
+    def __init__(self, db: Driver, hospital: Organisation, now: datetime, items: Sequence[SessionIn]) -> None:
+        self.db = db
+        self.hospital = hospital
+        self.now = now
+        self.items = items
+        self.found: dict[str, _Session] = {}  # the stored sessions the items name, by HIS ID
+        self.replays: dict[int, _Session] = {}  # by id: the sessions of unchanged or stale items
+        self.changing: dict[int, _Session] = {}  # by id: the stored sessions the items may change
+        self.errors: dict[int, list[ItemError]] = {}  # the refused items, by position
+        self.policies: dict[tuple[str, date], Policy | None] = {}
+        self.department_ids: dict[str, int] = {}
+        self.department_codes: dict[int, str] = {}
+        self.doctor_ids: dict[str, int] = {}
+        self.groups: dict[GroupKey, _Group] = {}
+        self.created: list[tuple[_Session, SessionResult]] = []
+        self.new_slots: list[tuple[_Session, _Slot]] = []
+        self.touched: dict[ShortfallKey, int] = {}  # a shortfall measured -> the policy that measured it
+        self.next_key = NEW_KEYS
+
+    async def decide(self, session: AsyncSession) -> None:
+        """Read the sessions, departments, policies and slots, and decide every refusal."""
+        db, hospital, items = self.db, self.hospital, self.items
+        for r in await db.fetch(SESSIONS, hospital.id, [i.external_id for i in items]):
+            self.found[r["external_id"]] = _Session(
+                id=r["id"],
+                external_id=r["external_id"],
+                version=r["version"],
+                department_id=r["department_id"],
+                service_date=r["service_date"],
+                resource_kind=r["resource_kind"],
+                status=r["status"],
+                doctor_title=r["doctor_title"],
+            )
+        # R19: an item no newer than its session changes nothing.
+        candidates: list[int] = []
+        for n, item in enumerate(items):
+            cs = self.found.get(item.external_id)
+            if cs is not None and cs.id is not None and item.version <= cs.version:
+                self.replays[cs.id] = cs
+            else:
+                candidates.append(n)
+        self.policies = await policies_in_force(
+            session=session,
+            hospital_id=hospital.id,
+            wanted={(items[n].resource_kind, items[n].service_date) for n in candidates},
+        )
+        rows = await db.fetch(
             DEPARTMENTS,
             hospital.id,
             [items[n].department.code for n in candidates],
-            [cs.department_id for cs in found.values()],
+            [cs.department_id for cs in self.found.values()],
         )
-    }
-    department_codes = {v: k for k, v in codes.items()}
+        self.department_ids = {r["code"]: r["id"] for r in rows}
+        # In the order one by one would refuse: no policy, then a session moved, then a booked slot.
+        for n in candidates:
+            item = items[n]
+            cs = self.found.get(item.external_id)
+            if self.policies[(item.resource_kind, item.service_date)] is None:
+                problem = no_policy(hospital.id, item.resource_kind, item.service_date)
+                self.errors[n] = [ItemError(code=problem.code, detail=problem.detail)]
+            elif cs is not None and cs.group != (
+                self.department_ids.get(item.department.code),
+                item.service_date,
+                item.resource_kind,
+            ):
+                self.errors[n] = [_moved()]
+            elif cs is not None and cs.id is not None:
+                self.changing[cs.id] = cs
+        await _read_slots(db, self.changing, lock=True)
+        await _read_slots(db, self.replays, lock=False)
+        for n in candidates:
+            cs = self.found.get(items[n].external_id)
+            if n not in self.errors and cs is not None:
+                booked = _booked_changes(cs.slots, items[n])
+                if booked:
+                    self.errors[n] = booked
 
-    # 2. A session moved, a booked slot changed: decided on the sessions' locked slots.
-    changing: dict[int, _Session] = {}
-    for n in candidates:
-        item = items[n]
-        policy = policies[(item.resource_kind, item.service_date)]
-        cs = found.get(item.external_id)
-        if policy is None:
-            problem = no_policy(hospital.id, item.resource_kind, item.service_date)
-            errors[n] = [ItemError(code=problem.code, detail=problem.detail)]
-        elif cs is not None and (codes.get(item.department.code), item.service_date, item.resource_kind) != (
-            cs.department_id,
-            cs.service_date,
-            cs.resource_kind,
-        ):
-            errors[n] = [_moved()]
-        elif cs is not None:
-            changing[cs.id] = cs  # type: ignore[index]
-    await _read_slots(db, changing, lock=True)
-    await _read_slots(db, replays, lock=False)
-    for n in candidates:
-        cs = found.get(items[n].external_id)
-        if n not in errors and cs is not None:
-            booked = _booked_changes(cs.slots, items[n])
-            if booked:
-                errors[n] = booked
-    accepted = [n for n in candidates if n not in errors]
-
-    # 3. Departments and doctors of the accepted items (the last item's names win), then the locks.
-    departments = {items[n].department.code: items[n].department for n in accepted}
-    if departments:
-        rows = sorted(departments.items())
-        codes.update(
-            (r["code"], r["id"])
-            for r in await db.fetch(
+    async def prepare(self) -> None:
+        """Upsert the accepted items' departments and doctors (the last item's names win), lock their
+        department-days in key order, and read the days' other sessions (counted) and shortfalls."""
+        db, hospital, items = self.db, self.hospital, self.items
+        accepted = [
+            items[n] for n in range(len(items)) if n not in self.errors and not self._replay(items[n])
+        ]
+        departments = sorted({item.department.code: item.department for item in accepted}.items())
+        if departments:
+            rows = await db.fetch(
                 UPSERT_DEPARTMENTS,
                 hospital.id,
-                [c for c, _ in rows],
-                [d.name for _, d in rows],
-                [d.specialty for _, d in rows],
+                [code for code, _ in departments],
+                [d.name for _, d in departments],
+                [d.specialty for _, d in departments],
             )
-        )
-        department_codes = {v: k for k, v in codes.items()}
-    doctors = {d.code: d for n in accepted if (d := items[n].doctor) is not None}
-    doctor_ids: dict[str, int] = {}
-    if doctors:
-        rows_d = sorted(doctors.items())
-        doctor_ids = {
-            r["code"]: r["id"]
-            for r in await db.fetch(
+            self.department_ids.update((r["code"], r["id"]) for r in rows)
+        self.department_codes = {v: k for k, v in self.department_ids.items()}
+        doctors = sorted({d.code: d for item in accepted if (d := item.doctor) is not None}.items())
+        if doctors:
+            rows = await db.fetch(
                 UPSERT_DOCTORS,
                 hospital.id,
-                [c for c, _ in rows_d],
-                [d.name for _, d in rows_d],
-                [d.title for _, d in rows_d],
+                [code for code, _ in doctors],
+                [d.name for _, d in doctors],
+                [d.title for _, d in doctors],
             )
-        }
-    days = sorted({(codes[items[n].department.code], items[n].service_date) for n in accepted})
-    if days:
-        keys = sorted({advisory_key("push", "department_day", d, day.isoformat()) for d, day in days})
-        await db.execute(LOCK, keys)
+            self.doctor_ids = {r["code"]: r["id"] for r in rows}
+        days = sorted({(self.department_ids[i.department.code], i.service_date) for i in accepted})
+        if days:
+            keys = sorted({advisory_key("push", "department_day", d, day.isoformat()) for d, day in days})
+            await db.execute(LOCK, keys)
 
-    # The department-days: the sessions read slot by slot, the others counted, the shortfalls.
-    groups: dict[GroupKey, _Group] = {}
-    for cs in (*changing.values(), *replays.values()):
-        groups.setdefault(cs.group, _Group()).sessions.append(cs)
-    for n in accepted:
-        item = items[n]
-        groups.setdefault((codes[item.department.code], item.service_date, item.resource_kind), _Group())
-    if days:
-        for r in await db.fetch(
-            COUNTS, [d for d, _ in days], [day for _, day in days], [*changing, *replays]
-        ):
-            group = groups.get((r["department_id"], r["service_date"], r["resource_kind"]))
-            if group is not None:
-                senior = r["doctor_title"] in SENIOR_TITLES
-                live, held = r["live"], r["held"]
-                group.counted = _plus(
-                    group.counted, Tally(live, live if senior else 0, held, held if senior else 0)
-                )
-    measured_days = sorted({(d, day) for d, day, _ in groups})
-    if measured_days:
-        for r in await db.fetch(SHORTFALLS, [d for d, _ in measured_days], [day for _, day in measured_days]):
-            group = groups.get((r["department_id"], r["service_date"], r["resource_kind"]))
-            if group is not None:
-                group.shortfalls[r["kind"]] = (r["required"], r["actual"])
+        for cs in (*self.changing.values(), *self.replays.values()):
+            self.groups.setdefault(cs.group, _Group()).sessions.append(cs)
+        for item in accepted:
+            self.groups.setdefault(
+                (self.department_ids[item.department.code], item.service_date, item.resource_kind), _Group()
+            )
+        if days:
+            read = [*self.changing, *self.replays]
+            for r in await db.fetch(COUNTS, [d for d, _ in days], [day for _, day in days], read):
+                group = self.groups.get((r["department_id"], r["service_date"], r["resource_kind"]))
+                if group is not None:
+                    senior = r["doctor_title"] in SENIOR_TITLES
+                    live, held = r["live"], r["held"]
+                    counted = Tally(live, live if senior else 0, held, held if senior else 0)
+                    group.counted = _plus(group.counted, counted)
+        measured = sorted({(d, day) for d, day, _ in self.groups})
+        if measured:
+            rows = await db.fetch(SHORTFALLS, [d for d, _ in measured], [day for _, day in measured])
+            for r in rows:
+                group = self.groups.get((r["department_id"], r["service_date"], r["resource_kind"]))
+                if group is not None:
+                    group.shortfalls[r["kind"]] = (r["required"], r["actual"])
 
-    # 4. In order, in memory, as one by one.
-    results: list[SessionResult] = []
-    created: list[tuple[_Session, SessionResult]] = []
-    new_slots: list[tuple[_Session, _Slot]] = []
-    touched: dict[ShortfallKey, int] = {}  # shortfall -> the policy that measured it
-    next_key = NEW_KEYS
-    for n, item in enumerate(items):
-        if n in errors:
-            results.append(_rejected(item, errors[n]))
-            continue
-        cs = found.get(item.external_id)
-        if cs is not None and cs.id in replays:
+    def _replay(self, item: SessionIn) -> bool:
+        cs = self.found.get(item.external_id)
+        return cs is not None and cs.id in self.replays
+
+    def apply(self, n: int, item: SessionIn) -> SessionResult:
+        """The item applied in memory, after every item before it: its result."""
+        if n in self.errors:
+            return _rejected(item, self.errors[n])
+        cs = self.found.get(item.external_id)
+        if cs is not None and cs.id in self.replays:
             outcome = "unchanged" if item.version == cs.version else "stale"
-            results.append(
-                _result(cs, outcome, cs.version, department_codes[cs.department_id], groups.get(cs.group))
-            )
-            continue
-        policy = policies[(item.resource_kind, item.service_date)]
+            group = self.groups.get(cs.group)
+            return _result(cs, outcome, cs.version, self.department_codes[cs.department_id], group)
+        policy = self.policies[(item.resource_kind, item.service_date)]
         assert policy is not None
-        department_id = codes[item.department.code]
-        group = groups[(department_id, item.service_date, item.resource_kind)]
-        is_new = cs is None
+        department_id = self.department_ids[item.department.code]
+        group = self.groups[(department_id, item.service_date, item.resource_kind)]
+        created = cs is None
         if cs is None:
             cs = _Session(
                 id=None,
@@ -564,7 +577,7 @@ async def apply_sessions(
             "modality": item.modality,
             "ward_code": item.ward.code if item.ward else None,
             "ward_name": item.ward.name if item.ward else None,
-            "doctor_id": doctor_ids[item.doctor.code] if item.doctor else None,
+            "doctor_id": self.doctor_ids[item.doctor.code] if item.doctor else None,
             "doctor_title": cs.doctor_title,
             "service_date": item.service_date,
             "period": item.period,
@@ -573,8 +586,23 @@ async def apply_sessions(
             "location": item.location,
             "policy_id": policy.id,
         }
+        self._store_slots(cs, item, policy)
+        selection = self._reserve(cs, item, policy, group)
+        cs.changed()
+        # R2–R5: the department-day's shortfalls as this item measured them.
+        for kind, values in _measured(selection, lead_shortfall(item, policy, self.now)).items():
+            if values is None:
+                group.shortfalls.pop(kind, None)
+            else:
+                group.shortfalls[kind] = values
+            self.touched[(department_id, item.service_date, item.resource_kind, kind)] = policy.id
+        result = _result(cs, "created" if created else "updated", item.version, item.department.code, group)
+        if created:
+            self.created.append((cs, result))
+        return result
 
-        # The session's slots: numbers no longer pushed are withdrawn, the others stored as pushed.
+    def _store_slots(self, cs: _Session, item: SessionIn, policy: Policy) -> None:
+        """The session's slots as pushed; numbers no longer pushed are withdrawn."""
         public_at = item.public_at.astimezone(UTC)
         opens_at = pool_opens_at(public_at, policy)
         incoming = {s.number for s in item.slots}
@@ -582,10 +610,10 @@ async def apply_sessions(
             if number not in incoming:
                 slot.status = "withdrawn"
         for new in item.slots:  # their instants are parsed to UTC (``UtcInstant``)
-            slot = cs.slots.get(new.number)  # type: ignore[assignment]
-            if slot is None:
+            stored = cs.slots.get(new.number)
+            if stored is None:
                 slot = _Slot(
-                    next_key,
+                    self.next_key,
                     new.number,
                     "public",
                     new.external_id,
@@ -594,97 +622,88 @@ async def apply_sessions(
                     public_at,
                     opens_at,
                 )
-                next_key += 1
+                self.next_key += 1
                 cs.slots[new.number] = slot
-                new_slots.append((cs, slot))
+                self.new_slots.append((cs, slot))
             else:
-                if slot.status == "withdrawn":
+                if stored.status == "withdrawn":
+                    stored.status = "public"
+                stored.update(new.external_id, new.starts_at, new.ends_at, public_at, opens_at)
+
+    def _reserve(self, cs: _Session, item: SessionIn, policy: Policy, group: _Group) -> Selection | None:
+        """R1–R4 over the department-day of the session's kind: only this session's slots may be taken.
+
+        An examination block never counts towards a department's outpatient target, nor the
+        reverse. R4's senior share needs no special case: only outpatient policies may set one.
+        """
+        if policy.preferred_specialties and item.department.specialty not in policy.preferred_specialties:
+            return None  # this department is outside the policy's reserving departments
+        now = self.now
+        marking = self.hospital.reservation_mode == "hospital"
+        live = [s for s in cs.slots.values() if s.status != "withdrawn"]
+        if marking:
+            marks = {s.number: s.reserved for s in item.slots}
+            for slot in live:
+                mark = marks.get(slot.number)
+                if mark and slot.status == "public" and slot.public_at > now:
+                    slot.status = "reserved"
+                elif mark is False and slot.status == "reserved":
                     slot.status = "public"
-                slot.update(new.external_id, new.starts_at, new.ends_at, public_at, opens_at)
-
-        # R1–R4 over the department-day of the session's kind; only this session's slots may be taken.
-        selection: Selection | None = None
-        if not policy.preferred_specialties or item.department.specialty in policy.preferred_specialties:
-            live = [s for s in cs.slots.values() if s.status != "withdrawn"]
-            if hospital.reservation_mode == "hospital":
-                marks = {s.number: s.reserved for s in item.slots}
-                for slot in live:
-                    mark = marks.get(slot.number)
-                    if mark and slot.status == "public" and slot.public_at > now:
-                        slot.status = "reserved"
-                    elif mark is False and slot.status == "reserved":
-                        slot.status = "public"
-            senior = cs.doctor_title in SENIOR_TITLES
-            own = [
-                Candidate(
-                    s.key,
-                    s.starts_at,
-                    senior,
-                    s.status in POOL_HELD,
-                    s.status == "public" and s.public_at > now,
-                )
-                for s in live
-            ]
-            measure = check_marked if hospital.reservation_mode == "hospital" else select_reserved
-            selection = measure(
-                own,
-                ratio=policy.ratio,
-                ratio_base=policy.ratio_base,
-                min_senior_share=policy.min_senior_share,
-                others=group.others(cs),
+        senior = cs.doctor_title in SENIOR_TITLES
+        own = [
+            Candidate(
+                s.key, s.starts_at, senior, s.status in POOL_HELD, s.status == "public" and s.public_at > now
             )
-            if selection.held:
-                by_key = {s.key: s for s in live}
-                for key in selection.held:
-                    if by_key[key].status == "public":
-                        by_key[key].status = "reserved"
-        cs.changed()
+            for s in live
+        ]
+        measure = check_marked if marking else select_reserved
+        selection = measure(
+            own,
+            ratio=policy.ratio,
+            ratio_base=policy.ratio_base,
+            min_senior_share=policy.min_senior_share,
+            others=group.others(cs),
+        )
+        if selection.held:
+            by_key = {s.key: s for s in live}
+            for key in selection.held:
+                if by_key[key].status == "public":
+                    by_key[key].status = "reserved"
+        return selection
 
-        # R2–R5: the department-day's shortfalls as this push measured them.
-        for kind, values in _measured(selection, lead_shortfall(item, policy, now)).items():
-            if values is None:
-                group.shortfalls.pop(kind, None)
+    async def write(self) -> None:
+        """Everything the run changed: a statement per table and kind of change."""
+        db, hospital = self.db, self.hospital
+        updated = [cs for cs in self.found.values() if cs.row is not None]
+        await _write_sessions(db, hospital.id, self.now, updated, self.created)
+        if self.new_slots:
+            await db.copy(
+                "slots",
+                SLOT_COLUMNS,
+                (
+                    (cs.id, cs.resource_kind, hospital.id, s.number, s.external_id, s.starts_at, s.ends_at,
+                     s.pool_opens_at, s.public_at, s.status)
+                    for cs, s in self.new_slots
+                ),
+            )  # fmt: skip
+        changed = [
+            (s, bits)
+            for cs in self.changing.values()
+            for s in cs.slots.values()
+            if s.stored_status is not None and (bits := s.row_changes())
+        ]
+        if changed:
+            sql, arrays = update_slots(changed)
+            await db.execute(sql, *arrays)
+        unmet: list[tuple[ShortfallKey, int, int, int]] = []
+        met: list[ShortfallKey] = []
+        for shortfall, policy_id in self.touched.items():
+            value = self.groups[shortfall[:3]].shortfalls.get(shortfall[3])
+            if value is None:
+                met.append(shortfall)
             else:
-                group.shortfalls[kind] = values
-            touched[(department_id, item.service_date, item.resource_kind, kind)] = policy.id
-
-        result = _result(cs, "created" if is_new else "updated", item.version, item.department.code, group)
-        results.append(result)
-        if is_new:
-            created.append((cs, result))
-
-    # 5. Write what changed.
-    await _write_sessions(db, hospital.id, now, [cs for cs in found.values() if cs.row is not None], created)
-    if new_slots:
-        await db.copy(
-            "slots",
-            SLOT_COLUMNS,
-            (
-                (cs.id, cs.resource_kind, hospital.id, s.number, s.external_id, s.starts_at, s.ends_at,
-                 s.pool_opens_at, s.public_at, s.status)
-                for cs, s in new_slots
-            ),
-        )  # fmt: skip
-    changed = [
-        (s, bits)
-        for cs in changing.values()
-        for s in cs.slots.values()
-        if s.stored_status is not None and (bits := s.row_changes())
-    ]
-    if changed:
-        sql, arrays = update_slots(changed)
-        await db.execute(sql, *arrays)
-    unmet: list[tuple[ShortfallKey, int, int, int]] = []
-    met: list[ShortfallKey] = []
-    for shortfall, policy_id in touched.items():
-        value = groups[shortfall[:3]].shortfalls.get(shortfall[3])
-        if value is None:
-            met.append(shortfall)
-        else:
-            unmet.append((shortfall, value[0], value[1], policy_id))
-    await write_shortfalls(db, hospital_id=hospital.id, recorded_at=now, unmet=unmet, met=met)
-    forget_rows(session)
-    return results
+                unmet.append((shortfall, value[0], value[1], policy_id))
+        await write_shortfalls(db, hospital_id=hospital.id, recorded_at=self.now, unmet=unmet, met=met)
 
 
 async def _write_sessions(
