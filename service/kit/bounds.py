@@ -37,8 +37,12 @@ def instant_in_window(value: datetime) -> bool:
     """Whether ``value`` lies in the absolute window; a naive value is read as UTC.
 
     The year is checked first: comparing an aware year-1 or year-9999 value converts it to
-    UTC, which overflows.
+    UTC, which overflows. A year strictly inside the window needs no comparison at all (no UTC
+    offset moves an instant by a day), and converting an offset costs more than the rest of
+    parsing a datetime.
     """
+    if EARLIEST.year < value.year < LATEST.year:
+        return True
     if not EARLIEST.year - 1 <= value.year <= LATEST.year + 1:
         return False
     aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -65,11 +69,24 @@ def _bounded_instant(value: datetime) -> datetime:
     return value
 
 
+_INSIDE_YEARS = range(EARLIEST.year + 1, LATEST.year)  # instant_in_window's first answer, at C speed
+
+
+def _bounded_utc_instant(value: datetime) -> datetime:
+    if value.year not in _INSIDE_YEARS and not instant_in_window(value):
+        raise _window_error()
+    return value.astimezone(UTC)
+
+
 Day = Annotated[date, AfterValidator(_bounded_day)]
 """A calendar date within the absolute window."""
 
 Instant = Annotated[AwareDatetime, AfterValidator(_bounded_instant)]
 """An instant with a UTC offset, within the absolute window."""
+
+UtcInstant = Annotated[AwareDatetime, AfterValidator(_bounded_utc_instant)]
+"""An ``Instant`` converted to UTC as it is parsed: for instants that are only compared and stored
+(a push's 10,000 slots), whose offsets would otherwise be converted again at every comparison."""
 
 QueryInstant = Annotated[datetime, AfterValidator(_bounded_instant)]
 """An instant within the absolute window whose offset the route itself insists on, with its own code."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import asyncpg
 import structlog
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -147,3 +148,53 @@ def advisory_key(*parts: object) -> int:
     service takes its key from here, so two uses never collide by accident."""
     name = ":".join(["slotpool", *(str(p) for p in parts)])
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+class Driver:
+    """The unit's own connection, spoken to directly for set-based work (arrays and COPY).
+
+    A statement through SQLAlchemy costs a few hundred microseconds of Python and every row it
+    returns becomes a ``Row``; a push of 10,000 slots writes and reads them in a handful of
+    statements here instead. It runs in the session's transaction, and a database error is
+    raised as SQLAlchemy's ``DBAPIError`` (parameters hidden), so ``Database.run`` retries
+    deadlocks and answers lock timeouts as for any other statement.
+    """
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            rows: list[asyncpg.Record] = await self.connection.fetch(sql, *args)
+        except asyncpg.PostgresError as exc:
+            raise DBAPIError(sql, None, exc, hide_parameters=True) from exc
+        return rows
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        try:
+            await self.connection.execute(sql, *args)
+        except asyncpg.PostgresError as exc:
+            raise DBAPIError(sql, None, exc, hide_parameters=True) from exc
+
+    async def copy(self, table: str, columns: Sequence[str], records: Iterable[Sequence[Any]]) -> None:
+        """``COPY table (columns) FROM STDIN``, binary: rows are stored in the order given."""
+        try:
+            await self.connection.copy_records_to_table(table, records=records, columns=list(columns))
+        except asyncpg.PostgresError as exc:
+            raise DBAPIError(f"COPY {table}", None, exc, hide_parameters=True) from exc
+
+
+async def driver(session: AsyncSession) -> Driver:
+    """The session's connection as a ``Driver``, inside the session's transaction.
+
+    Pending ORM changes are flushed first, so what the driver reads and writes follows them.
+    """
+    await session.flush()
+    connection = await session.connection()
+    raw = (await connection.get_raw_connection()).driver_connection
+    assert isinstance(raw, asyncpg.Connection)
+    if not raw.is_in_transaction():
+        # SQLAlchemy opens the driver's transaction with its first statement.
+        await connection.execute(select(1))
+    assert raw.is_in_transaction()
+    return Driver(raw)

@@ -13,17 +13,59 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _unstorable(value: Any) -> bool:
-    if isinstance(value, str):
+    """Whether any text in ``value`` (a string, or the keys and values of nested dicts and lists) is unstorable.
+
+    A body's texts are gathered and searched at once: a push's 10,000 slots hold 100,000 of them.
+    """
+    if type(value) is str:
         return _UNSTORABLE.search(value) is not None
-    if isinstance(value, dict):
-        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_unstorable(v) for v in value)
+    texts: list[str] = []
+    add = texts.append
+    todo = [value]
+    pop, push, extend = todo.pop, todo.append, todo.extend
+    while todo:
+        current = pop()
+        kind = type(current)
+        if kind is str:
+            add(current)
+        elif kind is dict:
+            for key in current:
+                if type(key) is str:
+                    add(key)
+                else:
+                    push(key)
+            extend(current.values())
+        elif kind is list or kind is tuple:
+            extend(current)
+        elif current is None or kind is int or kind is bool or kind is float:
+            continue
+        elif isinstance(current, str):
+            add(current)
+        elif isinstance(current, dict):
+            extend(current.keys())
+            extend(current.values())
+        elif isinstance(current, list | tuple):
+            extend(current)
+    return _text_unstorable("".join(texts))
+
+
+def _text_unstorable(text: str) -> bool:
+    """``_UNSTORABLE.search(text)``, faster on long texts: a surrogate is exactly what UTF-8 cannot encode."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
     return False
 
 
 class ApiModel(BaseModel):
-    """Refuses NUL characters and lone surrogates anywhere: PostgreSQL text cannot store them."""
+    """Refuses NUL characters and lone surrogates anywhere: PostgreSQL text cannot store them.
+
+    Each field is checked as it arrives, with everything inside it: a NUL deep in a nested
+    object is an error at the outermost field that holds it.
+    """
 
     @field_validator("*", mode="before")
     @classmethod
@@ -31,3 +73,13 @@ class ApiModel(BaseModel):
         if _unstorable(value):
             raise ValueError("NUL characters and lone surrogates are not allowed")
         return value
+
+
+class ApiPart(BaseModel):
+    """A part of a request body (an item of a list, a nested object), never a body itself.
+
+    The ``ApiModel`` field that holds it has checked its text already, all of it, so a part does
+    not check again; in a push of 10,000 slots the check would otherwise run once per slot field,
+    and for every enclosing level again. ``tests/test_operations.py`` holds every request body
+    to be an ``ApiModel``.
+    """

@@ -254,6 +254,29 @@ async def policy_in_force(*, session: AsyncSession, hospital_id: int, on: date, 
     return policy
 
 
+async def policies_in_force(
+    *, session: AsyncSession, hospital_id: int, wanted: set[tuple[str, date]]
+) -> dict[tuple[str, date], Policy | None]:
+    """``policy_in_force`` for each (kind, day) of ``wanted`` in one query: None where none is."""
+    kinds = {kind for kind, _ in wanted}
+    versions = list(
+        await session.scalars(
+            select(Policy)
+            .join(
+                HospitalPolicy,
+                (HospitalPolicy.policy_code == Policy.code)
+                & (HospitalPolicy.resource_kind == Policy.resource_kind),
+            )
+            .where(HospitalPolicy.hospital_id == hospital_id, HospitalPolicy.resource_kind.in_(kinds))
+            .order_by(Policy.effective_from.desc(), Policy.version.desc())
+        )
+    )
+    return {
+        (kind, on): next((p for p in versions if p.resource_kind == kind and p.effective_from <= on), None)
+        for kind, on in wanted
+    }
+
+
 def no_policy(hospital_id: int, kind: str, on: date) -> Conflict:
     """409 ``no_policy``: the hospital's ``kind`` has no policy version in force on ``on``."""
     return Conflict(

@@ -10,6 +10,11 @@ a slot a family doctor may be looking at. The top-up takes senior slots
 first, up to the senior target, then any eligible slot, each time evenly
 spaced over the day's free candidates so the pool gets morning and
 afternoon alike. Holding more than the target is allowed ("at least").
+
+A push changes one session at a time, and only that session's slots may be
+newly held: the department-day's other slots are passed as a ``Tally``, the
+counts they add to the base and to what is held, which gives the same
+selection as passing them one by one as candidates that may not be taken.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from operator import itemgetter
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """A slot of the department-day (a tuple: a push builds thousands)."""
+
     key: int
     starts_at: datetime
     senior: bool
@@ -31,19 +39,40 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Tally:
+    """Candidates of the department-day that the selection may not take, counted."""
+
+    slots: int = 0
+    senior_slots: int = 0
+    held: int = 0
+    senior_held: int = 0
+
+
+NO_OTHERS = Tally()
+
+
+@dataclass(frozen=True)
 class Selection:
-    held: frozenset[int]  # every key held after this selection (old and new)
+    held: frozenset[int]  # every key held after this selection (old and new), the tally's aside
     target: int
     senior_target: int
-    senior_held: int
+    senior_held: int  # the tally's included
+    others_held: int = 0  # held slots of the tally, not listed in ``held``
+
+    @property
+    def held_count(self) -> int:
+        return len(self.held) + self.others_held
 
     @property
     def ratio_short(self) -> bool:
-        return len(self.held) < self.target
+        return self.held_count < self.target
 
     @property
     def senior_short(self) -> bool:
         return self.senior_held < self.senior_target
+
+
+_BY_TIME = itemgetter(1, 0)  # (starts_at, key)
 
 
 def ceil_share(share: Decimal, count: int) -> int:
@@ -58,9 +87,17 @@ def spread(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
 
 
 def targets(
-    candidates: Sequence[Candidate], *, ratio: Decimal, ratio_base: str, min_senior_share: Decimal
+    candidates: Sequence[Candidate],
+    *,
+    ratio: Decimal,
+    ratio_base: str,
+    min_senior_share: Decimal,
+    others: Tally = NO_OTHERS,
 ) -> tuple[int, int]:
-    base = len(candidates) if ratio_base == "all_outpatient" else sum(c.senior for c in candidates)
+    if ratio_base == "all_outpatient":
+        base = len(candidates) + others.slots
+    else:
+        base = sum(c.senior for c in candidates) + others.senior_slots
     target = ceil_share(ratio, base)
     return target, ceil_share(min_senior_share, target)
 
@@ -71,14 +108,15 @@ def select_reserved(
     ratio: Decimal,
     ratio_base: str,
     min_senior_share: Decimal,
+    others: Tally = NO_OTHERS,
 ) -> Selection:
-    """Which slots the pool holds for one department-day."""
-    ordered = sorted(candidates, key=lambda c: (c.starts_at, c.key))
+    """Which slots the pool holds for one department-day (``others``: its slots not to be taken)."""
+    ordered = sorted(candidates, key=_BY_TIME)
     target, senior_target = targets(
-        ordered, ratio=ratio, ratio_base=ratio_base, min_senior_share=min_senior_share
+        ordered, ratio=ratio, ratio_base=ratio_base, min_senior_share=min_senior_share, others=others
     )
     held = {c.key for c in ordered if c.held}
-    senior_held = sum(1 for c in ordered if c.held and c.senior)
+    senior_held = sum(1 for c in ordered if c.held and c.senior) + others.senior_held
     eligible = [
         c for c in ordered if c.reservable and not c.held and (c.senior or ratio_base == "all_outpatient")
     ]
@@ -88,13 +126,17 @@ def select_reserved(
         held.add(c.key)
         senior_held += 1
 
-    need_any = max(0, target - len(held))
+    need_any = max(0, target - len(held) - others.held)
     for c in spread([c for c in eligible if c.key not in held], need_any):
         held.add(c.key)
         senior_held += c.senior
 
     return Selection(
-        held=frozenset(held), target=target, senior_target=senior_target, senior_held=senior_held
+        held=frozenset(held),
+        target=target,
+        senior_target=senior_target,
+        senior_held=senior_held,
+        others_held=others.held,
     )
 
 
@@ -104,11 +146,18 @@ def check_marked(
     ratio: Decimal,
     ratio_base: str,
     min_senior_share: Decimal,
+    others: Tally = NO_OTHERS,
 ) -> Selection:
     """For hospitals that mark slots themselves: measure their marks against the policy."""
     target, senior_target = targets(
-        candidates, ratio=ratio, ratio_base=ratio_base, min_senior_share=min_senior_share
+        candidates, ratio=ratio, ratio_base=ratio_base, min_senior_share=min_senior_share, others=others
     )
     held = frozenset(c.key for c in candidates if c.held)
-    senior_held = sum(1 for c in candidates if c.held and c.senior)
-    return Selection(held=held, target=target, senior_target=senior_target, senior_held=senior_held)
+    senior_held = sum(1 for c in candidates if c.held and c.senior) + others.senior_held
+    return Selection(
+        held=held,
+        target=target,
+        senior_target=senior_target,
+        senior_held=senior_held,
+        others_held=others.held,
+    )

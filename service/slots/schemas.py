@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from service.abuse.bounds import max_items
-from service.kit.bounds import Day, Instant
+from service.kit.bounds import Day, Instant, UtcInstant
 from service.kit.ids import MAX_ID
 from service.kit.resources import Modality, ResourceKind
-from service.kit.schemas import ApiModel
+from service.kit.schemas import ApiModel, ApiPart
 from service.models.registry import Title
 
 # What one push may carry: one transaction locks and writes all of it (docs/abuse-limits.md).
@@ -23,7 +23,7 @@ Period = Literal["morning", "afternoon", "evening"]
 Location = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
 
-class DepartmentIn(ApiModel):
+class DepartmentIn(ApiPart):
     code: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=200)
     specialty: str | None = Field(
@@ -33,33 +33,33 @@ class DepartmentIn(ApiModel):
     )
 
 
-class DoctorIn(ApiModel):
+class DoctorIn(ApiPart):
     code: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=100)
     title: Title
 
 
-class WardIn(ApiModel):
+class WardIn(ApiPart):
     code: str = Field(min_length=1, max_length=64, description="The HIS's ward code (病区).")
     name: str = Field(min_length=1, max_length=200)
 
 
-class SlotIn(ApiModel):
+class SlotIn(ApiPart):
     number: int = Field(
         gt=0,
         le=10_000,
         description="The slot's number within the session (号序); for a bed session, the bed.",
     )
     external_id: str | None = Field(default=None, max_length=64)
-    starts_at: Instant = Field(description="For a bed: the start of the day's admission window.")
-    ends_at: Instant = Field(description="For a bed: the end of the day's admission window.")
+    starts_at: UtcInstant = Field(description="For a bed: the start of the day's admission window.")
+    ends_at: UtcInstant = Field(description="For a bed: the end of the day's admission window.")
     reserved: bool | None = Field(
         default=None,
         description="Only for hospitals that mark pool slots themselves; ignored otherwise.",
     )
 
 
-class SessionIn(ApiModel):
+class SessionIn(ApiPart):
     external_id: str = Field(min_length=1, max_length=64, description="The HIS's session ID.")
     version: int = Field(ge=0, le=MAX_ID, description="Monotonic per session; older versions are ignored.")
     department: DepartmentIn

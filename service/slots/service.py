@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -10,17 +10,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.kit import bounds
 from service.kit.bounds import service_date_window
-from service.kit.clock import local_date
+from service.kit.clock import local_date, local_datetime
 from service.kit.context import Actor
 from service.kit.crypto import Crypto
 from service.kit.db import advisory_key
 from service.kit.errors import Problem
 from service.kit.resources import MAX_BED_WINDOW_MINUTES, MAX_SLOT_MINUTES
-from service.models.policy import Policy
-from service.models.registry import SENIOR_TITLES, Department, Doctor, Organisation
+from service.models.registry import Department, Doctor, Organisation
 from service.models.slots import ClinicSession, ReservationShortfall, Slot
 from service.policy.service import policy_in_force
-from service.slots.reservation import Candidate, Selection, check_marked, select_reserved
+from service.slots.batch import apply_sessions
 from service.slots.schemas import (
     ItemError,
     PushResult,
@@ -87,8 +86,14 @@ def validate_session(item: SessionIn, today: date) -> list[ItemError]:
     numbers = [s.number for s in item.slots]
     if len(numbers) != len(set(numbers)):
         errors.append(ItemError(code="duplicate_slot_number", detail="Slot numbers must be unique."))
+    # Compared in UTC (slots' instants are parsed to UTC): no offset converted at each comparison.
+    longest = timedelta(minutes=max_minutes)
+    day = item.service_date
+    day_starts, day_ends = (local_datetime(d, 0).astimezone(UTC) for d in (day, day + timedelta(days=1)))
+    public_at = item.public_at.astimezone(UTC)
     for s in item.slots:
-        if s.ends_at <= s.starts_at:
+        starts_at, ends_at = s.starts_at, s.ends_at
+        if ends_at <= starts_at:
             errors.append(
                 ItemError(
                     code="slot_not_positive",
@@ -96,7 +101,7 @@ def validate_session(item: SessionIn, today: date) -> list[ItemError]:
                     slot_number=s.number,
                 )
             )
-        elif s.ends_at - s.starts_at > timedelta(minutes=max_minutes):
+        elif ends_at - starts_at > longest:
             errors.append(
                 ItemError(
                     code="bed_window_too_long" if item.resource_kind == "bed" else "r16_slot_too_long",
@@ -106,7 +111,7 @@ def validate_session(item: SessionIn, today: date) -> list[ItemError]:
                     slot_number=s.number,
                 )
             )
-        if local_date(s.starts_at) != item.service_date:
+        if not day_starts <= starts_at < day_ends:  # its Beijing date is not the session's
             errors.append(
                 ItemError(
                     code="slot_outside_service_date",
@@ -114,7 +119,7 @@ def validate_session(item: SessionIn, today: date) -> list[ItemError]:
                     slot_number=s.number,
                 )
             )
-        if s.starts_at < item.public_at:
+        if starts_at < public_at:
             errors.append(
                 ItemError(
                     code="slot_before_public_release",
@@ -133,26 +138,51 @@ async def push_sessions(
     hospital: Organisation,
     items: list[SessionIn],
 ) -> list[SessionResult]:
-    """Apply each pushed session in its own savepoint; one bad item never spoils another."""
-    results: list[SessionResult] = []
-    for item in items:
-        try:
-            async with session.begin_nested():
-                results.append(
-                    await _apply_session(
-                        session=session, actor=actor, crypto=crypto, hospital=hospital, item=item
-                    )
-                )
-        except (ItemRejected, Problem) as exc:
-            errors = (
-                exc.errors if isinstance(exc, ItemRejected) else [ItemError(code=exc.code, detail=exc.detail)]
+    """Apply the pushed sessions as if one by one, in order: one bad item never spoils another.
+
+    Active sessions are applied set-based (``slots/batch.py``) in runs in which each session
+    appears once. A withdrawal (停诊), which cancels referrals with their events, and a session
+    pushed a second time in the same push end a run: the withdrawal is applied alone, in its own
+    savepoint, and the repeated session starts the next run, which reads what the last one wrote.
+    """
+    today = local_date(actor.now)
+    results: list[SessionResult | None] = [None] * len(items)
+    run: list[int] = []
+    in_run: set[str] = set()
+
+    async def apply_run() -> None:
+        if run:
+            applied = await apply_sessions(
+                session=session,
+                actor=actor,
+                hospital=hospital,
+                items=[items[n] for n in run],
             )
-            results.append(
-                SessionResult(
-                    external_id=item.external_id, result="rejected", version=item.version, errors=errors
-                )
+            for n, result in zip(run, applied, strict=True):
+                results[n] = result
+            run.clear()
+            in_run.clear()
+
+    for n, item in enumerate(items):
+        errors = validate_session(item, today)
+        if errors:
+            results[n] = _rejected(item, errors)
+        elif item.status == "withdrawn":
+            await apply_run()
+            results[n] = await _withdraw_item(
+                session=session, actor=actor, crypto=crypto, hospital=hospital, item=item
             )
-    return results
+        else:
+            if item.external_id in in_run:
+                await apply_run()
+            run.append(n)
+            in_run.add(item.external_id)
+    await apply_run()
+    return [r for r in results if r is not None]
+
+
+def _rejected(item: SessionIn, errors: list[ItemError]) -> SessionResult:
+    return SessionResult(external_id=item.external_id, result="rejected", version=item.version, errors=errors)
 
 
 async def push_hospital_sessions(
@@ -203,12 +233,24 @@ async def lock_department_day(session: AsyncSession, department_id: int, day: da
     await session.execute(select(func.pg_advisory_xact_lock(key)))
 
 
-async def _apply_session(
+async def _withdraw_item(
     *, session: AsyncSession, actor: Actor, crypto: Crypto, hospital: Organisation, item: SessionIn
 ) -> SessionResult:
-    errors = validate_session(item, local_date(actor.now))
-    if errors:
-        raise ItemRejected(errors)
+    """A withdrawn item, in its own savepoint: a refusal leaves nothing of it behind."""
+    try:
+        async with session.begin_nested():
+            return await _withdraw(session=session, actor=actor, crypto=crypto, hospital=hospital, item=item)
+    except (ItemRejected, Problem) as exc:
+        errors = (
+            exc.errors if isinstance(exc, ItemRejected) else [ItemError(code=exc.code, detail=exc.detail)]
+        )
+        return _rejected(item, errors)
+
+
+async def _withdraw(
+    *, session: AsyncSession, actor: Actor, crypto: Crypto, hospital: Organisation, item: SessionIn
+) -> SessionResult:
+    """停诊 (R13, R19): the session withdrawn, its referrals cancelled, its measured shortfalls dropped."""
     existing = await session.scalar(
         select(ClinicSession)
         .where(
@@ -229,7 +271,6 @@ async def _apply_session(
     )
     await lock_department_day(session, department.id, item.service_date)
 
-    created = existing is None
     if existing is None:
         existing = ClinicSession(
             hospital_id=hospital.id, external_id=item.external_id, resource_kind=item.resource_kind
@@ -259,159 +300,21 @@ async def _apply_session(
     existing.service_date = item.service_date
     existing.period = item.period
     existing.status = item.status
-    existing.withdrawn_reason = item.withdrawn_reason if item.status == "withdrawn" else None
+    existing.withdrawn_reason = item.withdrawn_reason
     existing.location = item.location
     existing.policy_id = policy.id
     existing.updated_at = actor.now
     await session.flush()
 
-    if item.status == "withdrawn":
-        await withdraw_session(
-            session=session,
-            actor=actor,
-            crypto=crypto,
-            clinic_session=existing,
-            reason=item.withdrawn_reason or "The hospital withdrew this session (停诊).",
-        )
-        await record_shortfalls(session, actor, hospital, department, existing, policy, None)
-        return await _result(session, existing, "withdrawn", version=item.version)
-
-    await _upsert_slots(session, hospital, existing, item, policy)
-    selection = await _reserve(session, actor, hospital, department, existing, item, policy)
-    lead_short = _lead_shortfall(item, policy, actor.now)
-    await record_shortfalls(session, actor, hospital, department, existing, policy, selection, lead_short)
-    return await _result(session, existing, "created" if created else "updated", version=item.version)
-
-
-async def _upsert_slots(
-    session: AsyncSession,
-    hospital: Organisation,
-    cs: ClinicSession,
-    item: SessionIn,
-    policy: Policy,
-) -> None:
-    current = {
-        s.number: s
-        for s in await session.scalars(select(Slot).where(Slot.session_id == cs.id).with_for_update())
-    }
-    incoming = {s.number: s for s in item.slots}
-    errors: list[ItemError] = []
-    for number, old in current.items():
-        new = incoming.get(number)
-        if old.status == "booked" and (
-            new is None or (new.starts_at, new.ends_at) != (old.starts_at, old.ends_at)
-        ):
-            errors.append(
-                ItemError(
-                    code="booked_slot_changed",
-                    detail="This slot has a pool referral; it cannot be removed or moved. "
-                    "Withdraw the session to cancel its referrals.",
-                    slot_number=number,
-                )
-            )
-    if errors:
-        raise ItemRejected(errors)
-
-    opens_at = pool_opens_at(item.public_at, policy)
-    for number, old in current.items():
-        if number not in incoming:
-            old.status = "withdrawn"
-    for number, new in incoming.items():
-        slot = current.get(number)
-        if slot is None:
-            slot = Slot(
-                session_id=cs.id,
-                resource_kind=cs.resource_kind,
-                hospital_id=hospital.id,
-                number=number,
-                status="public",
-            )
-            session.add(slot)
-        elif slot.status == "withdrawn":
-            slot.status = "public"
-        slot.external_id = new.external_id
-        slot.starts_at = new.starts_at
-        slot.ends_at = new.ends_at
-        slot.public_at = item.public_at
-        slot.pool_opens_at = opens_at
-    await session.flush()
-
-
-async def _reserve(
-    session: AsyncSession,
-    actor: Actor,
-    hospital: Organisation,
-    department: Department,
-    cs: ClinicSession,
-    item: SessionIn,
-    policy: Policy,
-) -> Selection | None:
-    """Hold slots of this session for the pool, measured over the department-day of its kind.
-
-    An examination block never counts towards a department's outpatient target, nor the
-    reverse. R4's senior share needs no special case: only outpatient policies may set one.
-    """
-    if policy.preferred_specialties and department.specialty not in policy.preferred_specialties:
-        return None  # this department is outside the policy's reserving departments
-    rows = (
-        await session.execute(
-            select(Slot, ClinicSession.doctor_title)
-            .join(ClinicSession, ClinicSession.id == Slot.session_id)
-            .where(
-                ClinicSession.department_id == department.id,
-                ClinicSession.service_date == item.service_date,
-                ClinicSession.resource_kind == cs.resource_kind,
-                ClinicSession.status == "active",
-                Slot.status != "withdrawn",
-            )
-        )
-    ).all()
-    marks = {s.number: s.reserved for s in item.slots}
-    by_key = {slot.id: slot for slot, _ in rows}
-    if hospital.reservation_mode == "hospital":
-        for slot, _ in rows:
-            if slot.session_id != cs.id:
-                continue
-            mark = marks.get(slot.number)
-            if mark and slot.status == "public" and slot.public_at > actor.now:
-                slot.status = "reserved"
-            elif mark is False and slot.status == "reserved":
-                slot.status = "public"
-    candidates = [
-        Candidate(
-            key=slot.id,
-            starts_at=slot.starts_at,
-            senior=title in SENIOR_TITLES,
-            held=slot.status in POOL_HELD,
-            reservable=slot.session_id == cs.id and slot.status == "public" and slot.public_at > actor.now,
-        )
-        for slot, title in rows
-    ]
-    measure = check_marked if hospital.reservation_mode == "hospital" else select_reserved
-    selection = measure(
-        candidates,
-        ratio=policy.ratio,
-        ratio_base=policy.ratio_base,
-        min_senior_share=policy.min_senior_share,
+    await withdraw_session(
+        session=session,
+        actor=actor,
+        crypto=crypto,
+        clinic_session=existing,
+        reason=item.withdrawn_reason or "The hospital withdrew this session (停诊).",
     )
-    for key in selection.held:
-        if by_key[key].status == "public":
-            by_key[key].status = "reserved"
-    await session.flush()
-    return selection
-
-
-def pool_opens_at(public_at: datetime, policy: Policy) -> datetime:
-    """R5: the pool opens the policy's lead time (at least a day) before the public release."""
-    return public_at - timedelta(minutes=policy.lead_minutes)
-
-
-def _lead_shortfall(item: SessionIn, policy: Policy, now: datetime) -> tuple[int, int] | None:
-    """R5: a push that arrives after the pool should have opened gives the pool less lead."""
-    if now <= pool_opens_at(item.public_at, policy):
-        return None
-    actual = max(0, int((item.public_at - now).total_seconds() // 60))
-    return policy.lead_minutes, actual
+    await record_shortfalls(session, actor, hospital, department, existing, policy, None)
+    return await _result(session, existing, "withdrawn", version=item.version)
 
 
 async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, version: int) -> SessionResult:

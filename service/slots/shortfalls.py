@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Sequence
+from datetime import date, datetime
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.kit.context import Actor
+from service.kit.db import Driver
 from service.kit.regions import within
 from service.models.policy import Policy
 from service.models.registry import Department, Organisation
@@ -30,7 +32,7 @@ async def record_shortfalls(
     """Keep one row per unmet rule for the department-day-kind; delete rows that are met again."""
     measured: dict[str, tuple[int, int] | None] = {}
     if selection is not None:
-        measured["ratio"] = (selection.target, len(selection.held)) if selection.ratio_short else None
+        measured["ratio"] = (selection.target, selection.held_count) if selection.ratio_short else None
         measured["senior_share"] = (
             (selection.senior_target, selection.senior_held) if selection.senior_short else None
         )
@@ -71,6 +73,55 @@ async def record_shortfalls(
                     "recorded_at": stmt.excluded.recorded_at,
                 },
             )
+        )
+
+
+# A department-day-kind and a rule: (department_id, service_date, resource_kind, kind).
+ShortfallKey = tuple[int, date, str, str]
+
+
+async def write_shortfalls(
+    driver: Driver,
+    *,
+    hospital_id: int,
+    recorded_at: datetime,
+    unmet: Sequence[tuple[ShortfallKey, int, int, int]],
+    met: Sequence[ShortfallKey],
+) -> None:
+    """``record_shortfalls`` for many department-days at once: a push's outcome in two statements.
+
+    ``unmet``: (key, required, actual, policy_id) of the rules now unmet; ``met``: the rules met
+    again (their rows, if any, go).
+    """
+    if met:
+        await driver.execute(
+            """
+            DELETE FROM reservation_shortfalls r
+             USING unnest($1::bigint[], $2::date[], $3::text[], $4::text[]) AS m(d, day, rk, kind)
+             WHERE (r.department_id, r.service_date, r.resource_kind, r.kind) = (m.d, m.day, m.rk, m.kind)
+            """,
+            *(list(column) for column in zip(*met, strict=True)),
+        )
+    if unmet:
+        keys = [key for key, *_ in unmet]
+        await driver.execute(
+            """
+            INSERT INTO reservation_shortfalls AS r
+                   (department_id, service_date, resource_kind, kind, hospital_id, required, actual,
+                    policy_id, recorded_at)
+            SELECT d, day, rk, kind, $5, required, actual, policy_id, $9
+              FROM unnest($1::bigint[], $2::date[], $3::text[], $4::text[], $6::int[], $7::int[],
+                          $8::bigint[]) AS u(d, day, rk, kind, required, actual, policy_id)
+            ON CONFLICT (department_id, service_date, resource_kind, kind) DO UPDATE SET
+                required = excluded.required, actual = excluded.actual,
+                policy_id = excluded.policy_id, recorded_at = excluded.recorded_at
+            """,
+            *(list(column) for column in zip(*keys, strict=True)),
+            hospital_id,
+            [required for _, required, _, _ in unmet],
+            [actual for _, _, actual, _ in unmet],
+            [policy_id for *_, policy_id in unmet],
+            recorded_at,
         )
 
 
