@@ -615,7 +615,8 @@ async def run(args: argparse.Namespace) -> bool:
         finally:
             await conn.close()
         print(f"total run time {time.perf_counter() - started:.1f} s")
-        return report(http, base, checks, base_marked, args, len(slot_ids), total)  # its last line: the summary
+        # The report's last line is the summary that bench/run.py reads.
+        return report(http, base, checks, base_marked, args, len(slot_ids), total)
     finally:
         if server is not None:
             await server.stop()

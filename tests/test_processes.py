@@ -387,9 +387,9 @@ def test_serve_with_database_url_leaves_migrating_to_the_one_shot_unless_asked(s
     asyncio.run(scratch.admin(f"DROP OWNED BY {runtime}", database=scratch.database))
 
 
-async def test_serve_with_workers_shares_the_port_and_sums_their_metrics(scratch, tmp_path):
+def test_serve_with_workers_shares_the_port_and_sums_their_metrics(scratch, tmp_path):
     env = _env(DATABASE_URL=scratch.url())
-    code, out = await _run("migrate", env=env)
+    code, out = asyncio.run(_run("migrate", env=env))
     assert code == 0, out
     metrics_port = _free_port()
     proc, base = _serve_until_healthy(
