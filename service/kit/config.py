@@ -65,7 +65,7 @@ class Settings(BaseSettings):
 
     run_loops: bool = True
     release_interval_seconds: float = 5.0
-    release_batch_size: int = 500
+    release_batch_size: int = 10_000
     signals_interval_seconds: float = 300.0
     lock_timeout_ms: int = 2000
     # Webhook delivery (service/outbox/dispatcher.py): endpoints delivered to at once per

@@ -109,10 +109,12 @@ class Slot(Base):
         ),
         CheckConstraint("pool_opens_at <= public_at - interval '1 day'", name="r5_lead"),
         CheckConstraint("number > 0", name="number"),
-        # The release loop reads exactly the due reserved slots through this index.
+        # The release loop reads exactly the due reserved slots through this index, in its
+        # order, each batch resuming where the last one ended (slots/release.py).
         Index(
-            "ix_slots_reserved_public_at",
+            "ix_slots_reserved_public_at_session_id",
             "public_at",
+            "session_id",
             postgresql_where=text("status = 'reserved'"),
         ),
         Index("ix_slots_hospital_starts_at", "hospital_id", "starts_at"),

@@ -1,21 +1,26 @@
 """The release loop (R6): reserved slots still unbooked at ``public_at`` return to the public.
 
-Each batch is one transaction that claims due rows with ``FOR UPDATE SKIP
-LOCKED``, so any number of replicas can run it at once and each slot is
-returned exactly once. It reads everything from the database, so after
-downtime the first pass catches up on every window that closed meanwhile.
-A booking that raced it either locked the slot first (and the loop skips
-it, then no longer sees it as reserved) or finds it already returned.
+Each batch is one transaction of three statements, however many slots it returns: one
+claims the due rows with ``FOR UPDATE SKIP LOCKED``, flips them to ``returned`` and has the
+database build each clinic session's ``slots.returned`` data; ``outbox.events.emit_many``
+writes those events and their deliveries; the audit gets one entry per hospital. Any number
+of replicas can run it at once and each slot is returned exactly once. It reads everything
+from the database, so after downtime the first pass catches up on every window that closed
+meanwhile. A booking that raced it either locked the slot first (and the loop skips it, then
+no longer sees it as reserved) or waits for the batch to commit and finds the slot returned
+(``window_closed``). Batches are bounded (``release_batch_size``) so that such a booking, or
+a hospital withdrawing a session, waits for one short batch at most (docs/operations.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
@@ -24,55 +29,108 @@ from service.kit.context import Actor
 from service.kit.db import Database
 from service.kit.metrics import SLOTS_RETURNED
 from service.kit.periodic import every
-from service.models.slots import Slot
-from service.slots.returns import emit_slots_returned
+from service.outbox.events import emit_many
+from service.slots.returns import RELEASE_SETTINGS_SQL, returned_event_data_sql, returned_slot_sql
 
 log = structlog.get_logger("slotpool.release")
 
+# Where a pass starts: before every slot.
+_FIRST: tuple[datetime, int] = (datetime(1, 1, 1, tzinfo=UTC), 0)
 
-async def return_unbooked_slots(*, session: AsyncSession, now: datetime, batch_size: int) -> int:
-    """Return one batch of due slots; the count tells the caller whether to go on."""
-    slots = list(
-        await session.scalars(
-            select(Slot)
-            .where(Slot.status == "reserved", Slot.public_at <= now)
-            .order_by(Slot.public_at, Slot.id)
-            .limit(batch_size)
-            .with_for_update(skip_locked=True)
-        )
+# Due rows in the order of the partial index (public_at, session_id), from where the last batch
+# ended, so a batch reads no more of the index than it returns; the ones another transaction
+# holds skipped (a later pass takes them); flipped, found again by their row address (the lock
+# keeps it); grouped by clinic session into one event's data each, in the index's order.
+_RETURN_DUE = text(
+    f"""
+    WITH due AS (
+        SELECT ctid FROM slots
+        WHERE status = 'reserved' AND public_at <= :now
+          AND (public_at, session_id) >= (:after_public_at, :after_session_id)
+        ORDER BY public_at, session_id
+        LIMIT :batch_size
+        FOR NO KEY UPDATE SKIP LOCKED
+    ),
+    flipped AS (
+        UPDATE slots AS s SET status = 'returned', returned_at = :now
+        WHERE s.ctid = ANY(ARRAY(SELECT ctid FROM due))
+        RETURNING s.id, s.session_id, s.number, s.external_id, s.starts_at, s.ends_at, s.public_at
+    ),
+    by_session AS (
+        SELECT f.session_id, min(f.public_at) AS public_at,
+               array_agg(f.id ORDER BY f.id) AS slot_ids,
+               json_agg({returned_slot_sql("f")} ORDER BY f.number) AS slots
+        FROM flipped AS f
+        GROUP BY f.session_id
     )
-    if not slots:
-        return 0
-    for slot in slots:
-        slot.status = "returned"
-        slot.returned_at = now
-    await emit_slots_returned(session=session, slots=slots, at=now)
+    SELECT g.public_at, g.session_id, cs.hospital_id, g.slot_ids,
+           {returned_event_data_sql(cs="cs", dept="dept", public_at="g.public_at", slots="g.slots")}::text
+               AS data
+    FROM by_session AS g
+    JOIN clinic_sessions AS cs ON cs.id = g.session_id
+    JOIN departments AS dept ON dept.id = cs.department_id
+    ORDER BY g.public_at, g.session_id
+    """
+)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one batch returned, and where the next one starts."""
+
+    count: int
+    resume_at: tuple[datetime, int]
+
+
+async def return_unbooked_slots(
+    *, session: AsyncSession, now: datetime, batch_size: int, after: tuple[datetime, int] = _FIRST
+) -> Batch:
+    """Return one batch of due slots from ``after`` on; the count tells the caller whether to go on."""
+    await session.execute(text(RELEASE_SETTINGS_SQL))
+    params = {"now": now, "batch_size": batch_size, "after_public_at": after[0], "after_session_id": after[1]}
+    rows = (await session.execute(_RETURN_DUE, params)).all()
+    if not rows:
+        return Batch(0, after)
+    await emit_many(
+        session=session,
+        event_type="slots.returned",
+        events=[(row.hospital_id, row.data) for row in rows],
+        at=now,
+    )
+    by_hospital: dict[int, list[int]] = {}
+    for row in rows:
+        by_hospital.setdefault(row.hospital_id, []).extend(row.slot_ids)
     actor = Actor.system("release_loop", now=now)
-    for hospital_id in sorted({s.hospital_id for s in slots}):
-        mine = [s.id for s in slots if s.hospital_id == hospital_id]
+    for hospital_id in sorted(by_hospital):
         await record(
             session=session,
             actor=actor,
             action="slots.returned",
             hospital_id=hospital_id,
             reason="The public release window opened (R6).",
-            detail={"slot_ids": mine},
+            detail={"slot_ids": sorted(by_hospital[hospital_id])},
         )
     await session.flush()
-    return len(slots)
+    # The last session may have more due slots than the batch took: the next batch starts at it.
+    last = rows[-1]
+    return Batch(sum(len(ids) for ids in by_hospital.values()), (last.public_at, last.session_id))
 
 
-async def _return_batch(session: AsyncSession, *, now: datetime, batch_size: int) -> int:
-    return await return_unbooked_slots(session=session, now=now, batch_size=batch_size)
+async def _return_batch(
+    session: AsyncSession, *, now: datetime, batch_size: int, after: tuple[datetime, int]
+) -> Batch:
+    return await return_unbooked_slots(session=session, now=now, batch_size=batch_size, after=after)
 
 
-async def release_due_slots(db: Database, clock: Clock, *, batch_size: int = 500) -> int:
-    """Return every due slot, one batch per transaction, until none is left."""
+async def release_due_slots(db: Database, clock: Clock, *, batch_size: int = 10_000) -> int:
+    """Return every due slot, one batch per transaction, until a batch comes back short."""
     total = 0
+    after = _FIRST
     while True:
-        count = await db.run(partial(_return_batch, now=clock.now(), batch_size=batch_size))
-        total += count
-        if count < batch_size:
+        batch = await db.run(partial(_return_batch, now=clock.now(), batch_size=batch_size, after=after))
+        total += batch.count
+        after = batch.resume_at
+        if batch.count < batch_size:
             break
     if total:
         SLOTS_RETURNED.inc(total)

@@ -1,7 +1,9 @@
 """A slot going back: to the pool after a cancellation, or to the public (R6), with its event.
 
 ``slots.returned`` is sent both when a cancellation comes too late for the pool and when the
-release loop returns the slots nobody booked in time.
+release loop returns the slots nobody booked in time. A cancellation builds its event here
+in Python (``emit_slots_returned``); the release loop has the database build the same JSON
+for thousands of slots at once (``returned_event_data_sql``), and a test holds the two equal.
 """
 
 from __future__ import annotations
@@ -70,19 +72,79 @@ async def emit_slots_returned(*, session: AsyncSession, slots: list[Slot], at: d
             session=session,
             hospital_id=cs.hospital_id,
             event_type="slots.returned",
-            data={
-                "session": session_event_data(cs),
-                "department": {"code": dept.code, "name": dept.name},
-                "public_at": instant(group[0].public_at),
-                "slots": [
-                    {
-                        "number": s.number,
-                        "external_id": s.external_id,
-                        "starts_at": instant(s.starts_at),
-                        "ends_at": instant(s.ends_at),
-                    }
-                    for s in sorted(group, key=lambda s: s.number)
-                ],
-            },
+            data=returned_event_data(cs, dept, group),
             at=at,
         )
+
+
+def returned_event_data(cs: ClinicSession, dept: Department, slots: list[Slot]) -> dict[str, Any]:
+    """The data of one session's slots.returned event: the session, its department, the slots by number."""
+    return {
+        "session": session_event_data(cs),
+        "department": {"code": dept.code, "name": dept.name},
+        "public_at": instant(min(s.public_at for s in slots)),
+        "slots": [
+            {
+                "number": s.number,
+                "external_id": s.external_id,
+                "starts_at": instant(s.starts_at),
+                "ends_at": instant(s.ends_at),
+            }
+            for s in sorted(slots, key=lambda s: s.number)
+        ],
+    }
+
+
+def _exact_sql(column: str) -> str:
+    """``instant()`` in SQL, as text: RFC 3339 in UTC with ``+00:00`` and six digits of fraction."""
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+
+
+def _whole_second_sql(column: str) -> str:
+    return f"date_bin('1 second', {column}, timestamptz 'epoch') = {column}"
+
+
+# Run first in a transaction that uses ``returned_event_data_sql``. A timestamptz that JSON
+# functions write is in the transaction's time zone: UTC, as ``instant()`` writes it. The big
+# payloads are compressed with lz4 where the server has it: a fraction of pglz's time.
+RELEASE_SETTINGS_SQL = """
+    SELECT set_config('TimeZone', 'UTC', true),
+           set_config('default_toast_compression',
+                      CASE WHEN 'lz4' = ANY(enumvals) THEN 'lz4' ELSE setting END, true)
+    FROM pg_settings WHERE name = 'default_toast_compression'
+"""
+
+
+def returned_slot_sql(slot: str) -> str:
+    """One entry of ``data.slots`` for the slot row ``slot``: what ``emit_slots_returned`` lists.
+
+    PostgreSQL writes a timestamptz in JSON as ``instant()`` does (``2026-03-10T00:00:00+00:00``
+    in UTC) unless it has a fraction of a second: then it drops the fraction's trailing zeros
+    where Python writes six digits, so such a slot is written by hand.
+    """
+    starts, ends = f"{slot}.starts_at", f"{slot}.ends_at"
+    fields = f"'number', {slot}.number, 'external_id', {slot}.external_id"
+    return (
+        f"CASE WHEN {_whole_second_sql(starts)} AND {_whole_second_sql(ends)} "
+        f"THEN json_build_object({fields}, 'starts_at', {starts}, 'ends_at', {ends}) "
+        f"ELSE json_build_object({fields}, 'starts_at', {_exact_sql(starts)}, 'ends_at', {_exact_sql(ends)}) END"
+    )
+
+
+def returned_event_data_sql(*, cs: str, dept: str, public_at: str, slots: str) -> str:
+    """A ``slots.returned`` event's ``data`` as JSON: ``session_event_data`` of the session row
+    ``cs``, the department row ``dept``, the instant ``public_at`` and ``slots``, a JSON array
+    of ``returned_slot_sql`` entries by number."""
+    return f"""json_build_object(
+        'session', json_build_object(
+            'external_id', {cs}.external_id,
+            'service_date', to_char({cs}.service_date, 'YYYY-MM-DD'),
+            'period', {cs}.period,
+            'resource_kind', {cs}.resource_kind,
+            'modality', {cs}.modality,
+            'ward', CASE WHEN {cs}.ward_code IS NOT NULL AND {cs}.ward_name IS NOT NULL
+                         THEN json_build_object('code', {cs}.ward_code, 'name', {cs}.ward_name) END),
+        'department', json_build_object('code', {dept}.code, 'name', {dept}.name),
+        'public_at', CASE WHEN {_whole_second_sql(public_at)} THEN to_json({public_at})
+                          ELSE to_json({_exact_sql(public_at)}) END,
+        'slots', {slots})"""
