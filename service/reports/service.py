@@ -9,9 +9,12 @@ to the requested group. Python only labels the rows and divides.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import ARRAY, BigInteger, bindparam, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import BindParameter
@@ -21,22 +24,25 @@ from service.kit.regions import covers, within
 from service.kit.resources import ResourceKind
 from service.models.policy import Policy
 from service.models.registry import SENIOR_TITLES, Alliance, AllianceMember, Organisation
-from service.reports.schemas import (
-    ComplianceReport,
-    Granularity,
-    Group,
-    RegionLevel,
-    ReportDepartmentRef,
-    ReportOrgRef,
-    ReportPolicyRef,
-    ReportRegionRef,
-    ReportRow,
-    ReportShortfalls,
-)
+from service.reports.schemas import ComplianceReport, Granularity, Group, RegionLevel
+from service.reports.summary import read_window
 
 # The longest range each granularity answers: bounded rows, bounded work.
 MAX_DAYS: dict[str, int] = {"day": 92, "week": 26 * 7, "month": 366}
 REPORT_WORK_MEM = "64MB"
+_FIGURES = (
+    "offered",
+    "reserved",
+    "senior_reserved",
+    "returned",
+    "bookings",
+    "cancelled",
+    "attended",
+    "no_show",
+    "ratio_short",
+    "senior_short",
+    "lead_short",
+)
 
 _PERIOD_SQL = {
     "day": "{col}",
@@ -90,11 +96,14 @@ def _group_sql(group: Group, region_level: RegionLevel) -> tuple[str, str, str]:
 
 
 def report_sql(granularity: Granularity, group: Group, region_level: RegionLevel) -> str:
-    """The one statement of a report; only fixed fragments are formatted in, every value is bound."""
+    """The live statement: every figure counted from the per-session counts of the whole range.
+
+    Only fixed fragments are formatted in, every value is bound.
+    """
     period = _PERIOD_SQL[granularity]
     joins, keys, group_by = _group_sql(group, region_level)
     # Cells are as fine as the group needs: departments only when reporting per department.
-    cell = "hospital_id, department_id" if group == "department" else "hospital_id"
+    cell = _cell(group)
     ss_cell = ", ".join(f"ss.{column.strip()}" for column in cell.split(","))
     return f"""
 WITH ss AS MATERIALIZED (
@@ -163,7 +172,140 @@ c AS (
     LEFT JOIN referral_cells rf USING ({cell}, period_start)
     LEFT JOIN shortfall_cells sf USING ({cell}, period_start)
 )
-SELECT {keys}, c.period_start,
+{_rollup(keys, joins, group_by)}
+"""
+
+
+def summary_report_sql(
+    granularity: Granularity, group: Group, region_level: RegionLevel, open_ranges: int
+) -> str:
+    """The statement for a range that has closed days: those from the summary, the others live.
+
+    The closed days are ``:closed_from`` to ``:closed_to``; the ``open_ranges`` others are
+    ``:open0_from``/``:open0_to`` (and ``:open1_…``). Each part yields partial cells, every
+    figure summed: a cell (group member and period) may take days from both. The live part
+    counts as ``report_sql`` does, restricted to the open days.
+    """
+    period = _PERIOD_SQL[granularity]
+    joins, keys, group_by = _group_sql(group, region_level)
+    cell = _cell(group)
+    summary = "report_department_days" if group == "department" else "report_hospital_days"
+    zeros = ", ".join("0" for _ in _FIGURES)
+    parts = [
+        f"""
+    SELECT {cell}, {period.format(col="service_date")} AS period_start, sessions,
+           array_to_string(policy_ids, ',') AS policy_ids, {", ".join(_FIGURES)}
+    FROM {summary}
+    WHERE hospital_id = ANY(:hospital_ids)
+      AND resource_kind = :resource_kind
+      AND service_date BETWEEN :closed_from AND :closed_to"""
+    ]
+    live = ""
+    if open_ranges:
+        ss_cell = ", ".join(f"ss.{column.strip()}" for column in cell.split(","))
+
+        def open_days(col: str) -> str:
+            return (
+                "("
+                + " OR ".join(f"{col} BETWEEN :open{i}_from AND :open{i}_to" for i in range(open_ranges))
+                + ")"
+            )
+
+        def only(**figures: str) -> str:
+            """The figures of one live part, in the summary's column order; the others are 0."""
+            return ", ".join(figures.get(name, "0") for name in _FIGURES)
+
+        live = f"""
+ss AS MATERIALIZED (
+    SELECT cs.id, cs.hospital_id, cs.department_id, cs.policy_id, cs.status,
+           cs.doctor_title IN ({_sql_list(SENIOR_TITLES)}) AS senior,
+           {period.format(col="cs.service_date")} AS period_start
+    FROM clinic_sessions cs
+    WHERE cs.hospital_id = ANY(:hospital_ids)
+      AND cs.status <> 'removed'
+      AND cs.resource_kind = :resource_kind
+      AND {open_days("cs.service_date")}
+),"""
+        parts += [
+            f"""
+    SELECT {cell}, period_start, sessions, policy_ids, {zeros}
+    FROM (
+        SELECT {cell}, period_start, sum(n) AS sessions,
+               string_agg(policy_id::text, ',') FILTER (WHERE active) AS policy_ids
+        FROM (
+            SELECT {cell}, period_start, policy_id, count(*) AS n, bool_or(status = 'active') AS active
+            FROM ss
+            GROUP BY {cell}, period_start, policy_id
+        ) versions
+        GROUP BY {cell}, period_start
+    ) session_cells""",
+            f"""
+    SELECT {ss_cell}, ss.period_start, 0, NULL,
+           {
+                only(
+                    offered="sum(ac.public + ac.reserved + ac.booked + ac.returned)",
+                    reserved="sum(ac.reserved + ac.booked + ac.returned)",
+                    senior_reserved="coalesce(sum(ac.reserved + ac.booked + ac.returned) FILTER (WHERE ss.senior), 0)",
+                    returned="sum(ac.returned)",
+                )
+            }
+    FROM availability_counts ac JOIN ss ON ss.id = ac.session_id
+    WHERE ac.hospital_id = ANY(:hospital_ids)
+      AND ac.resource_kind = :resource_kind
+      AND {open_days("ac.service_date")}
+    GROUP BY {ss_cell}, ss.period_start""",
+            f"""
+    SELECT {ss_cell}, ss.period_start, 0, NULL,
+           {
+                only(
+                    bookings="sum(rc.bookings)",
+                    cancelled="sum(rc.cancelled)",
+                    attended="sum(rc.attended)",
+                    no_show="sum(rc.no_show)",
+                )
+            }
+    FROM referral_counts rc JOIN ss ON ss.id = rc.session_id
+    WHERE rc.hospital_id = ANY(:hospital_ids)
+      AND {open_days("rc.service_date")}
+    GROUP BY {ss_cell}, ss.period_start""",
+            f"""
+    SELECT {cell}, {period.format(col="service_date")}, 0, NULL,
+           {
+                only(
+                    ratio_short="count(*) FILTER (WHERE kind = 'ratio')",
+                    senior_short="count(*) FILTER (WHERE kind = 'senior_share')",
+                    lead_short="count(*) FILTER (WHERE kind = 'lead_time')",
+                )
+            }
+    FROM reservation_shortfalls
+    WHERE hospital_id = ANY(:hospital_ids)
+      AND resource_kind = :resource_kind
+      AND {open_days("service_date")}
+    GROUP BY {cell}, {period.format(col="service_date")}""",
+        ]
+    union = "\n    UNION ALL".join(parts)
+    return f"""
+WITH {live}
+parts AS ({union}
+),
+c AS (  -- a cell exists where a session not removed does, as in the live statement
+    SELECT {cell}, period_start, string_agg(policy_ids, ',') AS policy_ids,
+           {", ".join(f"sum({name}) AS {name}" for name in _FIGURES)}
+    FROM parts
+    GROUP BY {cell}, period_start
+    HAVING sum(sessions) > 0
+)
+{_rollup(keys, joins, group_by)}
+"""
+
+
+def _cell(group: Group) -> str:
+    return "hospital_id, department_id" if group == "department" else "hospital_id"
+
+
+def _rollup(keys: str, joins: str, group_by: str) -> str:
+    """The cells ``c`` rolled up to the group."""
+    return f"""SELECT {keys}, c.period_start,
        sum(c.offered)::bigint AS offered,
        sum(c.reserved)::bigint AS reserved,
        sum(c.senior_reserved)::bigint AS senior_reserved,
@@ -178,8 +320,7 @@ SELECT {keys}, c.period_start,
        string_agg(c.policy_ids, ',') AS policy_ids
 FROM c {joins}
 GROUP BY {group_by}, c.period_start
-ORDER BY {group_by}, c.period_start
-"""
+ORDER BY {group_by}, c.period_start"""
 
 
 def check_range(date_from: date, date_to: date, granularity: Granularity) -> None:
@@ -252,9 +393,34 @@ def period_last_day(start: date, granularity: Granularity) -> date:
     return following - timedelta(days=1)
 
 
-def share(part: int, whole: int) -> float | None:
-    """A ratio rounded to four places; none when there is nothing to divide by."""
-    return round(part / whole, 4) if whole else None
+@dataclass(frozen=True)
+class Report:
+    """A compliance report as the API answers it: the fields of ``ComplianceReport``, as JSON values.
+
+    Rows are plain dicts rather than models: a province's daily report has thousands of rows,
+    and validating them once more on the way out would cost more than counting them.
+    ``tests/test_report_summary.py`` holds every answer to the ``ComplianceReport`` schema.
+    """
+
+    head: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    @property
+    def group(self) -> Group:
+        group: Group = self.head["group"]
+        return group
+
+    def json(self) -> bytes:
+        """The JSON body, compact and UTF-8, as the API's other answers."""
+        return json.dumps(
+            {**self.head, "rows": self.rows}, ensure_ascii=False, separators=(",", ":")
+        ).encode()
+
+    def model(self) -> ComplianceReport:
+        return ComplianceReport.model_validate({**self.head, "rows": self.rows})
+
+
+_INSTANT = TypeAdapter(datetime)
 
 
 async def compliance_report(
@@ -269,82 +435,143 @@ async def compliance_report(
     resource_kind: ResourceKind,
     alliance_id: int | None,
     now: datetime,
-) -> ComplianceReport:
-    """The report rows for ``hospital_ids`` over ``[date_from, date_to]``."""
+    use_summary: bool = True,
+) -> Report:
+    """The report rows for ``hospital_ids`` over ``[date_from, date_to]``.
+
+    The closed days of the range come from the summary, the others are counted live; without
+    ``use_summary`` (or with no closed day in the range) every day is counted live. Both give
+    the same figures.
+    """
     rows: list[Any] = []
     if hospital_ids:
         binds: list[BindParameter[Any]] = [bindparam("hospital_ids", type_=ARRAY(BigInteger))]
         if group == "alliance":
             binds.append(bindparam("alliance_id", type_=BigInteger()))
-        stmt = text(report_sql(granularity, group, region_level)).bindparams(*binds)
-        params: dict[str, Any] = {
-            "hospital_ids": hospital_ids,
-            "resource_kind": resource_kind,
-            "date_from": date_from,
-            "date_to": date_to,
-        }
+        params: dict[str, Any] = {"hospital_ids": hospital_ids, "resource_kind": resource_kind}
         if group == "alliance":
             params["alliance_id"] = alliance_id
+        window = await read_window(session=session) if use_summary else None
+        closed = window.closed(date_from, date_to) if window else None
+        if window is None or closed is None:
+            sql = report_sql(granularity, group, region_level)
+            params.update(date_from=date_from, date_to=date_to)
+        else:
+            open_ranges = window.open(date_from, date_to)
+            sql = summary_report_sql(granularity, group, region_level, len(open_ranges))
+            params.update(closed_from=closed[0], closed_to=closed[1])
+            for i, (first, last) in enumerate(open_ranges):
+                params.update({f"open{i}_from": first, f"open{i}_to": last})
         # A report aggregates up to a few million rows; let its hashes and sorts stay in memory.
         await session.execute(text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
-        rows = list((await session.execute(stmt, params)).mappings())
-    policy_ids = {int(p) for row in rows if row["policy_ids"] for p in row["policy_ids"].split(",")}
+        rows = list((await session.execute(text(sql).bindparams(*binds), params)).all())
+    policy_ids = {int(p) for row in rows if row.policy_ids for p in row.policy_ids.split(",")}
     policies = {
-        p.id: ReportPolicyRef(id=p.id, code=p.code, version=p.version)
+        p.id: {"id": p.id, "code": p.code, "version": p.version}
         for p in await session.scalars(select(Policy).where(Policy.id.in_(policy_ids)))
     }
-    return ComplianceReport(
-        date_from=date_from,
-        date_to=date_to,
-        granularity=granularity,
-        group=group,
-        region_level=region_level if group == "region" else None,
-        resource_kind=resource_kind,
-        generated_at=now,
-        rows=[_row(row, granularity, date_from, date_to, policies) for row in rows],
-    )
+    head = {
+        "date_from": date_from.isoformat(),
+        "date_to": date_to.isoformat(),
+        "granularity": granularity,
+        "group": group,
+        "region_level": region_level if group == "region" else None,
+        "resource_kind": resource_kind,
+        "generated_at": _INSTANT.dump_python(now, mode="json"),
+    }
+    build = _ROW_BUILDERS[group]
+    periods: dict[date, tuple[str, str, str]] = {}
+    listed: dict[str, list[dict[str, Any]]] = {}
+    out = []
+    for row in rows:
+        start: date = row.period_start
+        period = periods.get(start)
+        if period is None:
+            period = periods[start] = (
+                period_label(start, granularity),
+                max(start, date_from).isoformat(),
+                min(period_last_day(start, granularity), date_to).isoformat(),
+            )
+        versions = listed.get(row.policy_ids or "")
+        if versions is None:
+            ids = {int(p) for p in row.policy_ids.split(",")} if row.policy_ids else set()
+            versions = listed[row.policy_ids or ""] = sorted(
+                (policies[i] for i in ids), key=lambda p: (p["code"], p["version"])
+            )
+        out.append(build(row, period, versions))
+    return Report(head=head, rows=out)
 
 
-def _row(
-    row: Any, granularity: Granularity, date_from: date, date_to: date, policies: dict[int, ReportPolicyRef]
-) -> ReportRow:
-    start: date = row["period_start"]
-    kept = row["bookings"] - row["cancelled"]  # pool bookings that still stand (active or attended)
-    ids = sorted({int(p) for p in row["policy_ids"].split(",")}) if row["policy_ids"] else []
-    shortfalls = ReportShortfalls(
-        ratio=row["ratio_short"], senior_share=row["senior_short"], lead_time=row["lead_short"]
-    )
-    return ReportRow(
-        hospital=ReportOrgRef(id=row["hospital_id"], name=row["hospital_name"])
-        if "hospital_id" in row
-        else None,
-        department=ReportDepartmentRef(
-            id=row["department_id"], code=row["department_code"], name=row["department_name"]
-        )
-        if "department_id" in row
-        else None,
-        region=ReportRegionRef(code=row["region_code"], name=row["region_name"])
-        if "region_code" in row
-        else None,
-        alliance=ReportOrgRef(id=row["alliance_id"], name=row["alliance_name"])
-        if "alliance_id" in row
-        else None,
-        period=period_label(start, granularity),
-        period_start=max(start, date_from),
-        period_end=min(period_last_day(start, granularity), date_to),
-        offered=row["offered"],
-        reserved=row["reserved"],
-        reserved_ratio=share(row["reserved"], row["offered"]),
-        senior_reserved=row["senior_reserved"],
-        senior_share=share(row["senior_reserved"], row["reserved"]),
-        pool_bookings=row["bookings"],
-        returned=row["returned"],
-        cancelled=row["cancelled"],
-        attended=row["attended"],
-        no_show=row["no_show"],
-        utilisation=share(kept, row["reserved"]),
-        up_referral_share=share(kept, row["offered"]),
-        shortfall=bool(shortfalls.ratio or shortfalls.senior_share or shortfalls.lead_time),
-        shortfalls=shortfalls,
-        policies=sorted((policies[i] for i in ids), key=lambda p: (p.code, p.version)),
-    )
+def _figures(row: Any, period: tuple[str, str, str], policies: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row's period and figures, in ``ReportRow``'s field order."""
+    offered, reserved, senior_reserved = row.offered, row.reserved, row.senior_reserved
+    kept = row.bookings - row.cancelled  # pool bookings that still stand (active or attended)
+    ratio, senior, lead = row.ratio_short, row.senior_short, row.lead_short
+    return {
+        "period": period[0],
+        "period_start": period[1],
+        "period_end": period[2],
+        "offered": offered,
+        "reserved": reserved,
+        "reserved_ratio": round(reserved / offered, 4) if offered else None,
+        "senior_reserved": senior_reserved,
+        "senior_share": round(senior_reserved / reserved, 4) if reserved else None,
+        "pool_bookings": row.bookings,
+        "returned": row.returned,
+        "cancelled": row.cancelled,
+        "attended": row.attended,
+        "no_show": row.no_show,
+        "utilisation": round(kept / reserved, 4) if reserved else None,
+        "up_referral_share": round(kept / offered, 4) if offered else None,
+        "shortfall": bool(ratio or senior or lead),
+        "shortfalls": {"ratio": ratio, "senior_share": senior, "lead_time": lead},
+        "policies": policies,
+    }
+
+
+def _hospital_row(row: Any, period: tuple[str, str, str], policies: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "hospital": {"id": row.hospital_id, "name": row.hospital_name},
+        "department": None,
+        "region": None,
+        "alliance": None,
+        **_figures(row, period, policies),
+    }
+
+
+def _department_row(row: Any, period: tuple[str, str, str], policies: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "hospital": {"id": row.hospital_id, "name": row.hospital_name},
+        "department": {"id": row.department_id, "code": row.department_code, "name": row.department_name},
+        "region": None,
+        "alliance": None,
+        **_figures(row, period, policies),
+    }
+
+
+def _region_row(row: Any, period: tuple[str, str, str], policies: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "hospital": None,
+        "department": None,
+        "region": {"code": row.region_code, "name": row.region_name},
+        "alliance": None,
+        **_figures(row, period, policies),
+    }
+
+
+def _alliance_row(row: Any, period: tuple[str, str, str], policies: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "hospital": None,
+        "department": None,
+        "region": None,
+        "alliance": {"id": row.alliance_id, "name": row.alliance_name},
+        **_figures(row, period, policies),
+    }
+
+
+_ROW_BUILDERS = {
+    "hospital": _hospital_row,
+    "department": _department_row,
+    "region": _region_row,
+    "alliance": _alliance_row,
+}
