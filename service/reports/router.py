@@ -77,11 +77,11 @@ async def compliance_report(
         now=unit.now,
     )
     if not wants_csv(request, fmt):
-        # Encoded once, from the rows as built: ComplianceReport is their schema (the OpenAPI document's).
-        return Response(content=report.json(), media_type="application/json")
+        # Already JSON, formatted as the rows were read; ComplianceReport (above) is its schema.
+        return Response(content=report.body, media_type="application/json")
     filename = f"compliance-{group}-{granularity}-{date_from.isoformat()}-{date_to.isoformat()}.csv"
     return Response(
-        content=report_csv(report.group, report.rows).encode("utf-8"),
+        content=report_csv(report.group, report.rows()).encode("utf-8"),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -190,7 +190,7 @@ def summary_report_sql(
     joins, keys, group_by = _group_sql(group, region_level)
     cell = _cell(group)
     summary = "report_department_days" if group == "department" else "report_hospital_days"
-    zeros = ", ".join("0" for _ in _FIGURES)
+    zeros = ", ".join(f"0 AS {name}" for name in _FIGURES)
     parts = [
         f"""
     SELECT {cell}, {period.format(col="service_date")} AS period_start, sessions,
@@ -230,7 +230,7 @@ ss AS MATERIALIZED (
             f"""
     SELECT {cell}, period_start, sessions, policy_ids, {zeros}
     FROM (
-        SELECT {cell}, period_start, sum(n) AS sessions,
+        SELECT {cell}, period_start, sum(n)::bigint AS sessions,
                string_agg(policy_id::text, ',') FILTER (WHERE active) AS policy_ids
         FROM (
             SELECT {cell}, period_start, policy_id, count(*) AS n, bool_or(status = 'active') AS active
@@ -284,6 +284,31 @@ ss AS MATERIALIZED (
     GROUP BY {cell}, {period.format(col="service_date")}""",
         ]
     union = "\n    UNION ALL".join(parts)
+    live_union = "\n    UNION ALL".join(parts[1:])
+    if group in ("hospital", "department") and granularity == "day" and open_ranges:
+        # A day is closed or open, never both: each closed row is a report row as it stands.
+        return f"""
+WITH {live}
+c AS ({live_union}
+)
+{_rollup(keys, joins, group_by, having="HAVING sum(c.sessions) > 0", order=False)}
+UNION ALL
+{_summary_rows(group, summary)}
+ORDER BY {_ORDER[group]}, period_start
+"""
+    if group in ("hospital", "department") and granularity == "day":
+        return f"""
+{_summary_rows(group, summary)}
+ORDER BY {_ORDER[group]}, period_start
+"""
+    if group in ("hospital", "department"):
+        # The cells are the group's members: one aggregation, and a row only where a session is.
+        return f"""
+WITH {live}
+c AS ({union}
+)
+{_rollup(keys, joins, group_by, having="HAVING sum(c.sessions) > 0")}
+"""
     return f"""
 WITH {live}
 parts AS ({union}
@@ -303,7 +328,27 @@ def _cell(group: Group) -> str:
     return "hospital_id, department_id" if group == "department" else "hospital_id"
 
 
-def _rollup(keys: str, joins: str, group_by: str) -> str:
+# The output columns a group's rows are ordered by, as _group_sql's GROUP BY orders them.
+_ORDER: dict[Group, str] = {
+    "hospital": "hospital_id, hospital_name",
+    "department": "hospital_id, hospital_name, department_id, department_code, department_name",
+}
+
+
+def _summary_rows(group: Group, summary: str) -> str:
+    """The closed days' rows of a per-day hospital or department report, read as they are kept."""
+    joins, keys, _ = _group_sql(group, "city")
+    figures = ", ".join(f"c.{name}::bigint AS {name}" for name in _FIGURES)
+    return f"""SELECT {keys}, c.service_date AS period_start, {figures},
+       array_to_string(c.policy_ids, ',') AS policy_ids
+FROM {summary} c {joins}
+WHERE c.hospital_id = ANY(:hospital_ids)
+  AND c.resource_kind = :resource_kind
+  AND c.service_date BETWEEN :closed_from AND :closed_to
+  AND c.sessions > 0"""
+
+
+def _rollup(keys: str, joins: str, group_by: str, having: str = "", order: bool = True) -> str:
     """The cells ``c`` rolled up to the group."""
     return f"""SELECT {keys}, c.period_start,
        sum(c.offered)::bigint AS offered,
@@ -319,8 +364,8 @@ def _rollup(keys: str, joins: str, group_by: str) -> str:
        sum(c.lead_short)::bigint AS lead_short,
        string_agg(c.policy_ids, ',') AS policy_ids
 FROM c {joins}
-GROUP BY {group_by}, c.period_start
-ORDER BY {group_by}, c.period_start"""
+GROUP BY {group_by}, c.period_start {having}
+{f"ORDER BY {group_by}, c.period_start" if order else ""}"""
 
 
 def check_range(date_from: date, date_to: date, granularity: Granularity) -> None:
@@ -395,32 +440,44 @@ def period_last_day(start: date, granularity: Granularity) -> date:
 
 @dataclass(frozen=True)
 class Report:
-    """A compliance report as the API answers it: the fields of ``ComplianceReport``, as JSON values.
+    """A compliance report as the API answers it: the JSON of a ``ComplianceReport``.
 
-    Rows are plain dicts rather than models: a province's daily report has thousands of rows,
-    and validating them once more on the way out would cost more than counting them.
-    ``tests/test_report_summary.py`` holds every answer to the ``ComplianceReport`` schema.
+    The rows are formatted into JSON once, as they are read, rather than built as models
+    and encoded: a province's daily report has thousands of rows, and the models cost
+    more than the counting. ``model()`` reads the JSON back as the schema describes it
+    (the tests hold every answer to it).
     """
 
-    head: dict[str, Any]
-    rows: list[dict[str, Any]]
+    group: Group
+    body: bytes
 
-    @property
-    def group(self) -> Group:
-        group: Group = self.head["group"]
-        return group
-
-    def json(self) -> bytes:
-        """The JSON body, compact and UTF-8, as the API's other answers."""
-        return json.dumps(
-            {**self.head, "rows": self.rows}, ensure_ascii=False, separators=(",", ":")
-        ).encode()
+    def rows(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(self.body)["rows"]
+        return rows
 
     def model(self) -> ComplianceReport:
-        return ComplianceReport.model_validate({**self.head, "rows": self.rows})
+        return ComplianceReport.model_validate_json(self.body)
 
 
 _INSTANT = TypeAdapter(datetime)
+
+# A row's period and figures, in ReportRow's field order; the group's references come before.
+_FIGURES_JSON = (
+    '"period":%s,"period_start":"%s","period_end":"%s","offered":%d,"reserved":%d,"reserved_ratio":%s,'
+    '"senior_reserved":%d,"senior_share":%s,"pool_bookings":%d,"returned":%d,"cancelled":%d,'
+    '"attended":%d,"no_show":%d,"utilisation":%s,"up_referral_share":%s,"shortfall":%s,'
+    '"shortfalls":{"ratio":%d,"senior_share":%d,"lead_time":%d},"policies":%s}'
+)
+_REFERENCES_JSON: dict[Group, str] = {
+    "hospital": '{"hospital":%s,"department":null,"region":null,"alliance":null,',
+    "department": '{"hospital":%s,"department":%s,"region":null,"alliance":null,',
+    "region": '{"hospital":null,"department":null,"region":%s,"alliance":null,',
+    "alliance": '{"hospital":null,"department":null,"region":null,"alliance":%s,',
+}
+
+
+def _text(value: str | None) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 async def compliance_report(
@@ -465,113 +522,120 @@ async def compliance_report(
         # A report aggregates up to a few million rows; let its hashes and sorts stay in memory.
         await session.execute(text(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
         rows = list((await session.execute(text(sql).bindparams(*binds), params)).all())
-    policy_ids = {int(p) for row in rows if row.policy_ids for p in row.policy_ids.split(",")}
+    lists = {row.policy_ids or "" for row in rows}  # a few distinct lists of policy ids
+    ids_of = {text: {int(p) for p in text.split(",")} if text else set() for text in lists}
     policies = {
-        p.id: {"id": p.id, "code": p.code, "version": p.version}
-        for p in await session.scalars(select(Policy).where(Policy.id.in_(policy_ids)))
+        p.id: p
+        for p in await session.scalars(select(Policy).where(Policy.id.in_(set().union(*ids_of.values()))))
     }
-    head = {
-        "date_from": date_from.isoformat(),
-        "date_to": date_to.isoformat(),
-        "granularity": granularity,
-        "group": group,
-        "region_level": region_level if group == "region" else None,
-        "resource_kind": resource_kind,
-        "generated_at": _INSTANT.dump_python(now, mode="json"),
+    listed = {  # each list as the JSON of its versions, ordered by code and version
+        text: json.dumps(
+            [
+                {"id": p.id, "code": p.code, "version": p.version}
+                for p in sorted((policies[i] for i in ids), key=lambda p: (p.code, p.version))
+            ],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        for text, ids in ids_of.items()
     }
-    build = _ROW_BUILDERS[group]
+    head = json.dumps(
+        {
+            "date_from": date_from.isoformat(),
+            "date_to": date_to.isoformat(),
+            "granularity": granularity,
+            "group": group,
+            "region_level": region_level if group == "region" else None,
+            "resource_kind": resource_kind,
+            "generated_at": _INSTANT.dump_python(now, mode="json"),
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    out = _rows_json(rows, group, granularity, date_from, date_to, listed)
+    body = head[:-1] + ',"rows":[' + ",".join(out) + "]}"
+    return Report(group=group, body=body.encode())
+
+
+def _rows_json(
+    rows: list[Any],
+    group: Group,
+    granularity: Granularity,
+    date_from: date,
+    date_to: date,
+    listed: dict[str, str],
+) -> list[str]:
+    """Each row of the statement as the JSON of a ``ReportRow``.
+
+    What repeats (a group member's references, a period, a list of policy versions, a ratio)
+    is formatted once; ``listed`` maps each list of policy ids to its JSON.
+    """
+    references = _REFERENCES_JSON[group]
+    keys = 5 if group == "department" else 2  # the group's columns before period_start
+    named: dict[Any, str] = {}  # a group member's reference(s), formatted once
     periods: dict[date, tuple[str, str, str]] = {}
-    listed: dict[str, list[dict[str, Any]]] = {}
-    out = []
+    texts: dict[float, str] = {}  # ratios have four places: few distinct values, each formatted once
+
+    def ratio(part: int, whole: int) -> str:
+        """A ratio rounded to four places, as JSON; null when there is nothing to divide by."""
+        if not whole:
+            return "null"
+        value = round(part / whole, 4)
+        text = texts.get(value)
+        if text is None:
+            text = texts[value] = repr(value)
+        return text
+
+    out: list[str] = []
     for row in rows:
-        start: date = row.period_start
+        key = row[:keys]
+        reference = named.get(key)
+        if reference is None:
+            if group == "department":
+                hospital_id, hospital_name, department_id, code, name = key
+                refs: tuple[str, ...] = (
+                    f'{{"id":{hospital_id},"name":{_text(hospital_name)}}}',
+                    f'{{"id":{department_id},"code":{_text(code)},"name":{_text(name)}}}',
+                )
+            elif group == "region":
+                refs = (f'{{"code":{_text(key[0])},"name":{_text(key[1])}}}',)
+            else:
+                refs = (f'{{"id":{key[0]},"name":{_text(key[1])}}}',)
+            reference = named[key] = references % refs
+        (start, offered, reserved, senior_reserved, returned, bookings, cancelled, attended, no_show,
+         ratio_short, senior_short, lead_short, policy_list) = row[keys:]  # fmt: skip
         period = periods.get(start)
         if period is None:
             period = periods[start] = (
-                period_label(start, granularity),
+                _text(period_label(start, granularity)),
                 max(start, date_from).isoformat(),
                 min(period_last_day(start, granularity), date_to).isoformat(),
             )
-        versions = listed.get(row.policy_ids or "")
-        if versions is None:
-            ids = {int(p) for p in row.policy_ids.split(",")} if row.policy_ids else set()
-            versions = listed[row.policy_ids or ""] = sorted(
-                (policies[i] for i in ids), key=lambda p: (p["code"], p["version"])
+        kept = bookings - cancelled  # pool bookings that still stand (active, attended or no-show)
+        out.append(
+            reference
+            + _FIGURES_JSON
+            % (
+                period[0],
+                period[1],
+                period[2],
+                offered,
+                reserved,
+                ratio(reserved, offered),
+                senior_reserved,
+                ratio(senior_reserved, reserved),
+                bookings,
+                returned,
+                cancelled,
+                attended,
+                no_show,
+                ratio(kept, reserved),
+                ratio(kept, offered),
+                "true" if ratio_short or senior_short or lead_short else "false",
+                ratio_short,
+                senior_short,
+                lead_short,
+                listed[policy_list or ""],
             )
-        out.append(build(row, period, versions))
-    return Report(head=head, rows=out)
-
-
-def _figures(row: Any, period: tuple[str, str, str], policies: list[dict[str, Any]]) -> dict[str, Any]:
-    """A row's period and figures, in ``ReportRow``'s field order."""
-    offered, reserved, senior_reserved = row.offered, row.reserved, row.senior_reserved
-    kept = row.bookings - row.cancelled  # pool bookings that still stand (active or attended)
-    ratio, senior, lead = row.ratio_short, row.senior_short, row.lead_short
-    return {
-        "period": period[0],
-        "period_start": period[1],
-        "period_end": period[2],
-        "offered": offered,
-        "reserved": reserved,
-        "reserved_ratio": round(reserved / offered, 4) if offered else None,
-        "senior_reserved": senior_reserved,
-        "senior_share": round(senior_reserved / reserved, 4) if reserved else None,
-        "pool_bookings": row.bookings,
-        "returned": row.returned,
-        "cancelled": row.cancelled,
-        "attended": row.attended,
-        "no_show": row.no_show,
-        "utilisation": round(kept / reserved, 4) if reserved else None,
-        "up_referral_share": round(kept / offered, 4) if offered else None,
-        "shortfall": bool(ratio or senior or lead),
-        "shortfalls": {"ratio": ratio, "senior_share": senior, "lead_time": lead},
-        "policies": policies,
-    }
-
-
-def _hospital_row(row: Any, period: tuple[str, str, str], policies: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "hospital": {"id": row.hospital_id, "name": row.hospital_name},
-        "department": None,
-        "region": None,
-        "alliance": None,
-        **_figures(row, period, policies),
-    }
-
-
-def _department_row(row: Any, period: tuple[str, str, str], policies: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "hospital": {"id": row.hospital_id, "name": row.hospital_name},
-        "department": {"id": row.department_id, "code": row.department_code, "name": row.department_name},
-        "region": None,
-        "alliance": None,
-        **_figures(row, period, policies),
-    }
-
-
-def _region_row(row: Any, period: tuple[str, str, str], policies: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "hospital": None,
-        "department": None,
-        "region": {"code": row.region_code, "name": row.region_name},
-        "alliance": None,
-        **_figures(row, period, policies),
-    }
-
-
-def _alliance_row(row: Any, period: tuple[str, str, str], policies: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "hospital": None,
-        "department": None,
-        "region": None,
-        "alliance": {"id": row.alliance_id, "name": row.alliance_name},
-        **_figures(row, period, policies),
-    }
-
-
-_ROW_BUILDERS = {
-    "hospital": _hospital_row,
-    "department": _department_row,
-    "region": _region_row,
-    "alliance": _alliance_row,
-}
+        )
+    return out
