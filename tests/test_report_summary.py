@@ -306,6 +306,31 @@ class Walk:
         self.at(local_datetime(day - timedelta(days=7), 9))
         await release_due_slots(self.db, self.world.clock)
 
+    async def orphan_shortfall(self) -> None:
+        """A shortfall recorded for a department-day that has no session left (one removed after a
+        late push leaves its lead-time row while another session stood): it counts only in a
+        period that has sessions."""
+        day = self.rng.choice(DAYS)
+
+        async def work(session: Any) -> None:
+            departments = (
+                await session.execute(text("SELECT id, hospital_id FROM departments ORDER BY id"))
+            ).all()
+            if not departments:
+                return
+            department, hospital = self.rng.choice(departments)
+            await session.execute(
+                text(
+                    "INSERT INTO reservation_shortfalls (department_id, service_date, resource_kind, kind,"
+                    " hospital_id, required, actual, policy_id, recorded_at)"
+                    " SELECT :d, :day, 'outpatient', 'lead_time', :h, 1440, 0, min(id), now() FROM policies"
+                    " ON CONFLICT DO NOTHING"
+                ),
+                {"d": department, "h": hospital, "day": day},
+            )
+
+        await self.db.run(work)
+
     async def close(self) -> None:
         day = self.rng.choice([*DAYS, DAYS[-1] + timedelta(days=2)])
         self.at(local_datetime(day, 0, 30))
@@ -517,3 +542,37 @@ async def test_writes_outside_read_committed_are_refused(client, world, db):
         with pytest.raises(DBAPIError, match="READ COMMITTED"):
             await session.execute(text("UPDATE clinic_sessions SET doctor_title = 'chief'"))
         await session.rollback()
+
+
+async def test_a_shortfall_without_a_session_counts_only_in_a_period_that_has_sessions(client, world, db):
+    """As the live statement has it: a cell exists where a session does; its shortfalls come with it."""
+    monday = date(2026, 3, 9)
+    [pushed] = await push(client, world, [session_item("S1", monday)])
+    assert pushed["result"] == "created"
+
+    async def orphan(session: Any) -> None:
+        await session.execute(
+            text(
+                "INSERT INTO reservation_shortfalls (department_id, service_date, resource_kind, kind,"
+                " hospital_id, required, actual, policy_id, recorded_at)"
+                " SELECT department_id, service_date + 2, resource_kind, 'lead_time', hospital_id, 1440, 0,"
+                " policy_id, now() FROM clinic_sessions"
+            )
+        )
+
+    await db.run(orphan)  # Wednesday: a shortfall, no session
+    world.clock.set(local_datetime(monday + timedelta(days=1), 1))
+    assert await close_days(db, world.clock) == 1  # Monday closed; Wednesday still open
+    for wednesday_closed in (False, True):
+        window = await db.run(lambda s: read_window(session=s))
+        assert (
+            window is not None and (window.closed_through >= monday + timedelta(days=2)) is wednesday_closed
+        )
+        for group in ("hospital", "department", "region"):
+            week = {"from": "2026-03-09", "to": "2026-03-15", "granularity": "week", "group": group}
+            [row] = (await assert_same_report(client, db, world, week))["rows"]
+            assert row["shortfalls"]["lead_time"] == 1
+            days = await assert_same_report(client, db, world, {**week, "granularity": "day"})
+            assert [row["period"] for row in days["rows"]] == ["2026-03-09"]
+        world.clock.set(local_datetime(monday + timedelta(days=5), 1))
+        await close_days(db, world.clock)
