@@ -3,7 +3,7 @@
 Run from the repository root:
 
     .venv/bin/python bench/reports.py [--hospitals 100] [--departments 30] [--days 60]
-                                      [--slots-per-day 16] [--repeat 20]
+                                      [--slots-per-day 16] [--open-days 1] [--repeat 20] [--quick]
 
 What it does, all on loopback and all cleaned up afterwards:
 
@@ -19,22 +19,38 @@ What it does, all on loopback and all cleaned up afterwards:
    Of the held slots about 60 % are booked, with a referral (80 % attended, 10 %
    no-show, 10 % unreported) and 40 % returned to the public, a third of those
    after a cancelled referral. One department-day in 7 of department D1 carries
-   a ratio shortfall. Ten alliances of five hospitals. Then VACUUM ANALYZE.
-3. The server: bench/rush_server.py in a subprocess (clock 2 March 2026).
-4. Each report query is sent ``--repeat`` times, one after another, by the
-   commission's client; latency is client-side, request sent to body read.
-   Printed: rows, response size, p50 and p99 (with 20 repeats p99 is the max).
+   a ratio shortfall. Ten alliances of five hospitals. Sessions, slots and referrals
+   are inserted with triggers off (no per-row foreign-key checks: the seed's keys are
+   right by construction), slots and referrals in two halves at once; the per-session
+   counts those triggers keep are then filled by the same statements their revisions
+   (0009, 0010) use for existing rows. Then VACUUM ANALYZE.
+3. The clock stands at 09:00 on the last day but ``--open-days - 1`` (so the last
+   ``--open-days`` days are today and after: open). Where the build has a report
+   summary, its job closes every day before today, timed, and the summary is analysed.
+4. The server: bench/rush_server.py in a subprocess, at that clock.
+5. Each report query is sent ``--repeat`` times, one after another, by the
+   commission's client, and after each report one ``GET /v1/me`` (the floor: a request
+   that authenticates and reads one row) by the same client; latency is client-side,
+   request sent to body read. Printed per query: rows, response size, p50 and p99 (with
+   20 repeats p99 is the max).
+
+The last line: ``reports: p50_ms=… p99_ms=… floor_p99_ms=… slots=…``, where p50 and p99
+are over every timing of the whole-province queries (all hospitals of the province: the
+per-hospital day, week and month reports of the whole range, the city, county and
+alliance rollups and the CSV), and the floor is ``GET /v1/me``'s p99 in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import math
 import sys
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +61,7 @@ import httpx  # noqa: E402
 
 from bench.booking_rush import START, ServerProcess, plain, provision  # noqa: E402
 from bench.world import World, build_world  # noqa: E402
-from service.kit.clock import ManualClock  # noqa: E402
+from service.kit.clock import ManualClock, local_datetime  # noqa: E402
 from service.kit.config import Settings  # noqa: E402
 from service.kit.crypto import Crypto  # noqa: E402
 from service.kit.db import Database  # noqa: E402
@@ -130,7 +146,7 @@ SEED: list[tuple[str, str]] = [
                CASE WHEN n % 5 = 0 AND (cs.id + n) % 10 >= 6
                     THEN (cs.service_date - 7 + time '08:00') AT TIME ZONE 'Asia/Shanghai' END
         FROM clinic_sessions cs CROSS JOIN generate_series(1, :slots) n
-        WHERE cs.external_id LIKE 'S-%';
+        WHERE cs.external_id LIKE 'S-%' AND :half;
         """,
     ),
     (
@@ -157,7 +173,7 @@ SEED: list[tuple[str, str]] = [
         JOIN clinic_sessions cs ON cs.id = s.session_id
         CROSS JOIN (SELECT id FROM organisations WHERE code = 'P-A') p
         JOIN doctors fd ON fd.organisation_id = p.id AND fd.code = 'FD-BENCH'
-        WHERE s.status = 'booked' OR (s.status = 'returned' AND s.id % 3 = 0);
+        WHERE (s.status = 'booked' OR (s.status = 'returned' AND s.id % 3 = 0)) AND :half;
         """,
     ),
     (
@@ -187,13 +203,61 @@ def bind(sql: str, args: argparse.Namespace) -> str:
     return sql
 
 
+def revision(name: str) -> ModuleType:
+    """A revision module of alembic/versions, for the statement it fills a new count table with."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "alembic" / "versions" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def count_fills() -> list[tuple[str, str]]:
+    """The per-session counts the seed's triggers would have kept, as their revisions fill them."""
+    slots, referrals = revision("0009_availability"), revision("0010_report_counts")
+    return [
+        ("availability counts", slots._apply(slots._INSERTED.replace("new_slots", "slots"))),
+        ("referral counts", referrals._apply(referrals._INSERTED.replace("new_referrals", "referrals"))),
+    ]
+
+
+# The seed's stages, in order; the statements of one stage run at once, each on its own connection
+# (the machine has a core per half). "triggers off" statements run with triggers (and so foreign-key
+# checks) off: sessions, slots and referrals are right by construction, and the counts their
+# triggers keep are filled afterwards as their revisions fill them.
+STEP = dict(SEED)
+
+
+def stages() -> list[list[tuple[str, str, bool]]]:
+    """[(name, statement, triggers off)] per stage; ``:half`` splits a table between two statements."""
+    fills = dict(count_fills())
+    even, odd = "cs.id % 2 = 0", "cs.id % 2 = 1"
+    return [
+        *([(name, STEP[name], False)] for name in ("regions", "hospitals", "departments and doctors")),
+        [("sessions", STEP["sessions"], True)],
+        [("slots, even sessions", STEP["slots"].replace(":half", even), True),
+         ("slots, odd sessions", STEP["slots"].replace(":half", odd), True)],
+        [("referrals, even sessions", STEP["referrals"].replace(":half", even), True),
+         ("referrals, odd sessions", STEP["referrals"].replace(":half", odd), True),
+         ("availability counts", fills["availability counts"], False)],
+        [("referral counts", fills["referral counts"], False), ("shortfalls", STEP["shortfalls"], False)],
+    ]  # fmt: skip
+
+
 async def seed(url: str, args: argparse.Namespace) -> None:
-    conn = await asyncpg.connect(plain(url))
+    conns = [await asyncpg.connect(plain(url)) for _ in range(3)]
+
+    async def run_step(conn: asyncpg.Connection, name: str, sql: str, triggers_off: bool) -> None:
+        started = time.perf_counter()
+        await conn.execute(f"SET session_replication_role = {'replica' if triggers_off else 'origin'}")
+        await conn.execute(bind(sql, args))
+        print(f"  seeded {name} in {time.perf_counter() - started:.1f} s", flush=True)
+
     try:
-        for name, sql in SEED:
-            started = time.perf_counter()
-            await conn.execute(bind(sql, args))
-            print(f"  seeded {name} in {time.perf_counter() - started:.1f} s", flush=True)
+        for stage in stages():
+            await asyncio.gather(*(run_step(conn, *step) for conn, step in zip(conns, stage, strict=False)))
+        conn = conns[0]
+        await conn.execute("SET session_replication_role = origin")
         started = time.perf_counter()
         await conn.execute("VACUUM ANALYZE")
         print(f"  VACUUM ANALYZE in {time.perf_counter() - started:.1f} s", flush=True)
@@ -204,30 +268,38 @@ async def seed(url: str, args: argparse.Namespace) -> None:
         size = await conn.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))")
         print("  rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; database {size}")
     finally:
-        await conn.close()
+        for conn in conns:
+            await conn.close()
 
 
-def queries(args: argparse.Namespace, one_hospital: int) -> list[tuple[str, dict[str, Any]]]:
+def queries(args: argparse.Namespace, one_hospital: int) -> list[tuple[str, dict[str, Any], bool]]:
+    """(name, parameters, whether it is a whole-province query)."""
     last = FIRST_DAY + timedelta(days=args.days - 1)
     span = {"from": FIRST_DAY.isoformat(), "to": last.isoformat()}
     month = {"from": "2026-01-01", "to": "2026-01-31", "granularity": "month"}
     return [
-        ("per hospital, day, all hospitals, whole range", {**span, "granularity": "day"}),
-        ("per hospital, week, all hospitals, whole range", {**span, "granularity": "week"}),
-        ("per hospital, month, all hospitals, whole range", {**span, "granularity": "month"}),
-        ("one hospital, day, whole range", {**span, "granularity": "day", "hospital_id": one_hospital}),
+        ("per hospital, day, all hospitals, whole range", {**span, "granularity": "day"}, True),
+        ("per hospital, week, all hospitals, whole range", {**span, "granularity": "week"}, True),
+        ("per hospital, month, all hospitals, whole range", {**span, "granularity": "month"}, True),
+        (
+            "one hospital, day, whole range",
+            {**span, "granularity": "day", "hospital_id": one_hospital},
+            False,
+        ),
         (
             "per department, month, one hospital",
             {**month, "group": "department", "hospital_id": one_hospital},
+            False,
         ),
         (
             "per department, day, one hospital, whole range",
             {**span, "group": "department", "hospital_id": one_hospital},
+            False,
         ),
-        ("region rollup (city), month", {**month, "group": "region"}),
-        ("region rollup (county), month", {**month, "group": "region", "region_level": "county"}),
-        ("alliance rollup, month", {**month, "group": "alliance"}),
-        ("per hospital, month, CSV", {**month, "format": "csv"}),
+        ("region rollup (city), month", {**month, "group": "region"}, True),
+        ("region rollup (county), month", {**month, "group": "region", "region_level": "county"}, True),
+        ("alliance rollup, month", {**month, "group": "alliance"}, True),
+        ("per hospital, month, CSV", {**month, "format": "csv"}, True),
     ]
 
 
@@ -236,10 +308,15 @@ def percentile(values: list[float], q: float) -> float:
     return 1000 * ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-async def time_queries(base_url: str, world: World, args: argparse.Namespace, one_hospital: int) -> None:
+async def time_queries(base_url: str, world: World, args: argparse.Namespace, one_hospital: int) -> str:
+    """Time every query, print a table, and return the summary line."""
     print(f"\n{'query':52} {'rows':>6} {'bytes':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    province: list[float] = []
+    floor: list[float] = []
     async with httpx.AsyncClient(base_url=base_url, timeout=120, headers=world.auth("commission")) as c:
-        for name, params in queries(args, one_hospital):
+        for _ in range(3):  # warm the connection and the server's first-request paths
+            await c.get("/v1/me")
+        for name, params, whole_province in queries(args, one_hospital):
             timings: list[float] = []
             rows = size = 0
             for _ in range(args.repeat):
@@ -251,10 +328,48 @@ async def time_queries(base_url: str, world: World, args: argparse.Namespace, on
                     raise RuntimeError(f"{name}: {r.status_code} {r.text[:300]}")
                 size = len(body)
                 rows = body.count(b"\r\n") - 1 if params.get("format") == "csv" else len(r.json()["rows"])
+                started = time.perf_counter()
+                me = await c.get("/v1/me")
+                me.read()
+                floor.append(time.perf_counter() - started)
+                if me.status_code != 200:
+                    raise RuntimeError(f"/v1/me: {me.status_code} {me.text[:300]}")
+            if whole_province:
+                province += timings
             print(
                 f"{name:52} {rows:>6} {size:>9} {percentile(timings, 0.5):>8.1f} {percentile(timings, 0.99):>8.1f}",
                 flush=True,
             )
+    print(f"{'floor: GET /v1/me after each report':52} {'':>6} {'':>9} "
+          f"{percentile(floor, 0.5):>8.1f} {percentile(floor, 0.99):>8.1f}")  # fmt: skip
+    slots = args.hospitals * args.departments * args.days * args.slots_per_day
+    return (
+        f"reports: p50_ms={percentile(province, 0.5):.1f} p99_ms={percentile(province, 0.99):.1f} "
+        f"floor_p99_ms={percentile(floor, 0.99):.1f} slots={slots}"
+    )
+
+
+async def close_days_before(url: str, now: datetime) -> None:
+    """Run the report summary's job, as a worker would at ``now``, where this build has one."""
+    try:
+        from service.reports.summary import close_days
+    except ImportError:
+        print("  this build keeps no report summary: every day is counted live")
+        return
+    started = time.perf_counter()
+    db = Database(url, pool_size=2)
+    try:
+        days = await close_days(db, ManualClock(now))
+    finally:
+        await db.dispose()
+    conn = await asyncpg.connect(plain(url))
+    try:
+        await conn.execute(
+            "VACUUM ANALYZE report_hospital_days, report_department_days, report_summary_window"
+        )
+    finally:
+        await conn.close()
+    print(f"  closed {days} days before {now.date()} in {time.perf_counter() - started:.1f} s", flush=True)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -276,14 +391,18 @@ async def run(args: argparse.Namespace) -> None:
             flush=True,
         )
         await seed(pg.url, args)
+        # The last --open-days days are today and after: the report counts them live.
+        now = local_datetime(FIRST_DAY + timedelta(days=args.days - args.open_days), 9)
+        await close_days_before(pg.url, now)
         conn = await asyncpg.connect(plain(pg.url))
         try:
             one_hospital = await conn.fetchval("SELECT id FROM organisations WHERE code = 'BH-1'")
         finally:
             await conn.close()
-        server = await ServerProcess.start(pg.url, START, pool_size=5, max_seconds=3600)
-        await time_queries(server.base_url, world, args, one_hospital)
+        server = await ServerProcess.start(pg.url, now, pool_size=5, max_seconds=3600)
+        summary = await time_queries(server.base_url, world, args, one_hospital)
         print(f"\ntotal run time {time.perf_counter() - started:.1f} s")
+        print(summary, flush=True)
     finally:
         if server is not None:
             await server.stop()
@@ -301,12 +420,22 @@ def main() -> None:
     parser.add_argument("--departments", type=int, default=30)
     parser.add_argument("--days", type=int, default=60, help="at most 92, the longest day report")
     parser.add_argument("--slots-per-day", type=int, default=16, help="slots per department-day")
+    parser.add_argument(
+        "--open-days", type=int, default=1, help="the last days, from today on: counted live (1: today)"
+    )
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument(
+        "--quick", action="store_true", help="40 hospitals x 20 departments x 45 days, 10 repeats"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.hospitals, args.departments, args.days, args.repeat = 40, 20, 45, 10
     if not 10 <= args.hospitals <= 1000 or not 1 <= args.departments <= 100:
         parser.error("--hospitals must be 10..1000 and --departments 1..100")
     if not 1 <= args.days <= 92 or not 5 <= args.slots_per_day <= 40 or not 1 <= args.repeat <= 1000:
         parser.error("--days must be 1..92, --slots-per-day 5..40, --repeat 1..1000")
+    if not 0 <= args.open_days < args.days:
+        parser.error("--open-days must be 0.. --days - 1")
     asyncio.run(run(args))
 
 

@@ -17,6 +17,7 @@ from service.kit.crypto import Crypto
 from service.kit.db import Database
 from service.outbox.dispatcher import dispatch_loop
 from service.referrals.purge import purge_loop
+from service.reports.summary import summary_loop
 from service.signals.detection import detection_loop
 from service.slots.release import release_loop
 
@@ -30,7 +31,8 @@ def background_loops(
     database_url: str,
     stop: asyncio.Event,
 ) -> list[Coroutine[Any, Any, None]]:
-    """Release (R6), webhook delivery, scalping detection (R14) and the idempotency purge, until ``stop``."""
+    """Release (R6), webhook delivery, scalping detection (R14), the idempotency purge and the
+    closing of report days, until ``stop``."""
     return [
         release_loop(
             db,
@@ -45,4 +47,5 @@ def background_loops(
         ),
         detection_loop(db, clock, interval=settings.signals_interval_seconds, stop=stop),
         purge_loop(db, clock, stop=stop),
+        summary_loop(db, clock, interval=settings.report_summary_interval_seconds, stop=stop),
     ]

@@ -225,12 +225,18 @@ async def test_background_loops_do_their_work_and_stop_together(db, crypto, cloc
     from datetime import datetime
 
     from service.jobs import background_loops
+    from service.reports.summary import read_window
     from tests.factories import pool_slots, push, session_item
 
     [pushed] = await push(client, world, [session_item("S1", date(2026, 3, 10))])
     assert await pool_slots(client, world)
     clock.set(datetime.fromisoformat(pushed["public_at"]))
-    settings = Settings(log_json=False, release_interval_seconds=0.05, signals_interval_seconds=0.05)
+    settings = Settings(
+        log_json=False,
+        release_interval_seconds=0.05,
+        signals_interval_seconds=0.05,
+        report_summary_interval_seconds=0.05,
+    )
     stop = asyncio.Event()
     loops = [
         asyncio.create_task(loop)
@@ -238,10 +244,12 @@ async def test_background_loops_do_their_work_and_stop_together(db, crypto, cloc
             db=db, clock=clock, crypto=crypto, settings=settings, database_url=clean_db, stop=stop
         )
     ]
-    assert len(loops) == 4  # release, delivery, detection, idempotency purge
+    assert len(loops) == 5  # release, delivery, detection, idempotency purge, report days
     async with asyncio.timeout(10):
         while await pool_slots(client, world):  # noqa: ASYNC110 (polling the API, as a client would)
             await asyncio.sleep(0.05)
+        while await db.run(lambda s: read_window(session=s)) is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # the day before the clock's is closed
     stop.set()
     async with asyncio.timeout(10):
         await asyncio.gather(*loops)

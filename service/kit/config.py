@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     release_interval_seconds: float = 5.0
     release_batch_size: int = 10_000
     signals_interval_seconds: float = 300.0
+    # How often the report summary's job looks for days to close (service/reports/summary.py).
+    report_summary_interval_seconds: float = Field(default=300.0, gt=0)
     lock_timeout_ms: int = 2000
     # Webhook delivery (service/outbox/dispatcher.py): endpoints delivered to at once per
     # replica, the backstop poll when no NOTIFY arrives, the whole-request time limit, and how

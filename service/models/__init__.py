@@ -17,7 +17,7 @@ from service.models.registry import (
     Organisation,
     Region,
 )
-from service.models.reports import ReferralCount
+from service.models.reports import ReferralCount, ReportDepartmentDay, ReportHospitalDay, ReportSummaryWindow
 from service.models.residents import FamilyDoctorContract, RegionContractSource, Resident
 from service.models.signals import Alert, IdentityConflict, IdentityConflictParty
 from service.models.slots import ClinicSession, ReservationShortfall, Slot
@@ -50,6 +50,9 @@ __all__ = [
     "ReferralCount",
     "Region",
     "RegionContractSource",
+    "ReportDepartmentDay",
+    "ReportHospitalDay",
+    "ReportSummaryWindow",
     "ReservationShortfall",
     "Resident",
     "SchemaCompatibility",

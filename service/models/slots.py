@@ -67,6 +67,8 @@ class ClinicSession(Base):
             name="resource_detail",
         ),
         Index("ix_clinic_sessions_department_date", "department_id", "service_date"),
+        # A date's sessions for the report summary's closing job, a few dates' for a report's open days.
+        Index("ix_clinic_sessions_service_date_hospital", "service_date", "hospital_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -51,7 +51,7 @@ async def compliance_report(
     alliance_id: QueryId = None,
     resource_kind: ResourceKind = "outpatient",
     fmt: Annotated[Literal["json", "csv"] | None, Query(alias="format")] = None,
-) -> ComplianceReport | Response:
+) -> Response:
     """Reserved ratio, senior share, use and up-referral share per group and period, with shortfalls.
 
     Only hospitals of the commission's region count; a filter naming another region is refused.
@@ -77,10 +77,11 @@ async def compliance_report(
         now=unit.now,
     )
     if not wants_csv(request, fmt):
-        return report
+        # Already JSON, formatted as the rows were read; ComplianceReport (above) is its schema.
+        return Response(content=report.body, media_type="application/json")
     filename = f"compliance-{group}-{granularity}-{date_from.isoformat()}-{date_to.isoformat()}.csv"
     return Response(
-        content=report_csv(report).encode("utf-8"),
+        content=report_csv(report.group, report.rows()).encode("utf-8"),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -1,0 +1,154 @@
+"""The closed-day summary of compliance reports: which days it holds, and the job that closes them.
+
+A day is *closed* once it is in ``report_summary_window``; the summary tables then hold its
+figures (revision 0016r). The job closes every service date before today (Beijing), newest
+first, then back to the first date any session has, a few days per transaction. Each
+transaction takes an advisory lock that one replica holds at a time (the others skip their
+pass) and the exclusive lock of each date it closes, which waits for every transaction
+writing that date and holds off new ones until the summary rows and the wider window
+commit together. After that, any change to a closed day recomputes its rows in the
+writer's own transaction (the triggers of revision 0016r), so the summary never lags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import date, timedelta
+from functools import partial
+
+import structlog
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.kit.clock import Clock, local_date
+from service.kit.db import Database, advisory_key
+from service.kit.periodic import every
+from service.models.reports import ReportSummaryWindow
+
+log = structlog.get_logger("slotpool.reports")
+
+# The advisory lock of a service date (two-key form, apart from the service's 64-bit keys): writers
+# of a date hold it shared, the closing of the date exclusively. Revision 0016r's triggers use the same.
+DAY_LOCK = 16001
+DAY_ZERO = date(2000, 1, 1)
+# Days closed per transaction: the daily closing is one; a backfill goes a week at a time, so a
+# late writer of those days waits a fraction of a second at most.
+DAYS_PER_TRANSACTION = 7
+# How long a closing waits for the writers of its days before giving up until the next pass.
+CLOSE_LOCK_TIMEOUT = "5s"
+
+
+@dataclass(frozen=True)
+class Window:
+    """The closed days: ``closed_from`` to ``closed_through``, both included."""
+
+    closed_from: date
+    closed_through: date
+
+    def closed(self, date_from: date, date_to: date) -> tuple[date, date] | None:
+        """The part of ``[date_from, date_to]`` inside the window, if any."""
+        first, last = max(date_from, self.closed_from), min(date_to, self.closed_through)
+        return (first, last) if first <= last else None
+
+    def open(self, date_from: date, date_to: date) -> list[tuple[date, date]]:
+        """The parts of ``[date_from, date_to]`` outside the window: none, one or two ranges."""
+        ranges = []
+        if date_from < self.closed_from:
+            ranges.append((date_from, min(date_to, self.closed_from - timedelta(days=1))))
+        if date_to > self.closed_through:
+            ranges.append((max(date_from, self.closed_through + timedelta(days=1)), date_to))
+        return ranges
+
+
+async def read_window(*, session: AsyncSession) -> Window | None:
+    """The closed days, or none before the first closing.
+
+    The window only ever widens, and the rows of every day in it are exact at every commit,
+    so a report may read it in one statement and the summary in the next.
+    """
+    row = (await session.execute(select(ReportSummaryWindow))).scalar_one_or_none()
+    return None if row is None else Window(row.closed_from, row.closed_through)
+
+
+async def close_next_days(*, session: AsyncSession, today: date, limit: int = DAYS_PER_TRANSACTION) -> int:
+    """Close up to ``limit`` days in this transaction; how many it closed (0: nothing left, or busy).
+
+    Forward first, to the day before ``today``; then backward, to the first service date of any
+    session. Days are closed next to the window only, so it stays one range.
+    """
+    if not await session.scalar(
+        select(func.pg_try_advisory_xact_lock(advisory_key("reports", "close_days")))
+    ):
+        return 0  # another replica is closing
+    window = await read_window(session=session)
+    yesterday = today - timedelta(days=1)
+    if window is None:
+        first = last = yesterday
+    elif window.closed_through < yesterday:
+        first = window.closed_through + timedelta(days=1)
+        last = min(yesterday, window.closed_through + timedelta(days=limit))
+    else:
+        earliest: date | None = await session.scalar(text("SELECT min(service_date) FROM clinic_sessions"))
+        if earliest is None or earliest >= window.closed_from:
+            return 0
+        last = window.closed_from - timedelta(days=1)
+        first = max(earliest, window.closed_from - timedelta(days=limit))
+    await session.execute(text(f"SET LOCAL lock_timeout = '{CLOSE_LOCK_TIMEOUT}'"))
+    for offset in range((last - first).days + 1):
+        day = first + timedelta(days=offset)
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:lock, :day)"),
+            {"lock": DAY_LOCK, "day": (day - DAY_ZERO).days},
+        )
+    # Read after the locks: every writer of these days has committed, and the next wait for us.
+    await session.execute(
+        text(
+            """
+            SELECT report_days_refresh(array_agg(hospital_id), array_agg(service_date),
+                                       array_agg(resource_kind), false)
+            FROM (
+                SELECT hospital_id, service_date, resource_kind::text FROM clinic_sessions
+                WHERE service_date BETWEEN :first AND :last
+                UNION
+                SELECT hospital_id, service_date, resource_kind::text FROM reservation_shortfalls
+                WHERE service_date BETWEEN :first AND :last
+            ) AS keys
+            """
+        ),
+        {"first": first, "last": last},
+    )
+    await session.execute(
+        text(
+            """
+            INSERT INTO report_summary_window (id, closed_from, closed_through) VALUES (true, :first, :last)
+            ON CONFLICT (id) DO UPDATE SET
+                closed_from = least(report_summary_window.closed_from, excluded.closed_from),
+                closed_through = greatest(report_summary_window.closed_through, excluded.closed_through)
+            """
+        ),
+        {"first": first, "last": last},
+    )
+    return (last - first).days + 1
+
+
+async def close_days(db: Database, clock: Clock, *, max_days: int = 400) -> int:
+    """Close every day not closed yet (at most ``max_days``), one batch per transaction."""
+    today = local_date(clock.now())
+    total = 0
+    while total < max_days:
+        count = await db.run(partial(_close, today=today, limit=min(DAYS_PER_TRANSACTION, max_days - total)))
+        if count == 0:
+            break
+        total += count
+    if total:
+        log.info("report days closed", days=total)
+    return total
+
+
+async def _close(session: AsyncSession, *, today: date, limit: int) -> int:
+    return await close_next_days(session=session, today=today, limit=limit)
+
+
+async def summary_loop(db: Database, clock: Clock, *, interval: float, stop: asyncio.Event) -> None:
+    await every(interval, partial(close_days, db, clock), name="report_summary", stop=stop)
