@@ -1,4 +1,4 @@
-"""Per-session referral counts (revision 0010) and the closed-day report summary (revision 0016r)."""
+"""Per-session referral counts (revision 0010) and the closed-day report summary (revision 0017)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class ReferralCount(Base):
 
 
 class _SummaryDay:
-    """What a compliance report counts over the sessions of one service date and kind (revision 0016r).
+    """What a compliance report counts over the sessions of one service date and kind (revision 0017).
 
     Rows exist only for the days of ``report_summary_window`` and are written only by the
     database: the closing job (service/reports/summary.py) and the triggers that recompute a

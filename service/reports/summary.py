@@ -1,13 +1,13 @@
 """The closed-day summary of compliance reports: which days it holds, and the job that closes them.
 
 A day is *closed* once it is in ``report_summary_window``; the summary tables then hold its
-figures (revision 0016r). The job closes every service date before today (Beijing), newest
+figures (revision 0017). The job closes every service date before today (Beijing), newest
 first, then back to the first date any session has, a few days per transaction. Each
 transaction takes an advisory lock that one replica holds at a time (the others skip their
 pass) and the exclusive lock of each date it closes, which waits for every transaction
 writing that date and holds off new ones until the summary rows and the wider window
 commit together. After that, any change to a closed day recomputes its rows in the
-writer's own transaction (the triggers of revision 0016r), so the summary never lags.
+writer's own transaction (the triggers of revision 0017), so the summary never lags.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from service.models.reports import ReportSummaryWindow
 log = structlog.get_logger("slotpool.reports")
 
 # The advisory lock of a service date (two-key form, apart from the service's 64-bit keys): writers
-# of a date hold it shared, the closing of the date exclusively. Revision 0016r's triggers use the same.
+# of a date hold it shared, the closing of the date exclusively. Revision 0017's triggers use the same.
 DAY_LOCK = 16001
 DAY_ZERO = date(2000, 1, 1)
 # Days closed per transaction: the daily closing is one; a backfill goes a week at a time, so a

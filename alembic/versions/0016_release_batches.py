@@ -24,7 +24,7 @@ every batch walked again past the entries of the slots the batches before it had
 (dead, but still in the index until vacuum). The session as second key also keeps a session's
 slots together, so a batch boundary splits at most one session into two events.
 
-Revision ID: 0016l
+Revision ID: 0016
 Revises: 0015
 Create Date: 2026-12-02 12:00:00
 """
@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0016l"
+revision: str = "0016"
 down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

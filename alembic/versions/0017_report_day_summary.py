@@ -22,8 +22,8 @@ a late cancellation, an attendance report or its correction, a release, a shortf
 The advisory locks use PostgreSQL's two-key form, whose key space is apart from the
 single 64-bit keys the service takes elsewhere (``service.kit.db.advisory_key``).
 
-Revision ID: 0016r
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-03 09:00:00
 """
 
@@ -34,8 +34,8 @@ from sqlalchemy.dialects import postgresql
 
 from alembic import op
 
-revision: str = "0016r"
-down_revision: str | None = "0015"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
