@@ -92,7 +92,7 @@ async def emit_returned(db: Database, world: World, count: int, who: str = "city
     """``count`` events, one transaction each (like ``count`` separate changes); their ids in order."""
     ids = []
     for i in range(count):
-        event = await db.run(
+        event_id = await db.run(
             lambda s, i=i: emit(
                 session=s,
                 hospital_id=world.ids[who],
@@ -101,7 +101,7 @@ async def emit_returned(db: Database, world: World, count: int, who: str = "city
                 at=world.clock.now(),
             )
         )
-        ids.append(event.id)
+        ids.append(event_id)
     return ids
 
 

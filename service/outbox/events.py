@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.models.events import EVENT_TYPES, Event, EventType
+from service.models.events import EVENT_TYPES, EventType
 
 CHANNEL = "slotpool_events"
 
@@ -32,25 +32,21 @@ async def emit(
     event_type: EventType,
     data: dict[str, Any],
     at: datetime,
-) -> Event:
-    """Write one event row for a hospital, and its webhook deliveries, in the caller's transaction."""
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {event_type}")
-    event = Event(
-        hospital_id=hospital_id,
-        type=event_type,
-        payload=envelope(event_type, data, at=at),
-        created_at=at,
-    )
-    session.add(event)
-    await session.flush()
-    await fan_out(session=session, event=event)
-    return event
+) -> int:
+    """Write one event row for a hospital, and its webhook deliveries, in the caller's transaction.
+
+    ``emit_many`` of one event: one statement, the wake-up included. Returns the event's id.
+    """
+    row = await _write(session, event_type, [(hospital_id, json.dumps(data))], at)
+    event_id: int = row.first_event_id
+    return event_id
 
 
 # The events in the order given, each ``envelope()``'s body around its data (already JSON text,
 # parsed once, here), then one pending delivery per endpoint of its hospital subscribed to the
-# type: the fan-out of ``fan_out`` for all of them at once.
+# type (disabled endpoints too: their queue waits until they are re-enabled, so a hospital whose
+# receiver answered 410 misses nothing; endpoints registered later never see older events).
+# A NOTIFY wakes the dispatchers at commit when something was queued.
 _EMIT_MANY = text(
     """
     WITH written AS (
@@ -69,7 +65,9 @@ _EMIT_MANY = text(
           ON endpoint.hospital_id = written.hospital_id AND :event_type = ANY(endpoint.event_types)
         RETURNING 1
     )
-    SELECT (SELECT count(*) FROM written) AS events, (SELECT count(*) FROM queued) AS deliveries
+    SELECT deliveries, (SELECT min(id) FROM written) AS first_event_id,
+           CASE WHEN deliveries > 0 THEN pg_notify(:channel, '') END AS woken
+    FROM (SELECT count(*) AS deliveries FROM queued) AS counted
     """
 )
 
@@ -83,19 +81,26 @@ async def emit_many(
 ) -> int:
     """Write events of one type, ``(hospital_id, data as JSON text)`` each, and their deliveries.
 
-    The same rows ``emit`` writes for each, in the caller's transaction, in one statement
-    whatever their number, and one NOTIFY for them all. ``data`` comes as JSON text so that a
+    In the caller's transaction, in one statement whatever their number, with one NOTIFY for
+    them all. ``data`` comes as JSON text so that a
     caller that had the database build it (``slots.release``) passes it on untouched; the
     caller answers for its shape, as with ``emit``. Returns the deliveries queued.
     """
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {event_type}")
     if not events:
         return 0
+    deliveries: int = (await _write(session, event_type, events, at)).deliveries
+    return deliveries
+
+
+async def _write(
+    session: AsyncSession, event_type: EventType, events: Sequence[tuple[int, str]], at: datetime
+) -> Any:
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type}")
     body = json.dumps(envelope(event_type, {}, at=at))
     head = body.removesuffix("{}}")
     assert head != body, "the envelope ends with its data"
-    row = (
+    return (
         await session.execute(
             _EMIT_MANY,
             {
@@ -104,41 +109,12 @@ async def emit_many(
                 "at": at,
                 "hospital_ids": [hospital_id for hospital_id, _ in events],
                 "data": [data for _, data in events],
+                "channel": CHANNEL,
             },
         )
     ).one()
-    deliveries: int = row.deliveries
-    if deliveries:
-        await notify_dispatchers(session=session)
-    return deliveries
 
 
 async def notify_dispatchers(*, session: AsyncSession) -> None:
     """Wake the dispatchers when this transaction commits (PostgreSQL delivers NOTIFY at commit)."""
     await session.execute(text(f"NOTIFY {CHANNEL}"))
-
-
-async def fan_out(*, session: AsyncSession, event: Event) -> int:
-    """One pending delivery per endpoint of the event's hospital subscribed to its type.
-
-    Disabled endpoints get theirs too: they wait in the endpoint's queue until it is
-    re-enabled, so a hospital whose receiver answered 410 misses nothing. Endpoints
-    registered later never see older events.
-    """
-    result = await session.execute(
-        text(
-            "INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, created_at) "
-            "SELECT :event_id, id, 'pending', 0, :at, :at FROM webhook_endpoints "
-            "WHERE hospital_id = :hospital_id AND :event_type = ANY(event_types)"
-        ),
-        {
-            "event_id": event.id,
-            "at": event.created_at,
-            "hospital_id": event.hospital_id,
-            "event_type": event.type,
-        },
-    )
-    count: int = getattr(result, "rowcount", 0) or 0
-    if count:
-        await notify_dispatchers(session=session)
-    return count
