@@ -60,6 +60,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive: every answer carries content-length
+            disable_nagle_algorithm = True  # the status line and the body are two writes
 
             def setup(self) -> None:
                 super().setup()

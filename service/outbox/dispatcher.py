@@ -31,12 +31,23 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import structlog
-from sqlalchemy import BigInteger, DateTime, Integer, SmallInteger, Text, bindparam, or_, select, text
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Integer,
+    SmallInteger,
+    Text,
+    TextualSelect,
+    bindparam,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -150,20 +161,41 @@ class Sent:
     outcome: Outcome
 
 
-# The first ``:limit`` pending deliveries of each endpoint in ``:ids``, oldest first, one statement.
-_QUEUES = (
-    text(
-        "SELECT q.endpoint_id, q.id, q.event_id, q.next_attempt_at, q.payload "
-        "FROM unnest(:ids) AS e(id) CROSS JOIN LATERAL ("
-        "  SELECT d.endpoint_id, d.id, d.event_id, d.next_attempt_at, ev.payload"
-        "  FROM webhook_deliveries d JOIN events ev ON ev.id = d.event_id"
-        "  WHERE d.endpoint_id = e.id AND d.status = 'pending'"
-        "  ORDER BY d.id LIMIT :limit"
-        ") AS q ORDER BY q.endpoint_id, q.id"
-    )
-    .bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
-    .columns(payload=JSONB)
+# An endpoint's first ``:batch`` pending deliveries with their payloads, oldest first.
+_QUEUE_ROWS = (
+    "SELECT d.id, d.event_id, d.next_attempt_at, ev.payload"
+    " FROM webhook_deliveries d JOIN events ev ON ev.id = d.event_id"
+    " WHERE d.endpoint_id = {endpoint} AND d.status = 'pending' ORDER BY d.id LIMIT :batch"
 )
+_QUEUE = text(_QUEUE_ROWS.format(endpoint=":endpoint_id")).columns(payload=JSONB)
+_HEAD_DUE = (
+    "(SELECT h.next_attempt_at FROM webhook_deliveries h"
+    " WHERE h.endpoint_id = e.id AND h.status = 'pending' ORDER BY h.id LIMIT 1)"
+)
+
+
+def _claim(condition: str, order: str) -> TextualSelect:
+    """Lease up to ``:limit`` free active endpoints meeting ``condition`` (``FOR UPDATE SKIP
+    LOCKED``, so replicas never wait on each other) and return each one's first ``:batch``
+    pending deliveries: one statement."""
+    return text(
+        "WITH claimed AS ("
+        " UPDATE webhook_endpoints SET lease_token = :token, lease_until = :until WHERE id IN ("
+        "  SELECT e.id FROM webhook_endpoints e"
+        "  WHERE e.status = 'active' AND (e.lease_until IS NULL OR e.lease_until <= :now)"
+        f"  AND {condition} ORDER BY {order}, e.id LIMIT :limit FOR UPDATE SKIP LOCKED"
+        " ) RETURNING id, url, secret_enc, previous_secret_enc, previous_secret_expires_at"
+        ") SELECT c.id AS endpoint_id, c.url, c.secret_enc, c.previous_secret_enc,"
+        " c.previous_secret_expires_at, q.id AS delivery_id, q.event_id, q.next_attempt_at, q.payload"
+        f" FROM claimed c CROSS JOIN LATERAL ({_QUEUE_ROWS.format(endpoint='c.id')}) AS q"
+        " ORDER BY c.id, q.id"
+    ).columns(payload=JSONB)
+
+
+# Endpoints whose queue head is due, the longest waiting first.
+_CLAIM_DUE = _claim(f"{_HEAD_DUE} <= :now", _HEAD_DUE)
+# Endpoints whose receiver was away and is due to be probed: their head, early.
+_CLAIM_PROBES = _claim(f"e.probe_at <= :now AND {_HEAD_DUE} > :now", "e.probe_at")
 
 
 # The deliveries answered with a 2xx: marked delivered (if still pending) with their attempts.
@@ -224,96 +256,64 @@ class Dispatcher:
 
     # --- transactions -------------------------------------------------------------------------
 
-    async def _queues(
-        self, session: AsyncSession, endpoint_ids: list[int], *, limit: int, now: datetime
-    ) -> dict[int, list[Item]]:
-        """Each endpoint's pending deliveries from its head, up to ``limit`` and the first not due."""
-        rows = await session.execute(_QUEUES, {"ids": endpoint_ids, "limit": limit})
-        queues: dict[int, list[Item]] = {}
-        stopped: set[int] = set()
-        for endpoint_id, delivery_id, event_id, next_attempt_at, payload in rows:
-            if endpoint_id in stopped:
-                continue
-            items = queues.setdefault(endpoint_id, [])
+    def _items(self, rows: list[tuple[int, int, datetime, Any]], now: datetime) -> list[Item]:
+        """One endpoint's pending deliveries from its head (delivery id, event id, due, payload) as a
+        batch: up to the first delivery behind the head that is not due (the head was replayed
+        before one that backs off; that one goes when it is due)."""
+        items: list[Item] = []
+        for delivery_id, event_id, next_attempt_at, payload in rows:
             if items and next_attempt_at > now:
-                # Behind the head, a delivery that backs off (the head was replayed before it): the
-                # batch stops there, and that delivery goes when it is due.
-                stopped.add(endpoint_id)
-                continue
+                break
             body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
             items.append(Item(delivery_id=delivery_id, event_id=event_id, body=body))
-        return queues
+        return items
 
-    def _batch(
-        self, endpoint: WebhookEndpoint, token: uuid.UUID, until: datetime, items: list[Item], *, probe: bool
-    ) -> Batch:
-        return Batch(
-            endpoint_id=endpoint.id,
-            lease_token=token,
-            lease_until=until,
-            url=endpoint.url,
-            secrets=signing_secrets(crypto=self.crypto, endpoint=endpoint, now=self.clock.now()),
-            items=items,
-            probe=probe,
-        )
+    async def _queue(self, session: AsyncSession, endpoint_id: int, now: datetime) -> list[Item]:
+        rows = await session.execute(_QUEUE, {"endpoint_id": endpoint_id, "batch": BATCH})
+        return self._items([tuple(r) for r in rows], now)
 
     async def _claim_in(self, session: AsyncSession, *, limit: int, probes: int) -> list[Batch]:
         now = self.clock.now()
-        head_due = (
-            select(WebhookDelivery.next_attempt_at)
-            .where(WebhookDelivery.endpoint_id == WebhookEndpoint.id, WebhookDelivery.status == "pending")
-            .order_by(WebhookDelivery.id)
-            .limit(1)
-            .correlate(WebhookEndpoint)
-            .scalar_subquery()
-        )
-        free = (
-            WebhookEndpoint.status == "active",
-            or_(WebhookEndpoint.lease_until.is_(None), WebhookEndpoint.lease_until <= now),
-        )
-        due: list[WebhookEndpoint] = []
-        if limit > 0:
-            due = list(
-                await session.scalars(
-                    select(WebhookEndpoint)
-                    .where(*free, head_due <= now)
-                    .order_by(head_due, WebhookEndpoint.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            )
-        probed: list[WebhookEndpoint] = []
-        if min(probes, limit - len(due)) > 0:
-            probed = list(
-                await session.scalars(
-                    select(WebhookEndpoint)
-                    .where(*free, WebhookEndpoint.probe_at <= now, head_due > now)
-                    .order_by(WebhookEndpoint.probe_at, WebhookEndpoint.id)
-                    .limit(min(probes, limit - len(due)))
-                    .with_for_update(skip_locked=True)
-                )
-            )
-        if not due and not probed:
-            return []
         token = uuid.uuid4()
         until = now + self.lease
-        batches = []
-        queues = await self._queues(session, [e.id for e in due], limit=BATCH, now=now) if due else {}
-        heads = await self._queues(session, [e.id for e in probed], limit=1, now=now) if probed else {}
-        for endpoint, queue, probe in [
-            *((e, queues.get(e.id), False) for e in due),
-            *((e, heads.get(e.id), True) for e in probed),
-        ]:
-            if not queue:
-                continue
-            endpoint.lease_token = token
-            endpoint.lease_until = until
-            batches.append(self._batch(endpoint, token, until, queue, probe=probe))
-        await session.flush()
+        claims = [(_CLAIM_DUE, limit, BATCH, False)]
+        batches: list[Batch] = []
+        if probes > 0:
+            claims.append((_CLAIM_PROBES, probes, 1, True))
+        for statement, wanted, batch_size, probe in claims:
+            wanted = min(wanted, limit - len(batches))
+            if wanted <= 0:
+                break
+            rows = await session.execute(
+                statement, {"now": now, "token": token, "until": until, "limit": wanted, "batch": batch_size}
+            )
+            # Leased and batched in that one statement. Every endpoint it leases has a pending head
+            # (the condition), read in the same snapshot while the endpoint row is locked, so none
+            # is leased without a batch.
+            queues: dict[int, tuple[Any, list[tuple[int, int, datetime, Any]]]] = {}
+            for endpoint_id, url, secret, previous, expires, *delivery in rows:
+                queues.setdefault(endpoint_id, ((url, secret, previous, expires), []))[1].append(
+                    tuple(delivery)
+                )
+            for endpoint_id, ((url, secret, previous, expires), rows_) in queues.items():
+                keys = WebhookEndpoint(
+                    secret_enc=secret, previous_secret_enc=previous, previous_secret_expires_at=expires
+                )
+                batches.append(
+                    Batch(
+                        endpoint_id=endpoint_id,
+                        lease_token=token,
+                        lease_until=until,
+                        url=url,
+                        secrets=signing_secrets(crypto=self.crypto, endpoint=keys, now=now),
+                        items=self._items(rows_, now),
+                        probe=probe,
+                    )
+                )
         return batches
 
     async def claim(self, limit: int, probes: int = 0) -> list[Batch]:
-        """Lease up to ``limit`` endpoints, ``probes`` of them to probe, with their batches; commit."""
+        """Lease up to ``limit`` endpoints, at most ``probes`` of them to probe, with their batches."""
         return await self.db.run(partial(self._claim_in, limit=limit, probes=probes))
 
     async def _record_in(
@@ -368,9 +368,17 @@ class Dispatcher:
                     await self._failed(session, endpoint, delivery, failed.outcome, now)
         next_batch = None
         if more and failed is None and not batch.probe and endpoint.status == "active":
-            queue = (await self._queues(session, [endpoint.id], limit=BATCH, now=now)).get(endpoint.id)
+            queue = await self._queue(session, endpoint.id, now)
             if queue:
-                next_batch = self._batch(endpoint, batch.lease_token, now + self.lease, queue, probe=False)
+                next_batch = Batch(
+                    endpoint_id=endpoint.id,
+                    lease_token=batch.lease_token,
+                    lease_until=now + self.lease,
+                    url=endpoint.url,
+                    secrets=signing_secrets(crypto=self.crypto, endpoint=endpoint, now=now),
+                    items=queue,
+                    probe=False,
+                )
         if next_batch is None:
             endpoint.lease_token = None
             endpoint.lease_until = None
@@ -522,6 +530,9 @@ class Dispatcher:
         running: set[asyncio.Task[int]] = set()
         probing: set[asyncio.Task[int]] = set()
         listener: asyncpg.Connection | None = None
+        # Probes are looked for on the first turn, at each poll, when a probe this replica
+        # scheduled is due and when a probe slot frees; a NOTIFY (a new event) needs no probe query.
+        look_for_probes = True
 
         def on_notify(*_: object) -> None:
             wake.set()
@@ -538,10 +549,13 @@ class Dispatcher:
                 wake.clear()
                 if self.next_probe is not None and self.next_probe <= self.clock.now():
                     self.next_probe = None  # due now: this turn's claim takes it
+                    look_for_probes = True
                 free = self.settings.webhook_concurrency - len(running) - len(probing)
                 if free > 0:
+                    probes = self.probe_slots - len(probing) if look_for_probes else 0
+                    look_for_probes = False
                     try:
-                        batches = await self.claim(free, self.probe_slots - len(probing))
+                        batches = await self.claim(free, probes)
                     except Exception as exc:
                         LOOP_ERRORS.labels("webhooks").inc()
                         log_failure(log, "webhook claim failed; retrying next interval", exc)
@@ -558,9 +572,11 @@ class Dispatcher:
                     until = (self.next_probe - self.clock.now()).total_seconds()
                     timeout = min(timeout, max(until, 0.01))
                 waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
-                await asyncio.wait(
+                probes_before = set(probing)
+                done, _ = await asyncio.wait(
                     [*waiters, *running, *probing], timeout=timeout, return_when="FIRST_COMPLETED"
                 )
+                look_for_probes = look_for_probes or not done or bool(done & probes_before)
                 for waiter in waiters:
                     waiter.cancel()
         finally:
