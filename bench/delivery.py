@@ -327,10 +327,12 @@ async def run(args: argparse.Namespace) -> bool:
             # Outage: the receiver goes away while events keep coming, then comes back.
             await asyncio.sleep(0.5)
             await receiver.stop()
+            went = time.perf_counter()
             down = await emit_at_rate(
                 db, hospitals, round(args.outage_seconds * args.rate), args.rate, owner, args.events
             )
             back = await receiver.start(secrets, port)
+            away_s = back - went
             resumed = await receiver.wait_for(set(down), seconds=args.time_limit)
             if not resumed:
                 print("outage phase: not every event arrived in time after the return", file=sys.stderr)
@@ -377,7 +379,7 @@ async def run(args: argparse.Namespace) -> bool:
               f"this process's CPU {floor_cpu_us:.0f} us per request")  # fmt: skip
         print(f"throughput, backlog of {args.events} events: {elapsed:.2f} s -> {events_per_s:.0f} events/s "
               f"({events_per_s / floor_rate:.0%} of the floor), this process's CPU {cpu_us:.0f} us per event")  # fmt: skip
-        print(f"outage: receiver down while {len(down)} events came in over {args.outage_seconds:g} s; "
+        print(f"outage: receiver down {away_s:.1f} s while {len(down)} events came in; "
               f"queue drained {resume_s:.2f} s after its return")  # fmt: skip
         print(f"integrity: {deliveries} deliveries for {total} events, {not_delivered} not delivered, "
               f"{not_once} without exactly one successful attempt, {failed} failed attempts (outage), "

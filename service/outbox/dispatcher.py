@@ -24,6 +24,7 @@ as without them.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import random
 import time
@@ -243,7 +244,7 @@ class Dispatcher:
         # extends the lease): a request never outlives the lease it was sent under.
         self.lease_margin = timedelta(seconds=settings.webhook_timeout_seconds + 10)
         self.probe_slots = probe_slots(settings)
-        self.next_probe: datetime | None = None  # the earliest probe this replica scheduled
+        self.probe_times: list[datetime] = []  # a heap: when the probes this replica scheduled are due
 
     async def __aenter__(self) -> Dispatcher:
         return self
@@ -427,8 +428,7 @@ class Dispatcher:
     def _schedule_probe(self, endpoint: WebhookEndpoint, now: datetime) -> None:
         at = now + timedelta(seconds=PROBE_SECONDS * self.rng.uniform(1 - JITTER, 1 + JITTER))
         endpoint.probe_at = at
-        if self.next_probe is None or at < self.next_probe:
-            self.next_probe = at
+        heapq.heappush(self.probe_times, at)
 
     # --- HTTP ---------------------------------------------------------------------------------
 
@@ -547,8 +547,9 @@ class Dispatcher:
                         listener = None
                         log.warning("LISTEN unavailable; polling only", error=type(exc).__name__)
                 wake.clear()
-                if self.next_probe is not None and self.next_probe <= self.clock.now():
-                    self.next_probe = None  # due now: this turn's claim takes it
+                now = self.clock.now()
+                while self.probe_times and self.probe_times[0] <= now:
+                    heapq.heappop(self.probe_times)  # due: this turn's claim takes it
                     look_for_probes = True
                 free = self.settings.webhook_concurrency - len(running) - len(probing)
                 if free > 0:
@@ -568,8 +569,8 @@ class Dispatcher:
                     if len(batches) == free:
                         continue  # more may be due: claim again once a slot frees
                 timeout = self.settings.webhook_poll_seconds
-                if self.next_probe is not None:
-                    until = (self.next_probe - self.clock.now()).total_seconds()
+                if self.probe_times:
+                    until = (self.probe_times[0] - self.clock.now()).total_seconds()
                     timeout = min(timeout, max(until, 0.01))
                 waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
                 probes_before = set(probing)
