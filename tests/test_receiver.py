@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook
 
-from service.outbox.dispatcher import Dispatcher, http_client
+from service.outbox.dispatcher import Dispatcher
 from service.outbox.signing import new_secret
 from tests.test_webhooks import ALL_TYPES, drain, emit_returned, returned_data
 
@@ -86,8 +86,7 @@ async def test_r19_receiver_accepts_the_dispatchers_requests_once_each(
         assert r.status_code == 200, r.text
         clock.set(datetime.now(UTC))  # the receiver checks timestamps against its own clock
         events = await emit_returned(db, world, 3)
-        async with http_client(hook_settings) as http:
-            dispatcher = Dispatcher(db, clock, crypto, hook_settings, http)
+        async with Dispatcher(db, clock, crypto, hook_settings) as dispatcher:
             assert await drain(dispatcher) == 3
             # A replay of the first event (same webhook-id) is accepted and not printed again.
             await db.run(

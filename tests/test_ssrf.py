@@ -19,7 +19,7 @@ from sqlalchemy import select
 from service.kit.config import Settings
 from service.kit.errors import Unprocessable
 from service.models.webhooks import WebhookAttempt, WebhookEndpoint
-from service.outbox.dispatcher import Dispatcher, http_client
+from service.outbox.dispatcher import Dispatcher
 from service.outbox.urls import check_url, numeric_ipv4, refusal_of
 from tests.test_webhooks import ALL_TYPES, drain, emit_returned, fake_dns, scalar
 from tests.webhook_receiver import Receiver
@@ -242,8 +242,8 @@ async def test_delivery_rechecks_with_default_settings(world, clock, crypto, db,
 
         await db.run(add)
         await emit_returned(db, world, 1)
-        async with http_client(settings) as http:
-            assert await drain(Dispatcher(db, clock, crypto, settings, http)) == 1
+        async with Dispatcher(db, clock, crypto, settings) as dispatcher:
+            assert await drain(dispatcher) == 1
         attempt = await scalar(db, select(WebhookAttempt))
         assert attempt.error.startswith("webhook_url_not_https"), attempt.error
         assert receiver.requests == []

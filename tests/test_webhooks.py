@@ -25,7 +25,7 @@ from service.kit.db import Database
 from service.kit.errors import Unprocessable
 from service.models.events import EVENT_TYPES, Event
 from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from service.outbox.dispatcher import BACKOFF, JITTER, MAX_ATTEMPTS, Dispatcher, http_client, listen_dsn
+from service.outbox.dispatcher import BACKOFF, JITTER, MAX_ATTEMPTS, PROBE_SECONDS, Dispatcher, listen_dsn
 from service.outbox.events import emit
 from service.outbox.signing import signature, signature_header
 from service.outbox.urls import check_url
@@ -54,8 +54,8 @@ def hook_settings(settings: Settings) -> Settings:
 async def dispatcher(
     db: Database, clock: ManualClock, crypto: Crypto, hook_settings: Settings
 ) -> AsyncIterator[Dispatcher]:
-    async with http_client(hook_settings) as http:
-        yield Dispatcher(db, clock, crypto, hook_settings, http, rng=random.Random(7))
+    async with Dispatcher(db, clock, crypto, hook_settings, rng=random.Random(7)) as dispatcher:
+        yield dispatcher
 
 
 async def register(
@@ -352,9 +352,10 @@ async def test_r19_two_dispatchers_deliver_every_event_exactly_once(
     # Two endpoints at a time each, so both replicas have work and contend for the rest.
     two_at_a_time = hook_settings.model_copy(update={"webhook_concurrency": 2})
     try:
-        async with http_client(two_at_a_time) as a, http_client(two_at_a_time) as b:
-            first = Dispatcher(db, clock, crypto, two_at_a_time, a)
-            second = Dispatcher(other_db, clock, crypto, two_at_a_time, b)
+        async with (
+            Dispatcher(db, clock, crypto, two_at_a_time) as first,
+            Dispatcher(other_db, clock, crypto, two_at_a_time) as second,
+        ):
             made = await asyncio.gather(drain(first), drain(second))
     finally:
         await other_db.dispose()
@@ -403,8 +404,7 @@ async def test_r19_notify_at_commit_wakes_the_dispatcher(
 
     pool = db.engine.sync_engine.pool
     sqlalchemy.event.listen(pool, "checkin", on_checkin)
-    async with http_client(settings) as http:
-        dispatcher = Dispatcher(db, Clock(), crypto, settings, http)
+    async with Dispatcher(db, Clock(), crypto, settings) as dispatcher:
         task = asyncio.create_task(dispatcher.run(stop=stop, listen_url=listen_dsn(clean_db)))
         try:
             await asyncio.wait_for(idle.wait(), timeout=10)
@@ -418,6 +418,223 @@ async def test_r19_notify_at_commit_wakes_the_dispatcher(
         finally:
             stop.set()
             await task
+
+
+# --- batches, kept-alive connections, outages ------------------------------------------------------
+
+
+class Statements:
+    """Counts the SQL statements the dispatcher's engine runs while active."""
+
+    def __init__(self, db: Database) -> None:
+        self.engine = db.engine.sync_engine
+        self.count = 0
+
+    def _seen(self, *_: object) -> None:
+        self.count += 1
+
+    def __enter__(self) -> Statements:
+        sqlalchemy.event.listen(self.engine, "before_cursor_execute", self._seen)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        sqlalchemy.event.remove(self.engine, "before_cursor_execute", self._seen)
+
+
+async def test_r19_a_queue_is_claimed_in_batches_and_sent_over_one_connection_per_endpoint(
+    client, world, clock, db, receiver, dispatcher
+):
+    paths = ["/a", "/b"]  # the same origin: still one connection each, not shared
+    for path in paths:
+        await register(client, world, receiver.url + path)
+    few = await emit_returned(db, world, 3)
+    with Statements(db) as small:
+        assert await drain(dispatcher) == 2 * len(few)
+    many = await emit_returned(db, world, 60)
+    with Statements(db) as large:
+        assert await drain(dispatcher) == 2 * len(many)
+    # Claiming, marking and recording take as many statements for 60 deliveries as for 3.
+    assert large.count == small.count, (small.count, large.count)
+
+    connections = {}
+    for path in paths:
+        assert receiver.ids(path) == [wid(e) for e in few + many], path
+        used = {r.connection for r in receiver.requests if r.path == path}
+        assert len(used) == 1, used  # kept alive from the first request to the last
+        connections[path] = used.pop()
+    assert connections["/a"] != connections["/b"]
+    async with db.sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(WebhookDelivery.status, WebhookDelivery.attempts, func.count(WebhookAttempt.id))
+                .outerjoin(WebhookAttempt, WebhookAttempt.delivery_id == WebhookDelivery.id)
+                .group_by(WebhookDelivery.id)
+            )
+        ).all()
+    assert len(rows) == 2 * len(few + many)
+    assert {tuple(r) for r in rows} == {("delivered", 1, 1)}
+
+
+async def test_r19_a_failure_stops_the_queue_and_nothing_overtakes_it(
+    client, world, clock, db, receiver, dispatcher
+):
+    await register(client, world, receiver.url)
+    events = await emit_returned(db, world, 10)
+    answers = iter([200, 200, 200, 500])
+    receiver.on_request = lambda: setattr(receiver, "answer", next(answers, 200))
+    assert await drain(dispatcher) == 4  # three delivered, the fourth failed: the batch stops there
+    assert receiver.ids() == [wid(e) for e in events[:4]]
+    clock.advance(BACKOFF[0] * (1 + JITTER) + timedelta(seconds=1))
+    assert await drain(dispatcher) == 7
+    assert receiver.ids() == [wid(e) for e in events[:4]] + [wid(e) for e in events[3:]]
+
+
+async def test_r19_a_crash_between_sending_and_recording_sends_again_in_order(
+    client, world, clock, db, receiver, dispatcher, monkeypatch
+):
+    await register(client, world, receiver.url)
+    events = await emit_returned(db, world, 5)
+    record = dispatcher._record_in
+
+    async def crash(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(dispatcher, "_record_in", record)
+        raise RuntimeError("the replica died before recording")
+
+    monkeypatch.setattr(dispatcher, "_record_in", crash)
+    await dispatcher.run_pass()
+    assert receiver.ids() == [wid(e) for e in events]  # sent, but nothing recorded
+    assert await drain(dispatcher) == 0  # the lease still holds the endpoint
+    clock.advance(dispatcher.lease + timedelta(seconds=1))
+    assert await drain(dispatcher) == len(events)
+    assert receiver.ids() == [wid(e) for e in events] * 2  # at least once, and in order again
+    assert await scalar(db, select(func.count()).select_from(WebhookAttempt)) == len(events)
+    assert await scalar(db, select(func.count()).where(WebhookDelivery.status != "delivered")) == 0
+
+
+async def test_r19_no_request_starts_without_enough_lease_left_to_finish(
+    client, world, clock, db, receiver, dispatcher, monkeypatch
+):
+    """A slow receiver (10 s a request here) cannot outrun the lease: batches are cut and recorded."""
+    await register(client, world, receiver.url)
+    events = await emit_returned(db, world, 8)
+    receiver.on_request = lambda: clock.advance(timedelta(seconds=10))
+    send = dispatcher.send
+    leases = []
+
+    async def checked(http: Any, batch: Any, item: Any) -> Any:
+        assert clock.now() + dispatcher.lease_margin <= batch.lease_until
+        leases.append(batch.lease_until)
+        return await send(http, batch, item)
+
+    monkeypatch.setattr(dispatcher, "send", checked)
+    assert await drain(dispatcher) == len(events)
+    assert receiver.ids() == [wid(e) for e in events]
+    assert len(set(leases)) > 1  # extended as it went
+    assert await scalar(db, select(func.count()).where(WebhookDelivery.status != "delivered")) == 0
+
+
+async def endpoint_row(db: Database) -> WebhookEndpoint:
+    endpoint: WebhookEndpoint = await scalar(db, select(WebhookEndpoint))
+    return endpoint
+
+
+async def head_delivery(db: Database) -> WebhookDelivery:
+    delivery: WebhookDelivery = await scalar(
+        db, select(WebhookDelivery).where(WebhookDelivery.status == "pending").order_by(WebhookDelivery.id)
+    )
+    return delivery
+
+
+async def test_r19_an_unreachable_receiver_is_probed_and_its_queue_resumes_when_it_is_back(
+    client, world, clock, db, receiver, dispatcher
+):
+    await register(client, world, receiver.url + "/his")
+    receiver.stop()
+    events = await emit_returned(db, world, 20)
+    assert await drain(dispatcher) == 1  # the head: connection refused
+    clock.advance(BACKOFF[0] * (1 + JITTER) + timedelta(seconds=1))
+    assert await drain(dispatcher) == 1  # the schedule's first retry: refused again
+    head = await head_delivery(db)
+    retry_at = head.next_attempt_at
+    assert head.attempts == 2 and retry_at - clock.now() >= BACKOFF[1] * (1 - JITTER)
+
+    # Between the schedule's retries the head is re-sent every PROBE_SECONDS (± jitter).
+    for _ in range(3):
+        probe_at = (await endpoint_row(db)).probe_at
+        assert probe_at is not None
+        assert (
+            PROBE_SECONDS * (1 - JITTER)
+            <= (probe_at - clock.now()).total_seconds()
+            <= PROBE_SECONDS * (1 + JITTER)
+        )
+        assert await drain(dispatcher) == 0  # not before its time
+        clock.set(probe_at)
+        assert await drain(dispatcher) == 1  # refused: the receiver is still away
+    # A failed probe is not an attempt: not recorded, not counted, the schedule unchanged.
+    assert await scalar(db, select(func.count()).select_from(WebhookAttempt)) == 2
+    head = await head_delivery(db)
+    assert (head.attempts, head.next_attempt_at) == (2, retry_at)
+
+    receiver.start()
+    back = clock.now()
+    clock.set((await endpoint_row(db)).probe_at)
+    assert await drain(dispatcher) == len(events)  # the probe, then the whole queue
+    assert clock.now() - back <= timedelta(seconds=PROBE_SECONDS * (1 + JITTER))
+    assert clock.now() < retry_at  # long before the schedule would have tried again
+    assert receiver.ids("/his") == [wid(e) for e in events]
+    assert (await endpoint_row(db)).probe_at is None
+    async with db.sessionmaker() as session:
+        attempts = list(await session.scalars(select(WebhookAttempt).order_by(WebhookAttempt.id)))
+    assert [a.http_status for a in attempts] == [None, None] + [200] * len(events)
+    assert attempts[0].error.startswith("ConnectError")
+
+
+@pytest.mark.parametrize(("answer", "probed"), [(503, True), (502, True), (500, False), (401, False)])
+async def test_r19_only_a_receiver_that_is_away_is_probed(
+    client, world, clock, db, receiver, dispatcher, answer, probed
+):
+    """502/503/504 are a gateway whose receiver is away; any other answer paces by the schedule."""
+    await register(client, world, receiver.url)
+    await emit_returned(db, world, 1)
+    receiver.answer = answer
+    assert await drain(dispatcher) == 1
+    assert ((await endpoint_row(db)).probe_at is not None) is probed
+    clock.advance(timedelta(seconds=PROBE_SECONDS * (1 + JITTER)))
+    assert await drain(dispatcher) == (1 if probed else 0)
+    assert await scalar(db, select(func.count()).select_from(WebhookAttempt)) == 1
+
+
+async def test_r19_the_running_dispatcher_resumes_within_the_probe_interval_of_the_return(
+    client, world, db, clean_db, receiver, hook_settings, crypto
+):
+    """Real clock and the real loop, whose poll (60 s) is far away: only the probe timer wakes it."""
+    from service.kit.clock import Clock
+
+    await register(client, world, receiver.url)
+    settings = hook_settings.model_copy(update={"webhook_poll_seconds": 60.0})
+    receiver.stop()
+    stop = asyncio.Event()
+    async with Dispatcher(db, Clock(), crypto, settings) as dispatcher:
+        task = asyncio.create_task(dispatcher.run(stop=stop, listen_url=listen_dsn(clean_db)))
+        try:
+            events = await emit_returned(db, world, 5)
+            for _ in range(200):  # the head's first attempt, refused
+                if await scalar(db, select(func.count()).select_from(WebhookAttempt)):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(PROBE_SECONDS * (1 + JITTER))  # at least one probe refused meanwhile
+            receiver.start()
+            back = asyncio.get_running_loop().time()
+            for _ in range(round((PROBE_SECONDS * (1 + JITTER) + 3) / 0.05)):
+                if len(receiver.ids()) == len(events):
+                    break
+                await asyncio.sleep(0.05)
+            assert receiver.ids() == [wid(e) for e in events]
+            assert asyncio.get_running_loop().time() - back <= PROBE_SECONDS * (1 + JITTER) + 3
+        finally:
+            stop.set()
+            await task
+    assert await scalar(db, select(func.count()).select_from(WebhookAttempt)) == 1 + len(events)
 
 
 # --- URLs and SSRF -------------------------------------------------------------------------------
@@ -563,8 +780,7 @@ async def test_r19_delivery_rechecks_the_address_dns_rebinding(world, clock, cry
     await db.run(add)
     await emit_returned(db, world, 1)
     rebound = fake_dns({"his.example.org": ["127.0.0.1"]})
-    async with http_client(production) as http:
-        dispatcher = Dispatcher(db, clock, crypto, production, http, resolver=rebound)
+    async with Dispatcher(db, clock, crypto, production, resolver=rebound) as dispatcher:
         assert await drain(dispatcher) == 1
     attempt = await scalar(db, select(WebhookAttempt))
     assert attempt.http_status is None and attempt.error.startswith("webhook_url_refused")

@@ -2,13 +2,17 @@
 
 It runs ``http.server`` in a thread, so it serves while the test's event loop
 runs the dispatcher. ``answer`` is what it does next: an HTTP status to send,
-or "stall" to hold the request past the dispatcher's timeout. ``stop()`` and
-``start()`` take it down and bring it back on the same port.
+or "stall" to hold the request past the dispatcher's timeout. It speaks HTTP/1.1
+and keeps connections open, and records which connection each request came on.
+``stop()`` takes it down, kept-alive connections included (a stopped receiver
+answers nothing), and ``start()`` brings it back on the same port.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +29,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: datetime  # the test clock's reading when it arrived
+    connection: tuple[str, int]  # the client's address and port: one per TCP connection
 
     @property
     def webhook_id(self) -> str:
@@ -36,7 +41,11 @@ class Receiver:
         self.clock = clock
         self.requests: list[Received] = []
         self.answer: int | str = 200
+        self.on_request: Callable[[], None] | None = (
+            None  # runs as each request arrives, before `answer` is read
+        )
         self.release = threading.Event()
+        self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -50,15 +59,36 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: every answer carries content-length
+            disable_nagle_algorithm = True  # the status line and the body are two writes
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with receiver._lock:
+                    receiver._connections.discard(self.connection)
+                super().finish()
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                answer = receiver.answer
                 with receiver._lock:
                     receiver.requests.append(
-                        Received(path=self.path, headers=headers, body=body, at=receiver.clock.now())
+                        Received(
+                            path=self.path,
+                            headers=headers,
+                            body=body,
+                            at=receiver.clock.now(),
+                            connection=self.client_address[:2],
+                        )
                     )
+                if receiver.on_request is not None:
+                    receiver.on_request()
+                answer = receiver.answer
                 if answer == "stall":
                     receiver.release.wait(10)
                     answer = 200
@@ -84,6 +114,13 @@ class Receiver:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread is not None:
             self._thread.join(5)
         self.release.clear()

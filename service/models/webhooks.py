@@ -59,6 +59,8 @@ class WebhookEndpoint(Base):
     # A dispatcher's claim: committed before its HTTP call, checked when it writes the result.
     lease_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The receiver did not answer: when to re-send the queue's head, between the backoff's retries.
+    probe_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class WebhookDelivery(Base):

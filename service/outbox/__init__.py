@@ -1,2 +1,3 @@
 """The outbox: events written with the change (``events``), hospitals' webhook endpoints and
-dead letters (``endpoints``, ``router``), and their delivery, signed and in order (``dispatcher``)."""
+dead letters (``endpoints``, ``router``), and their delivery, signed and in order
+(``dispatcher``, over a connection kept per endpoint: ``connections``)."""
