@@ -6,8 +6,8 @@ queue's head every few seconds, between the retries of the backoff schedule, so 
 resumes as soon as the receiver is back. Cleared by the first delivery that succeeds. See
 docs/webhooks.md.
 
-Revision ID: 0016d
-Revises: 0015
+Revision ID: 0018
+Revises: 0017
 Create Date: 2026-12-10 09:00:00
 """
 
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0016d"
-down_revision: str | None = "0015"
+revision: str = "0018"
+down_revision: str | None = "0017"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
