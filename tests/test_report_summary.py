@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from service.kit.clock import local_datetime
 from service.reports.schemas import ComplianceReport
 from service.reports.service import compliance_report, hospitals_in_scope
-from service.reports.summary import close_days, close_next_days, read_window
+from service.reports.summary import close_days, close_next_day, read_window
 from service.slots.release import release_due_slots
 from tests.factories import (
     TEST_POLICY,
@@ -177,8 +177,12 @@ class Walk:
         state = {"day": day, "version": 1, "title": title, "department": department, "who": who}
         state["slots"] = self.rng.randint(3, 10)
         self.at(local_datetime(day - timedelta(days=8), 7) if self.rng.random() < 0.8 else self.late(day))
-        result = await self.push_item(who, self.item(external, state))
-        if result["result"] == "created":
+        item = self.item(external, state)
+        if self.rng.random() < 0.1:  # announced and withdrawn at once: a session with no slot
+            item.update(status="withdrawn", slots=[], withdrawn_reason="停诊")
+            state["status"] = "withdrawn"
+        result = await self.push_item(who, item)
+        if result["result"] in ("created", "withdrawn"):
             state["id"] = result["session_id"]
             self.sessions[(who, external)] = state
 
@@ -517,7 +521,7 @@ async def test_a_writer_waits_for_the_closing_of_its_day(client, world, db):
     day, reference = await booked_day(client, world)
     world.clock.set(local_datetime(day + timedelta(days=1), 18))
     async with db.sessionmaker() as closing:
-        assert await close_next_days(session=closing, today=day + timedelta(days=1)) == 1
+        assert await close_next_day(session=closing, today=day + timedelta(days=1)) == day
         report = asyncio.create_task(
             client.post(
                 "/v1/hospital/attendance",

@@ -9,9 +9,9 @@ their referral figures (from ``referral_counts``) and the recorded shortfalls
 one day per transaction (service/reports/summary.py); reports read the summary for the
 days in the window and count the other days live. See docs/reports.md.
 
-Exactness. A statement that changes any of the four sources takes a shared advisory
-lock on each service date it touches, then reads the window; for the days inside it,
-it recomputes their summary rows from the sources (under an exclusive lock per hospital,
+Exactness. Every row written to any of the four sources takes (a row-level trigger) a
+shared advisory lock on its service date, then reads the window; for a day inside it, it
+recomputes that day's summary rows from the sources (under an exclusive lock per hospital,
 date and kind, so two writers of one day recompute one after the other, each seeing the
 other's committed rows). The job closes a day under the exclusive lock of that date,
 which waits for every writer of the date and holds off new ones until the summary rows
@@ -83,7 +83,7 @@ DECLARE
     lock_key integer;
 BEGIN
     IF p_lock THEN
-        -- Writers of the same day recompute one after the other, in one order (no deadlock).
+        -- Writers of the same day recompute one after the other (the keys of one call in one order).
         FOR lock_key IN
             SELECT DISTINCT hashtext(h::text || ':' || (d - DATE '2000-01-01')::text || ':' || k)
             FROM unnest(p_hospital, p_date, p_kind) AS u(h, d, k) ORDER BY 1
@@ -185,98 +185,65 @@ END;
 $$
 """
 
-# What each statement changed that a report counts, as rows (hospital_id, service_date, resource_kind).
-_SESSION_COLUMNS = "hospital_id, department_id, service_date, resource_kind, policy_id, status, doctor_title"
-_COUNT_COLUMNS = "hospital_id, service_date, resource_kind, public, reserved, booked, returned"
-_REFERRAL_COLUMNS = "session_id, hospital_id, service_date, bookings, cancelled, attended, no_show"
-_SHORTFALL_COLUMNS = "hospital_id, department_id, service_date, resource_kind, kind"
+# The sources, the columns of theirs a report counts (an update that changes none of them is
+# skipped), and how a row names its kind: a referral count has none of its own, its session's.
+# A referral count is summarised only under its session's hospital and date, which booking
+# copies into it; were they ever to differ, the count would be in no summary row, and its change
+# would change none. So every source row names its key (hospital, date, kind) itself.
+_SOURCES = {
+    "clinic_sessions": (
+        "sessions",
+        (
+            "hospital_id",
+            "department_id",
+            "service_date",
+            "resource_kind",
+            "policy_id",
+            "status",
+            "doctor_title",
+        ),
+        "{row}.resource_kind",
+    ),
+    "availability_counts": (
+        "availability",
+        ("hospital_id", "service_date", "resource_kind", "public", "reserved", "booked", "returned"),
+        "{row}.resource_kind",
+    ),
+    "referral_counts": (
+        "referrals",
+        ("session_id", "hospital_id", "service_date", "bookings", "cancelled", "attended", "no_show"),
+        "(SELECT cs.resource_kind FROM clinic_sessions cs WHERE cs.id = {row}.session_id)",
+    ),
+    "reservation_shortfalls": (
+        "shortfalls",
+        ("hospital_id", "department_id", "service_date", "resource_kind", "kind"),
+        "{row}.resource_kind",
+    ),
+}
 
 
-def _changed(old: str, new: str, columns: str) -> str:
-    """Old and new keys of the rows of an UPDATE whose counted columns changed."""
-    o = ", ".join(f"o.{c.strip()}" for c in columns.split(","))
-    n = ", ".join(f"n.{c.strip()}" for c in columns.split(","))
-    return f"""
-        SELECT o.* FROM {old} o JOIN {new} n ON {{join}} WHERE ({o}) IS DISTINCT FROM ({n})
-        UNION ALL
-        SELECT n.* FROM {old} o JOIN {new} n ON {{join}} WHERE ({o}) IS DISTINCT FROM ({n})
+def _trigger_function(short: str, kind: str) -> str:
+    """A changed row locks its date(s); only a row of a closed day reads the window's rows again.
+
+    Row-level, so that the common write (a booking's one count row, of a day still open) costs
+    two lock-table calls and a one-row read, without a pass over a transition table.
     """
-
-
-def _keys_direct(rows: str) -> str:
-    return f"SELECT hospital_id, service_date, resource_kind FROM ({rows}) AS r"
-
-
-def _keys_by_session(rows: str) -> str:
-    # A referral count is summarised under its session's hospital, date and kind.
-    return (
-        "SELECT cs.hospital_id, cs.service_date, cs.resource_kind "
-        f"FROM ({rows}) AS r JOIN clinic_sessions cs ON cs.id = r.session_id"
-    )
-
-
-def _sources() -> dict[str, tuple[str, str, str, str]]:
-    """trigger name: (table, event, REFERENCING clause, the changed keys)."""
-    triggers: dict[str, tuple[str, str, str, str]] = {}
-    for table, short, columns, join, keys in (
-        ("clinic_sessions", "sessions", _SESSION_COLUMNS, "n.id = o.id", _keys_direct),
-        (
-            "availability_counts",
-            "availability",
-            _COUNT_COLUMNS,
-            "(n.session_id, n.pool_opens_at, n.public_at) = (o.session_id, o.pool_opens_at, o.public_at)",
-            _keys_direct,
-        ),
-        (
-            "referral_counts",
-            "referrals",
-            _REFERRAL_COLUMNS,
-            "(n.session_id, n.hospital_id, n.service_date) = (o.session_id, o.hospital_id, o.service_date)",
-            _keys_by_session,
-        ),
-        (
-            "reservation_shortfalls",
-            "shortfalls",
-            _SHORTFALL_COLUMNS,
-            "(n.department_id, n.service_date, n.resource_kind, n.kind)"
-            " = (o.department_id, o.service_date, o.resource_kind, o.kind)",
-            _keys_direct,
-        ),
-    ):
-        old, new = f"old_{short}", f"new_{short}"
-        triggers[f"report_days_{short}_insert"] = (
-            table,
-            "INSERT",
-            f"NEW TABLE AS {new}",
-            keys(f"SELECT * FROM {new}"),
-        )
-        triggers[f"report_days_{short}_update"] = (
-            table,
-            "UPDATE",
-            f"OLD TABLE AS {old} NEW TABLE AS {new}",
-            keys(_changed(old, new, columns).format(join=join)),
-        )
-        triggers[f"report_days_{short}_delete"] = (
-            table,
-            "DELETE",
-            f"OLD TABLE AS {old}",
-            keys(f"SELECT * FROM {old}"),
-        )
-    return triggers
-
-
-def _trigger_function(name: str, keys: str) -> str:
     return f"""
-CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION report_days_{short}_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    day date;
-    touched date[];
+    old_day date;
+    new_day date;
     window_from date;
     window_through date;
+    hospitals bigint[] := '{{}}';
+    days date[] := '{{}}';
+    kinds text[] := '{{}}';
 BEGIN
-    SELECT array_agg(DISTINCT k.service_date ORDER BY k.service_date) INTO touched FROM ({keys}) AS k;
-    IF touched IS NULL THEN
-        RETURN NULL;
+    IF TG_OP <> 'INSERT' THEN
+        old_day := OLD.service_date;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        new_day := NEW.service_date;
     END IF;
     -- The locks below order this write and a closing only if each statement reads what committed
     -- before it: every writer of the service runs at READ COMMITTED, and so must any other.
@@ -285,21 +252,25 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     -- A day being closed waits for this transaction, and this one for the closing: either the
-    -- closing sees these rows, or this reads the window the closing committed.
-    FOREACH day IN ARRAY touched LOOP
-        PERFORM pg_advisory_xact_lock_shared({DAY_LOCK}, day - DATE '2000-01-01');
-    END LOOP;
-    SELECT closed_from, closed_through INTO window_from, window_through FROM report_summary_window;
-    IF window_from IS NULL OR NOT EXISTS (
-        SELECT FROM unnest(touched) AS t(d) WHERE t.d BETWEEN window_from AND window_through
-    ) THEN
-        RETURN NULL;
+    -- closing sees this row, or this reads the window the closing committed.
+    PERFORM pg_advisory_xact_lock_shared({DAY_LOCK}, least(old_day, new_day) - DATE '2000-01-01');
+    IF old_day <> new_day THEN
+        PERFORM pg_advisory_xact_lock_shared({DAY_LOCK}, greatest(old_day, new_day) - DATE '2000-01-01');
     END IF;
-    PERFORM report_days_refresh(array_agg(k.hospital_id), array_agg(k.service_date), array_agg(k.resource_kind), true)
-    FROM (
-        SELECT DISTINCT hospital_id, service_date, resource_kind FROM ({keys}) AS c
-        WHERE c.service_date BETWEEN window_from AND window_through
-    ) AS k;
+    SELECT closed_from, closed_through INTO window_from, window_through FROM report_summary_window;
+    IF old_day BETWEEN window_from AND window_through THEN
+        hospitals := hospitals || OLD.hospital_id;
+        days := days || old_day;
+        kinds := kinds || {kind.format(row="OLD")}::text;
+    END IF;
+    IF new_day BETWEEN window_from AND window_through THEN
+        hospitals := hospitals || NEW.hospital_id;
+        days := days || new_day;
+        kinds := kinds || {kind.format(row="NEW")}::text;
+    END IF;
+    IF cardinality(days) > 0 THEN
+        PERFORM report_days_refresh(hospitals, days, kinds, true);
+    END IF;
     RETURN NULL;
 END;
 $$
@@ -344,19 +315,26 @@ def upgrade() -> None:
         ),
     )
     op.execute(_REFRESH)
-    for name, (table, event, referencing, keys) in _sources().items():
-        op.execute(_trigger_function(name, keys))
+    for table, (short, columns, kind) in _SOURCES.items():
+        op.execute(_trigger_function(short, kind))
         op.execute(
-            f"CREATE TRIGGER {name} AFTER {event} ON {table} REFERENCING {referencing} "
-            f"FOR EACH STATEMENT EXECUTE FUNCTION {name}()"
+            f"CREATE TRIGGER report_days_{short}_insert_delete AFTER INSERT OR DELETE ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION report_days_{short}_changed()"
+        )
+        old, new = (", ".join(f"{row}.{c}" for c in columns) for row in ("OLD", "NEW"))
+        op.execute(
+            f"CREATE TRIGGER report_days_{short}_update AFTER UPDATE ON {table} "
+            f"FOR EACH ROW WHEN (({old}) IS DISTINCT FROM ({new})) "
+            f"EXECUTE FUNCTION report_days_{short}_changed()"
         )
     # No window yet: every day is counted live until the job closes the first one.
 
 
 def downgrade() -> None:
-    for name, (table, *_) in reversed(list(_sources().items())):
-        op.execute(f"DROP TRIGGER {name} ON {table}")
-        op.execute(f"DROP FUNCTION {name}()")
+    for table, (short, _, _) in reversed(list(_SOURCES.items())):
+        op.execute(f"DROP TRIGGER report_days_{short}_update ON {table}")
+        op.execute(f"DROP TRIGGER report_days_{short}_insert_delete ON {table}")
+        op.execute(f"DROP FUNCTION report_days_{short}_changed()")
     op.execute("DROP FUNCTION report_days_refresh(bigint[], date[], text[], boolean)")
     op.drop_table("report_department_days")
     op.drop_table("report_hospital_days")

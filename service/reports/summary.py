@@ -2,12 +2,14 @@
 
 A day is *closed* once it is in ``report_summary_window``; the summary tables then hold its
 figures (revision 0017). The job closes every service date before today (Beijing), newest
-first, then back to the first date any session has, a few days per transaction. Each
+first, then back to the first date any session has, one day per transaction. Each
 transaction takes an advisory lock that one replica holds at a time (the others skip their
-pass) and the exclusive lock of each date it closes, which waits for every transaction
+pass) and the exclusive lock of the date it closes, which waits for every transaction
 writing that date and holds off new ones until the summary rows and the wider window
 commit together. After that, any change to a closed day recomputes its rows in the
 writer's own transaction (the triggers of revision 0017), so the summary never lags.
+One date per transaction also means a closing holds one date's lock: a writer holding two
+dates' can never wait on it in a cycle.
 """
 
 from __future__ import annotations
@@ -32,9 +34,6 @@ log = structlog.get_logger("slotpool.reports")
 # of a date hold it shared, the closing of the date exclusively. Revision 0017's triggers use the same.
 DAY_LOCK = 16001
 DAY_ZERO = date(2000, 1, 1)
-# Days closed per transaction: the daily closing is one; a backfill goes a week at a time, so a
-# late writer of those days waits a fraction of a second at most.
-DAYS_PER_TRANSACTION = 7
 # How long a closing waits for the writers of its days before giving up until the next pass.
 CLOSE_LOCK_TIMEOUT = "5s"
 
@@ -71,37 +70,32 @@ async def read_window(*, session: AsyncSession) -> Window | None:
     return None if row is None else Window(row.closed_from, row.closed_through)
 
 
-async def close_next_days(*, session: AsyncSession, today: date, limit: int = DAYS_PER_TRANSACTION) -> int:
-    """Close up to ``limit`` days in this transaction; how many it closed (0: nothing left, or busy).
+async def close_next_day(*, session: AsyncSession, today: date) -> date | None:
+    """Close one day in this transaction, and say which (none: nothing left, or another replica is at it).
 
     Forward first, to the day before ``today``; then backward, to the first service date of any
-    session. Days are closed next to the window only, so it stays one range.
+    session. A day is closed next to the window only, so the window stays one range.
     """
     if not await session.scalar(
         select(func.pg_try_advisory_xact_lock(advisory_key("reports", "close_days")))
     ):
-        return 0  # another replica is closing
+        return None  # another replica is closing
     window = await read_window(session=session)
     yesterday = today - timedelta(days=1)
     if window is None:
-        first = last = yesterday
+        day = yesterday
     elif window.closed_through < yesterday:
-        first = window.closed_through + timedelta(days=1)
-        last = min(yesterday, window.closed_through + timedelta(days=limit))
+        day = window.closed_through + timedelta(days=1)
     else:
         earliest: date | None = await session.scalar(text("SELECT min(service_date) FROM clinic_sessions"))
         if earliest is None or earliest >= window.closed_from:
-            return 0
-        last = window.closed_from - timedelta(days=1)
-        first = max(earliest, window.closed_from - timedelta(days=limit))
+            return None
+        day = window.closed_from - timedelta(days=1)
     await session.execute(text(f"SET LOCAL lock_timeout = '{CLOSE_LOCK_TIMEOUT}'"))
-    for offset in range((last - first).days + 1):
-        day = first + timedelta(days=offset)
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(:lock, :day)"),
-            {"lock": DAY_LOCK, "day": (day - DAY_ZERO).days},
-        )
-    # Read after the locks: every writer of these days has committed, and the next wait for us.
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(:lock, :day)"), {"lock": DAY_LOCK, "day": (day - DAY_ZERO).days}
+    )
+    # Read after the lock: every writer of the day has committed, and the next ones wait for us.
     await session.execute(
         text(
             """
@@ -109,45 +103,42 @@ async def close_next_days(*, session: AsyncSession, today: date, limit: int = DA
                                        array_agg(resource_kind), false)
             FROM (
                 SELECT hospital_id, service_date, resource_kind::text FROM clinic_sessions
-                WHERE service_date BETWEEN :first AND :last
+                WHERE service_date = :day
                 UNION
                 SELECT hospital_id, service_date, resource_kind::text FROM reservation_shortfalls
-                WHERE service_date BETWEEN :first AND :last
+                WHERE service_date = :day
             ) AS keys
             """
         ),
-        {"first": first, "last": last},
+        {"day": day},
     )
     await session.execute(
         text(
             """
-            INSERT INTO report_summary_window (id, closed_from, closed_through) VALUES (true, :first, :last)
+            INSERT INTO report_summary_window (id, closed_from, closed_through) VALUES (true, :day, :day)
             ON CONFLICT (id) DO UPDATE SET
                 closed_from = least(report_summary_window.closed_from, excluded.closed_from),
                 closed_through = greatest(report_summary_window.closed_through, excluded.closed_through)
             """
         ),
-        {"first": first, "last": last},
+        {"day": day},
     )
-    return (last - first).days + 1
+    return day
 
 
 async def close_days(db: Database, clock: Clock, *, max_days: int = 400) -> int:
-    """Close every day not closed yet (at most ``max_days``), one batch per transaction."""
+    """Close every day not closed yet (at most ``max_days``), one per transaction; how many."""
     today = local_date(clock.now())
     total = 0
-    while total < max_days:
-        count = await db.run(partial(_close, today=today, limit=min(DAYS_PER_TRANSACTION, max_days - total)))
-        if count == 0:
-            break
-        total += count
+    while total < max_days and await db.run(partial(_close, today=today)) is not None:
+        total += 1
     if total:
         log.info("report days closed", days=total)
     return total
 
 
-async def _close(session: AsyncSession, *, today: date, limit: int) -> int:
-    return await close_next_days(session=session, today=today, limit=limit)
+async def _close(session: AsyncSession, *, today: date) -> date | None:
+    return await close_next_day(session=session, today=today)
 
 
 async def summary_loop(db: Database, clock: Clock, *, interval: float, stop: asyncio.Event) -> None:
