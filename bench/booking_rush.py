@@ -267,7 +267,7 @@ async def seed_over_http(
                 minutes=SLOT_MINUTES,
             )
         )
-    async with httpx.AsyncClient(base_url=base_url, timeout=120) as c:
+    async with httpx.AsyncClient(base_url=base_url, timeout=600) as c:
         body = check(
             await c.post(
                 "/v1/hospital/sessions", json={"sessions": sessions}, headers=world.auth("city_hospital")
@@ -276,9 +276,9 @@ async def seed_over_http(
         rejected = [r for r in body["results"] if r["result"] != "created"]
         if rejected:
             raise RuntimeError(f"session push rejected: {rejected[:2]}")
-        for first in range(0, residents, 2000):
+        for first in range(0, residents, 500):
             rows = []
-            for i in range(first, min(residents, first + 2000)):
+            for i in range(first, min(residents, first + 500)):
                 row = contract_row(i)
                 row["resident"] = resident(i)
                 rows.append(row)
