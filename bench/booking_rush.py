@@ -575,9 +575,7 @@ async def run(args: argparse.Namespace) -> bool:
         finally:
             await db.dispose()
         pool_size = await server_pool_size(pg.url, args.concurrency)
-        server = await ServerProcess.start(
-            pg.url, START, pool_size, max_seconds=4 * args.time_limit + 120, workers=args.workers
-        )
+        server = await ServerProcess.start(pg.url, START, pool_size, max_seconds=3600, workers=args.workers)
         slot_ids, total = await seed_over_http(
             server.base_url, world, pool_slots=args.slots, residents=args.residents
         )
@@ -601,7 +599,7 @@ async def run(args: argparse.Namespace) -> bool:
             pg.url,
             START,
             pool_size,
-            max_seconds=4 * args.time_limit + 120,
+            max_seconds=3600,
             workers=args.workers,
             script="bare_server.py",
         )
