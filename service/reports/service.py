@@ -476,6 +476,27 @@ _REFERENCES_JSON: dict[Group, str] = {
 }
 
 
+def ratio_json(part: int, whole: int, texts: dict[int, str]) -> str:
+    """``round(part / whole, 4)`` as JSON (null when ``whole`` is 0), as ``json.dumps`` writes it.
+
+    Decided in integers: for counts below 2**38 the float quotient lies on the same side of
+    every rounding tie as the exact one (they differ by less than the nearest tie is away),
+    so only an exact tie asks the float, as round() does. ``texts`` keeps each result's text
+    by its ten-thousandths: a report has few distinct ratios.
+    """
+    if not whole:
+        return "null"
+    if whole < 0 or not 0 <= part < 1 << 38:
+        return repr(round(part / whole, 4))
+    tenthousandths, rest = divmod(part * 10000, whole)
+    if 2 * rest > whole or (2 * rest == whole and round(part / whole, 4) != tenthousandths / 10000):
+        tenthousandths += 1
+    text = texts.get(tenthousandths)
+    if text is None:
+        text = texts[tenthousandths] = repr(tenthousandths / 10000)
+    return text
+
+
 def _text(value: str | None) -> str:
     return json.dumps(value, ensure_ascii=False)
 
@@ -574,17 +595,10 @@ def _rows_json(
     keys = 5 if group == "department" else 2  # the group's columns before period_start
     named: dict[Any, str] = {}  # a group member's reference(s), formatted once
     periods: dict[date, tuple[str, str, str]] = {}
-    texts: dict[float, str] = {}  # ratios have four places: few distinct values, each formatted once
+    texts: dict[int, str] = {}  # ratios in ten-thousandths, each formatted once
 
     def ratio(part: int, whole: int) -> str:
-        """A ratio rounded to four places, as JSON; null when there is nothing to divide by."""
-        if not whole:
-            return "null"
-        value = round(part / whole, 4)
-        text = texts.get(value)
-        if text is None:
-            text = texts[value] = repr(value)
-        return text
+        return ratio_json(part, whole, texts)
 
     out: list[str] = []
     for row in rows:
