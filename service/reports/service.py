@@ -1,10 +1,12 @@
 """Compliance figures aggregated in SQL, per group and period (R1–R4, R6, R20).
 
-One statement reads the clinic sessions of the range, sums their slot counts
-from ``availability_counts`` (kept by triggers on slots, revision 0010) and
-their referral counts from ``referral_counts`` (kept by triggers on referrals,
-revision 0011), folds the sessions into department-period cells, joins the recorded shortfalls, and rolls the cells up
-to the requested group. Python only labels the rows and divides.
+One statement answers a report. For the closed days of the range (docs/reports.md, "Closed
+days") it reads the summary of revision 0016r, one row per hospital (or department), day
+and kind; for the other days it reads the clinic sessions, sums their slot counts from
+``availability_counts`` (revision 0009) and their referral counts from ``referral_counts``
+(revision 0010), and joins the recorded shortfalls, as the live statement ``report_sql``
+does for a whole range. Both parts yield cells that are summed and rolled up to the
+requested group. Python labels the rows, divides and writes the JSON.
 """
 
 from __future__ import annotations
