@@ -22,12 +22,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from service.kit.clock import local_datetime
 from service.reports.schemas import ComplianceReport
-from service.reports.service import compliance_report, hospitals_in_scope
+from service.reports.service import compliance_report, hospitals_in_scope, ratio_json
 from service.reports.summary import close_days, close_next_day, read_window
 from service.slots.release import release_due_slots
 from tests.factories import (
@@ -580,3 +582,18 @@ async def test_a_shortfall_without_a_session_counts_only_in_a_period_that_has_se
             assert [row["period"] for row in days["rows"]] == ["2026-03-09"]
         world.clock.set(local_datetime(monday + timedelta(days=5), 1))
         await close_days(db, world.clock)
+
+
+@given(st.integers(min_value=0, max_value=2**40), st.integers(min_value=0, max_value=2**40))
+def test_a_ratio_is_written_as_round_writes_it(part: int, whole: int) -> None:
+    expected = "null" if whole == 0 else repr(round(part / whole, 4))
+    assert ratio_json(part, whole, {}) == expected
+
+
+def test_a_ratio_at_an_exact_tie_is_rounded_as_round_rounds_its_float() -> None:
+    """Every small ratio, and exact ties at the fifth place (binary-exact ones round half to even)."""
+    texts: dict[int, str] = {}
+    pairs = [(p, w) for w in range(1, 300) for p in range(0, w + 2)]
+    pairs += [(k * m, 20000 * m) for k in range(1, 20000, 2) for m in (1, 3, 64, 625)]
+    pairs += [(k, 32) for k in range(1, 64, 2)]  # 1/32 = 0.03125: a tie the float holds exactly
+    assert [ratio_json(p, w, texts) for p, w in pairs] == [repr(round(p / w, 4)) for p, w in pairs]

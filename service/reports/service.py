@@ -1,10 +1,12 @@
 """Compliance figures aggregated in SQL, per group and period (R1–R4, R6, R20).
 
-One statement reads the clinic sessions of the range, sums their slot counts
-from ``availability_counts`` (kept by triggers on slots, revision 0010) and
-their referral counts from ``referral_counts`` (kept by triggers on referrals,
-revision 0011), folds the sessions into department-period cells, joins the recorded shortfalls, and rolls the cells up
-to the requested group. Python only labels the rows and divides.
+One statement answers a report. For the closed days of the range (docs/reports.md, "Closed
+days") it reads the summary of revision 0017, one row per hospital (or department), day
+and kind; for the other days it reads the clinic sessions, sums their slot counts from
+``availability_counts`` (revision 0009) and their referral counts from ``referral_counts``
+(revision 0010), and joins the recorded shortfalls, as the live statement ``report_sql``
+does for a whole range. Both parts yield cells that are summed and rolled up to the
+requested group. Python labels the rows, divides and writes the JSON.
 """
 
 from __future__ import annotations
@@ -476,6 +478,27 @@ _REFERENCES_JSON: dict[Group, str] = {
 }
 
 
+def ratio_json(part: int, whole: int, texts: dict[int, str]) -> str:
+    """``round(part / whole, 4)`` as JSON (null when ``whole`` is 0), as ``json.dumps`` writes it.
+
+    Decided in integers: for counts below 2**38 the float quotient lies on the same side of
+    every rounding tie as the exact one (they differ by less than the nearest tie is away),
+    so only an exact tie asks the float, as round() does. ``texts`` keeps each result's text
+    by its ten-thousandths: a report has few distinct ratios.
+    """
+    if not whole:
+        return "null"
+    if whole < 0 or not 0 <= part < 1 << 38:
+        return repr(round(part / whole, 4))
+    tenthousandths, rest = divmod(part * 10000, whole)
+    if 2 * rest > whole or (2 * rest == whole and round(part / whole, 4) != tenthousandths / 10000):
+        tenthousandths += 1
+    text = texts.get(tenthousandths)
+    if text is None:
+        text = texts[tenthousandths] = repr(tenthousandths / 10000)
+    return text
+
+
 def _text(value: str | None) -> str:
     return json.dumps(value, ensure_ascii=False)
 
@@ -574,17 +597,10 @@ def _rows_json(
     keys = 5 if group == "department" else 2  # the group's columns before period_start
     named: dict[Any, str] = {}  # a group member's reference(s), formatted once
     periods: dict[date, tuple[str, str, str]] = {}
-    texts: dict[float, str] = {}  # ratios have four places: few distinct values, each formatted once
+    texts: dict[int, str] = {}  # ratios in ten-thousandths, each formatted once
 
     def ratio(part: int, whole: int) -> str:
-        """A ratio rounded to four places, as JSON; null when there is nothing to divide by."""
-        if not whole:
-            return "null"
-        value = round(part / whole, 4)
-        text = texts.get(value)
-        if text is None:
-            text = texts[value] = repr(value)
-        return text
+        return ratio_json(part, whole, texts)
 
     out: list[str] = []
     for row in rows:
