@@ -277,7 +277,8 @@ async def run(args: argparse.Namespace) -> bool:
                     f"baseline: one bare UPDATE of the same {args.slots} rows in {baselines[-1]:.2f} s",
                     flush=True,
                 )
-                await reset(conn)
+                if round_ + 1 < args.rounds:
+                    await reset(conn)
         finally:
             await conn.close()
             await db.dispose()

@@ -1,18 +1,20 @@
 """Writing outbox events and fanning them out to webhook deliveries.
 
 Callers pass the session of the change, so the change, its event and its deliveries commit together.
-``emit`` writes one event; ``emit_many`` writes any number of one type in one statement, for a
-change that touches thousands of rows at once (the release, R6).
+``emit`` writes one event; ``emit_many`` writes any number of one type in one statement, and
+``emit_selected`` writes one per row of a statement's own CTE, for a change that touches
+thousands of rows at once and builds their data in the database (the release, R6).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models.events import EVENT_TYPES, EventType
@@ -37,38 +39,97 @@ async def emit(
 
     ``emit_many`` of one event: one statement, the wake-up included. Returns the event's id.
     """
-    row = await _write(session, event_type, [(hospital_id, json.dumps(data))], at)
-    event_id: int = row.first_event_id
+    emitted = await emit_selected(
+        session=session, event_type=event_type, rows=_given([(hospital_id, json.dumps(data))]), at=at
+    )
+    event_id: int = emitted.rows[0].emit_first_event_id
     return event_id
 
 
-# The events in the order given, each ``envelope()``'s body around its data (already JSON text,
-# parsed once, here), then one pending delivery per endpoint of its hospital subscribed to the
-# type (disabled endpoints too: their queue waits until they are re-enabled, so a hospital whose
-# receiver answered 410 misses nothing; endpoints registered later never see older events).
-# A NOTIFY wakes the dispatchers at commit when something was queued.
-_EMIT_MANY = text(
+@dataclass(frozen=True)
+class EventRows:
+    """Rows of SQL that become events: ``ctes``, a WITH list (which may change data, as the
+    change causing the events does), ends in the CTE ``relation``, one row per event with
+    ``hospital_id``, ``data`` (JSON, or JSON text) and ``position`` (the events' order).
+    ``returning`` names the columns of ``relation`` to give back, event by event."""
+
+    ctes: str
+    relation: str
+    params: Mapping[str, Any]
+    returning: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Emitted:
+    rows: Sequence[Row[Any]]
+    deliveries: int
+
+
+async def emit_selected(
+    *, session: AsyncSession, event_type: EventType, rows: EventRows, at: datetime
+) -> Emitted:
+    """Write an event of one type per row of ``rows``, and their deliveries, in one statement.
+
+    The rows ``emit`` writes for each: ``envelope()``'s body around the data (parsed once,
+    here), then one pending delivery per endpoint of the event's hospital subscribed to the
+    type (disabled endpoints too: their queue waits until they are re-enabled, so a hospital
+    whose receiver answered 410 misses nothing; endpoints registered later never see older
+    events); and, in the same statement, one NOTIFY for them all when anything was queued. The change, the building of the
+    data and its events are one statement, so data the database builds never leaves it (the
+    release, R6, returns thousands of sessions per batch). The caller answers for the data's
+    shape, as with ``emit``; its parameters must not start with ``emit_``.
     """
-    WITH written AS (
-        INSERT INTO events (hospital_id, type, payload, created_at)
-        SELECT given.hospital_id, :event_type, (:head || given.data || '}')::jsonb, :at
-        FROM unnest(CAST(:hospital_ids AS bigint[]), CAST(:data AS text[])) WITH ORDINALITY
-             AS given (hospital_id, data, position)
-        ORDER BY given.position
-        RETURNING id, hospital_id
-    ),
-    queued AS (
-        INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, created_at)
-        SELECT written.id, endpoint.id, 'pending', 0, :at, :at
-        FROM written
-        JOIN webhook_endpoints AS endpoint
-          ON endpoint.hospital_id = written.hospital_id AND :event_type = ANY(endpoint.event_types)
-        RETURNING 1
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type}")
+    body = json.dumps(envelope(event_type, {}, at=at))
+    head = body.removesuffix("{}}")
+    assert head != body, "the envelope ends with its data"
+    assert not any(name.startswith("emit_") for name in rows.params)
+    returned = "".join(f"r.{column}, " for column in rows.returning)
+    statement = text(
+        f"""
+        WITH {rows.ctes},
+        emit_written AS (
+            INSERT INTO events (hospital_id, type, payload, created_at)
+            SELECT r.hospital_id, :emit_type, (:emit_head || r.data::text || '}}')::jsonb, :emit_at
+            FROM {rows.relation} AS r
+            ORDER BY r.position
+            RETURNING id, hospital_id
+        ),
+        emit_queued AS (
+            INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, created_at)
+            SELECT emit_written.id, endpoint.id, 'pending', 0, :emit_at, :emit_at
+            FROM emit_written
+            JOIN webhook_endpoints AS endpoint
+              ON endpoint.hospital_id = emit_written.hospital_id AND :emit_type = ANY(endpoint.event_types)
+            RETURNING 1
+        )
+        SELECT {returned}(SELECT count(*) FROM emit_queued) AS emit_deliveries,
+               (SELECT min(id) FROM emit_written) AS emit_first_event_id,
+               (SELECT CASE WHEN count(*) > 0 THEN pg_notify(:emit_channel, '') END FROM emit_queued)
+                   AS emit_woken
+        FROM {rows.relation} AS r
+        ORDER BY r.position
+        """
     )
-    SELECT deliveries, (SELECT min(id) FROM written) AS first_event_id,
-           CASE WHEN deliveries > 0 THEN pg_notify(:channel, '') END AS woken
-    FROM (SELECT count(*) AS deliveries FROM queued) AS counted
-    """
+    params = {
+        **rows.params,
+        "emit_type": event_type,
+        "emit_head": head,
+        "emit_at": at,
+        "emit_channel": CHANNEL,
+    }
+    result = (await session.execute(statement, params)).all()
+    deliveries: int = result[0].emit_deliveries if result else 0
+    return Emitted(result, deliveries)
+
+
+# Events whose data Python holds: the rows of two arrays, in the order given.
+_GIVEN = "emit_given"
+_GIVEN_CTE = (
+    f"{_GIVEN} AS (SELECT g.hospital_id, g.data, g.position "
+    "FROM unnest(CAST(:hospital_ids AS bigint[]), CAST(:data AS text[])) WITH ORDINALITY "
+    "AS g (hospital_id, data, position))"
 )
 
 
@@ -81,38 +142,22 @@ async def emit_many(
 ) -> int:
     """Write events of one type, ``(hospital_id, data as JSON text)`` each, and their deliveries.
 
-    In the caller's transaction, in one statement whatever their number, with one NOTIFY for
-    them all. ``data`` comes as JSON text so that a
-    caller that had the database build it (``slots.release``) passes it on untouched; the
-    caller answers for its shape, as with ``emit``. Returns the deliveries queued.
+    ``emit`` for each, in one statement whatever their number, and one NOTIFY for them all.
+    Returns the deliveries queued.
     """
     if not events:
         return 0
-    deliveries: int = (await _write(session, event_type, events, at)).deliveries
-    return deliveries
-
-
-async def _write(
-    session: AsyncSession, event_type: EventType, events: Sequence[tuple[int, str]], at: datetime
-) -> Any:
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {event_type}")
-    body = json.dumps(envelope(event_type, {}, at=at))
-    head = body.removesuffix("{}}")
-    assert head != body, "the envelope ends with its data"
     return (
-        await session.execute(
-            _EMIT_MANY,
-            {
-                "event_type": event_type,
-                "head": head,
-                "at": at,
-                "hospital_ids": [hospital_id for hospital_id, _ in events],
-                "data": [data for _, data in events],
-                "channel": CHANNEL,
-            },
-        )
-    ).one()
+        await emit_selected(session=session, event_type=event_type, rows=_given(events), at=at)
+    ).deliveries
+
+
+def _given(events: Sequence[tuple[int, str]]) -> EventRows:
+    return EventRows(
+        ctes=_GIVEN_CTE,
+        relation=_GIVEN,
+        params={"hospital_ids": [h for h, _ in events], "data": [d for _, d in events]},
+    )
 
 
 async def notify_dispatchers(*, session: AsyncSession) -> None:

@@ -1,15 +1,16 @@
 """The release loop (R6): reserved slots still unbooked at ``public_at`` return to the public.
 
-Each batch is one transaction of three statements, however many slots it returns: one
-claims the due rows with ``FOR UPDATE SKIP LOCKED``, flips them to ``returned`` and has the
-database build each clinic session's ``slots.returned`` data; ``outbox.events.emit_many``
-writes those events and their deliveries; the audit gets one entry per hospital. Any number
-of replicas can run it at once and each slot is returned exactly once. It reads everything
-from the database, so after downtime the first pass catches up on every window that closed
-meanwhile. A booking that raced it either locked the slot first (and the loop skips it, then
-no longer sees it as reserved) or waits for the batch to commit and finds the slot returned
-(``window_closed``). Batches are bounded (``release_batch_size``) so that such a booking, or
-a hospital withdrawing a session, waits for one short batch at most (docs/operations.md).
+Each batch is one transaction of a few statements, however many slots it returns: one claims
+the due rows with ``FOR NO KEY UPDATE SKIP LOCKED``, flips them to ``returned``, has the
+database build each clinic session's ``slots.returned`` data and, through
+``outbox.events.emit_selected``, writes those events and their deliveries; the audit gets one
+entry per hospital. Any number of replicas can run it at once and each slot is returned
+exactly once. It reads everything from the database, so after downtime the first pass
+catches up on every window that closed meanwhile. A booking that raced it either locked the
+slot first (and the loop skips it, then no longer sees it as reserved) or waits for the batch
+to commit and finds the slot returned (``window_closed``). Batches are bounded
+(``release_batch_size``) so that such a booking, or a hospital withdrawing a session, waits
+for one short batch at most (docs/decisions.md, "The release").
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from service.kit.context import Actor
 from service.kit.db import Database
 from service.kit.metrics import SLOTS_RETURNED
 from service.kit.periodic import every
-from service.outbox.events import emit_many
+from service.outbox.events import EventRows, emit_selected
 from service.slots.returns import RELEASE_SETTINGS_SQL, returned_event_data_sql, returned_slot_sql
 
 log = structlog.get_logger("slotpool.release")
@@ -40,10 +41,10 @@ _FIRST: tuple[datetime, int] = (datetime(1, 1, 1, tzinfo=UTC), 0)
 # Due rows in the order of the partial index (public_at, session_id), from where the last batch
 # ended, so a batch reads no more of the index than it returns; the ones another transaction
 # holds skipped (a later pass takes them); flipped, found again by their row address (the lock
-# keeps it); grouped by clinic session into one event's data each, in the index's order.
-_RETURN_DUE = text(
-    f"""
-    WITH due AS (
+# keeps it); grouped by clinic session into one event's data each, in the index's order. The
+# outbox writes the events and their deliveries in the same statement (``emit_selected``).
+_DUE_RETURNED = f"""
+    due AS (
         SELECT ctid FROM slots
         WHERE status = 'reserved' AND public_at <= :now
           AND (public_at, session_id) >= (:after_public_at, :after_session_id)
@@ -62,16 +63,16 @@ _RETURN_DUE = text(
                json_agg({returned_slot_sql("f")} ORDER BY f.number) AS slots
         FROM flipped AS f
         GROUP BY f.session_id
-    )
-    SELECT g.public_at, g.session_id, cs.hospital_id, g.slot_ids,
-           {returned_event_data_sql(cs="cs", dept="dept", public_at="g.public_at", slots="g.slots")}::text
-               AS data
-    FROM by_session AS g
-    JOIN clinic_sessions AS cs ON cs.id = g.session_id
-    JOIN departments AS dept ON dept.id = cs.department_id
-    ORDER BY g.public_at, g.session_id
-    """
-)
+    ),
+    returned AS (
+        SELECT g.public_at, g.session_id, cs.hospital_id, g.slot_ids,
+               {returned_event_data_sql(cs="cs", dept="dept", public_at="g.public_at", slots="g.slots")}
+                   AS data,
+               row_number() OVER (ORDER BY g.public_at, g.session_id) AS position
+        FROM by_session AS g
+        JOIN clinic_sessions AS cs ON cs.id = g.session_id
+        JOIN departments AS dept ON dept.id = cs.department_id
+    )"""
 
 
 @dataclass(frozen=True)
@@ -87,16 +88,20 @@ async def return_unbooked_slots(
 ) -> Batch:
     """Return one batch of due slots from ``after`` on; the count tells the caller whether to go on."""
     await session.execute(text(RELEASE_SETTINGS_SQL))
-    params = {"now": now, "batch_size": batch_size, "after_public_at": after[0], "after_session_id": after[1]}
-    rows = (await session.execute(_RETURN_DUE, params)).all()
+    due = EventRows(
+        ctes=_DUE_RETURNED,
+        relation="returned",
+        params={
+            "now": now,
+            "batch_size": batch_size,
+            "after_public_at": after[0],
+            "after_session_id": after[1],
+        },
+        returning=("public_at", "session_id", "hospital_id", "slot_ids"),
+    )
+    rows = (await emit_selected(session=session, event_type="slots.returned", rows=due, at=now)).rows
     if not rows:
         return Batch(0, after)
-    await emit_many(
-        session=session,
-        event_type="slots.returned",
-        events=[(row.hospital_id, row.data) for row in rows],
-        at=now,
-    )
     by_hospital: dict[int, list[int]] = {}
     for row in rows:
         by_hospital.setdefault(row.hospital_id, []).extend(row.slot_ids)
