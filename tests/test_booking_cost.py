@@ -23,7 +23,7 @@ STATEMENT_BOUND = 13
 # (The event, its deliveries and the dispatchers' wake-up are one statement: ``emit``.)
 AFTER_CLAIM = (
     "INSERT INTO referrals",
-    "WITH written AS (\n        INSERT INTO events",
+    "WITH emit_given AS (",
     "INSERT INTO audit_entries",
 )
 
