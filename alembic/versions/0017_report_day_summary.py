@@ -252,9 +252,12 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     -- A day being closed waits for this transaction, and this one for the closing: either the
-    -- closing sees this row, or this reads the window the closing committed.
-    PERFORM pg_advisory_xact_lock_shared({DAY_LOCK}, least(old_day, new_day) - DATE '2000-01-01');
-    IF old_day <> new_day THEN
+    -- closing sees this row, or this reads the window the closing committed. (An infinite date,
+    -- which no push writes, is never closed and needs no lock.)
+    IF isfinite(least(old_day, new_day)) THEN
+        PERFORM pg_advisory_xact_lock_shared({DAY_LOCK}, least(old_day, new_day) - DATE '2000-01-01');
+    END IF;
+    IF old_day <> new_day AND isfinite(greatest(old_day, new_day)) THEN
         PERFORM pg_advisory_xact_lock_shared({DAY_LOCK}, greatest(old_day, new_day) - DATE '2000-01-01');
     END IF;
     SELECT closed_from, closed_through INTO window_from, window_through FROM report_summary_window;

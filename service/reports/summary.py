@@ -2,7 +2,8 @@
 
 A day is *closed* once it is in ``report_summary_window``; the summary tables then hold its
 figures (revision 0017). The job closes every service date before today (Beijing), newest
-first, then back to the first date any session has, one day per transaction. Each
+first, then back to the first date any session has (a year back at most), one day per
+transaction. Each
 transaction takes an advisory lock that one replica holds at a time (the others skip their
 pass) and the exclusive lock of the date it closes, which waits for every transaction
 writing that date and holds off new ones until the summary rows and the wider window
@@ -23,6 +24,7 @@ import structlog
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.kit.bounds import service_date_window
 from service.kit.clock import Clock, local_date
 from service.kit.db import Database, advisory_key
 from service.kit.periodic import every
@@ -74,7 +76,8 @@ async def close_next_day(*, session: AsyncSession, today: date) -> date | None:
     """Close one day in this transaction, and say which (none: nothing left, or another replica is at it).
 
     Forward first, to the day before ``today``; then backward, to the first service date of any
-    session. A day is closed next to the window only, so the window stays one range.
+    session a year back at most (as far as a push reaches). A day is closed next to the window
+    only, so the window stays one range.
     """
     if not await session.scalar(
         select(func.pg_try_advisory_xact_lock(advisory_key("reports", "close_days")))
@@ -87,7 +90,13 @@ async def close_next_day(*, session: AsyncSession, today: date) -> date | None:
     elif window.closed_through < yesterday:
         day = window.closed_through + timedelta(days=1)
     else:
-        earliest: date | None = await session.scalar(text("SELECT min(service_date) FROM clinic_sessions"))
+        # Back to the first session, as far back as a push reaches: an older day (imported
+        # history, a stray date) is counted live if ever asked for.
+        reach, _ = service_date_window(today)
+        earliest: date | None = await session.scalar(
+            text("SELECT min(service_date) FROM clinic_sessions WHERE service_date >= :reach"),
+            {"reach": reach},
+        )
         if earliest is None or earliest >= window.closed_from:
             return None
         day = window.closed_from - timedelta(days=1)
