@@ -465,7 +465,7 @@ _INSTANT = TypeAdapter(datetime)
 
 # A row's period and figures, in ReportRow's field order; the group's references come before.
 _FIGURES_JSON = (
-    '"period":%s,"period_start":"%s","period_end":"%s","offered":%d,"reserved":%d,"reserved_ratio":%s,'
+    '%s"offered":%d,"reserved":%d,"reserved_ratio":%s,'
     '"senior_reserved":%d,"senior_share":%s,"pool_bookings":%d,"returned":%d,"cancelled":%d,'
     '"attended":%d,"no_show":%d,"utilisation":%s,"up_referral_share":%s,"shortfall":%s,'
     '"shortfalls":{"ratio":%d,"senior_share":%d,"lead_time":%d},"policies":%s}'
@@ -596,12 +596,9 @@ def _rows_json(
     references = _REFERENCES_JSON[group]
     keys = 5 if group == "department" else 2  # the group's columns before period_start
     named: dict[Any, str] = {}  # a group member's reference(s), formatted once
-    periods: dict[date, tuple[str, str, str]] = {}
+    periods: dict[date, str] = {}  # a period's three fields, as JSON
     texts: dict[int, str] = {}  # ratios in ten-thousandths, each formatted once
-
-    def ratio(part: int, whole: int) -> str:
-        return ratio_json(part, whole, texts)
-
+    ratio = ratio_json
     out: list[str] = []
     for row in rows:
         key = row[:keys]
@@ -622,31 +619,29 @@ def _rows_json(
          ratio_short, senior_short, lead_short, policy_list) = row[keys:]  # fmt: skip
         period = periods.get(start)
         if period is None:
-            period = periods[start] = (
-                _text(period_label(start, granularity)),
-                max(start, date_from).isoformat(),
-                min(period_last_day(start, granularity), date_to).isoformat(),
-            )
+            first = max(start, date_from).isoformat()
+            last = min(period_last_day(start, granularity), date_to).isoformat()
+            label = _text(period_label(start, granularity))
+            period = periods[start] = f'"period":{label},"period_start":"{first}","period_end":"{last}",'
+
         kept = bookings - cancelled  # pool bookings that still stand (active, attended or no-show)
         out.append(
             reference
             + _FIGURES_JSON
             % (
-                period[0],
-                period[1],
-                period[2],
+                period,
                 offered,
                 reserved,
-                ratio(reserved, offered),
+                ratio(reserved, offered, texts),
                 senior_reserved,
-                ratio(senior_reserved, reserved),
+                ratio(senior_reserved, reserved, texts),
                 bookings,
                 returned,
                 cancelled,
                 attended,
                 no_show,
-                ratio(kept, reserved),
-                ratio(kept, offered),
+                ratio(kept, reserved, texts),
+                ratio(kept, offered, texts),
                 "true" if ratio_short or senior_short or lead_short else "false",
                 ratio_short,
                 senior_short,
