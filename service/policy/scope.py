@@ -39,14 +39,6 @@ def scope_admits(scope: str, hospital: Organisation, booker: Organisation, in_al
     return False
 
 
-async def admits(
-    *, session: AsyncSession, policy: Policy, hospital: Organisation, booker: Organisation
-) -> bool:
-    """Whether ``policy``, in force at ``hospital``, lets ``booker`` book its pool (R3, R7)."""
-    leads = await alliance_leads(session, booker.id) if policy.scope == "alliance" else set()
-    return admitted(policy, hospital, booker, leads)
-
-
 async def policies_in_force(
     *, session: AsyncSession, on: date, hospital_ids: Collection[int] | None = None
 ) -> dict[tuple[int, str], Policy]:
@@ -87,7 +79,8 @@ async def alliance_leads(session: AsyncSession, booker_id: int) -> set[int]:
 
 
 def admitted(policy: Policy, hospital: Organisation, booker: Organisation, leads: set[int]) -> bool:
-    """``admits`` with the booker's alliance leads already known (see ``alliance_leads``)."""
+    """Whether ``policy``, in force at ``hospital``, lets ``booker`` book its pool (R3, R7), given the
+    hospitals leading an alliance the booker belongs to (``alliance_leads``)."""
     return scope_admits(policy.scope, hospital, booker, hospital.id in leads)
 
 
