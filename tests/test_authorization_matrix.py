@@ -319,6 +319,17 @@ async def _opening_hours(ctx: Ctx) -> Call:
     )
 
 
+async def _contact(ctx: Ctx) -> Call:
+    return Call(
+        path={"organisation_id": ctx.world.ids["city_hospital"]},
+        json={
+            "address_line": "安徽省合肥市蜀山区淮河路390号",
+            "postal_code": "230001",
+            "phone": "0551-62283114",
+        },
+    )
+
+
 async def _compliance(ctx: Ctx) -> Call:
     params = {"from": "2026-03-09", "to": "2026-03-10", "hospital_id": ctx.world.ids["city_hospital"]}
     return Call(params=params)
@@ -377,6 +388,21 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/v1/organisations"): Row(roles(COMMISSION), _organisation, other_region=OUT_OF_REGION),
     ("PUT", "/v1/organisations/{organisation_id}/opening-hours"): Row(
         roles(COMMISSION), _opening_hours, other_region=HIDDEN
+    ),
+    # A hospital sets its own contact, the commission those of its region; another's is hidden.
+    ("PATCH", "/v1/organisations/{organisation_id}"): Row(
+        roles(COMMISSION, HOSPITAL), _contact, other_org=HIDDEN, other_region=HIDDEN
+    ),
+    ("GET", "/v1/regions/{region_code}/notice-settings"): Row(
+        roles(COMMISSION, PLATFORM, PRIMARY, HOSPITAL), static(path={"region_code": "340100"})
+    ),
+    ("PUT", "/v1/regions/{region_code}/notice-settings"): Row(
+        roles(COMMISSION),
+        static(
+            path={"region_code": "340100"},
+            body={"sms_sign_name": "合肥卫健", "sms_template_booked": "SMS_1", "booking_link_template": None},
+        ),
+        other_region=Expect(403, "region_out_of_scope"),
     ),
     ("POST", "/v1/alliances"): Row(
         roles(COMMISSION),

@@ -16,6 +16,7 @@ from service.models.registry import (
     Doctor,
     Organisation,
     Region,
+    RegionNoticeSettings,
 )
 from service.models.reports import ReferralCount, ReportDepartmentDay, ReportHospitalDay, ReportSummaryWindow
 from service.models.residents import FamilyDoctorContract, RegionContractSource, Resident
@@ -50,6 +51,7 @@ __all__ = [
     "ReferralCount",
     "Region",
     "RegionContractSource",
+    "RegionNoticeSettings",
     "ReportDepartmentDay",
     "ReportHospitalDay",
     "ReportSummaryWindow",

@@ -12,6 +12,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from service.models.policy import DEFAULT_WHAT_TO_BRING, SLIP_ID_MAX_KEEP_FIRST, SLIP_ID_MAX_KEEP_LAST
 from service.policy.signal_rules import default_thresholds
 
 # R10: hypertension, diabetes, coronary heart disease, stroke (ICD-10 prefixes).
@@ -63,6 +64,10 @@ def _preset(code: str, name: str, source: str, **rules: Any) -> dict[str, Any]:
         "no_show_rule": DEFAULT_NO_SHOW,
         "signal_thresholds": default_thresholds(),
         "source": source,
+        # What Chinese hospitals print: the first 6 and last 4 characters of the ID (docs/slip.md).
+        "what_to_bring": DEFAULT_WHAT_TO_BRING,
+        "slip_id_keep_first": SLIP_ID_MAX_KEEP_FIRST,
+        "slip_id_keep_last": SLIP_ID_MAX_KEEP_LAST,
         **DEFAULT_LIMITS,
     }
     base.update(rules)
