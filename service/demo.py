@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import partial
 
-from sqlalchemy import distinct, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.kit.clock import SHANGHAI, Clock, SandboxClock, local_date, local_datetime
@@ -378,9 +378,9 @@ async def _days_pushed(session: AsyncSession, hospital: DemoHospital, days: list
     if org_id is None:
         return set(days)  # not seeded (yet): nothing to roll
     rows = await session.scalars(
-        select(distinct(ClinicSession.service_date)).where(
-            ClinicSession.hospital_id == org_id, ClinicSession.service_date.in_(days)
-        )
+        select(ClinicSession.service_date)
+        .where(ClinicSession.hospital_id == org_id, ClinicSession.service_date.in_(days))
+        .distinct()
     )
     return set(rows)
 
