@@ -188,16 +188,19 @@ def serve_on(listener: socket.socket, app: Any, *, workers: int = 1) -> None:
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(app, factory=workers > 1, workers=workers, log_level="warning")
-    if workers == 1:
-        config.load_app()
-        server = uvicorn.Server(config)
-        server.run(sockets=[listener])
-        if not server.started:
-            raise SystemExit(3)  # uvicorn's own status for a server that failed to start
-        return
-    # uvicorn's supervisor: it restarts a worker that dies, and on SIGTERM or SIGINT stops
-    # them all gracefully and returns (exit status 0, where one process leaves with 143).
-    Multiprocess(config, sockets=[listener]).run()
+    server = uvicorn.Server(config)
+    try:
+        if workers == 1:
+            config.load_app()
+            server.run(sockets=[listener])
+        else:
+            # uvicorn's supervisor: it restarts a worker that dies, and on SIGTERM or SIGINT stops
+            # them all gracefully and returns (exit status 0, where one process leaves with 143).
+            Multiprocess(config, sockets=[listener]).run()
+    except KeyboardInterrupt:  # as uvicorn.run: Ctrl-C is a normal stop
+        pass
+    if workers == 1 and not server.started:
+        raise SystemExit(3)  # uvicorn's own status for a server that failed to start
 
 
 # How long the worker waits, once told to stop, for its loops to finish their passes.
