@@ -30,6 +30,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from service.kit.config import Settings
 from service.models.attendance import NoShowBar
 from service.models.policy import Policy
 from service.models.referrals import Referral
@@ -375,6 +376,11 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/readyz"): Row(PUBLIC),
     # registry
     ("GET", "/v1/me"): Row(EVERY_ROLE),
+    # The sandbox clock (docs/sandbox.md): any client of a sandbox reads and moves it; it is the
+    # sandbox's, no organisation's, so outsiders are allowed as owners are. A zero advance keeps
+    # every later row's time as it was. Outside a sandbox: 404 sandbox_off (tests/test_sandbox.py).
+    ("GET", "/v1/sandbox/clock"): Row(EVERY_ROLE),
+    ("POST", "/v1/sandbox/clock"): Row(EVERY_ROLE, static(body={"advance": "PT0S"})),
     ("GET", "/v1/organisations"): Row(EVERY_ROLE),
     ("POST", "/v1/regions"): Row(
         roles(COMMISSION),
@@ -569,6 +575,15 @@ def expected(row: Row, caller: str) -> Expect:
 
 
 # --- the tests -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """The matrix runs against a sandbox, the one kind of server where every operation exists."""
+    return Settings(
+        run_loops=False, log_json=False, lock_timeout_ms=5000, db_pool_size=20, webhook_allow_loopback=True,
+        sandbox=True,
+    )  # fmt: skip
 
 
 def test_every_operation_has_a_row():

@@ -20,6 +20,7 @@ from service.models.registry import (
 )
 from service.models.reports import ReferralCount, ReportDepartmentDay, ReportHospitalDay, ReportSummaryWindow
 from service.models.residents import FamilyDoctorContract, RegionContractSource, Resident
+from service.models.sandbox import SandboxClock
 from service.models.signals import Alert, IdentityConflict, IdentityConflictParty
 from service.models.slots import ClinicSession, ReservationShortfall, Slot
 from service.models.supervision import AccessSuspension
@@ -57,6 +58,7 @@ __all__ = [
     "ReportSummaryWindow",
     "ReservationShortfall",
     "Resident",
+    "SandboxClock",
     "SchemaCompatibility",
     "Slot",
     "WebhookAttempt",

@@ -116,6 +116,15 @@ PRESETS: list[dict[str, Any]] = [
         ratio=Decimal("0.10"),
         scope="lower_tier",
     ),
+    # A city hospital of Anhui (Hefei's demo one): the province's own rule, not Tianjin's, so its
+    # patients are told the province's 12320 hotline.
+    _preset(
+        "anhui-city",
+        "安徽：城市三级医院向全市基层开放号源",
+        "004 att. 2 §一: ≥20 % of outpatient slots; a city hospital's reserved slots open to every "
+        "primary institution of the city, hotline 12320",
+        scope="city",
+    ),
     _preset(
         "anhui-alliance",
         "安徽：医联体、医共体牵头医院向基层开放号源",
