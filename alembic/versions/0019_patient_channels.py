@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0022"
+revision: str = "0019"
 down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
