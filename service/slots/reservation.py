@@ -5,16 +5,22 @@ where the base is every slot (all outpatient) or the senior doctors' slots
 only (expert base, R2). Of the target, ``ceil(min_senior_share × target)``
 must be senior (associate chief or above, R4).
 
-Slots already held (reserved or booked) stay held, so a re-push never moves
-a slot a family doctor may be looking at. The top-up takes senior slots
-first, up to the senior target, then any eligible slot, each time evenly
-spaced over the day's free candidates so the pool gets morning and
-afternoon alike. Holding more than the target is allowed ("at least").
+The selection is made for the department-day as a whole. A candidate marked
+``held`` stays held whatever the rest of the day looks like: a booked or
+returned slot, or a reserved one whose pool window has opened (a family doctor
+may be looking at it). Every other slot the pool may hold is passed as
+``reservable`` and not held, so the same day gives the same selection however
+its sessions arrived (``slots/batch.py`` decides which slot is which). The
+selection takes senior slots first, up to the senior target, then any
+eligible slot, each time evenly spaced over the day's free candidates so the
+pool gets morning and afternoon alike. Holding more than the target is allowed
+("at least").
 
-A push changes one session at a time, and only that session's slots may be
-newly held: the department-day's other slots are passed as a ``Tally``, the
-counts they add to the base and to what is held, which gives the same
-selection as passing them one by one as candidates that may not be taken.
+Slots that count but that no selection may take or drop can be passed as a
+``Tally``: the counts they add to the base and to what is held, which gives the
+same selection as passing them one by one as candidates that may not be taken.
+Ties in time are broken by ``tiebreak`` (the HIS's session ID and the slot's
+number), which the pushes do not change, and only then by ``key``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class Candidate(NamedTuple):
     senior: bool
     held: bool  # already reserved, booked or returned: the pool has it
     reservable: bool = True  # may be newly held by this selection
+    tiebreak: tuple[str, int] = ("", 0)  # (session's HIS ID, slot number): orders slots starting together
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class Selection:
         return self.senior_held < self.senior_target
 
 
-_BY_TIME = itemgetter(1, 0)  # (starts_at, key)
+_BY_TIME = itemgetter(1, 5, 0)  # (starts_at, tiebreak, key)
 
 
 def ceil_share(share: Decimal, count: int) -> int:
