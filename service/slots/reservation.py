@@ -12,9 +12,11 @@ may be looking at it). Every other slot the pool may hold is passed as
 ``reservable`` and not held, so the same day gives the same selection however
 its sessions arrived (``slots/batch.py`` decides which slot is which). The
 selection takes senior slots first, up to the senior target, then any
-eligible slot, each time evenly spaced over the day's free candidates so the
-pool gets morning and afternoon alike. Holding more than the target is allowed
-("at least").
+eligible slot. Each time the picks are shared among the day's sessions in
+proportion to their free candidates (so a CT block and an MRI block at the
+same hours both reach the pool), and evenly spaced over each session's time
+(so the pool gets early and late slots alike). Holding more than the target is
+allowed ("at least").
 
 Slots that count but that no selection may take or drop can be passed as a
 ``Tally``: the counts they add to the base and to what is held, which gives the
@@ -93,6 +95,26 @@ def spread(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
     return [candidates[(2 * i + 1) * n // (2 * k)] for i in range(k)]
 
 
+def apportion(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
+    """``k`` time-ordered candidates shared among their sessions (``tiebreak[0]``) in proportion to
+    each session's number (largest remainder, ties by session), each session's ``spread``."""
+    n = len(candidates)
+    k = min(k, n)
+    if k <= 0:
+        return []
+    by_session: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_session.setdefault(c.tiebreak[0], []).append(c)
+    if len(by_session) == 1:
+        return spread(candidates, k)
+    quotas = {session: k * len(own) // n for session, own in by_session.items()}
+    left = k - sum(quotas.values())
+    for session in sorted(by_session, key=lambda s: (-(k * len(by_session[s]) % n), s))[:left]:
+        quotas[session] += 1
+    picked = [c for session, own in by_session.items() for c in spread(own, quotas[session])]
+    return sorted(picked, key=_BY_TIME)
+
+
 def targets(
     candidates: Sequence[Candidate],
     *,
@@ -129,12 +151,12 @@ def select_reserved(
     ]
 
     need_senior = max(0, senior_target - senior_held)
-    for c in spread([c for c in eligible if c.senior], need_senior):
+    for c in apportion([c for c in eligible if c.senior], need_senior):
         held.add(c.key)
         senior_held += 1
 
     need_any = max(0, target - len(held) - others.held)
-    for c in spread([c for c in eligible if c.key not in held], need_any):
+    for c in apportion([c for c in eligible if c.key not in held], need_any):
         held.add(c.key)
         senior_held += c.senior
 
