@@ -276,3 +276,26 @@ async def test_the_session_list_is_bounded_and_refuses_bad_input(client, world):
         assert r.status_code == 422, (params, r.text)
         assert r.headers["content-type"].startswith("application/problem+json")
         assert r.json()["code"] == code, r.text
+
+
+async def test_r4_a_withdrawal_re_selects_the_rest_of_its_day(client, world):
+    await push(
+        client,
+        world,
+        [
+            session_item("CH", DAY, title="chief", doctor_code="CH", slots=10),
+            session_item("AT", DAY, title="attending", doctor_code="AT", slots=10, period="afternoon"),
+        ],
+    )
+    before = {s["external_id"]: s["pool_slot_numbers"] for s in await day_sessions(client, world, "CARD")}
+    withdrawn = session_item("CH", DAY, title="chief", doctor_code="CH", slots=10, version=2)
+    withdrawn |= {"status": "withdrawn", "withdrawn_reason": "医生外出会诊"}
+    body = await push_answer(client, world, [withdrawn])
+    assert [r["result"] for r in body["results"]] == ["withdrawn"]
+    # The day is now 10 attending slots: 2 reserved, and no senior slot left to meet R4.
+    [change] = body["reservation_changes"]
+    assert change["external_id"] == "AT"
+    assert len(change["pool_slot_numbers"]) == 2
+    assert change["added_slot_numbers"] == sorted(set(change["pool_slot_numbers"]) - set(before["AT"]))
+    kinds = {s["kind"]: (s["required"], s["actual"]) for s in body["results"][0]["shortfalls"]}
+    assert kinds == {"senior_share": (1, 0)}
