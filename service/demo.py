@@ -344,7 +344,7 @@ async def _push_day(
     results = await push_sessions(
         session=session, actor=actor, crypto=crypto, hospital=org, items=session_items(hospital, day)
     )
-    rejected = [r for r in results if r.result == "rejected"]
+    rejected = [r for r in results.results if r.result == "rejected"]
     if rejected:
         raise RuntimeError(f"demo session {rejected[0].external_id} rejected: {rejected[0].errors}")
 

@@ -94,6 +94,10 @@ def not_listing_owners_referral(r: httpx.Response, ctx: Ctx) -> bool:
     return ctx.reference not in r.text
 
 
+def not_listing_owners_session(r: httpx.Response, ctx: Ctx) -> bool:
+    return '"M1"' not in r.text and r.json()["items"] == []
+
+
 def row_rejected(r: httpx.Response, ctx: Ctx) -> bool:
     return bool(r.json()["rejected"] == 1)
 
@@ -430,6 +434,11 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("DELETE", "/v1/hospital/sessions/{session_id}"): Row(roles(HOSPITAL), _fresh_session, other_org=HIDDEN),
     ("DELETE", "/v1/sessions/{session_id}"): Row(roles(COMMISSION), _fresh_session, other_region=HIDDEN),
     ("GET", "/v1/hospital/shortfalls"): Row(roles(HOSPITAL)),
+    ("GET", "/v1/hospital/sessions"): Row(
+        roles(HOSPITAL),
+        static(params={"service_date": DAY.isoformat()}),
+        other_org=allowed_if(not_listing_owners_session, "another hospital's session must not be listed"),
+    ),
     ("GET", "/v1/hospital/worklist"): Row(
         roles(HOSPITAL),
         other_org=allowed_if(not_listing_owners_referral, "another hospital's referral must not be listed"),
