@@ -26,7 +26,7 @@ from service.kit.errors import Unprocessable
 from service.models.events import EVENT_TYPES, Event
 from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from service.outbox.dispatcher import BACKOFF, JITTER, MAX_ATTEMPTS, PROBE_SECONDS, Dispatcher, listen_dsn
-from service.outbox.events import emit
+from service.outbox.events import EmittedEvent, emit
 from service.outbox.signing import signature, signature_header
 from service.outbox.urls import check_url
 from tests.factories import World, booking, pool_slots, push, session_item, sign, synthetic_id
@@ -76,23 +76,25 @@ def returned_data(i: int) -> dict[str, Any]:
     return {
         "session": {"external_id": f"S-{i}", "service_date": "2026-03-10", "period": "morning"},
         "department": {"code": "CARD", "name": "心血管内科"},
-        "public_at": "2026-03-03T00:00:00+00:00",
+        "public_at": "2026-03-03T00:00:00Z",
         "slots": [
             {
                 "number": 1,
                 "external_id": f"S-{i}-1",
-                "starts_at": "2026-03-10T00:00:00+00:00",
-                "ends_at": "2026-03-10T00:15:00+00:00",
+                "starts_at": "2026-03-10T00:00:00Z",
+                "ends_at": "2026-03-10T00:15:00Z",
             }
         ],
     }
 
 
-async def emit_returned(db: Database, world: World, count: int, who: str = "city_hospital") -> list[int]:
-    """``count`` events, one transaction each (like ``count`` separate changes); their ids in order."""
+async def emit_returned(
+    db: Database, world: World, count: int, who: str = "city_hospital"
+) -> list[EmittedEvent]:
+    """``count`` events, one transaction each (like ``count`` separate changes), in order."""
     ids = []
     for i in range(count):
-        event_id = await db.run(
+        event = await db.run(
             lambda s, i=i: emit(
                 session=s,
                 hospital_id=world.ids[who],
@@ -101,7 +103,7 @@ async def emit_returned(db: Database, world: World, count: int, who: str = "city
                 at=world.clock.now(),
             )
         )
-        ids.append(event_id)
+        ids.append(event)
     return ids
 
 
@@ -120,8 +122,9 @@ async def scalar(db: Database, query: Any) -> Any:
         return await session.scalar(query)
 
 
-def wid(event_id: int) -> str:
-    return f"evt_{event_id}"
+def wid(event: EmittedEvent | Event) -> str:
+    """The webhook-id an event goes out with."""
+    return event.webhook_id
 
 
 # --- signing -----------------------------------------------------------------------------------
@@ -158,7 +161,7 @@ async def test_r19_every_event_is_delivered_signed_schema_valid_and_without_id_n
     assert {e.type for e in events} == set(EVENT_TYPES)
 
     assert await drain(dispatcher) == len(events)
-    assert [r.webhook_id for r in receiver.requests] == [wid(e.id) for e in events]
+    assert [r.webhook_id for r in receiver.requests] == [wid(e) for e in events]
     forbidden = {synthetic_id(region, seq=seq) for seq, region in RESIDENTS.items()}
     for request, event in zip(receiver.requests, events, strict=True):
         body = verify(request, endpoint["secret"])
@@ -218,7 +221,7 @@ async def test_r19_attendance_recorded_reaches_a_his_subscribed_to_it_alone(
 
     assert await drain(dispatcher) == 1  # the booking is not one of this endpoint's types
     [request] = receiver.requests
-    assert (request.path, request.webhook_id) == ("/emr", wid(event.id))
+    assert (request.path, request.webhook_id) == ("/emr", wid(event))
     body = verify(request, endpoint["secret"])
     assert body == event.payload
     assert list(_validator("referral.attendance_recorded").iter_errors(body)) == []
