@@ -127,6 +127,7 @@ INSTANT = re.compile(INSTANT_PATTERN)
 def test_the_written_schemas_hold_instants_to_the_one_time_format():
     """Every date-time field of a schema the code writes carries the format's pattern, and the
     pattern accepts exactly what ``kit.clock.instant`` writes."""
+
     def date_times(node: Any) -> list[dict[str, Any]]:
         if isinstance(node, dict):
             found = [node] if node.get("format") == "date-time" else []

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
+from service.kit.clock import instant
 from service.kit.context import Actor
 from service.kit.crypto import Crypto
 from service.kit.errors import Conflict, NotFound
@@ -210,9 +211,7 @@ async def rotate_secret(
         detail={
             "endpoint_id": endpoint.id,
             "previous_secret_expires_at": (
-                endpoint.previous_secret_expires_at.isoformat()
-                if endpoint.previous_secret_expires_at
-                else None
+                instant(endpoint.previous_secret_expires_at) if endpoint.previous_secret_expires_at else None
             ),
             "before": before,
             "after": _secret_state(endpoint),
@@ -227,7 +226,7 @@ def _secret_state(endpoint: WebhookEndpoint) -> dict[str, Any]:
     return {
         "secrets_signing": 1 if endpoint.previous_secret_enc is None else 2,
         "previous_secret_expires_at": (
-            endpoint.previous_secret_expires_at.isoformat() if endpoint.previous_secret_expires_at else None
+            instant(endpoint.previous_secret_expires_at) if endpoint.previous_secret_expires_at else None
         ),
     }
 
