@@ -188,7 +188,8 @@ async def seed(
     return hospitals, secrets
 
 
-async def emit_one(db: Database, hospital_id: int, i: int) -> int:
+async def emit_one(db: Database, hospital_id: int, i: int) -> str:
+    """One event; its webhook-id, remembered with its outbox position for the order check."""
     event = await db.run(
         lambda s: emit(
             session=s,
@@ -198,7 +199,12 @@ async def emit_one(db: Database, hospital_id: int, i: int) -> int:
             at=datetime.now(UTC),
         )
     )
-    return event.id
+    POSITIONS[event.webhook_id] = event.id
+    return event.webhook_id
+
+
+# webhook-id -> the event's internal id, which orders each endpoint's queue.
+POSITIONS: dict[str, int] = {}
 
 
 async def emit_at_rate(
@@ -218,7 +224,7 @@ async def emit_at_rate(
         if seconds is not None and time.perf_counter() - began >= seconds:
             break
         i = start + n
-        key = f"evt_{await emit_one(db, hospitals[i % len(hospitals)], i)}"
+        key = await emit_one(db, hospitals[i % len(hospitals)], i)
         committed[key] = time.perf_counter()
         owner[key] = i % len(hospitals)
         pause = began + (n + 1) / rate - time.perf_counter()
@@ -321,7 +327,7 @@ async def run(args: argparse.Namespace) -> bool:
 
             async def writer(w: int) -> None:
                 for i in range(w, args.events, writers):
-                    key = f"evt_{await emit_one(db, hospitals[i % len(hospitals)], i)}"
+                    key = await emit_one(db, hospitals[i % len(hospitals)], i)
                     backlog.append(key)
                     owner[key] = i % len(hospitals)
 
@@ -379,7 +385,7 @@ async def run(args: argparse.Namespace) -> bool:
         last: dict[int, int] = {}
         for key in receiver.order:
             if key in owner:
-                event_id = int(key.removeprefix("evt_"))
+                event_id = POSITIONS[key]
                 if event_id < last.get(owner[key], 0):
                     out_of_order += 1
                 last[owner[key]] = event_id

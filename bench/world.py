@@ -233,13 +233,13 @@ def returned_data(i: int) -> dict[str, Any]:
     return {
         "session": {"external_id": f"S-{i}", "service_date": "2026-03-10", "period": "morning"},
         "department": {"code": "CARD", "name": "心血管内科"},
-        "public_at": "2026-03-03T00:00:00+00:00",
+        "public_at": "2026-03-03T00:00:00Z",
         "slots": [
             {
                 "number": 1,
                 "external_id": f"S-{i}-1",
-                "starts_at": "2026-03-10T00:00:00+00:00",
-                "ends_at": "2026-03-10T00:15:00+00:00",
+                "starts_at": "2026-03-10T00:00:00Z",
+                "ends_at": "2026-03-10T00:15:00Z",
             }
         ],
     }

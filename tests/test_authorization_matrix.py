@@ -523,6 +523,8 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/v1/webhooks/endpoints/{endpoint_id}/rotate-secret"): Row(
         roles(HOSPITAL), _endpoint, other_org=HIDDEN
     ),
+    # A test event goes to the caller's own endpoint only (here a closed port: answered, not delivered).
+    ("POST", "/v1/webhooks/endpoints/{endpoint_id}/test"): Row(roles(HOSPITAL), _endpoint, other_org=HIDDEN),
     ("GET", "/v1/webhooks/deliveries"): Row(roles(HOSPITAL)),
     ("POST", "/v1/webhooks/deliveries/{delivery_id}/replay"): Row(
         roles(HOSPITAL), _delivery, other_org=HIDDEN

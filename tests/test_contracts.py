@@ -7,13 +7,15 @@ import re
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import jsonschema
 from jsonschema import Draft202012Validator, FormatChecker
 from sqlalchemy import select
 
 from service.app import create_app
-from service.models.events import EVENT_TYPES, Event
+from service.kit.clock import instant
+from service.models.events import EVENT_TYPES, EVENT_VERSIONS, TEST_EVENT_TYPE, Event
 from service.slots.release import release_due_slots
 from tests.factories import booking, contract_row, session_item, synthetic_id
 
@@ -98,13 +100,52 @@ def test_every_event_type_has_a_schema():
         match = re.fullmatch(r"(.+)\.v(\d+)\.schema\.json", path.name)
         assert match, f"{path.name}: name it <type>.v<N>.schema.json"
         event_type, version = match.groups()
-        assert event_type in EVENT_TYPES, f"{path.name} describes no event type the code emits"
+        assert event_type in EVENT_VERSIONS, f"{path.name} describes no event type the code emits"
+        assert int(version) <= EVENT_VERSIONS[event_type], f"{path.name}: newer than the code writes"
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema", path.name
         assert schema["$id"] == f"urn:slotpool:event:{event_type}:v{version}", path.name
         assert schema["properties"]["type"] == {**schema["properties"]["type"], "const": event_type}
         assert schema.get("title") and schema.get("description"), path.name
-    for event_type in EVENT_TYPES:
-        _schema_for(event_type)
+    assert set(EVENT_VERSIONS) == {*EVENT_TYPES, TEST_EVENT_TYPE}
+    for event_type, version in EVENT_VERSIONS.items():
+        # The version the code writes is the newest file, and the envelope names it.
+        newest = _schema_for(event_type)
+        assert newest["$id"] == f"urn:slotpool:event:{event_type}:v{version}", event_type
+        assert newest["properties"]["version"] == {**newest["properties"]["version"], "const": version}
+        assert newest["required"][:2] == ["type", "version"], event_type
+    # A test event lists what its endpoint subscribes to: any type an endpoint may subscribe to.
+    subscribable = _schema_for(TEST_EVENT_TYPE)["properties"]["data"]["properties"]["event_types"]
+    assert subscribable["items"]["enum"] == list(EVENT_TYPES)
+
+
+# The one time format (docs/webhooks.md, "Time"): RFC 3339 in UTC with Z, a fraction only when
+# the value has one (then six digits).
+INSTANT_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6})?Z$"
+INSTANT = re.compile(INSTANT_PATTERN)
+
+
+def test_the_written_schemas_hold_instants_to_the_one_time_format():
+    """Every date-time field of a schema the code writes carries the format's pattern, and the
+    pattern accepts exactly what ``kit.clock.instant`` writes."""
+
+    def date_times(node: Any) -> list[dict[str, Any]]:
+        if isinstance(node, dict):
+            found = [node] if node.get("format") == "date-time" else []
+            return found + [d for v in node.values() for d in date_times(v)]
+        if isinstance(node, list):
+            return [d for v in node for d in date_times(v)]
+        return []
+
+    for event_type in EVENT_VERSIONS:
+        fields = date_times(_schema_for(event_type))
+        assert fields, event_type
+        for field in fields:
+            assert field["pattern"] == INSTANT_PATTERN, event_type
+    at = datetime(2026, 12, 2, 15, 30, tzinfo=ZoneInfo("Asia/Shanghai"))
+    assert instant(at) == "2026-12-02T07:30:00Z"
+    assert instant(at.replace(microsecond=250_000)) == "2026-12-02T07:30:00.250000Z"
+    for written in (instant(at), instant(at.replace(microsecond=1))):
+        assert INSTANT.fullmatch(written), written
 
 
 def _closed_objects(schema: Any, where: str = "$") -> list[str]:
@@ -237,6 +278,7 @@ async def test_stored_events_match_their_schemas(client, world, clock, db):
     failures = []
     for i, (event_type, payload) in enumerate(events):
         assert payload.get("type") == event_type, f"event {i}: row type {event_type}, payload {payload}"
+        assert payload.get("version") == EVENT_VERSIONS[event_type], f"event {i}: {payload}"
         for error in _validator(event_type).iter_errors(payload):
             failures.append(f"event {i} {event_type} at {error.json_path}: {error.message}")
     assert not failures, "stored events do not match contracts/events:\n" + "\n".join(failures)
@@ -266,7 +308,8 @@ def test_schemas_reject_drift():
     """The schemas are strict: an extra, missing or mistyped field fails."""
     payload = {
         "type": "slots.returned",
-        "timestamp": "2026-03-03T08:01:00+08:00",
+        "version": 3,
+        "timestamp": "2026-03-03T00:01:00Z",
         "data": {
             "session": {
                 "external_id": "S1",
@@ -277,13 +320,13 @@ def test_schemas_reject_drift():
                 "ward": None,
             },
             "department": {"code": "CARD", "name": "心血管内科"},
-            "public_at": "2026-03-03T00:00:00+00:00",
+            "public_at": "2026-03-03T00:00:00Z",
             "slots": [
                 {
                     "number": 1,
                     "external_id": None,
-                    "starts_at": "2026-03-10T00:00:00+00:00",
-                    "ends_at": "2026-03-10T00:15:00+00:00",
+                    "starts_at": "2026-03-10T00:00:00Z",
+                    "ends_at": "2026-03-10T00:15:00.250000Z",
                 }
             ],
         },
@@ -296,6 +339,13 @@ def test_schemas_reject_drift():
         lambda p: p["data"]["session"].pop("external_id"),
         lambda p: p.update(timestamp="3 March 2026"),
         lambda p: p["data"]["slots"][0].update(starts_at="2026-03-10T08:00:00"),  # no offset
+        lambda p: p["data"]["slots"][0].update(starts_at="2026-03-10T08:00:00+08:00"),  # not in UTC
+        lambda p: p.update(timestamp="2026-03-03T00:01:00+00:00"),  # UTC, but not written with Z
+        lambda p: p["data"].update(
+            public_at="2026-03-03T00:00:00.25Z"
+        ),  # a fraction of other than six digits
+        lambda p: p.pop("version"),
+        lambda p: p.update(version=2),
         lambda p: p["data"]["session"].update(service_date="2026-02-30"),
         lambda p: p.update(type="referral.booked"),
         lambda p: p["data"]["session"].update(modality="CT"),  # an outpatient session has no modality
@@ -316,7 +366,8 @@ def test_access_schema_rejects_drift():
     """access.revoked ties the subject's fields to its type, and the fixed reason to the mode."""
     payload = {
         "type": "access.revoked",
-        "timestamp": "2026-03-03T08:01:00+08:00",
+        "version": 2,
+        "timestamp": "2026-03-03T00:01:00Z",
         "data": {
             "subject": {
                 "type": "doctor",
@@ -337,7 +388,7 @@ def test_access_schema_rejects_drift():
         lambda p: p["data"].update(resident={"name_masked": "张*"}),
         lambda p: p["data"]["subject"].update(doctor=None),  # a doctor subject names the doctor
         lambda p: p["data"]["subject"].update(type="institution"),  # an institution names no doctor
-        lambda p: p["data"].update(until="2026-04-01T00:00:00+08:00"),  # a revocation has no end
+        lambda p: p["data"].update(until="2026-03-31T16:00:00Z"),  # a revocation has no end
         lambda p: p["data"].update(mode="suspended"),  # the fixed text is the revocation's
         lambda p: p["data"].update(reason="倒卖号源"),  # never the commission's own words
         lambda p: p["data"].update(references=[]),

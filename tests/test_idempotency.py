@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text
 
 from service.models.referrals import IdempotencyKey
@@ -51,6 +52,27 @@ async def test_a_replay_returns_the_same_answer_with_its_code(client, world, clo
     assert again.status_code == first.status_code == 201
     assert again.json() == first.json()
     assert again.json()["verification_code"] == first.json()["verification_code"]
+
+
+def bookings_counted(outcome: str) -> float:
+    return REGISTRY.get_sample_value("slotpool_bookings_total", {"outcome": outcome}) or 0.0
+
+
+async def test_a_replay_is_counted_as_a_replay_not_as_a_booking(client, world, clock, slots):
+    """slotpool_bookings_total{outcome="booked"} counts bookings made; an Idempotency-Key answered
+    again from its stored answer made none."""
+    booked, replayed = bookings_counted("booked"), bookings_counted("idempotent_replay")
+    payload = booking(slots[DAY.isoformat()][0], 1, clock=clock)
+    assert (await post_referral(client, world, payload, **{"Idempotency-Key": "k-1"})).status_code == 201
+    assert (bookings_counted("booked"), bookings_counted("idempotent_replay")) == (booked + 1, replayed)
+    for _ in range(2):
+        again = await post_referral(client, world, payload, **{"Idempotency-Key": "k-1"})
+        assert again.headers["idempotent-replayed"] == "true"
+    assert (bookings_counted("booked"), bookings_counted("idempotent_replay")) == (booked + 1, replayed + 2)
+    # Another booking without a key still counts as one.
+    other = booking(slots[DAY.isoformat()][1], 2, clock=clock)
+    assert (await post_referral(client, world, other)).status_code == 201
+    assert bookings_counted("booked") == booked + 2
 
 
 async def count_keys(db) -> int:

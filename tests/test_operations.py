@@ -222,7 +222,9 @@ async def test_nul_in_the_url_is_a_422(client, world, path):
 async def test_background_loops_do_their_work_and_stop_together(db, crypto, clock, world, client, clean_db):
     """serve and worker run the same loops; a due slot is returned while they run, and all stop on one event."""
     import asyncio
-    from datetime import datetime
+    from datetime import datetime, timedelta
+
+    from prometheus_client import REGISTRY
 
     from service.jobs import background_loops
     from service.reports.summary import read_window
@@ -236,6 +238,7 @@ async def test_background_loops_do_their_work_and_stop_together(db, crypto, cloc
         release_interval_seconds=0.05,
         signals_interval_seconds=0.05,
         report_summary_interval_seconds=0.05,
+        gauges_interval_seconds=0.05,
     )
     stop = asyncio.Event()
     loops = [
@@ -244,13 +247,19 @@ async def test_background_loops_do_their_work_and_stop_together(db, crypto, cloc
             db=db, clock=clock, crypto=crypto, settings=settings, database_url=clean_db, stop=stop
         )
     ]
-    assert len(loops) == 5  # release, delivery, detection, idempotency purge, report days
-    async with asyncio.timeout(10):
-        while await pool_slots(client, world):  # noqa: ASYNC110 (polling the API, as a client would)
-            await asyncio.sleep(0.05)
-        while await db.run(lambda s: read_window(session=s)) is None:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)  # the day before the clock's is closed
-    stop.set()
+    read_before = REGISTRY.get_sample_value("slotpool_gauges_read_timestamp_seconds")
+    clock.advance(timedelta(seconds=1))  # the gauges' next reading stamps a later time
+    try:
+        assert len(loops) == 6  # release, delivery, detection, idempotency purge, report days, gauges
+        async with asyncio.timeout(10):
+            while await pool_slots(client, world):  # noqa: ASYNC110 (polling the API, as a client would)
+                await asyncio.sleep(0.05)
+            while await db.run(lambda s: read_window(session=s)) is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # the day before the clock's is closed
+            while REGISTRY.get_sample_value("slotpool_gauges_read_timestamp_seconds") in (None, read_before):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()  # even when an assertion fails: no loop may outlive its test
     async with asyncio.timeout(10):
         await asyncio.gather(*loops)
     assert all(task.done() and task.exception() is None for task in loops)

@@ -97,7 +97,7 @@ async def test_r6_released_events_are_the_ones_a_cancellation_would_write(client
         assert event.created_at == clock.now()
     assert kinds == {"outpatient", "examination", "bed"}
     texts = [e.payload for e in events]
-    assert any(s["starts_at"].endswith(".250000+00:00") for e in texts for s in e["data"]["slots"])
+    assert any(s["starts_at"].endswith(".250000Z") for e in texts for s in e["data"]["slots"])
     assert any(s["external_id"] is None for e in texts for s in e["data"]["slots"])
 
 

@@ -299,7 +299,7 @@ async def test_r14_the_commission_may_cancel_active_referrals_like_any_cancellat
     assert event["data"]["cancellation"]["by"] == "commission"
     assert event["data"]["cancellation"]["slot_returned_to"] == "public"
     assert "倒卖" not in json.dumps(event, ensure_ascii=False)  # the commission's reason stays in the audit
-    schema = json.loads((EVENTS / "referral.cancelled.v2.schema.json").read_text())
+    schema = json.loads((EVENTS / f"referral.cancelled.v{event['version']}.schema.json").read_text())
     Draft202012Validator(schema).validate(event)
     returned = await db.run(
         lambda s: s.scalars(select(Event).where(Event.type == "slots.returned").order_by(Event.id))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator, Iterator
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,10 +24,12 @@ from service.kit.config import Settings
 from service.kit.crypto import Crypto
 from service.kit.db import Database
 from service.kit.errors import Unprocessable
+from service.models.audit import AuditEntry
 from service.models.events import EVENT_TYPES, Event
 from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from service.outbox.dispatcher import BACKOFF, JITTER, MAX_ATTEMPTS, PROBE_SECONDS, Dispatcher, listen_dsn
-from service.outbox.events import emit
+from service.outbox.events import EmittedEvent, emit
+from service.outbox.ping import PING_INTERVAL
 from service.outbox.signing import signature, signature_header
 from service.outbox.urls import check_url
 from tests.factories import World, booking, pool_slots, push, session_item, sign, synthetic_id
@@ -76,23 +79,25 @@ def returned_data(i: int) -> dict[str, Any]:
     return {
         "session": {"external_id": f"S-{i}", "service_date": "2026-03-10", "period": "morning"},
         "department": {"code": "CARD", "name": "心血管内科"},
-        "public_at": "2026-03-03T00:00:00+00:00",
+        "public_at": "2026-03-03T00:00:00Z",
         "slots": [
             {
                 "number": 1,
                 "external_id": f"S-{i}-1",
-                "starts_at": "2026-03-10T00:00:00+00:00",
-                "ends_at": "2026-03-10T00:15:00+00:00",
+                "starts_at": "2026-03-10T00:00:00Z",
+                "ends_at": "2026-03-10T00:15:00Z",
             }
         ],
     }
 
 
-async def emit_returned(db: Database, world: World, count: int, who: str = "city_hospital") -> list[int]:
-    """``count`` events, one transaction each (like ``count`` separate changes); their ids in order."""
+async def emit_returned(
+    db: Database, world: World, count: int, who: str = "city_hospital"
+) -> list[EmittedEvent]:
+    """``count`` events, one transaction each (like ``count`` separate changes), in order."""
     ids = []
     for i in range(count):
-        event_id = await db.run(
+        event = await db.run(
             lambda s, i=i: emit(
                 session=s,
                 hospital_id=world.ids[who],
@@ -101,7 +106,7 @@ async def emit_returned(db: Database, world: World, count: int, who: str = "city
                 at=world.clock.now(),
             )
         )
-        ids.append(event_id)
+        ids.append(event)
     return ids
 
 
@@ -120,8 +125,9 @@ async def scalar(db: Database, query: Any) -> Any:
         return await session.scalar(query)
 
 
-def wid(event_id: int) -> str:
-    return f"evt_{event_id}"
+def wid(event: EmittedEvent | Event) -> str:
+    """The webhook-id an event goes out with."""
+    return event.webhook_id
 
 
 # --- signing -----------------------------------------------------------------------------------
@@ -158,7 +164,7 @@ async def test_r19_every_event_is_delivered_signed_schema_valid_and_without_id_n
     assert {e.type for e in events} == set(EVENT_TYPES)
 
     assert await drain(dispatcher) == len(events)
-    assert [r.webhook_id for r in receiver.requests] == [wid(e.id) for e in events]
+    assert [r.webhook_id for r in receiver.requests] == [wid(e) for e in events]
     forbidden = {synthetic_id(region, seq=seq) for seq, region in RESIDENTS.items()}
     for request, event in zip(receiver.requests, events, strict=True):
         body = verify(request, endpoint["secret"])
@@ -218,7 +224,7 @@ async def test_r19_attendance_recorded_reaches_a_his_subscribed_to_it_alone(
 
     assert await drain(dispatcher) == 1  # the booking is not one of this endpoint's types
     [request] = receiver.requests
-    assert (request.path, request.webhook_id) == ("/emr", wid(event.id))
+    assert (request.path, request.webhook_id) == ("/emr", wid(event))
     body = verify(request, endpoint["secret"])
     assert body == event.payload
     assert list(_validator("referral.attendance_recorded").iter_errors(body)) == []
@@ -877,3 +883,143 @@ async def test_r19_deleting_an_endpoint_drops_its_queue(client, world, db, recei
     assert await drain(dispatcher) == 0
     assert await scalar(db, select(func.count()).select_from(WebhookDelivery)) == 0
     assert await scalar(db, select(func.count()).select_from(Event)) == 2
+
+
+# --- event ids ---------------------------------------------------------------------------------
+
+OPAQUE_ID = re.compile(r"^evt_[0-9a-f]{32}$")
+
+
+async def test_r19_event_ids_are_opaque_unique_and_say_nothing_of_the_count(
+    client, world, db, receiver, dispatcher
+):
+    await register(client, world, receiver.url)
+    events = await emit_returned(db, world, 30)
+    ids = [e.webhook_id for e in events]
+    assert all(OPAQUE_ID.fullmatch(i) for i in ids), ids
+    assert len(set(ids)) == len(ids)
+    assert ids != sorted(ids)  # not in the order they were written (1 chance in 30! otherwise)
+    await drain(dispatcher)
+    assert receiver.ids() == ids
+    r = await client.get(
+        "/v1/webhooks/deliveries", params={"status": "delivered"}, headers=world.auth("city_hospital")
+    )
+    assert [d["webhook_id"] for d in r.json()["items"]] == ids
+    # Stored with the event: the same id however often it is read or sent.
+    stored = await db.run(lambda s: s.scalars(select(Event).order_by(Event.id)))
+    assert [e.public_id for e in stored] == ids
+
+
+async def test_r19_an_event_written_before_public_ids_keeps_the_id_it_went_out_with(
+    client, world, clock, db, receiver, dispatcher
+):
+    """Revision 0021 leaves older events' public_id NULL: they were (or may have been) delivered
+    as evt_<id>, and a retry or replay must carry that same id."""
+    endpoint = await register(client, world, receiver.url)
+    [old, new] = await emit_returned(db, world, 2)
+    await db.run(
+        lambda s: s.execute(text("UPDATE events SET public_id = NULL WHERE id = :id"), {"id": old.id})
+    )
+    receiver.answer = 500
+    await drain(dispatcher)
+    receiver.answer = 200
+    clock.advance(BACKOFF[0] * (1 + JITTER) + timedelta(seconds=1))
+    await drain(dispatcher)
+    assert receiver.ids() == [f"evt_{old.id}", f"evt_{old.id}", new.webhook_id]
+    for request in receiver.requests:
+        verify(request, endpoint["secret"])
+    r = await client.get(
+        "/v1/webhooks/deliveries", params={"status": "delivered"}, headers=world.auth("city_hospital")
+    )
+    assert [d["webhook_id"] for d in r.json()["items"]] == [f"evt_{old.id}", new.webhook_id]
+
+
+# --- the test event ------------------------------------------------------------------------------
+
+
+async def ping(client: Any, world: World, endpoint_id: int, who: str = "city_hospital") -> Any:
+    return await client.post(f"/v1/webhooks/endpoints/{endpoint_id}/test", headers=world.auth(who))
+
+
+async def test_r19_a_test_event_is_signed_sent_at_once_and_answered_with_the_receivers_status(
+    client, world, clock, db, receiver
+):
+    endpoint = await register(
+        client, world, receiver.url + "/his", types=["slots.returned", "referral.booked"]
+    )
+    r = await ping(client, world, endpoint["id"])
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    [request] = receiver.requests
+    assert request.path == "/his"
+    body = verify(request, endpoint["secret"])  # standardwebhooks, with the endpoint's secret
+    assert list(_validator("webhook.test").iter_errors(body)) == []
+    assert body == {
+        "type": "webhook.test",
+        "version": 1,
+        "timestamp": clock.now().astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "data": {"endpoint_id": endpoint["id"], "event_types": ["referral.booked", "slots.returned"]},
+    }
+    assert OPAQUE_ID.fullmatch(request.webhook_id)
+    assert answer == {
+        "webhook_id": request.webhook_id,
+        "type": "webhook.test",
+        "sent_at": body["timestamp"],
+        "delivered": True,
+        "http_status": 200,
+        "error": None,
+        "response_excerpt": "status 200 from the test receiver",
+        "duration_ms": answer["duration_ms"],
+    }
+    # Not an event of the outbox: nothing queued, nothing for a dispatcher to send again.
+    assert await scalar(db, select(func.count()).select_from(Event)) == 0
+    assert await scalar(db, select(func.count()).select_from(WebhookDelivery)) == 0
+    [entry] = await db.run(
+        lambda s: s.scalars(select(AuditEntry).where(AuditEntry.action == "webhook.endpoint_tested"))
+    )
+    assert entry.hospital_id == world.ids["city_hospital"]
+    assert entry.detail == {
+        "endpoint_id": endpoint["id"],
+        "webhook_id": request.webhook_id,
+        "http_status": 200,
+        "error": None,
+        "duration_ms": answer["duration_ms"],
+    }
+
+    # A receiver that refuses: the answer says so, and each test event has an id of its own.
+    receiver.answer = 401
+    clock.advance(PING_INTERVAL)
+    r = await ping(client, world, endpoint["id"])
+    assert (r.status_code, r.json()["delivered"], r.json()["http_status"]) == (200, False, 401)
+    assert r.json()["webhook_id"] != answer["webhook_id"] == receiver.ids()[0]
+    # A receiver that is away: no status, the error instead.
+    receiver.stop()
+    clock.advance(PING_INTERVAL)
+    r = await ping(client, world, endpoint["id"])
+    assert (r.status_code, r.json()["http_status"]) == (200, None)
+    assert r.json()["error"].startswith("ConnectError")
+    assert await scalar(db, select(func.count()).where(AuditEntry.action == "webhook.endpoint_tested")) == 3
+
+
+async def test_r19_a_test_event_goes_only_to_the_callers_own_endpoint(client, world, db, receiver):
+    mine = await register(client, world, receiver.url)
+    r = await ping(client, world, mine["id"], who="district_hospital")
+    assert r.status_code == 404 and r.json()["code"] == "webhook_endpoint_not_found"
+    assert (await ping(client, world, mine["id"], who="chc_a")).status_code == 403
+    assert receiver.requests == []
+    assert await scalar(db, select(func.count()).where(AuditEntry.action == "webhook.endpoint_tested")) == 0
+
+
+async def test_r19_test_events_are_limited_per_endpoint(client, world, clock, db, receiver):
+    first = await register(client, world, receiver.url + "/a")
+    second = await register(client, world, receiver.url + "/b")
+    assert (await ping(client, world, first["id"])).status_code == 200
+    clock.advance(PING_INTERVAL - timedelta(seconds=3))
+    r = await ping(client, world, first["id"])
+    assert r.status_code == 429 and r.json()["code"] == "rate_limited"
+    assert r.headers["retry-after"] == "3"
+    assert (await ping(client, world, second["id"])).status_code == 200  # another endpoint's own limit
+    clock.advance(timedelta(seconds=3))
+    assert (await ping(client, world, first["id"])).status_code == 200
+    assert [r.path for r in receiver.requests] == ["/a", "/b", "/a"]
+    assert await scalar(db, select(func.count()).where(AuditEntry.action == "webhook.endpoint_tested")) == 3

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.kit.clock import instant
 from service.kit.config import Settings
 from service.kit.errors import TooManyRequests
 from service.models.abuse import HotlineAttempts
@@ -96,7 +97,7 @@ def refusal_if_locked(attempts: Attempts, now: datetime) -> TooManyRequests | No
         if until is not None:
             return TooManyRequests(
                 "verification_locked",
-                f"Too many failed verifications for {whose}; try again after {until.isoformat()}.",
+                f"Too many failed verifications for {whose}; try again after {instant(until)}.",
                 retry_after=math.ceil((until - now).total_seconds()),
             )
     return None

@@ -82,7 +82,7 @@ async def _apply_report(
         raise Conflict(
             "too_early",
             "Attendance can be reported once the slot has started.",
-            starts_at=slot.starts_at.isoformat(),
+            starts_at=instant(slot.starts_at),
         )
     previous = referral.attendance
     if previous == item.outcome:

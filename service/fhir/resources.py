@@ -8,13 +8,14 @@ and code systems of our own live under ``BASE``.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, literal
 from sqlalchemy.sql.elements import Case
 
 from service.kit.clock import SHANGHAI
+from service.kit.clock import instant as clock_instant
 from service.kit.resources import MODALITIES
 from service.models.registry import Department, Doctor, Organisation
 from service.models.slots import ClinicSession, Slot
@@ -82,12 +83,12 @@ def pool_held_clause() -> ColumnElement[bool]:
 
 
 def instant(when: datetime) -> str:
-    """FHIR instant: seconds precision with offset, in Beijing time as the hospitals read it."""
-    return when.astimezone(SHANGHAI).isoformat(timespec="seconds")
+    """FHIR instant (and dateTime): the service's one time format, RFC 3339 in UTC with ``Z``
+    (``kit.clock.instant``; docs/webhooks.md, "Time")."""
+    return clock_instant(when)
 
 
-def utc_instant(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+utc_instant = instant
 
 
 def day_start(day: date) -> datetime:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, ColumnExpressionArgument, and_, or_, select
 
+from service.kit.clock import instant
 from service.kit.errors import Forbidden
 from service.models.supervision import AccessSuspension
 
@@ -58,7 +59,7 @@ def refusal(suspension: AccessSuspension) -> Forbidden:
     detail = f"{_WHO[suspension.subject_type]}'s access to the pool has been {verb} by the commission (R14)."
     extra: dict[str, Any] = {"mode": suspension.mode}
     if suspension.until is not None:
-        extra["until"] = suspension.until.isoformat()
+        extra["until"] = instant(suspension.until)
     return Forbidden(REFUSAL_CODES[suspension.subject_type], detail, **extra)
 
 

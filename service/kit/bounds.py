@@ -16,6 +16,7 @@ from typing import Annotated
 from pydantic import AfterValidator, AwareDatetime
 from pydantic_core import PydanticCustomError
 
+from service.kit.clock import instant
 from service.kit.errors import Unprocessable
 
 CODE = "date_out_of_range"
@@ -92,16 +93,21 @@ QueryInstant = Annotated[datetime, AfterValidator(_bounded_instant)]
 """An instant within the absolute window whose offset the route itself insists on, with its own code."""
 
 
+def _written(value: date | datetime) -> str:
+    """A day as YYYY-MM-DD, an instant in the one time format."""
+    return instant(value) if isinstance(value, datetime) else value.isoformat()
+
+
 class DateOutOfRange(Unprocessable):
     """A date or instant outside the window its field allows."""
 
     def __init__(self, field: str, earliest: date | datetime, latest: date | datetime) -> None:
         super().__init__(
             CODE,
-            f"'{field}' must be between {earliest.isoformat()} and {latest.isoformat()}.",
+            f"'{field}' must be between {_written(earliest)} and {_written(latest)}.",
             field=field,
-            earliest=earliest.isoformat(),
-            latest=latest.isoformat(),
+            earliest=_written(earliest),
+            latest=_written(latest),
         )
 
 

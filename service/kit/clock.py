@@ -76,5 +76,8 @@ def zh_instant(when: datetime) -> str:
 
 
 def instant(when: datetime) -> str:
-    """Event timestamps: ISO 8601 in UTC, whatever offset the value arrived with."""
-    return when.astimezone(UTC).isoformat()
+    """An instant as slotpool writes it everywhere (/v1, webhooks, FHIR; docs/webhooks.md, "Time"):
+    RFC 3339 in UTC with ``Z``, six digits of fraction only when the value has a fraction of a
+    second, e.g. ``2026-12-02T07:30:00Z``, ``2026-12-02T07:30:00.250000Z``. Pydantic writes the
+    same for a UTC value, so the API's answers and the events agree to the character."""
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")

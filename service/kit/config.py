@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     signals_interval_seconds: float = 300.0
     # How often the report summary's job looks for days to close (service/reports/summary.py).
     report_summary_interval_seconds: float = Field(default=300.0, gt=0)
+    # How often the outbox and release gauges are read from the database (service/jobs.py).
+    gauges_interval_seconds: float = Field(default=15.0, gt=0)
     lock_timeout_ms: int = 2000
     # Webhook delivery (service/outbox/dispatcher.py): endpoints delivered to at once per
     # replica, the backstop poll when no NOTIFY arrives, the whole-request time limit, and how

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class Actor:
     client_id: int | None = None
     org_id: int | None = None
     request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # In UTC whatever zone the clock reads in, so an instant taken from it reaches an answer
+        # in the one time format (docs/webhooks.md, "Time"); rules take local dates explicitly.
+        object.__setattr__(self, "now", self.now.astimezone(UTC))
 
     @classmethod
     def for_caller(cls, caller: Caller, *, now: datetime, request_id: str | None) -> Actor:

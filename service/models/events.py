@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Identity, Index, String
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Identity, Index, String, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -21,16 +22,59 @@ EventType = Literal[
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
+# The signed ping a hospital asks for (POST /v1/webhooks/endpoints/{id}/test): sent to that one
+# endpoint at once, never written to the outbox, never subscribed to.
+TEST_EVENT_TYPE = "webhook.test"
+
+# The schema version each type is written in: the envelope's "version", and the file
+# contracts/events/<type>.v<version>.schema.json that describes the whole body. A version is
+# never changed once published; a change of shape is the next number (contracts/events/README.md).
+EVENT_VERSIONS: dict[str, int] = {
+    "referral.booked": 3,
+    "referral.cancelled": 3,
+    "slots.returned": 3,
+    "referral.attendance_recorded": 2,
+    "access.revoked": 2,
+    "access.reinstated": 2,
+    TEST_EVENT_TYPE: 1,
+}
+
+# A new event's public id: "evt_" and 32 hex digits of a random UUID (122 random bits), so it
+# tells nothing of how many events there are or in what order they came (revision 0021).
+PUBLIC_ID_SQL = "'evt_' || replace(gen_random_uuid()::text, '-', '')"
+
 
 class Event(Base):
     """A change for one hospital, written in the same transaction as the change itself."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_hospital_id_id", "hospital_id", "id"),)
+    __table_args__ = (
+        Index("ix_events_hospital_id_id", "hospital_id", "id"),
+        Index("ix_events_public_id", "public_id", unique=True),
+    )
 
+    # Internal: orders the outbox and joins the deliveries; never shown.
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # The webhook-id: opaque and unique, the same on every retry and replay. NULL only for events
+    # written before revision 0021, which went out as "evt_<id>" and keep that id (``webhook_id``).
+    public_id: Mapped[str | None] = mapped_column(String(40), server_default=text(PUBLIC_ID_SQL))
     hospital_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"))
     type: Mapped[str] = mapped_column(String(40))
-    # The Standard Webhooks body: {"type", "timestamp", "data"}.
+    # The Standard Webhooks body: {"type", "version", "timestamp", "data"} (without "version"
+    # before revision 0021).
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def webhook_id(self) -> str:
+        return webhook_id(self.id, self.public_id)
+
+
+def webhook_id(event_id: int, public_id: str | None) -> str:
+    """The ``webhook-id`` of an event: its public id, or ``evt_<id>`` for one written before 0021."""
+    return public_id if public_id is not None else f"evt_{event_id}"
+
+
+def new_public_id() -> str:
+    """A public id of the same form as ``PUBLIC_ID_SQL``, for a test event, which has no row."""
+    return f"evt_{uuid.uuid4().hex}"

@@ -61,6 +61,8 @@ class WebhookEndpoint(Base):
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The receiver did not answer: when to re-send the queue's head, between the backoff's retries.
     probe_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the owner last asked for a test event: one per endpoint per interval (revision 0021).
+    test_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class WebhookDelivery(Base):

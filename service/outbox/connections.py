@@ -10,6 +10,7 @@ recently used idle ones are closed beyond ``keep``.
 
 from __future__ import annotations
 
+import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,28 @@ CONNECT_TIMEOUT = 5.0
 # Below the idle timeout of common servers and proxies (Node.js 5 s, the shortest default; nginx
 # 75 s), so a connection is not reused just as the receiver closes it.
 KEEPALIVE_SECONDS = 4.0
+
+
+def endpoint_client(
+    settings: Settings,
+    *,
+    verify: ssl.SSLContext | bool = True,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """A client for one endpoint: explicit timeouts, no redirects, no proxies from the environment."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.webhook_timeout_seconds, connect=CONNECT_TIMEOUT),
+        follow_redirects=False,
+        trust_env=False,
+        verify=verify,
+        # One connection is all a strictly ordered queue uses; a second covers an address
+        # that changed (the old connection idles out).
+        limits=httpx.Limits(
+            max_connections=2, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS
+        ),
+        headers={"user-agent": "slotpool-webhooks/1"},
+        transport=transport,
+    )
 
 
 class EndpointClients:
@@ -43,18 +66,8 @@ class EndpointClients:
         self._in_use: dict[int, int] = {}
 
     def _new(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            timeout=httpx.Timeout(self.settings.webhook_timeout_seconds, connect=CONNECT_TIMEOUT),
-            follow_redirects=False,
-            trust_env=False,
-            verify=self._tls if self._tls is not None else True,
-            # One connection is all a strictly ordered queue uses; a second covers an address
-            # that changed (the old connection idles out).
-            limits=httpx.Limits(
-                max_connections=2, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_SECONDS
-            ),
-            headers={"user-agent": "slotpool-webhooks/1"},
-            transport=self.transport,
+        return endpoint_client(
+            self.settings, verify=self._tls if self._tls is not None else True, transport=self.transport
         )
 
     @asynccontextmanager

@@ -27,13 +27,11 @@ import asyncio
 import heapq
 import json
 import random
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -59,14 +57,15 @@ from service.kit.config import Settings
 from service.kit.context import Actor
 from service.kit.crypto import Crypto
 from service.kit.db import Database, asyncpg_url
-from service.kit.errors import Problem, log_failure
+from service.kit.errors import log_failure
 from service.kit.metrics import LOOP_ERRORS, WEBHOOK_ATTEMPTS
-from service.models.webhooks import EXCERPT_CHARS, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from service.models.events import webhook_id
+from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from service.outbox.connections import EndpointClients
 from service.outbox.endpoints import signing_secrets
 from service.outbox.events import CHANNEL
-from service.outbox.signing import signature_header, webhook_id
-from service.outbox.urls import Resolver, resolve_target, system_resolver
+from service.outbox.sending import Outcome, send_signed
+from service.outbox.urls import Resolver, system_resolver
 
 log = structlog.get_logger("slotpool.webhooks")
 
@@ -89,11 +88,8 @@ JITTER = 0.2
 # An unreachable receiver's head is re-sent this often (± JITTER) until it answers: the queue
 # resumes at most about this long after the receiver is back (docs/webhooks.md, "Outages").
 PROBE_SECONDS = 2.0
-# Answers that mean "the receiver is not there" rather than "the receiver refuses this event".
-GATEWAY_DOWN = frozenset({502, 503, 504})
 BATCH = 100  # deliveries of one endpoint taken in one statement, sent, then recorded in one transaction
 DELIVERIES_PER_CLAIM = 1000  # then the endpoint goes back to the pool, so none holds a replica forever
-_READ_FOR_EXCERPT = 4096
 
 
 def retry_delay(attempts: int, rng: random.Random) -> timedelta | None:
@@ -120,6 +116,7 @@ class Item:
 
     delivery_id: int
     event_id: int
+    webhook_id: str
     body: bytes
 
 
@@ -137,25 +134,6 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    http_status: int | None
-    error: str | None
-    excerpt: str
-    duration_ms: int
-
-    @property
-    def delivered(self) -> bool:
-        return self.http_status is not None and 200 <= self.http_status < 300
-
-    @property
-    def unreachable(self) -> bool:
-        """No answer from the receiver itself: worth probing rather than waiting out the backoff."""
-        if self.http_status is None:
-            return self.error is not None and not self.error.startswith("webhook_url_")
-        return self.http_status in GATEWAY_DOWN
-
-
-@dataclass(frozen=True)
 class Sent:
     item: Item
     at: datetime
@@ -164,7 +142,7 @@ class Sent:
 
 # An endpoint's first ``:batch`` pending deliveries with their payloads, oldest first.
 _QUEUE_ROWS = (
-    "SELECT d.id, d.event_id, d.next_attempt_at, ev.payload"
+    "SELECT d.id, d.event_id, ev.public_id, d.next_attempt_at, ev.payload"
     " FROM webhook_deliveries d JOIN events ev ON ev.id = d.event_id"
     " WHERE d.endpoint_id = {endpoint} AND d.status = 'pending' ORDER BY d.id LIMIT :batch"
 )
@@ -187,7 +165,8 @@ def _claim(condition: str, order: str) -> TextualSelect:
         f"  AND {condition} ORDER BY {order}, e.id LIMIT :limit FOR UPDATE SKIP LOCKED"
         " ) RETURNING id, url, secret_enc, previous_secret_enc, previous_secret_expires_at"
         ") SELECT c.id AS endpoint_id, c.url, c.secret_enc, c.previous_secret_enc,"
-        " c.previous_secret_expires_at, q.id AS delivery_id, q.event_id, q.next_attempt_at, q.payload"
+        " c.previous_secret_expires_at, q.id AS delivery_id, q.event_id, q.public_id, q.next_attempt_at,"
+        " q.payload"
         f" FROM claimed c CROSS JOIN LATERAL ({_QUEUE_ROWS.format(endpoint='c.id')}) AS q"
         " ORDER BY c.id, q.id"
     ).columns(payload=JSONB)
@@ -257,16 +236,23 @@ class Dispatcher:
 
     # --- transactions -------------------------------------------------------------------------
 
-    def _items(self, rows: list[tuple[int, int, datetime, Any]], now: datetime) -> list[Item]:
-        """One endpoint's pending deliveries from its head (delivery id, event id, due, payload) as a
-        batch: up to the first delivery behind the head that is not due (the head was replayed
-        before one that backs off; that one goes when it is due)."""
+    def _items(self, rows: list[tuple[int, int, str | None, datetime, Any]], now: datetime) -> list[Item]:
+        """One endpoint's pending deliveries from its head (delivery id, event id and public id, due,
+        payload) as a batch: up to the first delivery behind the head that is not due (the head
+        was replayed before one that backs off; that one goes when it is due)."""
         items: list[Item] = []
-        for delivery_id, event_id, next_attempt_at, payload in rows:
+        for delivery_id, event_id, public_id, next_attempt_at, payload in rows:
             if items and next_attempt_at > now:
                 break
             body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-            items.append(Item(delivery_id=delivery_id, event_id=event_id, body=body))
+            items.append(
+                Item(
+                    delivery_id=delivery_id,
+                    event_id=event_id,
+                    webhook_id=webhook_id(event_id, public_id),
+                    body=body,
+                )
+            )
         return items
 
     async def _queue(self, session: AsyncSession, endpoint_id: int, now: datetime) -> list[Item]:
@@ -291,7 +277,7 @@ class Dispatcher:
             # Leased and batched in that one statement. Every endpoint it leases has a pending head
             # (the condition), read in the same snapshot while the endpoint row is locked, so none
             # is leased without a batch.
-            queues: dict[int, tuple[Any, list[tuple[int, int, datetime, Any]]]] = {}
+            queues: dict[int, tuple[Any, list[tuple[int, int, str | None, datetime, Any]]]] = {}
             for endpoint_id, url, secret, previous, expires, *delivery in rows:
                 queues.setdefault(endpoint_id, ((url, secret, previous, expires), []))[1].append(
                     tuple(delivery)
@@ -433,57 +419,17 @@ class Dispatcher:
     # --- HTTP ---------------------------------------------------------------------------------
 
     async def send(self, client: httpx.AsyncClient, batch: Batch, item: Item) -> Outcome:
-        """One signed POST; never raises for what the network or the receiver does."""
-        started = time.perf_counter()
-
-        def done(status: int | None, error: str | None, excerpt: bytes = b"") -> Outcome:
-            text = excerpt.decode("utf-8", errors="replace").replace("\x00", "")[:EXCERPT_CHARS]
-            elapsed = round((time.perf_counter() - started) * 1000)
-            return Outcome(
-                http_status=status, error=error[:200] if error else None, excerpt=text, duration_ms=elapsed
-            )
-
-        try:
-            target = await resolve_target(
-                batch.url, allow_loopback=self.settings.webhook_allow_loopback, resolver=self.resolver
-            )
-        except Problem as exc:
-            return done(None, f"{exc.code}: {exc.detail}")
-        extensions: dict[str, str] = {}
-        msg_id = webhook_id(item.event_id)
-        timestamp = int(self.clock.now().timestamp())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature_header(
-                batch.secrets, msg_id=msg_id, timestamp=timestamp, body=item.body
-            ),
-        }
-        # Connect to the address just checked, not to whatever DNS answers next (rebinding);
-        # Host and TLS SNI (and so certificate verification) keep the registered name.
-        parts = urlsplit(batch.url)
-        address = f"[{target.address}]" if ":" in target.address else target.address
-        netloc = f"{address}:{parts.port}" if parts.port else address
-        url = urlunsplit(parts._replace(netloc=netloc))
-        headers["host"] = parts.netloc
-        if parts.scheme == "https":
-            extensions["sni_hostname"] = target.host
-        try:
-            async with asyncio.timeout(self.settings.webhook_timeout_seconds):
-                async with client.stream(
-                    "POST", url, content=item.body, headers=headers, extensions=extensions
-                ) as response:
-                    excerpt = b""
-                    async for chunk in response.aiter_bytes():
-                        excerpt += chunk
-                        if len(excerpt) >= _READ_FOR_EXCERPT:
-                            break
-                    return done(response.status_code, None, excerpt)
-        except (TimeoutError, httpx.TimeoutException):
-            return done(None, "timeout")
-        except httpx.HTTPError as exc:
-            return done(None, f"{type(exc).__name__}: {exc}")
+        """One signed POST of a delivery; never raises for what the network or the receiver does."""
+        return await send_signed(
+            client,
+            url=batch.url,
+            secrets=batch.secrets,
+            msg_id=item.webhook_id,
+            body=item.body,
+            settings=self.settings,
+            clock=self.clock,
+            resolver=self.resolver,
+        )
 
     # --- the work -----------------------------------------------------------------------------
 

@@ -10,10 +10,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.audit.service import record
+from service.kit.clock import instant
 from service.kit.context import Actor
 from service.kit.crypto import Crypto
 from service.kit.errors import Conflict, NotFound
-from service.models.events import Event
+from service.models.events import Event, webhook_id
 from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from service.outbox.events import notify_dispatchers
 from service.outbox.schemas import (
@@ -22,7 +23,7 @@ from service.outbox.schemas import (
     EndpointOut,
     EndpointPatch,
 )
-from service.outbox.signing import new_secret, webhook_id
+from service.outbox.signing import new_secret
 
 SECRET_COLUMN = "webhook_endpoints.secret"
 DeliveryStatus = Literal["pending", "delivered", "dead"]
@@ -210,9 +211,7 @@ async def rotate_secret(
         detail={
             "endpoint_id": endpoint.id,
             "previous_secret_expires_at": (
-                endpoint.previous_secret_expires_at.isoformat()
-                if endpoint.previous_secret_expires_at
-                else None
+                instant(endpoint.previous_secret_expires_at) if endpoint.previous_secret_expires_at else None
             ),
             "before": before,
             "after": _secret_state(endpoint),
@@ -227,7 +226,7 @@ def _secret_state(endpoint: WebhookEndpoint) -> dict[str, Any]:
     return {
         "secrets_signing": 1 if endpoint.previous_secret_enc is None else 2,
         "previous_secret_expires_at": (
-            endpoint.previous_secret_expires_at.isoformat() if endpoint.previous_secret_expires_at else None
+            instant(endpoint.previous_secret_expires_at) if endpoint.previous_secret_expires_at else None
         ),
     }
 
@@ -243,7 +242,7 @@ async def list_deliveries(
 ) -> tuple[list[DeliveryOut], int | None]:
     """The hospital's deliveries in one status, oldest first, with every attempt; keyset paging."""
     query = (
-        select(WebhookDelivery, Event.type)
+        select(WebhookDelivery, Event.type, Event.public_id)
         .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
         .join(Event, Event.id == WebhookDelivery.event_id)
         .where(WebhookEndpoint.hospital_id == hospital_id, WebhookDelivery.status == status)
@@ -260,7 +259,7 @@ async def list_deliveries(
     if page:
         for attempt in await session.scalars(
             select(WebhookAttempt)
-            .where(WebhookAttempt.delivery_id.in_([d.id for d, _ in page]))
+            .where(WebhookAttempt.delivery_id.in_([d.id for d, _, _ in page]))
             .order_by(WebhookAttempt.id)
         ):
             attempts.setdefault(attempt.delivery_id, []).append(
@@ -276,7 +275,7 @@ async def list_deliveries(
         DeliveryOut(
             id=delivery.id,
             endpoint_id=delivery.endpoint_id,
-            webhook_id=webhook_id(delivery.event_id),
+            webhook_id=webhook_id(delivery.event_id, public_id),
             event_type=event_type,
             status=cast(DeliveryStatus, delivery.status),
             attempts=delivery.attempts,
@@ -286,7 +285,7 @@ async def list_deliveries(
             dead_at=delivery.dead_at,
             attempt_log=attempts.get(delivery.id, []),
         )
-        for delivery, event_type in page
+        for delivery, event_type, public_id in page
     ]
     next_cursor = page[-1][0].id if len(rows) > limit else None
     return items, next_cursor

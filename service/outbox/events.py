@@ -11,20 +11,29 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.models.events import EVENT_TYPES, EventType
+from service.kit.clock import instant
+from service.models.events import EVENT_TYPES, EVENT_VERSIONS, EventType
 
 CHANNEL = "slotpool_events"
 
 
 def envelope(event_type: str, data: dict[str, Any], *, at: datetime) -> dict[str, Any]:
-    """The Standard Webhooks body: type, timestamp, data."""
-    return {"type": event_type, "timestamp": at.astimezone(UTC).isoformat(), "data": data}
+    """The Standard Webhooks body: type, the type's schema version, timestamp, and data (last)."""
+    return {"type": event_type, "version": EVENT_VERSIONS[event_type], "timestamp": instant(at), "data": data}
+
+
+@dataclass(frozen=True)
+class EmittedEvent:
+    """An event just written: its internal id (the outbox's order) and its webhook-id."""
+
+    id: int
+    webhook_id: str
 
 
 async def emit(
@@ -34,16 +43,16 @@ async def emit(
     event_type: EventType,
     data: dict[str, Any],
     at: datetime,
-) -> int:
+) -> EmittedEvent:
     """Write one event row for a hospital, and its webhook deliveries, in the caller's transaction.
 
-    ``emit_many`` of one event: one statement, the wake-up included. Returns the event's id.
+    ``emit_many`` of one event: one statement, the wake-up included.
     """
     emitted = await emit_selected(
         session=session, event_type=event_type, rows=_given([(hospital_id, json.dumps(data))]), at=at
     )
-    event_id: int = emitted.rows[0].emit_first_event_id
-    return event_id
+    first = emitted.rows[0]
+    return EmittedEvent(id=first.emit_first_event_id, webhook_id=first.emit_first_webhook_id)
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,7 @@ async def emit_selected(
             SELECT r.hospital_id, :emit_type, (:emit_head || r.data::text || '}}')::jsonb, :emit_at
             FROM {rows.relation} AS r
             ORDER BY r.position
-            RETURNING id, hospital_id
+            RETURNING id, hospital_id, public_id
         ),
         emit_queued AS (
             INSERT INTO webhook_deliveries (event_id, endpoint_id, status, attempts, next_attempt_at, created_at)
@@ -106,6 +115,7 @@ async def emit_selected(
         )
         SELECT {returned}(SELECT count(*) FROM emit_queued) AS emit_deliveries,
                (SELECT min(id) FROM emit_written) AS emit_first_event_id,
+               (SELECT public_id FROM emit_written ORDER BY id LIMIT 1) AS emit_first_webhook_id,
                (SELECT CASE WHEN count(*) > 0 THEN pg_notify(:emit_channel, '') END FROM emit_queued)
                    AS emit_woken
         FROM {rows.relation} AS r

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
+from service.kit.context import Caller
 from service.kit.ids import MAX_ID, PathId, QueryId
 from service.outbox import endpoints as service
+from service.outbox import ping as pings
 from service.outbox.schemas import (
     DeliveryList,
     EndpointIn,
@@ -16,8 +20,10 @@ from service.outbox.schemas import (
     EndpointOut,
     EndpointPatch,
     EndpointWithSecret,
+    PingOut,
     RotateSecretIn,
 )
+from service.outbox.sending import Outcome
 from service.outbox.urls import check_url
 from service.web.state import State
 from service.web.unit import Unit, UnitRoute, reads, writes
@@ -25,9 +31,10 @@ from service.web.unit import Unit, UnitRoute, reads, writes
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=UnitRoute)
 Hospital = Annotated[Unit, writes("hospital")]
 HospitalReads = Annotated[Unit, reads("hospital")]
-# The URL check may resolve DNS. As a dependency declared after the unit it runs once the caller
-# is authenticated and before the unit's transaction begins; with slow_dependencies the
-# authentication's connection is back in the pool by then, so no connection waits on DNS.
+# The URL check may resolve DNS, and a test event waits on its receiver. As a dependency declared
+# after the unit it runs once the caller is authenticated and before the unit's transaction
+# begins; with slow_dependencies the authentication's connection is back in the pool by then,
+# so no connection waits on DNS or on a receiver.
 HospitalSettingUrl = Annotated[Unit, writes("hospital", slow_dependencies=True)]
 PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
@@ -42,6 +49,31 @@ async def changed_url(body: EndpointPatch, state: State) -> str | None:
     if body.url is None:
         return None
     return await check_url(body.url, allow_loopback=state.settings.webhook_allow_loopback)
+
+
+@dataclass(frozen=True)
+class SentPing:
+    ping: pings.Ping
+    outcome: Outcome
+
+
+async def sent_ping(endpoint_id: PathId, request: Request, state: State) -> SentPing:
+    """The endpoint's test event, claimed in a short transaction of its own and sent with no
+    connection held. Declared after the unit, so the caller is authenticated (and of the right
+    role) by then; the unit's own transaction then records the outcome."""
+    caller: Caller = request.state.caller
+    ping = await state.db.run(
+        partial(
+            pings.claim_ping,
+            crypto=state.crypto,
+            hospital_id=caller.org_id,
+            endpoint_id=endpoint_id,
+            now=state.clock.now(),
+            lock_timeout_ms=state.settings.lock_timeout_ms,
+        )
+    )
+    outcome = await pings.send_ping(ping, settings=state.settings, clock=state.clock)
+    return SentPing(ping, outcome)
 
 
 def _with_secret(endpoint: EndpointOut, secret: str) -> EndpointWithSecret:
@@ -127,6 +159,28 @@ async def rotate_secret(
         overlap=timedelta(hours=hours),
     )
     return _with_secret(service.endpoint_out(endpoint), secret)
+
+
+@router.post("/endpoints/{endpoint_id}/test", response_model=PingOut, responses={404: PROBLEM, 429: PROBLEM})
+async def test_endpoint(
+    endpoint_id: PathId, unit: HospitalSettingUrl, sent: Annotated[SentPing, Depends(sent_ping)]
+) -> PingOut:
+    """Send a signed `webhook.test` event to the endpoint now and answer what its receiver said.
+
+    Signed like every delivery, with a webhook-id of its own; not queued, not retried. One per
+    endpoint every 10 seconds (429 `rate_limited` with Retry-After). Audited with its outcome.
+    """
+    await pings.record_ping(session=unit.session, actor=unit.actor, ping=sent.ping, outcome=sent.outcome)
+    return PingOut(
+        webhook_id=sent.ping.webhook_id,
+        type="webhook.test",
+        sent_at=sent.ping.at,
+        delivered=sent.outcome.delivered,
+        http_status=sent.outcome.http_status,
+        error=sent.outcome.error,
+        response_excerpt=sent.outcome.excerpt,
+        duration_ms=sent.outcome.duration_ms,
+    )
 
 
 @router.get("/deliveries", response_model=DeliveryList)

@@ -84,3 +84,18 @@ class DeliveryOut(BaseModel):
 class DeliveryList(BaseModel):
     items: list[DeliveryOut]
     next_cursor: int | None = None
+
+
+class PingOut(BaseModel):
+    """A test event sent, and what the receiver answered."""
+
+    webhook_id: str = Field(description="The test event's webhook-id: its own, never an event's.")
+    type: Literal["webhook.test"]
+    sent_at: datetime
+    delivered: bool = Field(description="The receiver answered 2xx.")
+    http_status: int | None = Field(description="The receiver's status; null if none came (see error).")
+    error: str | None = Field(
+        description="timeout, a connection error, or webhook_url_refused: why no answer came."
+    )
+    response_excerpt: str = Field(description="Up to 500 characters of the receiver's answer.")
+    duration_ms: int

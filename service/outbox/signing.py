@@ -40,8 +40,3 @@ def signature(secret: str, *, msg_id: str, timestamp: int, body: bytes) -> str:
 def signature_header(secrets_: Sequence[str], *, msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` value: one signature per valid secret, space-separated."""
     return " ".join(signature(s, msg_id=msg_id, timestamp=timestamp, body=body) for s in secrets_)
-
-
-def webhook_id(event_id: int) -> str:
-    """The ``webhook-id`` of an event: the same on every retry and replay, to every endpoint."""
-    return f"evt_{event_id}"

@@ -15,7 +15,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from service.audit.service import record
 from service.identity.suspensions import refusal, suspension_in_force
-from service.kit.clock import local_date
+from service.kit.clock import instant, local_date
 from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto, mask_id_number, mask_name
 from service.kit.dberrors import constraint_name
@@ -401,7 +401,7 @@ def _check_slot_window(slot: Slot, now: datetime) -> None:
         raise Conflict(
             "window_closed",
             "The slot has returned to the public pool (R6).",
-            public_at=slot.public_at.isoformat(),
+            public_at=instant(slot.public_at),
         )
     if slot.status != "reserved":
         raise Conflict("slot_not_in_pool", "The slot is not reserved for the pool.")
@@ -409,7 +409,7 @@ def _check_slot_window(slot: Slot, now: datetime) -> None:
         raise Conflict(
             "window_not_open",
             "The pool window for this slot has not opened yet (R5).",
-            pool_opens_at=slot.pool_opens_at.isoformat(),
+            pool_opens_at=instant(slot.pool_opens_at),
         )
 
 

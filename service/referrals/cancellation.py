@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.abuse.hotline import HotlineLimits, count_failure, lock_attempts, refusal_if_locked
 from service.audit.service import record
+from service.kit.clock import instant
 from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto
 from service.kit.errors import Conflict, NotFound, Problem, Unprocessable
@@ -51,7 +52,7 @@ async def _cancel(
             raise Conflict(
                 "cancellation_closed",
                 f"Cancellation closes {policy.cancel_cutoff_minutes} minutes before the slot (R12).",
-                deadline=deadline.isoformat(),
+                deadline=instant(deadline),
             )
     referral.status = "cancelled"
     referral.cancelled_at = now
@@ -183,7 +184,7 @@ async def cancel_by_hotline(
 
 
 def _iso(until: datetime | None, now: datetime) -> str | None:
-    return until.isoformat() if until is not None and until > now else None
+    return instant(until) if until is not None and until > now else None
 
 
 async def cancel_by_commission(

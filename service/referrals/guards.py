@@ -26,7 +26,7 @@ from decimal import Decimal
 from sqlalchemy import ColumnElement, and_, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.kit.clock import SHANGHAI, local_date
+from service.kit.clock import SHANGHAI, instant, local_date
 from service.kit.db import advisory_key
 from service.kit.errors import Conflict, Forbidden
 from service.models.attendance import NoShowBar
@@ -240,7 +240,7 @@ async def _doctor_hourly(session: AsyncSession, limit: int, now: datetime, docto
         f"the policy allows {limit} (R14).",
         limit=limit,
         current=len(made),
-        resets_at=resets_at.isoformat(),
+        resets_at=instant(resets_at),
         retry_after=max(1, math.ceil((resets_at - now).total_seconds())),
     )
 
@@ -254,7 +254,7 @@ def _doctor_daily(limit: int, now: datetime, made: int) -> None:
         f"This family doctor has made {made} pool bookings today; the policy allows {limit} a day (R14).",
         limit=limit,
         current=made,
-        resets_at=resets_at.isoformat(),
+        resets_at=instant(resets_at),
         retry_after=max(1, math.ceil((resets_at - now).total_seconds())),
     )
 

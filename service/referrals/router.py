@@ -115,7 +115,8 @@ async def book_referral(
     except Problem as exc:
         refusal = exc
     else:
-        BOOKINGS.labels("booked").inc()
+        # A replay answers the booking made before: it is no new booking, so it is not counted as one.
+        BOOKINGS.labels("idempotent_replay" if replayed else "booked").inc()
         headers = {"Location": f"/v1/referrals/{data['reference']}"}
         if replayed:
             headers["Idempotent-Replayed"] = "true"

@@ -121,6 +121,15 @@ async def return_unbooked_slots(
     return Batch(sum(len(ids) for ids in by_hospital.values()), (last.public_at, last.session_id))
 
 
+async def release_lag(*, session: AsyncSession, now: datetime) -> float:
+    """Seconds the oldest reserved slot past its ``public_at`` has waited to be returned; 0 when
+    the release is up to date. One entry of the due slots' partial index."""
+    oldest = await session.scalar(
+        text("SELECT min(public_at) FROM slots WHERE status = 'reserved' AND public_at <= :now"), {"now": now}
+    )
+    return 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+
+
 async def _return_batch(
     session: AsyncSession, *, now: datetime, batch_size: int, after: tuple[datetime, int]
 ) -> Batch:

@@ -95,18 +95,21 @@ def returned_event_data(cs: ClinicSession, dept: Department, slots: list[Slot]) 
     }
 
 
-def _exact_sql(column: str) -> str:
-    """``instant()`` in SQL, as text: RFC 3339 in UTC with ``+00:00`` and six digits of fraction."""
-    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+def _instant_sql(column: str) -> str:
+    """``instant()`` in SQL, as text: RFC 3339 in UTC with ``Z``, and six digits of fraction only
+    when the value has a fraction of a second (PostgreSQL's own JSON would write ``+00:00`` and
+    drop the fraction's trailing zeros)."""
+    whole = f"date_bin('1 second', {column}, timestamptz 'epoch') = {column}"
+    return (
+        f"to_char({column} AT TIME ZONE 'UTC', CASE WHEN {whole} "
+        """THEN 'YYYY-MM-DD"T"HH24:MI:SS"Z"' ELSE 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"' END)"""
+    )
 
 
-def _whole_second_sql(column: str) -> str:
-    return f"date_bin('1 second', {column}, timestamptz 'epoch') = {column}"
-
-
-# Run first in a transaction that uses ``returned_event_data_sql``. A timestamptz that JSON
-# functions write is in the transaction's time zone: UTC, as ``instant()`` writes it. The big
-# payloads are compressed with lz4 where the server has it: a fraction of pglz's time.
+# Run first in a transaction that uses ``returned_event_data_sql``. Its instants are text that
+# ``_instant_sql`` writes in UTC whatever the session's time zone; UTC is set all the same, so
+# no timestamptz ever reaches the JSON in another offset. The big payloads are compressed with
+# lz4 where the server has it: a fraction of pglz's time.
 RELEASE_SETTINGS_SQL = """
     SELECT set_config('TimeZone', 'UTC', true),
            set_config('default_toast_compression',
@@ -116,18 +119,10 @@ RELEASE_SETTINGS_SQL = """
 
 
 def returned_slot_sql(slot: str) -> str:
-    """One entry of ``data.slots`` for the slot row ``slot``: what ``emit_slots_returned`` lists.
-
-    PostgreSQL writes a timestamptz in JSON as ``instant()`` does (``2026-03-10T00:00:00+00:00``
-    in UTC) unless it has a fraction of a second: then it drops the fraction's trailing zeros
-    where Python writes six digits, so such a slot is written by hand.
-    """
-    starts, ends = f"{slot}.starts_at", f"{slot}.ends_at"
-    fields = f"'number', {slot}.number, 'external_id', {slot}.external_id"
+    """One entry of ``data.slots`` for the slot row ``slot``: what ``emit_slots_returned`` lists."""
     return (
-        f"CASE WHEN {_whole_second_sql(starts)} AND {_whole_second_sql(ends)} "
-        f"THEN json_build_object({fields}, 'starts_at', {starts}, 'ends_at', {ends}) "
-        f"ELSE json_build_object({fields}, 'starts_at', {_exact_sql(starts)}, 'ends_at', {_exact_sql(ends)}) END"
+        f"json_build_object('number', {slot}.number, 'external_id', {slot}.external_id, "
+        f"'starts_at', {_instant_sql(f'{slot}.starts_at')}, 'ends_at', {_instant_sql(f'{slot}.ends_at')})"
     )
 
 
@@ -145,6 +140,5 @@ def returned_event_data_sql(*, cs: str, dept: str, public_at: str, slots: str) -
             'ward', CASE WHEN {cs}.ward_code IS NOT NULL AND {cs}.ward_name IS NOT NULL
                          THEN json_build_object('code', {cs}.ward_code, 'name', {cs}.ward_name) END),
         'department', json_build_object('code', {dept}.code, 'name', {dept}.name),
-        'public_at', CASE WHEN {_whole_second_sql(public_at)} THEN to_json({public_at})
-                          ELSE to_json({_exact_sql(public_at)}) END,
+        'public_at', {_instant_sql(public_at)},
         'slots', {slots})"""

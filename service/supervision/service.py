@@ -221,7 +221,7 @@ async def suspend_access(
             "subject_id": subject_id,
             "subject": label,
             "organisation_id": org.id,
-            "until": body.until.isoformat() if body.until else None,
+            "until": instant(body.until) if body.until else None,
             "cancelled_references": cancelled,
             # Access before and after: refused from now on (the key itself is never recorded).
             "before": before,
@@ -414,8 +414,8 @@ async def query_audit(
         "actor_client_id": actor_client_id,
         "actor_org_id": actor_org_id,
         "action": action,
-        "from": from_.isoformat() if from_ else None,
-        "to": to.isoformat() if to else None,
+        "from": instant(from_) if from_ else None,
+        "to": instant(to) if to else None,
         "before_id": before_id,
     }
     entries: list[AuditEntry] = []
