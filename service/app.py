@@ -6,6 +6,7 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import unquote
 
 import structlog
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.abuse.body_limit import BodyLimit
 from service.attendance.router import router as attendance_router
 from service.availability.router import router as availability_router
+from service.fhir.router import outcome as fhir_outcome
 from service.fhir.router import router as fhir_router
 from service.jobs import background_loops
 from service.kit.clock import Clock
@@ -36,9 +38,21 @@ from service.signals.router import router as signals_router
 from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
 from service.supervision.router import router as supervision_router
+from service.web.contract import finish_openapi, operation
 from service.web.state import AppState
 
 log = structlog.get_logger("slotpool.http")
+
+
+READY = {
+    "type": "object",
+    "properties": {
+        "status": {"const": "ready"},
+        "schema": {"type": "string", "description": "The schema's Alembic revision."},
+        "build": {"type": "string", "description": "This build's head, when the schema is ahead of it."},
+    },
+    "required": ["status", "schema"],
+}
 
 
 class SlotpoolApp(FastAPI):
@@ -47,9 +61,16 @@ class SlotpoolApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         return RequestContext(super().build_middleware_stack())
 
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, completed once by ``finish_openapi`` (docs/contract.md)."""
+        if self.openapi_schema is None:
+            self.openapi_schema = finish_openapi(self, super().openapi())
+        return self.openapi_schema
+
 
 class RefuseNulInUrl:
-    """422 for NUL characters in a path or query string; bodies are checked by ``ApiModel``.
+    """422 for NUL characters in a path or query string (under /fhir an OperationOutcome, 400);
+    bodies are checked by ``ApiModel``.
 
     Pure ASGI: Starlette's ``@app.middleware("http")`` would add a task and a body stream
     to every request for what is one string test.
@@ -62,9 +83,13 @@ class RefuseNulInUrl:
         if scope["type"] == "http":
             request = Request(scope)
             if "\x00" in request.url.path or "\x00" in unquote(request.url.query):
-                response = problem_response(
-                    422, "invalid_request", "NUL characters are not allowed in the URL.", request
-                )
+                detail = "NUL characters are not allowed in the URL."
+                response: Response
+                if request.url.path.startswith("/fhir/"):
+                    # /fhir answers OperationOutcomes, and a malformed search is FHIR's 400.
+                    response = fhir_outcome(400, "invalid_search_parameter", detail)
+                else:
+                    response = problem_response(422, "invalid_request", detail, request)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -129,12 +154,21 @@ def create_app(
 
     app.add_middleware(RefuseNulInUrl)
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], **operation("getHealth", "Liveness"))
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], responses={503: {"content": {"application/problem+json": {}}}})
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        **operation(
+            "getReadiness",
+            "Readiness: database and schema",
+            responses={200: {"description": "Ready.", "content": {"application/json": {"schema": READY}}}},
+            problems=["database_unavailable", "migrations_pending", "schema_incompatible"],
+        ),
+    )
     async def readyz(request: Request) -> Response:
         """Readiness: the database answers and its schema is one this build serves (at this
         build's head, or ahead of it through expand-only migrations; docs/operations.md)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
@@ -18,24 +18,26 @@ from service.registry.schemas import (
     OrganisationOut,
     RegionBatch,
 )
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, reads, writes
 
 router = APIRouter(prefix="/v1", tags=["registry"], route_class=UnitRoute)
 Commission = Annotated[Unit, writes("commission")]
 
 
-@router.get("/me", response_model=Me)
+@router.get("/me", response_model=Me, **operation("getMe", "Who am I", problems=["organisation_not_found"]))
 async def me(unit: Annotated[Unit, reads()]) -> Me:
     """The calling client, its role and its organisation."""
     return await service.me(session=unit.session, caller=unit.caller)
 
 
-OUT_OF_REGION: dict[int | str, dict[str, Any]] = {
-    403: {"content": {"application/problem+json": {}}, "description": "`out_of_region`: not in your region."}
-}
-
-
-@router.post("/regions", status_code=204, responses=OUT_OF_REGION)
+@router.post(
+    "/regions",
+    status_code=204,
+    **operation(
+        "upsertRegions", "Add or rename divisions", problems=["out_of_region", "region_parent_missing"]
+    ),
+)
 async def upsert_regions(body: RegionBatch, unit: Commission) -> None:
     """Insert or rename GB/T 2260 divisions inside the commission's region."""
     await service.upsert_regions(
@@ -43,7 +45,22 @@ async def upsert_regions(body: RegionBatch, unit: Commission) -> None:
     )
 
 
-@router.post("/organisations", response_model=OrganisationOut, status_code=201, responses=OUT_OF_REGION)
+@router.post(
+    "/organisations",
+    response_model=OrganisationOut,
+    status_code=201,
+    **operation(
+        "createOrganisation",
+        "Register an organisation",
+        problems=[
+            "out_of_region",
+            "region_not_found",
+            "hospital_fields",
+            "primary_fields",
+            "organisation_exists",
+        ],
+    ),
+)
 async def create_organisation(body: OrganisationIn, unit: Commission) -> OrganisationOut:
     """Register a hospital, a primary institution or an authority of the commission's region."""
     org = await service.create_organisation(
@@ -55,7 +72,9 @@ async def create_organisation(body: OrganisationIn, unit: Commission) -> Organis
 @router.put(
     "/organisations/{organisation_id}/opening-hours",
     response_model=OrganisationOut,
-    responses={404: {"content": {"application/problem+json": {}}, "description": "Not in your region."}},
+    **operation(
+        "setOpeningHours", "Record an institution's opening hours", problems=["organisation_not_found"]
+    ),
 )
 async def set_opening_hours(
     organisation_id: PathId, body: OpeningHoursIn, unit: Commission
@@ -71,7 +90,9 @@ async def set_opening_hours(
     return service.organisation_out(org)
 
 
-@router.get("/organisations", response_model=OrganisationList)
+@router.get(
+    "/organisations", response_model=OrganisationList, **operation("listOrganisations", "List organisations")
+)
 async def list_organisations(
     unit: Annotated[Unit, reads()],
     kind: Annotated[str | None, Query(pattern="^(hospital|primary|authority)$")] = None,
@@ -80,7 +101,16 @@ async def list_organisations(
     return await service.list_organisations(session=unit.session, kind=kind)
 
 
-@router.post("/alliances", response_model=AllianceOut, status_code=201, responses=OUT_OF_REGION)
+@router.post(
+    "/alliances",
+    response_model=AllianceOut,
+    status_code=201,
+    **operation(
+        "createAlliance",
+        "Register a medical alliance",
+        problems=["organisation_not_found", "out_of_region", "lead_not_hospital"],
+    ),
+)
 async def create_alliance(body: AllianceIn, unit: Commission) -> AllianceOut:
     """Register a medical alliance: a lead hospital and its members, all in the commission's region."""
     alliance = await service.create_alliance(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
 from service.kit.schemas import ApiModel
 
@@ -33,9 +33,23 @@ def _intervals_ordered(intervals: list[tuple[str, str]]) -> list[tuple[str, str]
     return intervals
 
 
+# An interval is a pair of clock times. Published as a two-item array of times rather than
+# JSON Schema's prefixItems: both items share one schema, and client generators and schemathesis
+# read the plain form (docs/contract.md).
+Interval = Annotated[
+    tuple[ClockTime, ClockTime],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {"type": "string", "pattern": r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"},
+            "minItems": 2,
+            "maxItems": 2,
+        }
+    ),
+]
 OpeningHours = dict[
     Weekday,
-    Annotated[list[tuple[ClockTime, ClockTime]], Field(max_length=6), AfterValidator(_intervals_ordered)],
+    Annotated[list[Interval], Field(max_length=6), AfterValidator(_intervals_ordered)],
 ]
 # When an institution has not said: every day 07:30-18:00, Beijing time (docs/signals.md).
 DEFAULT_OPENING_HOURS: dict[str, list[tuple[str, str]]] = {day: [("07:30", "18:00")] for day in WEEKDAYS}
