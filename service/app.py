@@ -39,11 +39,21 @@ from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
 from service.supervision.router import router as supervision_router
 from service.web.contract import finish_openapi, operation
+from service.web.docs import install_docs
 from service.web.state import AppState
 
 log = structlog.get_logger("slotpool.http")
 
 
+API_DESCRIPTION = """\
+Every call but the health checks and `/fhir/metadata` carries `Authorization: Bearer <API key>`.
+A key belongs to one organisation and one role; each operation lists the roles it admits
+(`x-roles`) and every object is checked against the caller's organisation.
+
+Every refusal is RFC 9457 `application/problem+json` (`Problem`) with a stable `code`; each
+response lists the codes it can carry (`x-problem-codes`). Under `/fhir` refusals are FHIR
+`OperationOutcome`s with the same codes. 4xx is always the caller's; 5xx is ours.
+"""
 READY = {
     "type": "object",
     "properties": {
@@ -147,8 +157,12 @@ def create_app(
         title="slotpool",
         version="0.1.0",
         summary="Referral slot pool: hospitals reserve outpatient slots for family doctors (R1–R20).",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from the package by install_docs, not from a CDN
+        redoc_url=None,
     )
+    install_docs(app)
     install_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 

@@ -438,6 +438,7 @@ async def _generation(request: Request, unit: Unit) -> Generation:
 
 @router.get(
     "/$bulk-publish",
+    response_class=Response,
     **operation(
         "getBulkManifest",
         "SMART Scheduling Links manifest of the region",
@@ -466,6 +467,7 @@ async def bulk_manifest(request: Request, unit: Publisher) -> Response:
 
 @router.get(
     "/bulk/{resource_type}.ndjson",
+    response_class=Response,
     **operation(
         "getBulkFile",
         "One NDJSON file of the bulk publication",

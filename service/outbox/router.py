@@ -193,7 +193,7 @@ async def list_deliveries(
 @router.post(
     "/deliveries/{delivery_id}/replay",
     status_code=202,
-    response_model=None,
+    response_class=Response,
     **operation(
         "replayWebhookDelivery",
         "Replay a dead letter",

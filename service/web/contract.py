@@ -149,6 +149,9 @@ CODES: dict[str, tuple[int, str]] = {
     "webhook_delivery_not_dead": (409, "Only dead letters are replayed."),
     # FHIR
     "resource_not_found": (404, "No such resource visible to the caller."),
+    # the bootstrap command (no HTTP operation answers these)
+    "region_unknown": (422, "No such GB/T 2260 division."),
+    "region_bootstrapped": (409, "The region is already bootstrapped."),
     # readiness
     "migrations_pending": (503, "The schema is behind this build: run `slotpool migrate`."),
     "schema_incompatible": (503, "The schema is ahead of what this build serves."),
@@ -378,20 +381,21 @@ def examples() -> dict[str, Any]:
     return loaded
 
 
-def _problem_response(status: int, codes: Sequence[str], path: str, fhir: bool) -> dict[str, Any]:
+def _problem_response(status: int, codes: Sequence[str], fhir: bool) -> dict[str, Any]:
     media = FHIR_JSON if fhir else PROBLEM_JSON
     schema = "OperationOutcome" if fhir else "Problem"
 
-    def example(code: str) -> dict[str, Any]:
-        return outcome_example(status, code) if fhir else problem_example(status, code, path)
-
-    lines = "\n".join(f"- `{code}`: {CODES[code][1]}" for code in codes)
+    prefix = "outcome" if fhir else "problem"
+    listed = ", ".join(f"`{code}`" for code in codes)
     return {
-        "description": f"{_TITLES.get(status, 'Refused')}, with one of these codes:\n\n{lines}",
+        # Each code's meaning is its example's summary (components/examples).
+        "description": f"{_TITLES.get(status, 'Refused')}: {listed}.",
         "content": {
             media: {
                 "schema": {"$ref": f"#/components/schemas/{schema}"},
-                "examples": {code: {"summary": CODES[code][1], "value": example(code)} for code in codes},
+                "examples": {
+                    code: {"$ref": f"#/components/examples/{prefix}-{status}-{code}"} for code in codes
+                },
             }
         },
         X_CODES: list(codes),
@@ -404,15 +408,20 @@ def _attach_examples(op: dict[str, Any]) -> None:
     for media in body.values():
         if "request" in given:
             media["example"] = given["request"]
-    for status, answer in given.get("responses", {}).items():
-        for media in op.get("responses", {}).get(status, {}).get("content", {}).values():
-            media["example"] = answer
+    answers = given.get("responses", {})
+    for status, response in op.get("responses", {}).items():
+        # "200" is the example of the response's first media type; "200 text/csv" names another.
+        for i, (media_type, media) in enumerate(response.get("content", {}).items()):
+            key = status if i == 0 else f"{status} {media_type}"
+            if key in answers or f"{status} {media_type}" in answers:
+                media["example"] = answers.get(f"{status} {media_type}", answers.get(key))
 
 
 def finish_openapi(app: FastAPI, doc: dict[str, Any]) -> dict[str, Any]:
     """Complete FastAPI's document as the module docstring says; ``doc`` is changed and returned."""
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
+    shared: dict[str, Any] = {}
     routes = {
         (str(context.path_format), method.lower()): context.original_route
         for context in iter_route_contexts(app.routes)
@@ -435,7 +444,15 @@ def finish_openapi(app: FastAPI, doc: dict[str, Any]) -> dict[str, Any]:
                 if status.isdigit() and int(status) >= 400:
                     del responses[status]  # FastAPI's HTTPValidationError, or a bare placeholder
             for status in sorted(by_status):
-                responses[str(status)] = _problem_response(status, by_status[status], path, fhir)
+                responses[str(status)] = _problem_response(status, by_status[status], fhir)
+                for code in by_status[status]:
+                    # One example per code for the whole document, referenced by every response.
+                    if fhir:
+                        value = outcome_example(status, code)
+                        shared[f"outcome-{status}-{code}"] = {"summary": CODES[code][1], "value": value}
+                    else:
+                        value = problem_example(status, code, "/v1/referrals")
+                        shared[f"problem-{status}-{code}"] = {"summary": CODES[code][1], "value": value}
             unit = unit_of(route)
             if unit is not None:
                 op["security"] = [{BEARER: []}]
@@ -451,6 +468,7 @@ def finish_openapi(app: FastAPI, doc: dict[str, Any]) -> dict[str, Any]:
     schemas["Problem"] = PROBLEM_SCHEMA
     schemas["OperationOutcome"] = OPERATION_OUTCOME_SCHEMA
     components["schemas"] = dict(sorted(schemas.items()))
+    components["examples"] = dict(sorted(shared.items()))
     components["securitySchemes"] = {
         BEARER: {
             "type": "http",
