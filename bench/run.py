@@ -142,7 +142,7 @@ FIGURES = {
     "availability": Figure(
         "availability",
         "availability.py",
-        ("--floor", "--hospitals-per-city", "63", "--slots-per-session", "4", "--days", "25"),
+        ("--floor", "--cities", "10", "--hospitals-per-city", "50", "--slots-per-session", "4", "--days", "25"),
         availability_lines,
     ),
     "reports": Figure("reports", "reports.py", (), reports_lines),

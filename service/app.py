@@ -20,7 +20,7 @@ from service.availability.router import router as availability_router
 from service.fhir.router import outcome as fhir_outcome
 from service.fhir.router import router as fhir_router
 from service.jobs import background_loops
-from service.kit.clock import Clock
+from service.kit.clock import Clock, SandboxClock
 from service.kit.config import Settings, get_settings
 from service.kit.crypto import Crypto
 from service.kit.db import Database
@@ -34,6 +34,8 @@ from service.referrals.router import router as referrals_router
 from service.registry.router import router as registry_router
 from service.reports.router import router as reports_router
 from service.residents.router import router as residents_router
+from service.sandbox.router import router as sandbox_router
+from service.sandbox.service import clock_sync
 from service.signals.router import router as signals_router
 from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
@@ -114,6 +116,8 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app. Tests pass their own clock and usually run the loops themselves."""
     loops_enabled = settings.run_loops if run_loops is None else run_loops
+    if settings.sandbox and not isinstance(clock, SandboxClock):
+        clock = SandboxClock(wall=clock)  # the given clock (a test's) is the wall underneath
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -125,10 +129,14 @@ def create_app(
             db=db,
             clock=clock or Clock(),
             crypto=Crypto.from_settings(settings),
+            clock_sync=clock_sync(clock) if isinstance(clock, SandboxClock) else None,
         )
         app.state.slotpool = state
         stop = asyncio.Event()
         tasks = []
+        if state.clock_sync is not None and loops_enabled:
+            # The loops start on the sandbox's time, not the wall's, then follow it.
+            await db.run(state.clock_sync)
         if loops_enabled:
             tasks = [
                 asyncio.create_task(loop)
@@ -229,6 +237,7 @@ def create_app(
         signals_router,
         reports_router,
         availability_router,
+        sandbox_router,
     ):
         app.include_router(router)
     return app

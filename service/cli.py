@@ -7,14 +7,17 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
+from datetime import timedelta
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.kit.cli_failures import CommandRefused, StartupError, ensure_port_free, reported
-from service.kit.clock import Clock
+from service.kit.cli_failures import CommandRefused, StartupError, ensure_port_free, listen_on, reported
+from service.kit.clock import Clock, SandboxClock
 from service.kit.config import Settings, get_settings
 from service.kit.context import Actor
 from service.kit.crypto import Crypto
@@ -104,41 +107,100 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
     print("migrations applied; built-in policies present; runtime role grants up to date")
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
-    import uvicorn
+SANDBOX_IN_PRODUCTION = (
+    "production refuses --sandbox: a sandbox's clients move its clock",
+    "run the sandbox in development, on a database of its own",
+)
 
+
+def sandbox_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """The settings with ``serve --sandbox`` applied; production refuses it outright."""
+    if not getattr(args, "sandbox", False):
+        return settings
+    if settings.env == "production":
+        raise StartupError(*SANDBOX_IN_PRODUCTION)
+    return settings.model_copy(update={"sandbox": True})
+
+
+def start_sandbox(command: str, url: str) -> timedelta:
+    """Claim the database as a sandbox (or confirm it is one) and return how far its clock
+    runs ahead; a database that has served on the wall clock is refused in one line."""
+    from service.sandbox.service import SandboxRefused, claim_sandbox, read_offset
+
+    async def main() -> tuple[bool, timedelta]:
+        db = Database(url, pool_size=1)
+        try:
+            made = await db.run(lambda session: claim_sandbox(session, now=Clock().now()))
+            return made, await db.run(read_offset)
+        finally:
+            await db.dispose()
+
+    try:
+        made, offset = asyncio.run(main())
+    except SandboxRefused as exc:
+        raise CommandRefused(command, str(exc)) from exc
+    clock = SandboxClock()
+    clock.adopt(offset)
+    what = "this database is now a sandbox" if made else "sandbox"
+    print(f"{what}: its clock reads {clock.now().isoformat(timespec='seconds')}", file=sys.stderr)
+    return offset
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from service.app import create_app
 
-    ensure_port_free(args.host, args.port, what="--port")
+    settings = sandbox_settings(args, settings)
+    # Bound and held from here on: a taken port fails now, before anything is seeded or printed.
+    listener = listen_on(args.host, args.port, what="--port")
     if args.migrate and settings.database_url:
         run_migrations(settings)
     url = resolve_database_url(settings)  # the embedded default migrates here
+    clock: Clock = Clock()
+    if settings.sandbox:
+        sandbox_clock = SandboxClock()
+        sandbox_clock.adopt(start_sandbox("serve", url))
+        clock = sandbox_clock
     if args.demo:
-        from service.demo import print_demo_keys, seed_demo
+        from service.demo import print_demo_keys, roll_forward_in_background, seed_demo
 
-        keys = asyncio.run(seed_demo(url, settings))
-        print_demo_keys(keys, host=args.host, port=args.port)
+        keys = asyncio.run(seed_demo(url, settings, clock=clock))
+        print_demo_keys(keys, host=args.host, port=args.port, now=clock.now())
+        # The demo's hospitals keep pushing: two weeks of sessions ahead, every day it runs.
+        roll_forward_in_background(url, settings)
     if args.workers == 1:
         start_metrics(settings)
         app = create_app(settings, database_url=url, run_loops=not args.no_loops)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        serve_on(listener, app)
         return
     # Several processes share the port; each builds its app from the environment, so the
-    # resolved database (the embedded one included) and --no-loops travel there. Every job
-    # is safe in several processes at once (service/jobs.py), so each worker runs them.
+    # resolved database (the embedded one included), --no-loops and --sandbox travel there.
+    # Every job is safe in several processes at once (service/jobs.py), so each worker runs them.
     os.environ["SLOTPOOL_DATABASE_URL"] = url
     os.environ["SLOTPOOL_RUN_LOOPS"] = "false" if args.no_loops else "true"
+    os.environ["SLOTPOOL_SANDBOX"] = "true" if settings.sandbox else "false"
     start_metrics(settings, multiprocess=True)
-    # uvicorn's supervisor: it restarts a worker that dies, and on SIGTERM or SIGINT stops
-    # them all gracefully and returns (exit status 0, where one process leaves with 143).
-    uvicorn.run(
-        "service.app:app_from_environment",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="warning",
-    )
+    serve_on(listener, "service.app:app_from_environment", workers=args.workers)
+
+
+def serve_on(listener: socket.socket, app: Any, *, workers: int = 1) -> None:
+    """uvicorn on the socket bound at the start, as ``uvicorn.run`` would on its own."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(app, factory=workers > 1, workers=workers, log_level="warning")
+    server = uvicorn.Server(config)
+    try:
+        if workers == 1:
+            config.load_app()
+            server.run(sockets=[listener])
+        else:
+            # uvicorn's supervisor: it restarts a worker that dies, and on SIGTERM or SIGINT stops
+            # them all gracefully and returns (exit status 0, where one process leaves with 143).
+            Multiprocess(config, sockets=[listener]).run()
+    except KeyboardInterrupt:  # as uvicorn.run: Ctrl-C is a normal stop
+        pass
+    if workers == 1 and not server.started:
+        raise SystemExit(3)  # uvicorn's own status for a server that failed to start
 
 
 # How long the worker waits, once told to stop, for its loops to finish their passes.
@@ -150,6 +212,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
 
     start_metrics(settings)
     url = resolve_database_url(settings)
+    clock: Clock = Clock()
+    if settings.sandbox:  # SLOTPOOL_SANDBOX=true (production refuses it in the settings)
+        sandbox_clock = SandboxClock()
+        sandbox_clock.adopt(start_sandbox("worker", url))
+        clock = sandbox_clock
 
     stop = asyncio.Event()
     received: list[int] = []
@@ -169,7 +236,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> None:
             asyncio.create_task(work)
             for work in background_loops(
                 db=db,
-                clock=Clock(),
+                clock=clock,
                 crypto=Crypto.from_settings(settings),
                 settings=settings,
                 database_url=url,
@@ -278,6 +345,7 @@ def cmd_openapi(args: argparse.Namespace, settings: Settings) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slotpool", description="The referral slot pool service.")
     parser.add_argument("--debug", action="store_true", help="show the traceback when a command fails")
+    parser.add_argument("--version", action="version", version=f"slotpool {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the API and the loops (the embedded default migrates first)")
@@ -285,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--demo", action="store_true", help="seed the demo region and print API keys")
     serve.add_argument("--no-loops", action="store_true", help="serve HTTP only; run `worker` elsewhere")
+    serve.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="a sandbox whose clock clients move (POST /v1/sandbox/clock); refused in production",
+    )
     serve.add_argument(
         "--workers",
         type=_positive,
@@ -329,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("openapi", help="print the OpenAPI document").set_defaults(func=cmd_openapi)
     return parser
+
+
+def package_version() -> str:
+    try:
+        return version("slotpool")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _positive(value: str) -> int:

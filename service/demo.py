@@ -22,13 +22,19 @@ would not have.
 Seeding is idempotent: once the region is complete (the commission, created
 last, exists) a re-run only issues fresh API keys, since keys are stored as
 digests and cannot be shown again.
+
+The demo rolls forward: while ``serve --demo`` runs, the hospitals go on pushing,
+so the coming SCHEDULE_DAYS days always have sessions (``roll_forward``), on the
+sandbox's clock when the server is a sandbox.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -37,12 +43,14 @@ from functools import partial
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.kit.clock import SHANGHAI, Clock, local_date, local_datetime
+from service.kit.clock import SHANGHAI, Clock, SandboxClock, local_date, local_datetime
 from service.kit.config import Settings
 from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto
 from service.kit.db import Database
+from service.kit.periodic import every
 from service.models.registry import Alliance, Organisation
+from service.models.slots import ClinicSession
 from service.policy.service import assign_policy, policy_in_force
 from service.registry.schemas import AllianceIn, OrganisationIn, RegionIn
 from service.registry.service import (
@@ -55,6 +63,7 @@ from service.registry.service import (
 from service.residents.idnumber import check_char
 from service.residents.schemas import ContractIn, FamilyDoctorIn, ResidentIn
 from service.residents.service import sync_contracts
+from service.sandbox.service import read_offset
 from service.slots.schemas import DepartmentIn, DoctorIn, SessionIn, SlotIn
 from service.slots.service import push_sessions
 
@@ -108,7 +117,7 @@ CITY = DemoHospital(
         code="DEMO-H-CITY", name="合肥市明湖医院", kind="hospital", region_code="340104",
         hospital_level=3, hospital_tier="city",
     ),
-    "tianjin",  # reserves from its preferred specialties only, half of them senior
+    "anhui-city",  # Anhui's own rule for a city hospital: open to every primary institution of Hefei
     (
         DemoDepartment("CARD", "心血管内科", "cardiology", 15),
         DemoDepartment("ENDO", "内分泌科", "endocrinology", 20),
@@ -335,23 +344,98 @@ async def _push_day(
     results = await push_sessions(
         session=session, actor=actor, crypto=crypto, hospital=org, items=session_items(hospital, day)
     )
-    rejected = [r for r in results if r.result == "rejected"]
+    rejected = [r for r in results.results if r.result == "rejected"]
     if rejected:
         raise RuntimeError(f"demo session {rejected[0].external_id} rejected: {rejected[0].errors}")
+
+
+def progress(step: int, total: int, what: str) -> None:
+    """One line on stderr per step of the seeding, so a first start that takes a while shows why."""
+    print(f"seeding the demo region ({step}/{total}): {what}", file=sys.stderr, flush=True)
 
 
 async def _seed(db: Database, clock: Clock, crypto: Crypto) -> None:
     now = clock.now()
     actor = Actor.system("demo", now=now)
     today = local_date(now)
+    total = 2 + len(PRIMARY) + len(HOSPITALS)
+    progress(1, total, "regions, organisations, policies, the alliance")
     await db.run(partial(_setup_registry, actor=actor))
-    for rows in contract_rows(today).values():
+    for step, (code, rows) in enumerate(contract_rows(today).items(), start=2):
+        progress(step, total, f"{len(rows)} signed residents of {code}")
         await db.run(partial(_sync, actor=actor, crypto=crypto, rows=rows))
-    for hospital in HOSPITALS:
+    for step, hospital in enumerate(HOSPITALS, start=2 + len(PRIMARY)):
+        progress(step, total, f"{SCHEDULE_DAYS} days of sessions at {hospital.org.name}")
         for offset in range(SCHEDULE_DAYS):
             day = today + timedelta(days=offset)
             await db.run(partial(_push_day, crypto=crypto, now=now, hospital=hospital, day=day))
+    progress(total, total, "the commission")
     await db.run(lambda s: create_organisation(session=s, actor=actor, org=COMMISSION))
+
+
+async def _days_pushed(session: AsyncSession, hospital: DemoHospital, days: list[date]) -> set[date]:
+    org_id = await _org_id(session, hospital.org.code)
+    if org_id is None:
+        return set(days)  # not seeded (yet): nothing to roll
+    rows = await session.scalars(
+        select(ClinicSession.service_date)
+        .where(ClinicSession.hospital_id == org_id, ClinicSession.service_date.in_(days))
+        .distinct()
+    )
+    return set(rows)
+
+
+async def roll_forward(db: Database, clock: Clock, crypto: Crypto) -> int:
+    """Push every day of the coming SCHEDULE_DAYS that a demo hospital has no sessions for yet;
+    returns how many hospital-days were pushed. Days already there are left as they are."""
+    if await db.run(lambda s: _org_id(s, COMMISSION.code)) is None:
+        return 0  # the region is not (completely) seeded
+    now = clock.now()
+    today = local_date(now)
+    days = [today + timedelta(days=offset) for offset in range(SCHEDULE_DAYS)]
+    pushed = 0
+    for hospital in HOSPITALS:
+        there = await db.run(partial(_days_pushed, hospital=hospital, days=days))
+        for day in days:
+            if day not in there:
+                await db.run(partial(_push_day, crypto=crypto, now=now, hospital=hospital, day=day))
+                pushed += 1
+    return pushed
+
+
+# How often the running demo looks for days to push: a new day appears at midnight (or when a
+# sandbox's clock moves), and a look that finds nothing to do is one query per hospital.
+ROLL_SECONDS = 60.0
+
+
+async def roll_forward_loop(url: str, settings: Settings, *, stop: asyncio.Event) -> None:
+    """``roll_forward`` every ROLL_SECONDS until ``stop``; a sandbox's clock is read at each pass."""
+    crypto = Crypto.from_settings(settings)
+    db = Database(url, pool_size=1)
+    clock = SandboxClock() if settings.sandbox else Clock()
+
+    async def once() -> None:
+        if isinstance(clock, SandboxClock):
+            clock.adopt(await db.run(read_offset))
+        if pushed := await roll_forward(db, clock, crypto):
+            print(f"demo: {pushed} hospital-days of sessions pushed", file=sys.stderr, flush=True)
+
+    try:
+        await every(ROLL_SECONDS, once, name="demo_roll_forward", stop=stop)
+    finally:
+        await db.dispose()
+
+
+def roll_forward_in_background(url: str, settings: Settings) -> threading.Thread:
+    """The roll-forward in a thread of the serving process, beside uvicorn (one or N workers),
+    which owns the main thread. A daemon: it ends with the process."""
+
+    def main() -> None:
+        asyncio.run(roll_forward_loop(url, settings, stop=asyncio.Event()))
+
+    thread = threading.Thread(target=main, name="demo-roll-forward", daemon=True)
+    thread.start()
+    return thread
 
 
 async def _issue_keys(session: AsyncSession, crypto: Crypto, actor: Actor) -> dict[str, str]:
@@ -370,9 +454,10 @@ async def _issue_keys(session: AsyncSession, crypto: Crypto, actor: Actor) -> di
     return keys
 
 
-async def seed_demo(url: str, settings: Settings) -> dict[str, str]:
-    """Seed the demo region unless it is there already; return fresh API keys, role -> key."""
-    clock = Clock()
+async def seed_demo(url: str, settings: Settings, *, clock: Clock | None = None) -> dict[str, str]:
+    """Seed the demo region unless it is there already, or bring its two weeks of sessions up
+    to today; return fresh API keys, role -> key. ``clock``: a sandbox's, when it is one."""
+    clock = clock or Clock()
     crypto = Crypto.from_settings(settings)
     db = Database(url, pool_size=2)
     try:
@@ -387,7 +472,12 @@ async def seed_demo(url: str, settings: Settings) -> dict[str, str]:
                 file=sys.stderr,
             )
         else:
-            print("demo region already seeded; issuing fresh API keys", file=sys.stderr)
+            pushed = await roll_forward(db, clock, crypto)
+            print(
+                f"demo region already seeded ({pushed} hospital-days of sessions added to reach "
+                f"{SCHEDULE_DAYS} days ahead); issuing fresh API keys",
+                file=sys.stderr,
+            )
 
         async def issue(session: AsyncSession) -> dict[str, str]:
             return await _issue_keys(session, crypto, Actor.system("demo", now=clock.now()))

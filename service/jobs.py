@@ -11,13 +11,14 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from service.kit.clock import Clock
+from service.kit.clock import Clock, SandboxClock
 from service.kit.config import Settings
 from service.kit.crypto import Crypto
 from service.kit.db import Database
 from service.outbox.dispatcher import dispatch_loop
 from service.referrals.purge import purge_loop
 from service.reports.summary import summary_loop
+from service.sandbox.service import follow_clock
 from service.signals.detection import detection_loop
 from service.slots.release import release_loop
 
@@ -32,8 +33,14 @@ def background_loops(
     stop: asyncio.Event,
 ) -> list[Coroutine[Any, Any, None]]:
     """Release (R6), webhook delivery, scalping detection (R14), the idempotency purge and the
-    closing of report days, until ``stop``."""
+    closing of report days, until ``stop``; in a sandbox, the follower of its clock first."""
+    follower = (
+        [follow_clock(db, clock, interval=settings.sandbox_follow_seconds, stop=stop)]
+        if isinstance(clock, SandboxClock)
+        else []
+    )
     return [
+        *follower,
         release_loop(
             db,
             clock,

@@ -259,6 +259,14 @@ async def push(
     client: Any, world: World, items: list[dict[str, Any]], who: str = "city_hospital", days_ahead: int = 2
 ) -> list[dict[str, Any]]:
     """Push as a HIS does: by default two days before the test's now, ahead of the pool window."""
+    results: list[dict[str, Any]] = (await push_answer(client, world, items, who, days_ahead))["results"]
+    return results
+
+
+async def push_answer(
+    client: Any, world: World, items: list[dict[str, Any]], who: str = "city_hospital", days_ahead: int = 2
+) -> dict[str, Any]:
+    """``push``, answering the whole body: the results and the ``reservation_changes``."""
     now = world.clock.now()
     world.clock.set(now - timedelta(days=days_ahead))
     try:
@@ -266,8 +274,8 @@ async def push(
     finally:
         world.clock.set(now)
     assert r.status_code == 200, r.text
-    results: list[dict[str, Any]] = r.json()["results"]
-    return results
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def post_referral(client: Any, world: World, payload: dict[str, Any], who: str = "chc_a",

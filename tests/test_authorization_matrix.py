@@ -30,6 +30,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from service.kit.config import Settings
 from service.models.attendance import NoShowBar
 from service.models.policy import Policy
 from service.models.referrals import Referral
@@ -91,6 +92,10 @@ def allowed_if(check: Callable[[httpx.Response, Ctx], bool], why: str) -> Expect
 
 def not_listing_owners_referral(r: httpx.Response, ctx: Ctx) -> bool:
     return ctx.reference not in r.text
+
+
+def not_listing_owners_session(r: httpx.Response, ctx: Ctx) -> bool:
+    return '"M1"' not in r.text and r.json()["items"] == []
 
 
 def row_rejected(r: httpx.Response, ctx: Ctx) -> bool:
@@ -319,6 +324,17 @@ async def _opening_hours(ctx: Ctx) -> Call:
     )
 
 
+async def _contact(ctx: Ctx) -> Call:
+    return Call(
+        path={"organisation_id": ctx.world.ids["city_hospital"]},
+        json={
+            "address_line": "安徽省合肥市蜀山区淮河路390号",
+            "postal_code": "230001",
+            "phone": "0551-62283114",
+        },
+    )
+
+
 async def _compliance(ctx: Ctx) -> Call:
     params = {"from": "2026-03-09", "to": "2026-03-10", "hospital_id": ctx.world.ids["city_hospital"]}
     return Call(params=params)
@@ -364,6 +380,11 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/readyz"): Row(PUBLIC),
     # registry
     ("GET", "/v1/me"): Row(EVERY_ROLE),
+    # The sandbox clock (docs/sandbox.md): any client of a sandbox reads and moves it; it is the
+    # sandbox's, no organisation's, so outsiders are allowed as owners are. A zero advance keeps
+    # every later row's time as it was. Outside a sandbox: 404 sandbox_off (tests/test_sandbox.py).
+    ("GET", "/v1/sandbox/clock"): Row(EVERY_ROLE),
+    ("POST", "/v1/sandbox/clock"): Row(EVERY_ROLE, static(body={"advance": "PT0S"})),
     ("GET", "/v1/organisations"): Row(EVERY_ROLE),
     ("POST", "/v1/regions"): Row(
         roles(COMMISSION),
@@ -377,6 +398,21 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/v1/organisations"): Row(roles(COMMISSION), _organisation, other_region=OUT_OF_REGION),
     ("PUT", "/v1/organisations/{organisation_id}/opening-hours"): Row(
         roles(COMMISSION), _opening_hours, other_region=HIDDEN
+    ),
+    # A hospital sets its own contact, the commission those of its region; another's is hidden.
+    ("PATCH", "/v1/organisations/{organisation_id}"): Row(
+        roles(COMMISSION, HOSPITAL), _contact, other_org=HIDDEN, other_region=HIDDEN
+    ),
+    ("GET", "/v1/regions/{region_code}/notice-settings"): Row(
+        roles(COMMISSION, PLATFORM, PRIMARY, HOSPITAL), static(path={"region_code": "340100"})
+    ),
+    ("PUT", "/v1/regions/{region_code}/notice-settings"): Row(
+        roles(COMMISSION),
+        static(
+            path={"region_code": "340100"},
+            body={"sms_sign_name": "合肥卫健", "sms_template_booked": "SMS_1", "booking_link_template": None},
+        ),
+        other_region=Expect(403, "region_out_of_scope"),
     ),
     ("POST", "/v1/alliances"): Row(
         roles(COMMISSION),
@@ -398,6 +434,11 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("DELETE", "/v1/hospital/sessions/{session_id}"): Row(roles(HOSPITAL), _fresh_session, other_org=HIDDEN),
     ("DELETE", "/v1/sessions/{session_id}"): Row(roles(COMMISSION), _fresh_session, other_region=HIDDEN),
     ("GET", "/v1/hospital/shortfalls"): Row(roles(HOSPITAL)),
+    ("GET", "/v1/hospital/sessions"): Row(
+        roles(HOSPITAL),
+        static(params={"service_date": DAY.isoformat()}),
+        other_org=allowed_if(not_listing_owners_session, "another hospital's session must not be listed"),
+    ),
     ("GET", "/v1/hospital/worklist"): Row(
         roles(HOSPITAL),
         other_org=allowed_if(not_listing_owners_referral, "another hospital's referral must not be listed"),
@@ -543,6 +584,15 @@ def expected(row: Row, caller: str) -> Expect:
 
 
 # --- the tests -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """The matrix runs against a sandbox, the one kind of server where every operation exists."""
+    return Settings(
+        run_loops=False, log_json=False, lock_timeout_ms=5000, db_pool_size=20, webhook_allow_loopback=True,
+        sandbox=True,
+    )  # fmt: skip
 
 
 def test_every_operation_has_a_row():

@@ -209,3 +209,54 @@ def test_worker_stops_its_loops_cleanly_on_sigterm(clean_db):
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 143, stderr
     assert "Traceback" not in stderr and "destroyed but it is pending" not in stderr, stderr
+
+
+def test_version_is_printed():
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"slotpool \d+\.\d+\.\d+\S*\n", result.stdout), result.stdout
+
+
+def test_a_taken_port_fails_before_the_demo_seeds_or_prints_a_key():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(
+            "serve", "--demo", "--port", str(port), DATABASE_URL="postgresql://u@127.0.0.1:1/x", **ALLOW
+        )
+    first, _ = failed_briefly(result)
+    assert f"127.0.0.1:{port} (--port)" in first
+    assert result.stdout == ""  # no keys for a server that never starts
+    assert "seeding" not in result.stderr
+
+
+def test_production_refuses_serve_sandbox_outright():
+    result = run(
+        "serve",
+        "--sandbox",
+        SLOTPOOL_ENV="production",
+        SLOTPOOL_DATA_KEY=OWN_KEY,
+        SLOTPOOL_INDEX_KEY=OWN_KEY,
+        SLOTPOOL_API_KEY_PEPPER=OWN_KEY,
+        DATABASE_URL=f"postgresql://slotpool:{PASSWORD}@db.invalid/slotpool",
+    )
+    first, _ = failed_briefly(result, OWN_KEY, PASSWORD)
+    assert "production refuses --sandbox" in first
+    setting = run(
+        "worker",
+        SLOTPOOL_ENV="production",
+        SLOTPOOL_SANDBOX="true",
+        SLOTPOOL_DATA_KEY=OWN_KEY,
+        SLOTPOOL_INDEX_KEY=OWN_KEY,
+        SLOTPOOL_API_KEY_PEPPER=OWN_KEY,
+        DATABASE_URL=f"postgresql://slotpool:{PASSWORD}@db.invalid/slotpool",
+    )
+    [line] = failed_briefly(setting, OWN_KEY, PASSWORD)
+    assert "SLOTPOOL_SANDBOX" in line
+
+
+def test_serve_sandbox_refuses_a_database_that_served_on_the_wall_clock(world, clean_db):
+    result = run("serve", "--sandbox", "--port", str(free_port()), DATABASE_URL=clean_db, **ALLOW)
+    [line] = failed_briefly(result)
+    assert line.startswith("slotpool serve: this database already holds organisations"), line

@@ -9,9 +9,10 @@ import asyncpg
 import httpx
 
 from service.app import create_app
-from service.demo import booking_example, print_demo_keys, seed_demo
-from service.kit.clock import Clock, local_date
+from service.demo import HOSPITALS, booking_example, print_demo_keys, roll_forward, seed_demo
+from service.kit.clock import Clock, ManualClock, local_date
 from service.kit.context import Actor
+from service.kit.crypto import Crypto
 from service.kit.db import Database
 from service.policy.service import install_presets
 
@@ -76,6 +77,10 @@ async def _book_printed(url: str, settings, key: str, body: dict) -> dict:
 async def test_demo_seed(clean_db, settings, capsys):
     await _install_presets(clean_db)
     keys = await seed_demo(clean_db, settings)
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("seeding the demo")]
+    assert len(progress) >= 3 and progress[-1].startswith(
+        f"seeding the demo region ({len(progress)}/{len(progress)})"
+    )
     assert set(keys) == {"hospital", "primary", "platform", "hotline", "commission"}
 
     conn = await asyncpg.connect(_plain(clean_db))
@@ -89,7 +94,7 @@ async def test_demo_seed(clean_db, settings, capsys):
         }
         assert sorted(tiers.values()) == [
             (2, "county", "anhui-alliance"),
-            (3, "city", "tianjin"),
+            (3, "city", "anhui-city"),
             (3, "provincial", "anhui-provincial"),
         ]
         kinds = dict(
@@ -105,6 +110,14 @@ async def test_demo_seed(clean_db, settings, capsys):
             "SELECT count(*) FROM family_doctor_contracts WHERE starts_on <= current_date AND ends_on >= current_date"
         ) == await conn.fetchval("SELECT count(*) FROM family_doctor_contracts")
         assert await conn.fetchval("SELECT count(DISTINCT service_date) FROM clinic_sessions") == 14
+        # A Hefei demo is on Anhui's rules: every hospital's policy is a preset of Anhui, and the
+        # hotline its patients are told (the slip, the notice) is Hefei's 12320, not Tianjin's.
+        policies = await conn.fetch(
+            "SELECT p.code, p.cancel_hotline FROM hospital_policies hp "
+            "JOIN policies p ON p.code = hp.policy_code"
+        )
+        assert policies and all(r["code"].startswith("anhui-") for r in policies), policies
+        assert {r["cancel_hotline"] for r in policies} == {"12320"}
         titles = await conn.fetch(
             "SELECT d.hospital_id, d.code, count(DISTINCT cs.doctor_title) AS n FROM clinic_sessions cs "
             "JOIN departments d ON d.id = cs.department_id GROUP BY 1, 2"
@@ -151,3 +164,27 @@ async def test_demo_seed(clean_db, settings, capsys):
     assert booked["reference"] and booked["status"] == "booked"
     assert booked["referring_doctor"]["code"] == example.doctor_code
     assert booked["diagnoses"] == ["I10"]
+    assert "95169022" not in json.dumps(booked, ensure_ascii=False)  # Tianjin's hotline, not Hefei's
+
+    # The demo rolls forward: two days on, the hospitals have pushed the two new days, and a
+    # second look finds nothing to add.
+    db = Database(clean_db, pool_size=1)
+    crypto = Crypto.from_settings(settings)
+    later = ManualClock(Clock().now() + timedelta(days=2))
+    try:
+        assert await roll_forward(db, later, crypto) == 2 * len(HOSPITALS)
+        assert await roll_forward(db, later, crypto) == 0
+    finally:
+        await db.dispose()
+    conn = await asyncpg.connect(_plain(clean_db))
+    try:
+        today = local_date(later.now())
+        ahead = await conn.fetchval(
+            "SELECT count(DISTINCT service_date) FROM clinic_sessions WHERE service_date BETWEEN $1 AND $2",
+            today,
+            today + timedelta(days=13),
+        )
+        assert ahead == 14
+        assert await conn.fetchval("SELECT count(*) FROM reservation_shortfalls") == 0
+    finally:
+        await conn.close()

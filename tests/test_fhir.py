@@ -32,6 +32,8 @@ KIND = "https://slotpool.example/fhir/CodeSystem/resource-kind"
 DICOM = "http://dicom.nema.org/resources/ontology/DCM"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 SERVICE_CATEGORY = "http://terminology.hl7.org/CodeSystem/service-category"
+SESSION_DOCTOR = "https://slotpool.example/fhir/StructureDefinition/session-doctor"
+BOOKING_DEEP_LINK = "http://fhir-registry.smarthealthit.org/StructureDefinition/booking-deep-link"
 
 # The required code lists, written out from the FHIR R4 specification.
 SLOT_STATUS = {"busy", "free", "busy-unavailable", "busy-tentative", "entered-in-error"}
@@ -119,6 +121,17 @@ def outcome_code(body: dict[str, Any]) -> str:
     return code
 
 
+def session_doctor(schedule: dict[str, Any]) -> dict[str, str] | None:
+    """The session-doctor extension's parts, by name; None when the Schedule names no doctor."""
+    for e in schedule.get("extension", []):
+        if e["url"] == SESSION_DOCTOR:
+            return {
+                part["url"]: next(v for k, v in part.items() if k.startswith("value"))
+                for part in e["extension"]
+            }
+    return None
+
+
 def ext(resource: dict[str, Any], url: str) -> Any:
     for e in resource.get("extension", []):
         if e["url"] == url:
@@ -170,6 +183,77 @@ async def test_r19_every_resource_type_served_validates(client, world, pool):
     assert appointment == await fhir_get(client, world, f"/fhir/Appointment/{pool['reference']}", "chc_a")
     schedule = (await search_all(client, world, "/fhir/Schedule", "city_hospital"))[0]
     assert schedule["actor"][0]["reference"] == f"Location/{world.ids['city_hospital']}"
+
+
+CONTACT = {"address_line": "安徽省合肥市蜀山区淮河路390号", "postal_code": "230001", "phone": "0551-62283114"}
+
+
+async def test_r19_location_carries_the_registrys_address_and_phone(client, world, pool):
+    """SMART Scheduling Links asks for telecom, address.line and postalCode: they come from the registry."""
+    url = f"/fhir/Location/{world.ids['city_hospital']}"
+    before = await fhir_get(client, world, url, "platform")
+    assert (
+        "telecom" not in before and "line" not in before["address"] and "postalCode" not in before["address"]
+    )
+    r = await client.patch(
+        f"/v1/organisations/{world.ids['city_hospital']}", json=CONTACT, headers=world.auth("city_hospital")
+    )
+    assert r.status_code == 200, r.text
+    location = await fhir_get(client, world, url, "platform")
+    assert location["telecom"] == [{"system": "phone", "value": CONTACT["phone"], "use": "work"}]
+    assert location["address"] == {
+        "use": "work",
+        "line": [CONTACT["address_line"]],
+        "state": "安徽省",
+        "city": "合肥市",
+        "district": "蜀山区",
+        "postalCode": "230001",
+        "country": "CN",
+    }
+    [searched] = await search_all(
+        client, world, "/fhir/Location", "platform", _id=str(world.ids["city_hospital"])
+    )
+    assert searched == location
+
+
+async def test_r19_free_slots_carry_the_regions_booking_deep_link(client, world, pool):
+    """The SMART booking-deep-link extension, from the region's URL template: only on free slots, and
+    the most specific division with settings decides."""
+    slots = await search_all(client, world, "/fhir/Slot", "platform", _count=500)
+    assert all(ext(s, BOOKING_DEEP_LINK) is None for s in slots)  # no template configured: no link
+
+    async def put(region: str, template: str) -> None:
+        body = {"booking_link_template": template}
+        r = await client.put(
+            f"/v1/regions/{region}/notice-settings", json=body, headers=world.auth("commission")
+        )
+        assert r.status_code == 200, r.text
+
+    await put(
+        "340100", "https://fd.hefei.example.cn/book/{hospital_code}?slot={slot_id}&schedule={schedule_id}"
+    )
+    await put("340102", "https://yaohai.example.cn/b?loc={location_id}&slot={slot_id}")
+    slots = await search_all(client, world, "/fhir/Slot", "platform", _count=500)
+    schedules = {
+        s["id"]: s for s in await search_all(client, world, "/fhir/Schedule", "platform", _count=500)
+    }
+    seen = set()
+    for s in slots:
+        link = ext(s, BOOKING_DEEP_LINK)
+        if s["status"] != "free":
+            assert link is None, s
+            continue
+        schedule_id = s["schedule"]["reference"].removeprefix("Schedule/")
+        location = schedules[schedule_id]["actor"][0]["reference"].removeprefix("Location/")
+        if location == str(world.ids["district_hospital"]):  # 340102 has its own row
+            assert link == f"https://yaohai.example.cn/b?loc={location}&slot={s['id']}"
+        else:
+            assert link == f"https://fd.hefei.example.cn/book/H-CITY?slot={s['id']}&schedule={schedule_id}"
+        seen.add(location)
+        assert "booking-phone" not in str(s)
+    assert seen == {str(world.ids["city_hospital"]), str(world.ids["district_hospital"])}
+    read = await fhir_get(client, world, f"/fhir/Slot/{slots[0]['id']}", "platform")
+    assert read == slots[0]
 
 
 async def test_r19_slot_status_follows_the_pool_window(client, world, clock, db, pool):
@@ -263,7 +347,7 @@ async def test_r19_hospital_reads_only_its_own_schedules_and_slots(client, world
     locations = await search_all(client, world, "/fhir/Location", "district_hospital")
     assert [loc["id"] for loc in locations] == [str(world.ids["district_hospital"])]
     body = await fhir_get(client, world, f"/fhir/Slot/{pool['booked_slot']}", "district_hospital", expect=404)
-    assert outcome_code(body) == "resource_not_found"
+    assert outcome_code(body) == "slot_not_found"
     # The far primary institution (another city) may book no hospital here, so it reads none.
     assert await search_all(client, world, "/fhir/Slot", "chc_far") == []
 
@@ -277,7 +361,7 @@ async def test_r19_appointment_only_for_the_hospital_and_the_referrer(client, wo
     assert patient["actor"]["display"] == "张*"
     for third in ("chc_b", "district_hospital"):
         body = await fhir_get(client, world, f"/fhir/Appointment/{ref}", third, expect=404)
-        assert outcome_code(body) == "resource_not_found"
+        assert outcome_code(body) == "referral_not_found"
         assert await search_all(client, world, "/fhir/Appointment", third) == []
     body = await fhir_get(client, world, f"/fhir/Appointment/{ref}", "platform", expect=403)
     assert outcome_code(body) == "wrong_role"
@@ -322,9 +406,13 @@ async def test_r19_cancelled_referral_is_a_cancelled_appointment(client, world, 
         ("/fhir/Slot", {"status": "open"}, "platform", 400, "invalid_search_parameter"),
         ("/fhir/Slot", {"schedule": "Location/1"}, "platform", 400, "invalid_search_parameter"),
         ("/fhir/Slot", {"_cursor": "bm9wZQ"}, "platform", 400, "invalid_cursor"),
-        ("/fhir/Slot/abc", {}, "platform", 404, "resource_not_found"),
+        ("/fhir/Slot/abc", {}, "platform", 404, "slot_not_found"),
+        ("/fhir/Slot/999999", {}, "platform", 404, "slot_not_found"),
+        ("/fhir/Schedule/999999", {}, "platform", 404, "session_not_found"),
+        ("/fhir/Location/999999", {}, "platform", 404, "hospital_not_found"),
+        ("/fhir/Appointment/RNOSUCH", {}, "chc_a", 404, "referral_not_found"),
         ("/fhir/Patient", {}, "platform", 404, "not_found"),
-        ("/fhir/bulk/Patient.ndjson", {}, "platform", 404, "resource_not_found"),
+        ("/fhir/bulk/Patient.ndjson", {}, "platform", 404, "not_found"),
         ("/fhir/$bulk-publish", {}, "chc_a", 403, "wrong_role"),
     ],
 )
@@ -399,22 +487,22 @@ async def test_r18_fhir_serves_every_kind_and_marks_it(client, world, db, kinds)
         cs = sessions[sid]
         assert ext(schedule, RESOURCE_KIND) == cs.resource_kind
         assert (KIND, cs.resource_kind) in codings(schedule["serviceType"])
-        assert schedule["actor"][0] == {"reference": f"Location/{cs.hospital_id}"}
+        # SMART Scheduling Links: one actor, the Location; the doctor rides in an extension.
+        assert schedule["actor"] == [{"reference": f"Location/{cs.hospital_id}"}]
         assert await fhir_get(client, world, f"/fhir/Schedule/{sid}", "platform") == schedule
         category = {c["code"] for c in schedule["serviceCategory"][0]["coding"]}
         if cs.resource_kind == "outpatient":
-            [doctor] = schedule["actor"][1:]
-            assert doctor["type"] == "Practitioner" and doctor["display"] == "王医生"
+            assert session_doctor(schedule) == {"name": "王医生", "title": "associate_chief"}
             assert (ACT_CODE, "AMB") in codings(schedule["serviceType"])
             assert category == {"35"}
         elif cs.resource_kind == "examination":
-            assert len(schedule["actor"]) == 1  # no doctor: the Location alone
+            assert session_doctor(schedule) is None  # no doctor named for the machine
             dicom = {"CT": "CT", "MRI": "MR"}[cs.modality]
             assert {(MODALITY, cs.modality), (DICOM, dicom)} <= codings(schedule["serviceType"])
             assert f"{cs.modality}检查" in {c.get("text") for c in schedule["serviceType"]}
             assert category == {"30"}  # Specialist Radiology/Imaging
         else:
-            assert len(schedule["actor"]) == 1
+            assert session_doctor(schedule) is None
             assert (ACT_CODE, "IMP") in codings(schedule["serviceType"])
             [ward] = [c for c in schedule["serviceType"] if c.get("text") == "心内科一病区"]
             assert ward["coding"][0]["code"] == "W-CARD-1"
@@ -456,9 +544,12 @@ async def test_r18_fhir_scope_is_per_hospital_and_kind(client, world, db, kinds)
     ct_schedule = (await fhir_get(client, world, f"/fhir/Slot/{kinds['ct_slot']}", "chc_b"))["schedule"][
         "reference"
     ]
-    for path in (f"/fhir/Slot/{kinds['ct_slot']}", f"/fhir/{ct_schedule}"):
+    for path, code in (
+        (f"/fhir/Slot/{kinds['ct_slot']}", "slot_not_found"),
+        (f"/fhir/{ct_schedule}", "session_not_found"),
+    ):
         body = await fhir_get(client, world, path, "chc_a", expect=404)
-        assert outcome_code(body) == "resource_not_found"
+        assert outcome_code(body) == code
     assert await search_all(client, world, "/fhir/Schedule", "chc_a", **{"service-type": "examination"}) == []
     # The hospital itself reads every kind of its own.
     own = await search_all(client, world, "/fhir/Slot", "city_hospital", _count=500)
@@ -521,7 +612,7 @@ async def test_r18_fhir_examination_appointment_has_no_doctor(client, world, db,
     assert "CT检查" in seen["description"]
     # chc_a did not make it and may not read the CT pool.
     assert outcome_code(await fhir_get(client, world, f"/fhir/Appointment/{ref}", "chc_a", expect=404)) == (
-        "resource_not_found"
+        "referral_not_found"
     )
 
     bed = await fhir_get(client, world, f"/fhir/Appointment/{kinds['bed_reference']}", "chc_a")

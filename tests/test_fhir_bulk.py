@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from service.models.slots import ClinicSession, Slot
 from tests.factories import add_wuhu_key, booking, pool_slots
-from tests.test_fhir import LATER, RESOURCE_KIND, ext, kinds, pool, validate
+from tests.test_fhir import BOOKING_DEEP_LINK, LATER, RESOURCE_KIND, ext, kinds, pool, validate
 
 __all__ = ["kinds", "pool"]  # the fixtures, shared with the FHIR view tests
 
@@ -170,8 +170,11 @@ async def test_r18_bulk_publishes_examinations_and_beds_with_their_kind(client, 
     for resource in slots.values():
         schedule = schedules[resource["schedule"]["reference"].removeprefix("Schedule/")]
         assert ext(schedule, RESOURCE_KIND) == ext(resource, RESOURCE_KIND)
+        # SMART Scheduling Links: every Schedule has one actor, its Location, whatever its kind.
+        [actor] = schedule["actor"]
+        assert set(actor) == {"reference"} and actor["reference"].startswith("Location/")
         if ext(schedule, RESOURCE_KIND) != "outpatient":
-            assert schedule["actor"] == [{"reference": f"Location/{world.ids['city_hospital']}"}]
+            assert actor == {"reference": f"Location/{world.ids['city_hospital']}"}
 
     # Cancelling the CT booking changes only an examination slot: a new generation shows it free.
     r = await client.post(
@@ -184,3 +187,51 @@ async def test_r18_bulk_publishes_examinations_and_beds_with_their_kind(client, 
     assert after_etag != etag
     files = await published(client, world, after, after_etag)
     assert {s["id"]: s["status"] for s in files["Slot"]}[str(kinds["ct_slot"])] == "free"
+
+
+async def test_r19_bulk_carries_contact_and_deep_links_and_moves_with_them(client, world, clock, db, pool):
+    """A hospital's contact data and its region's deep-link template are in the files, and changing
+    either makes a new generation: they are part of what the ETag describes."""
+    _, body, etag = await manifest(client, world)
+    files = await published(client, world, body, etag)
+    assert all(BOOKING_DEEP_LINK not in str(s) for s in files["Slot"])
+    assert all("telecom" not in loc for loc in files["Location"])
+
+    contact = {
+        "address_line": "安徽省合肥市蜀山区淮河路390号",
+        "postal_code": "230001",
+        "phone": "0551-62283114",
+    }
+    r = await client.patch(
+        f"/v1/organisations/{world.ids['city_hospital']}", json=contact, headers=world.auth("city_hospital")
+    )
+    assert r.status_code == 200, r.text
+    _, body, etag_contact = await manifest(client, world)
+    assert etag_contact != etag
+    files = await published(client, world, body, etag_contact)
+    [city] = [loc for loc in files["Location"] if loc["id"] == str(world.ids["city_hospital"])]
+    assert city["telecom"] == [{"system": "phone", "value": "0551-62283114", "use": "work"}]
+    assert city["address"]["line"] == [contact["address_line"]] and city["address"]["postalCode"] == "230001"
+
+    template = "https://fd.hefei.example.cn/book?slot={slot_id}&h={hospital_code}"
+    r = await client.put(
+        "/v1/regions/340100/notice-settings",
+        json={"booking_link_template": template},
+        headers=world.auth("commission"),
+    )
+    assert r.status_code == 200, r.text
+    _, body, etag_link = await manifest(client, world)
+    assert etag_link not in (etag, etag_contact)
+    files = await published(client, world, body, etag_link)
+    codes = {str(world.ids["city_hospital"]): "H-CITY", str(world.ids["district_hospital"]): "H-DIST"}
+    schedules = {s["id"]: s["actor"][0]["reference"].removeprefix("Location/") for s in files["Schedule"]}
+    for resource in files["Slot"]:
+        link = ext(resource, BOOKING_DEEP_LINK)
+        if resource["status"] == "free":
+            hospital = codes[schedules[resource["schedule"]["reference"].removeprefix("Schedule/")]]
+            assert link == f"https://fd.hefei.example.cn/book?slot={resource['id']}&h={hospital}"
+        else:
+            assert link is None  # a busy slot cannot be booked: no link to a dead end
+    assert "free" in {s["status"] for s in files["Slot"]}
+    # Unchanged data and settings: the same generation.
+    assert (await manifest(client, world))[2] == etag_link

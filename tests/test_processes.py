@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -418,4 +419,47 @@ def test_serve_with_workers_shares_the_port_and_sums_their_metrics(scratch, tmp_
         return not any(Path(f"/proc/{pid}").exists() for pid in children)
 
     _wait_until(all_gone, timeout=20)
+    _no_traceback((tmp_path / "serve.log").read_text())
+
+
+def test_serve_sandbox_with_workers_gives_every_worker_the_moved_time(scratch, tmp_path):
+    """``serve --sandbox --workers 2``: after one move, every request, whichever worker takes it,
+    acts at the moved time (each one's audit entry carries its unit's clock reading)."""
+    env = _env(DATABASE_URL=scratch.url())
+    code, out = asyncio.run(_run("migrate", env=env))
+    assert code == 0, out
+    proc, base = _serve_until_healthy(env, tmp_path / "serve.log", "--sandbox", "--workers", "2")
+    try:
+        # The database is a sandbox now, so the region and its first key may come after.
+        code, out = asyncio.run(
+            _run("bootstrap", "--region", "340000", "--commission-name", "安徽省卫生健康委员会", env=env)
+        )
+        assert code == 0, out
+        key = next(line for line in out.splitlines() if line.startswith("sp_"))
+        auth = {"Authorization": f"Bearer {key}"}
+        r = httpx.post(f"{base}/v1/sandbox/clock", json={"advance": "P3D"}, headers=auth)
+        assert r.status_code == 200, r.text
+        moved_to = datetime.fromisoformat(r.json()["now"])
+        for _ in range(20):
+            assert (
+                httpx.post(f"{base}/v1/sandbox/clock", json={"advance": "PT0S"}, headers=auth).status_code
+                == 200
+            )
+    finally:
+        assert _stop(proc) == 0
+
+    async def readings() -> list[datetime]:
+        conn = await asyncpg.connect(scratch.url())
+        try:
+            rows = await conn.fetch(
+                "SELECT at FROM audit_entries WHERE action = 'sandbox.clock_moved' ORDER BY id"
+            )
+        finally:
+            await conn.close()
+        return [r["at"] for r in rows]
+
+    first, *later = asyncio.run(readings())
+    assert len(later) == 20
+    assert first < moved_to - timedelta(days=2)  # the move itself was made at the old time
+    assert all(at >= moved_to for at in later), later
     _no_traceback((tmp_path / "serve.log").read_text())

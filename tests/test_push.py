@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from service.kit.clock import local_datetime
 from service.models.slots import ClinicSession, Slot
-from tests.factories import add_wuhu_key, booking, push, session_item, sign
+from tests.factories import add_wuhu_key, booking, push, push_answer, session_item, sign
 
 DAY = date(2026, 3, 10)
 
@@ -18,11 +18,22 @@ async def test_r1_pool_reserves_a_fifth_of_outpatient_slots(client, world):
     [result] = await push(client, world, [session_item("S1", DAY, slots=20, title="attending")])
     assert result["result"] == "created"
     assert len(result["pool_slot_numbers"]) == 4  # ceil(20 % of 20)
-    [result] = await push(client, world, [session_item("S2", DAY, slots=10, title="chief", doctor_code="D2")])
-    # 30 slots: target 6, of which 3 senior (R4). The first session had no senior slots,
-    # so all 3 senior slots come from the new one: 7 held, more than the ratio asks.
-    assert len(result["pool_slot_numbers"]) == 3
+    first = result["pool_slot_numbers"]
+    body = await push_answer(
+        client, world, [session_item("S2", DAY, slots=10, title="chief", doctor_code="D2")]
+    )
+    [result] = body["results"]
+    # 30 slots: target 6, of which 3 senior (R4), chosen over the whole day before its window
+    # opens: the chief's slots take the senior share and more, and S1 keeps what the day needs.
+    [change] = body["reservation_changes"]
+    assert change["external_id"] == "S1"
+    held = len(result["pool_slot_numbers"]) + len(change["pool_slot_numbers"])
+    assert held == 6
+    assert len(result["pool_slot_numbers"]) >= 3
     assert result["shortfalls"] == []
+    assert change["removed_slot_numbers"] == sorted(set(first) - set(change["pool_slot_numbers"]))
+    assert change["added_slot_numbers"] == sorted(set(change["pool_slot_numbers"]) - set(first))
+    assert change["removed_slot_numbers"]
 
 
 async def test_r1_reserved_slots_spread_over_the_session(client, world):
@@ -110,6 +121,7 @@ async def test_r19_push_is_idempotent_and_ordered_by_version(client, world):
     [replay] = await push(client, world, [item])
     assert replay["result"] == "unchanged"
     assert replay["pool_slot_numbers"] == first["pool_slot_numbers"]
+    assert replay["pool_slot_ids"] == first["pool_slot_ids"]
     older = session_item("S1", DAY, slots=4, version=3)
     [stale] = await push(client, world, [older])
     assert stale["result"] == "stale"
@@ -117,8 +129,7 @@ async def test_r19_push_is_idempotent_and_ordered_by_version(client, world):
     newer = session_item("S1", DAY, slots=12, version=6)
     [updated] = await push(client, world, [newer])
     assert updated["result"] == "updated"
-    # Held slots stay held through an update; the top-up covers the new slots.
-    assert set(first["pool_slot_numbers"]) <= set(updated["pool_slot_numbers"])
+    # Before the pool window opens an update re-selects over the whole day: 3 of 12.
     assert len(updated["pool_slot_numbers"]) == 3
 
 

@@ -98,3 +98,36 @@ def test_r2_shanghai_ratio_is_exactly_a_third_rounded_up(n):
 
     shanghai = next(p for p in PRESETS if p["code"] == "shanghai")
     assert ceil_share(shanghai["ratio"], n) == math.ceil(n / 3)
+
+
+@given(st.lists(st.tuples(st.sampled_from("ABCD"), st.integers(0, 40)), min_size=1, max_size=60), st.data())
+def test_r1_picks_are_shared_among_the_days_sessions_in_proportion(rows, data):
+    from service.slots.reservation import apportion
+
+    cands = sorted(
+        (
+            Candidate(key=i, starts_at=T0 + timedelta(minutes=15 * band), senior=False, held=False,
+                      tiebreak=(session, i))
+            for i, (session, band) in enumerate(rows)
+        ),
+        key=lambda c: (c.starts_at, c.tiebreak, c.key),
+    )  # fmt: skip
+    k = data.draw(st.integers(0, len(cands)))
+    picked = apportion(cands, k)
+    assert len({c.key for c in picked}) == len(picked) == k
+    for session in {c.tiebreak[0] for c in cands}:
+        share = k * sum(c.tiebreak[0] == session for c in cands) / len(cands)
+        got = sum(c.tiebreak[0] == session for c in picked)
+        assert math.floor(share) <= got <= math.ceil(share)
+
+
+def test_r1_two_sessions_at_the_same_hours_both_reach_the_pool():
+    cands = [
+        Candidate(key=n, starts_at=T0 + timedelta(minutes=15 * (n // 2)), senior=False, held=False,
+                  tiebreak=("CT1" if n % 2 == 0 else "MR1", n // 2 + 1))
+        for n in range(8)
+    ]  # fmt: skip
+    sel = select_reserved(
+        cands, ratio=Decimal("0.5"), ratio_base="all_outpatient", min_senior_share=Decimal(0)
+    )
+    assert sorted(c.tiebreak[0] for c in cands if c.key in sel.held) == ["CT1", "CT1", "MR1", "MR1"]

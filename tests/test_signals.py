@@ -31,12 +31,15 @@ PUBLIC_AT = local_datetime(date(2026, 3, 3), 8)
 SUNDAY = local_datetime(date(2026, 3, 1), 9)  # the consultations of the day before
 
 
-async def open_pool(client, world, day=DAY, *, titles=("associate_chief",)) -> dict[str, list[int]]:
-    """Push one 50-slot session per title; the pool's free slot ids by title."""
+async def open_pool(
+    client, world, day=DAY, *, titles=("associate_chief",), sizes: dict[str, int] | None = None
+) -> dict[str, list[int]]:
+    """Push one session per title (50 slots unless ``sizes`` says); the pool's free slot ids by title."""
     items = [
-        session_item(f"S-{day}-{title}", day, title=title, doctor_code=f"D-{title}", slots=50, minutes=10)
+        session_item(f"S-{day}-{title}", day, title=title, doctor_code=f"D-{title}",
+                     slots=(sizes or {}).get(title, 50), minutes=10)
         for title in titles
-    ]
+    ]  # fmt: skip
     await push(client, world, items)
     slots = await pool_slots(client, world, service_date=day.isoformat())
     return {title: [s["slot_id"] for s in slots if s["doctor"]["title"] == title] for title in titles}
@@ -177,7 +180,9 @@ async def test_r14_some_new_signings_among_long_contracts_do_not_alert(client, w
 
 async def test_r14_booking_only_senior_slots_of_a_mixed_pool_alerts(client, world):
     await sign(client, world, list(range(1, 7)))
-    pool = await open_pool(client, world, titles=("associate_chief", "attending"))
+    # The day's reservation is at least half senior (R4): a mostly junior day keeps the pool mixed.
+    sizes = {"associate_chief": 20, "attending": 80}
+    pool = await open_pool(client, world, titles=("associate_chief", "attending"), sizes=sizes)
     senior, junior = pool["associate_chief"], pool["attending"]
     assert len(senior) >= 6 and len(junior) >= 3
     assert Decimal(len(senior)) / (len(senior) + len(junior)) <= Decimal("0.6")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
@@ -14,15 +14,28 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from service.kit.clock import SHANGHAI, zh_instant
+from service.kit.version import PRODUCT, VERSION
 from service.models.audit import AuditEntry
+from service.models.policy import DEFAULT_WHAT_TO_BRING
+from service.models.registry import RegionNoticeSettings
 from service.referrals.schemas import Notice
-from service.slip.service import SMS_MAX_CHARACTERS, sms_out, sms_text, sms_units
+from service.slip.service import (
+    SMS_MAX_CHARACTERS,
+    SMS_PARAM_MAX_CHARACTERS,
+    sms_out,
+    sms_template,
+    sms_text,
+    sms_units,
+)
 from tests.factories import booked_referral, push, session_item, synthetic_id
+from tests.test_authorization import policy_body
 
 DAY = date(2026, 3, 10)
 NAME = "张伟"
 LOCATION = "门诊楼3层B区"
 NO_SHOW = "180天内爽约3次，90天内不能通过基层号源池预约本院号源。"
+ID_NUMBER = synthetic_id("340102", seq=1)
+SLIP_ID = ID_NUMBER[:6] + "*" * 8 + ID_NUMBER[-4:]  # the policy's default: first 6, last 4
 
 
 async def _book(client, world, clock, *, location: str | None = LOCATION) -> dict:
@@ -123,7 +136,7 @@ async def test_r11_slip_carries_the_notice_and_only_masked_personal_data(client,
         f"上午 {referral['notice']['time_band']} 第{referral['slot']['number']}号",
         LOCATION,
         "张*",
-        referral["resident_id_masked"],
+        SLIP_ID,
         referral["reference"],
         referral["verification_code"],
         "12320",
@@ -131,11 +144,10 @@ async def test_r11_slip_carries_the_notice_and_only_masked_personal_data(client,
         "瑶海区明光路社区卫生服务中心",
     ):
         assert expected in text, expected
-    assert (
-        referral["resident_id_masked"]
-        == synthetic_id("340102", seq=1)[0] + "*" * 16 + synthetic_id("340102", seq=1)[-1]
-    )
-    assert synthetic_id("340102", seq=1) not in text
+    # The API keeps its mask; the slip shows what window staff match against (R15, docs/slip.md).
+    assert referral["resident_id_masked"] == ID_NUMBER[0] + "*" * 16 + ID_NUMBER[-1]
+    assert referral["resident_id_masked"] not in text
+    assert ID_NUMBER not in text and ID_NUMBER[6:14] not in text  # the birth date stays masked
     assert NAME not in text
     assert NAME.encode() not in pdf and synthetic_id("340102", seq=1).encode() not in pdf
 
@@ -285,6 +297,10 @@ def _notice(
         cancel_hotline="0551-12320",
         cancel_deadline=datetime(2026, 3, 10, 6, 0, tzinfo=SHANGHAI),
         no_show_rule=NO_SHOW,
+        hospital_address=None,
+        hospital_postal_code=None,
+        hospital_phone=None,
+        what_to_bring=DEFAULT_WHAT_TO_BRING,
     )
 
 
@@ -329,3 +345,144 @@ async def test_r11_location_longer_than_a_slip_line_is_refused(client, world):
     )
     assert r.status_code == 422
     assert r.json()["code"] == "invalid_request"
+
+
+CONTACT = {"address_line": "安徽省合肥市蜀山区淮河路390号", "postal_code": "230001", "phone": "0551-62283114"}
+
+
+async def test_r11_slip_prints_the_hospitals_address_phone_and_what_to_bring(client, world, referral):
+    text = _text(await _slip(client, world, referral["reference"]))
+    assert "医院地址" not in text and "医院电话" not in text  # the registry has neither yet
+    assert DEFAULT_WHAT_TO_BRING in text
+    r = await client.patch(
+        f"/v1/organisations/{world.ids['city_hospital']}", json=CONTACT, headers=world.auth("city_hospital")
+    )
+    assert r.status_code == 200, r.text
+    text = _text(await _slip(client, world, referral["reference"]))
+    for expected in (CONTACT["address_line"], "邮编 230001", CONTACT["phone"], DEFAULT_WHAT_TO_BRING):
+        assert expected in text, expected
+    notice = (await client.get(f"/v1/referrals/{referral['reference']}", headers=world.auth("chc_a"))).json()[
+        "notice"
+    ]
+    assert (notice["hospital_address"], notice["hospital_postal_code"], notice["hospital_phone"]) == (
+        CONTACT["address_line"],
+        "230001",
+        CONTACT["phone"],
+    )
+    assert notice["what_to_bring"] == DEFAULT_WHAT_TO_BRING
+
+
+async def test_r15_slip_id_mask_and_what_to_bring_follow_the_policy(client, world, clock):
+    """A new version of the hospital's policy decides for bookings made under it; the API mask stays."""
+    body = policy_body(slip_id_keep_first=3, slip_id_keep_last=2, what_to_bring="身份证、医保卡和既往病历")
+    r = await client.post("/v1/policies", json=body, headers=world.auth("commission"))
+    assert r.status_code == 201, r.text
+    assert (r.json()["slip_id_keep_first"], r.json()["slip_id_keep_last"]) == (3, 2)
+    referral = await _book(client, world, clock)
+    text = _text(await _slip(client, world, referral["reference"]))
+    assert ID_NUMBER[:3] + "*" * 13 + ID_NUMBER[-2:] in text
+    assert SLIP_ID not in text and "身份证、医保卡和既往病历" in text
+    assert referral["resident_id_masked"] == ID_NUMBER[0] + "*" * 16 + ID_NUMBER[-1]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"slip_id_keep_first": 7}, {"slip_id_keep_last": 5}, {"slip_id_keep_first": -1}, {"what_to_bring": ""}],
+)
+async def test_r15_a_policy_cannot_print_more_of_the_id_number(client, world, change):
+    r = await client.post("/v1/policies", json=policy_body(**change), headers=world.auth("commission"))
+    assert r.status_code == 422
+    assert r.json()["code"] == "invalid_request"
+
+
+async def test_slip_metadata_names_it_and_dates_it_by_the_injected_clock(client, world, clock, referral):
+    pdf = await _slip(client, world, referral["reference"])
+    doc = pdfium.PdfDocument(pdf)
+    try:
+        meta = doc.get_metadata_dict()
+    finally:
+        doc.close()
+    now = clock.now().astimezone(SHANGHAI)
+    assert meta["Title"] == f"转诊预约单 {referral['reference']}"
+    assert meta["Author"] == meta["Producer"] == meta["Creator"] == PRODUCT == f"slotpool {VERSION}"
+    assert meta["CreationDate"] == meta["ModDate"] == f"D:{now:%Y%m%d%H%M%S}+08'00'"
+    assert "anonymous" not in meta.values() and not meta["CreationDate"].startswith("D:2000")
+    # Reproducible: the same slip at the same clock reading is the same bytes; another reading is not.
+    assert await _slip(client, world, referral["reference"]) == pdf
+    clock.advance(timedelta(minutes=7))
+    later = await _slip(client, world, referral["reference"])
+    assert later != pdf
+    doc = pdfium.PdfDocument(later)
+    try:
+        assert (
+            doc.get_metadata_dict()["CreationDate"] == f"D:{now + timedelta(minutes=7):%Y%m%d%H%M%S}+08'00'"
+        )
+    finally:
+        doc.close()
+
+
+TEMPLATES = {
+    "sms_sign_name": "合肥卫健",
+    "sms_template_booked": "SMS_480215001",
+    "sms_template_cancelled": "SMS_480215002",
+}
+
+
+async def test_r11_notice_gives_the_sms_as_the_regions_template_and_parameters(client, world, referral):
+    url = f"/v1/referrals/{referral['reference']}/notice"
+    assert (await client.get(url, headers=world.auth("chc_a"))).json()["sms"]["template"] is None
+    # chc_a lies in 瑶海区 (340102); the city's row decides for it.
+    r = await client.put(
+        "/v1/regions/340100/notice-settings", json=TEMPLATES, headers=world.auth("commission")
+    )
+    assert r.status_code == 200, r.text
+    body = (await client.get(url, headers=world.auth("chc_a"))).json()
+    template = body["sms"]["template"]
+    deadline = zh_instant(datetime.fromisoformat(referral["notice"]["cancel_deadline"]))
+    params = {
+        "hospital": "合肥市第一人民医院",
+        "department": "心血管内科",
+        "time": f"3月10日（周二）上午{referral['notice']['time_band']}",
+        "number": f"{referral['slot']['number']}号",
+        "reference": referral["reference"],
+        "code": referral["verification_code"],
+        "deadline": deadline,
+        "hotline": "12320",
+    }
+    assert template == {
+        "sign_name": "合肥卫健",
+        "template_code": "SMS_480215001",
+        "params": params,
+        "param_set": list(params.values()),
+    }
+    assert list(template["params"]) == list(params)  # the documented order, for positional gateways
+    for value in template["param_set"]:
+        assert NAME not in value and "张" not in value and ID_NUMBER not in value
+    # The hospital is not given the code the booking template carries.
+    hospital = (await client.get(url, headers=world.auth("city_hospital"))).json()
+    assert hospital["sms"]["template"] is None
+
+    cancel = {
+        "reference": referral["reference"],
+        "verification_code": referral["verification_code"],
+        "reason": "x",
+    }
+    assert (
+        await client.post("/v1/hotline/cancellations", json=cancel, headers=world.auth("hotline"))
+    ).is_success
+    for who in ("chc_a", "city_hospital"):
+        cancelled = (await client.get(url, headers=world.auth(who))).json()["sms"]["template"]
+        assert cancelled["template_code"] == "SMS_480215002"
+        assert cancelled["params"] == {k: params[k] for k in ("hospital", "department", "time", "reference")}
+
+
+@settings(max_examples=100, deadline=None)
+@given(hospital=names, department=names)
+def test_r11_sms_template_parameters_fit_the_gateways_bound(hospital, department):
+    row = RegionNoticeSettings(region_code="340100", **TEMPLATES)
+    template = sms_template(
+        _notice(hospital, department), status="booked", verification_code="123456", settings=row
+    )
+    assert template is not None
+    assert all(sms_units(v) <= SMS_PARAM_MAX_CHARACTERS for v in template.param_set)
+    assert template.params["hospital"][:1] == hospital[:1] and template.params["code"] == "123456"

@@ -32,12 +32,13 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from service.fhir import resources
-from service.fhir.service import region_names
+from service.fhir.service import link_templates, region_names, slot_link
 from service.fhir.validation import checked
 from service.kit import bounds
 from service.kit.regions import within
-from service.models.registry import Department, Doctor, Organisation
+from service.models.registry import Department, Doctor, Organisation, RegionNoticeSettings
 from service.models.slots import ClinicSession, Slot
+from service.registry.service import divisions
 
 TYPES = ("Location", "Schedule", "Slot")
 PUBLISHED_STATUSES = ("free", "busy")  # the two Slot statuses SMART Scheduling Links defines
@@ -81,6 +82,8 @@ async def _fingerprint(session: AsyncSession, now: datetime, region_code: str) -
         func.coalesce(ClinicSession.ward_name, ""), func.coalesce(ClinicSession.doctor_title, ""),
         Department.name, func.coalesce(Department.specialty, ""), func.coalesce(Doctor.name, ""),
         Organisation.name, Organisation.code, Organisation.region_code,
+        func.coalesce(Organisation.address_line, ""), func.coalesce(Organisation.postal_code, ""),
+        func.coalesce(Organisation.phone, ""),
     ]  # fmt: skip
     row_text = func.concat_ws("|", *[cast(c, String) for c in columns])
     next_change = func.least(
@@ -94,7 +97,18 @@ async def _fingerprint(session: AsyncSession, now: datetime, region_code: str) -
         func.min(next_change),
     )
     count, digest, until = (await session.execute(stmt)).one()
-    key = f"{region_code}:{count}:{digest}:{until.isoformat() if until else '-'}"
+    # The booking deep-link templates that can apply here: the region's own divisions and those above.
+    links = (
+        await session.execute(
+            select(RegionNoticeSettings.region_code, RegionNoticeSettings.booking_link_template)
+            .where(
+                within(RegionNoticeSettings.region_code, region_code)
+                | RegionNoticeSettings.region_code.in_(divisions(region_code))
+            )
+            .order_by(RegionNoticeSettings.region_code)
+        )
+    ).all()
+    key = f"{region_code}:{count}:{digest}:{until.isoformat() if until else '-'}:{json.dumps([*map(list, links)])}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -113,11 +127,17 @@ async def _generate(engine: AsyncEngine, now: datetime, region_code: str) -> Gen
         rows = (await session.execute(stmt.order_by(Slot.id))).all()
         hospitals = {hosp.id: hosp for *_, hosp, _ in rows}
         names = await region_names(session, list(hospitals.values()))
+        templates = await link_templates(session, hospitals.values())
     schedules = {cs.id: (cs, dept, doc) for _, cs, dept, doc, _, _ in rows}
     files = {
         "Location": _ndjson([resources.location(h, names) for _, h in sorted(hospitals.items())]),
         "Schedule": _ndjson([resources.schedule(*schedules[k]) for k in sorted(schedules)]),
-        "Slot": _ndjson([resources.slot(slot, cs, status) for slot, cs, *_, status in rows]),
+        "Slot": _ndjson(
+            [
+                resources.slot(slot, cs, status, slot_link(templates, slot, hosp))
+                for slot, cs, _, _, hosp, status in rows
+            ]
+        ),
     }
     return Generation(etag=etag, transaction_time=now, files=files)
 

@@ -26,7 +26,12 @@ BASE = "https://slotpool.example/fhir"
 EXT_POOL_RESERVED = f"{BASE}/StructureDefinition/pool-reserved"
 EXT_POOL_OPENS_AT = f"{BASE}/StructureDefinition/pool-opens-at"
 EXT_PUBLIC_AT = f"{BASE}/StructureDefinition/public-at"
-EXT_DOCTOR_TITLE = f"{BASE}/StructureDefinition/doctor-title"
+# The session's doctor, on the Schedule: sub-extensions ``name`` (string) and ``title`` (code). Not an
+# actor: SMART Scheduling Links gives a Schedule one actor, a reference to its Location, and no
+# Practitioner resource is served for a second one to reference.
+EXT_SESSION_DOCTOR = f"{BASE}/StructureDefinition/session-doctor"
+# SMART Scheduling Links: a web link into the booking portal where this slot can be booked.
+EXT_BOOKING_DEEP_LINK = "http://fhir-registry.smarthealthit.org/StructureDefinition/booking-deep-link"
 EXT_PRIORITY_REFERRAL = f"{BASE}/StructureDefinition/priority-referral"
 EXT_RESOURCE_KIND = f"{BASE}/StructureDefinition/resource-kind"
 SID_ORGANISATION = f"{BASE}/sid/organisation-code"
@@ -215,40 +220,55 @@ def number_label(kind: str, number: int) -> str:
 
 
 def location(hospital: Organisation, regions: dict[str, str]) -> dict[str, Any]:
-    """A hospital as a Location; ``regions`` maps GB/T 2260 codes to names."""
+    """A hospital as a Location; ``regions`` maps GB/T 2260 codes to names. The street line, postal
+    code and phone come from the registry (PATCH /v1/organisations/{id}), when they are set."""
     code = hospital.region_code
-    address: dict[str, Any] = {"use": "work", "country": "CN"}
+    address: dict[str, Any] = {"use": "work"}
+    if hospital.address_line:
+        address["line"] = [hospital.address_line]
     for key, region in (("state", code[:2] + "0000"), ("city", code[:4] + "00"), ("district", code)):
         if region in regions and not (key == "district" and region == code[:4] + "00"):
             address[key] = regions[region]
-    return {
+    if hospital.postal_code:
+        address["postalCode"] = hospital.postal_code
+    address["country"] = "CN"
+    resource: dict[str, Any] = {
         "resourceType": "Location",
         "id": str(hospital.id),
         "identifier": [{"system": SID_ORGANISATION, "value": hospital.code}],
         "status": "active",
         "name": hospital.name,
         "mode": "instance",
-        "address": address,
     }
+    if hospital.phone:
+        resource["telecom"] = [{"system": "phone", "value": hospital.phone, "use": "work"}]
+    resource["address"] = address
+    return resource
+
+
+def doctor_extension(name: str, title: str | None) -> dict[str, Any]:
+    """The session's doctor, named, with the title as the HIS sent it."""
+    parts: list[dict[str, Any]] = [{"url": "name", "valueString": name}]
+    if title:
+        parts.append({"url": "title", "valueCode": title})
+    return {"url": EXT_SESSION_DOCTOR, "extension": parts}
 
 
 def schedule(cs: ClinicSession, department: Department, doctor: Doctor | None) -> dict[str, Any]:
-    """One clinic session as a Schedule at its hospital's Location; its doctor too when it names one."""
+    """One clinic session as a Schedule whose one actor is its hospital's Location (SMART Scheduling
+    Links); the doctor, when the session names one, is in an extension and the comment."""
     specialty: dict[str, Any] = {"text": department.name}
     if department.specialty:
         specialty["coding"] = [{"system": CS_SPECIALTY, "code": department.specialty}]
-    actors: list[dict[str, Any]] = [{"reference": f"Location/{cs.hospital_id}"}]
+    extension = [kind_extension(cs.resource_kind)]
     if doctor is not None:
-        actor: dict[str, Any] = {"type": "Practitioner", "display": doctor.name}
-        if cs.doctor_title:
-            actor["extension"] = [{"url": EXT_DOCTOR_TITLE, "valueCode": cs.doctor_title}]
-        actors.append(actor)
+        extension.append(doctor_extension(doctor.name, cs.doctor_title))
     services = session_service_type(cs)
     what = headline(cs.resource_kind, doctor.name if doctor else None, services)
     return {
         "resourceType": "Schedule",
         "id": str(cs.id),
-        "extension": [kind_extension(cs.resource_kind)],
+        "extension": extension,
         "identifier": [{"system": f"{BASE}/sid/clinic-session/{cs.hospital_id}", "value": cs.external_id}],
         "active": cs.status == "active",
         "serviceCategory": service_category(cs.resource_kind, cs.modality),
@@ -257,7 +277,7 @@ def schedule(cs: ClinicSession, department: Department, doctor: Doctor | None) -
             {"coding": [{"system": CS_PERIOD, "code": cs.period}], "text": f"{department.name} {cs.period}"},
         ],
         "specialty": [specialty],
-        "actor": actors,
+        "actor": [{"reference": f"Location/{cs.hospital_id}"}],
         "planningHorizon": {
             "start": instant(day_start(cs.service_date)),
             "end": instant(day_start(cs.service_date + timedelta(days=1))),
@@ -266,9 +286,10 @@ def schedule(cs: ClinicSession, department: Department, doctor: Doctor | None) -
     }
 
 
-def slot(row: Slot, cs: ClinicSession, status: str) -> dict[str, Any]:
+def slot(row: Slot, cs: ClinicSession, status: str, booking_link: str | None = None) -> dict[str, Any]:
     """A slot (a bed, for a bed session) with its session's kind; pool-held ones carry the pool flag
-    and their window's two instants."""
+    and their window's two instants. A ``free`` slot carries the region's booking deep link, when
+    the region has a template (docs/fhir.md)."""
     extension: list[dict[str, Any]] = [kind_extension(row.resource_kind)]
     if pool_held(row):
         extension += [
@@ -276,6 +297,8 @@ def slot(row: Slot, cs: ClinicSession, status: str) -> dict[str, Any]:
             {"url": EXT_POOL_OPENS_AT, "valueInstant": instant(row.pool_opens_at)},
             {"url": EXT_PUBLIC_AT, "valueInstant": instant(row.public_at)},
         ]
+    if booking_link is not None and status == "free":
+        extension.append({"url": EXT_BOOKING_DEEP_LINK, "valueUrl": booking_link})
     resource: dict[str, Any] = {"resourceType": "Slot", "id": str(row.id), "extension": extension}
     if row.external_id:
         resource["identifier"] = [{"system": f"{BASE}/sid/slot/{row.hospital_id}", "value": row.external_id}]

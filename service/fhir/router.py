@@ -33,6 +33,7 @@ from service.fhir.search import (
 from service.fhir.validation import checked
 from service.kit.cursors import encode_cursor
 from service.kit.errors import NotFound, Problem, as_problem, log_failure
+from service.kit.version import VERSION
 from service.web.contract import operation
 from service.web.state import State
 from service.web.unit import Unit, UnitRoute, reads, writes
@@ -146,10 +147,24 @@ def searchset(
     return FhirJSONResponse(checked(body))
 
 
+# A resource that is not there, or not the caller's, answers /v1's code for the object it shows
+# (docs/fhir.md): a Location is a hospital, a Schedule a clinic session, an Appointment a referral.
+NOT_FOUND_CODES = {
+    "Location": "hospital_not_found",
+    "Schedule": "session_not_found",
+    "Slot": "slot_not_found",
+    "Appointment": "referral_not_found",
+}
+
+
+def not_found(resource_type: str, ref: str) -> NotFound:
+    return NotFound(NOT_FOUND_CODES[resource_type], f"No {resource_type}/{ref} visible to you.")
+
+
 def single(page: tuple[list[dict[str, Any]], int | None], resource_type: str, ref: str) -> FhirJSONResponse:
     entries, _ = page
     if not entries:
-        raise NotFound("resource_not_found", f"No {resource_type}/{ref} visible to you.")
+        raise not_found(resource_type, ref)
     return FhirJSONResponse(checked(entries[0]))
 
 
@@ -157,7 +172,7 @@ def path_id(resource_type: str, value: str) -> int:
     try:
         return parse_reference("id", value, resource_type)
     except BadSearch as exc:
-        raise NotFound("resource_not_found", f"No {resource_type}/{value} visible to you.") from exc
+        raise not_found(resource_type, value) from exc
 
 
 Page = tuple[list[dict[str, Any]], int | None]
@@ -216,7 +231,7 @@ async def search_locations(
         "readLocation",
         "Read a Location",
         responses={200: fhir_ok("Location")},
-        problems=["resource_not_found"],
+        problems=["hospital_not_found"],
     ),
 )
 async def read_location(location_id: str, unit: Reader) -> FhirJSONResponse:
@@ -273,7 +288,7 @@ async def search_schedules(
         "readSchedule",
         "Read a Schedule",
         responses={200: fhir_ok("Schedule")},
-        problems=["resource_not_found"],
+        problems=["session_not_found"],
     ),
 )
 async def read_schedule(schedule_id: str, unit: Reader) -> FhirJSONResponse:
@@ -328,7 +343,7 @@ async def search_slots(
 
 @router.get(
     "/Slot/{slot_id}",
-    **operation("readSlot", "Read a Slot", responses={200: fhir_ok("Slot")}, problems=["resource_not_found"]),
+    **operation("readSlot", "Read a Slot", responses={200: fhir_ok("Slot")}, problems=["slot_not_found"]),
 )
 async def read_slot(slot_id: str, unit: Reader) -> FhirJSONResponse:
     wanted = path_id("Slot", slot_id)
@@ -384,7 +399,7 @@ async def search_appointments(
         "readAppointment",
         "Read a referral as an Appointment",
         responses={200: fhir_ok("Appointment")},
-        problems=["resource_not_found"],
+        problems=["referral_not_found"],
     ),
 )
 async def read_appointment(
@@ -478,13 +493,13 @@ async def bulk_manifest(request: Request, unit: Publisher) -> Response:
             },
             304: {"description": "Unchanged."},
         },
-        problems=["resource_not_found"],
+        problems=["not_found"],
     ),
 )
 async def bulk_file(resource_type: str, request: Request, unit: Publisher) -> Response:
     """One NDJSON file of the current generation; its ETag is the manifest's."""
-    if resource_type not in TYPES:
-        raise NotFound("resource_not_found", f"No bulk file for {resource_type}.")
+    if resource_type not in TYPES:  # as any other path this server does not serve
+        raise NotFound("not_found", f"No bulk file for {resource_type}.")
     generation = await _generation(request, unit)
     headers = {"ETag": f'"{generation.etag}"', "Cache-Control": "no-cache"}
     if _not_modified(request, generation):
@@ -539,7 +554,7 @@ def capability_statement(base: str, now: datetime) -> dict[str, Any]:
         "date": resources.utc_instant(now),
         "publisher": "slotpool",
         "kind": "instance",
-        "software": {"name": "slotpool", "version": "0.1.0"},
+        "software": {"name": "slotpool", "version": VERSION},
         "implementation": {"description": "Referral slot pool: read-only scheduling views", "url": base},
         "fhirVersion": resources.FHIR_VERSION,
         "format": ["json"],

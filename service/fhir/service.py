@@ -11,7 +11,7 @@ institution see them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +32,7 @@ from service.models.registry import Department, Doctor, Organisation, Region
 from service.models.slots import ClinicSession, Slot
 from service.policy.scope import pools_in_scope
 from service.referrals.views import load_views
+from service.registry.service import booking_link, notice_settings_by_region
 
 Pool = tuple[int, str]  # (hospital id, resource kind)
 Service = tuple[str, str | None]  # (resource kind, modality)
@@ -101,6 +102,33 @@ async def region_names(session: AsyncSession, hospitals: Sequence[Organisation])
     }
     rows = await session.execute(select(Region.code, Region.name).where(Region.code.in_(codes)))
     return dict(rows.all())
+
+
+async def link_templates(session: AsyncSession, hospitals: Iterable[Organisation]) -> dict[int, str]:
+    """Each hospital's booking deep-link template: its region's, from the most specific division
+    with notice settings (docs/fhir.md); hospitals whose region has none are left out."""
+    hospitals = list(hospitals)
+    by_region = await notice_settings_by_region(session, {h.region_code for h in hospitals})
+    templates = {}
+    for hospital in hospitals:
+        row = by_region[hospital.region_code]
+        if row is not None and row.booking_link_template:
+            templates[hospital.id] = row.booking_link_template
+    return templates
+
+
+def slot_link(templates: dict[int, str], row: Slot, hospital: Organisation) -> str | None:
+    """The slot's booking deep link, when its hospital's region has a template."""
+    template = templates.get(hospital.id)
+    if template is None:
+        return None
+    return booking_link(
+        template,
+        slot_id=row.id,
+        schedule_id=row.session_id,
+        location_id=hospital.id,
+        hospital_code=hospital.code,
+    )
 
 
 async def search_locations(
@@ -176,8 +204,9 @@ async def search_slots(
 ) -> tuple[list[dict[str, Any]], int | None]:
     status = resources.slot_status(now)
     stmt = (
-        select(Slot, ClinicSession, status)
+        select(Slot, ClinicSession, status, Organisation)
         .join(ClinicSession, ClinicSession.id == Slot.session_id)
+        .join(Organisation, Organisation.id == Slot.hospital_id)
         .where(in_pools(Slot.hospital_id, Slot.resource_kind, pools), shown_session())
     )
     if services is not None:
@@ -191,7 +220,12 @@ async def search_slots(
     if statuses is not None:
         stmt = stmt.where(status.in_(statuses))
     rows, next_after = await _page(session, stmt, Slot.id, after, count)
-    return [resources.slot(row, cs, fhir_status) for row, cs, fhir_status in rows], next_after
+    free_at = {hospital.id: hospital for *_, fhir_status, hospital in rows if fhir_status == "free"}
+    templates = await link_templates(session, free_at.values()) if free_at else {}
+    return [
+        resources.slot(row, cs, fhir_status, slot_link(templates, row, hospital))
+        for row, cs, fhir_status, hospital in rows
+    ], next_after
 
 
 async def search_appointments(

@@ -158,6 +158,24 @@ def reported(*, debug: bool) -> Iterator[None]:
         fail(exc, debug=debug)
 
 
+def listen_on(host: str, port: int, *, what: str) -> socket.socket:
+    """Bind and listen on ``host:port`` now, and keep it: the server is handed this socket, so a
+    port taken by another process is refused before anything is migrated, seeded or printed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on {host}:{port} ({what}): {exc.strerror or exc}",
+            "stop the process that uses it or choose another port",
+        ) from exc
+    return sock
+
+
 def ensure_port_free(host: str, port: int, *, what: str) -> None:
     """Refuse early, before migrations, when another process listens on ``host:port``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

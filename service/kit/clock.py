@@ -35,6 +35,31 @@ class ManualClock(Clock):
         self._now += delta
 
 
+class SandboxClock(Clock):
+    """The sandbox's clock: wall time plus an offset that only ever grows (docs/sandbox.md).
+
+    The offset is kept in the database (``sandbox_clock``); every process adopts it at the
+    start of each request and at every pass of its clock follower, so all workers and loops
+    of one sandbox read one time. ``wall`` is the clock underneath (a ManualClock in tests).
+    """
+
+    def __init__(self, wall: Clock | None = None) -> None:
+        self.wall = wall or Clock()
+        self._offset = timedelta(0)
+
+    @property
+    def offset(self) -> timedelta:
+        return self._offset
+
+    def now(self) -> datetime:
+        return self.wall.now() + self._offset
+
+    def adopt(self, offset: timedelta) -> None:
+        """Take the database's offset; an older reading never moves this clock back."""
+        if offset > self._offset:
+            self._offset = offset
+
+
 def local_date(when: datetime) -> date:
     """The Beijing-time calendar date of an instant: rules count days in Asia/Shanghai."""
     return when.astimezone(SHANGHAI).date()

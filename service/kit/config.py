@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # Development mode next to a DATABASE_URL or the operator's own keys looks like a production
     # deployment that forgot SLOTPOOL_ENV=production; the commands refuse it unless this is set.
     allow_development_with_deployment_settings: bool = False
+    # The sandbox (docs/sandbox.md): the clock is moved through POST /v1/sandbox/clock. Only on a
+    # database with no organisations yet or one already a sandbox; production refuses it.
+    sandbox: bool = False
+    # How often each sandbox process re-reads the clock for its loops (requests read it each time).
+    sandbox_follow_seconds: float = Field(default=1.0, gt=0, le=60)
     db_pool_size: int = 10
     # Behind PgBouncer in transaction pooling mode (docs/performance.md): no named prepared
     # statement may outlive its transaction, because the next one may run on another server
@@ -130,7 +135,7 @@ class Settings(BaseSettings):
                 )
             if not self.database_url:
                 raise ValueError("production needs DATABASE_URL (the embedded server is for development)")
-            for flag in ("webhook_allow_loopback", "allow_development_with_deployment_settings"):
+            for flag in ("webhook_allow_loopback", "allow_development_with_deployment_settings", "sandbox"):
                 if getattr(self, flag):
                     raise ValueError(f"production refuses SLOTPOOL_{flag.upper()}: it is for development")
         return self

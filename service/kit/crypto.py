@@ -58,9 +58,16 @@ def new_api_key() -> str:
     return "sp_" + secrets.token_urlsafe(32)
 
 
-def mask_id_number(id_number: str) -> str:
-    """Keep only the first and last characters."""
-    return id_number[0] + "*" * (len(id_number) - 2) + id_number[-1]
+def mask_id_number(id_number: str, *, keep_first: int = 1, keep_last: int = 1) -> str:
+    """Keep only the first and last characters (the API's mask), or as many as the slip's policy says.
+
+    At least two characters are always masked, whatever is asked: no mask returns the whole number.
+    """
+    keep_first, keep_last = max(keep_first, 0), max(keep_last, 0)
+    if keep_first + keep_last > len(id_number) - 2:
+        keep_first, keep_last = min(keep_first, 1), min(keep_last, 1)
+    hidden = len(id_number) - keep_first - keep_last
+    return id_number[:keep_first] + "*" * hidden + id_number[len(id_number) - keep_last :]
 
 
 def mask_name(name: str) -> str:

@@ -16,9 +16,11 @@ from service.models.registry import (
     Doctor,
     Organisation,
     Region,
+    RegionNoticeSettings,
 )
 from service.models.reports import ReferralCount, ReportDepartmentDay, ReportHospitalDay, ReportSummaryWindow
 from service.models.residents import FamilyDoctorContract, RegionContractSource, Resident
+from service.models.sandbox import SandboxClock
 from service.models.signals import Alert, IdentityConflict, IdentityConflictParty
 from service.models.slots import ClinicSession, ReservationShortfall, Slot
 from service.models.supervision import AccessSuspension
@@ -50,11 +52,13 @@ __all__ = [
     "ReferralCount",
     "Region",
     "RegionContractSource",
+    "RegionNoticeSettings",
     "ReportDepartmentDay",
     "ReportHospitalDay",
     "ReportSummaryWindow",
     "ReservationShortfall",
     "Resident",
+    "SandboxClock",
     "SchemaCompatibility",
     "Slot",
     "WebhookAttempt",

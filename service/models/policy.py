@@ -16,6 +16,7 @@ from sqlalchemy import (
     Identity,
     Integer,
     Numeric,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -30,6 +31,12 @@ from service.kit.resources import RESOURCE_KINDS, sql_list
 RATIO_BASES = ("all_outpatient", "expert")
 SCOPES = ("city", "jurisdiction", "by_tier", "alliance", "lower_tier")
 MIN_LEAD_MINUTES = 24 * 60  # R5: at least one day before the public release
+# The slip shows the resident's ID number with this many characters kept at each end (R15). Chinese
+# hospitals print the first 6 (the issuing division) and the last 4; the birth date between them
+# always stays masked, so no setting prints the whole number (docs/slip.md).
+SLIP_ID_MAX_KEEP_FIRST = 6
+SLIP_ID_MAX_KEEP_LAST = 4
+DEFAULT_WHAT_TO_BRING = "本人身份证（或社会保障卡）、医保卡、本转诊单，以及近期的检查检验报告"
 
 
 class Policy(Base):
@@ -60,6 +67,11 @@ class Policy(Base):
             "institution_share_limit > 0 AND institution_share_limit <= 1", name="institution_share_limit"
         ),
         CheckConstraint("resident_active_limit > 0", name="resident_active_limit"),
+        CheckConstraint(
+            f"slip_id_keep_first BETWEEN 0 AND {SLIP_ID_MAX_KEEP_FIRST}"
+            f" AND slip_id_keep_last BETWEEN 0 AND {SLIP_ID_MAX_KEEP_LAST}",
+            name="slip_id_mask",
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -90,6 +102,10 @@ class Policy(Base):
     doctor_daily_limit: Mapped[int | None] = mapped_column(Integer)
     institution_share_limit: Mapped[Decimal | None] = mapped_column(Numeric(5, 4))
     resident_active_limit: Mapped[int | None] = mapped_column(Integer)
+    # What the patient brings (R11), printed on the slip; and how much of the ID number it shows.
+    what_to_bring: Mapped[str] = mapped_column(Text, server_default=DEFAULT_WHAT_TO_BRING)
+    slip_id_keep_first: Mapped[int] = mapped_column(SmallInteger, server_default="6")
+    slip_id_keep_last: Mapped[int] = mapped_column(SmallInteger, server_default="4")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The region whose commission owns the code: it alone publishes new versions, and the code
     # governs only hospitals inside it. Null: a built-in or shared code, which no commission

@@ -82,6 +82,35 @@ class Organisation(Base):
     reservation_mode: Mapped[str] = mapped_column(String(10), default="pool", server_default="pool")
     # {"mon": [["07:30", "12:00"], ["13:30", "18:00"]], ...} in Beijing time; null: the default hours.
     opening_hours: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
+    # Where patients go and whom they call (docs/slip.md, docs/fhir.md): the slip and FHIR's Location.
+    # Set by the commission for its region's organisations, or by a hospital for itself.
+    address_line: Mapped[str | None] = mapped_column(String(200))
+    postal_code: Mapped[str | None] = mapped_column(String(6))
+    phone: Mapped[str | None] = mapped_column(String(40))
+
+
+class RegionNoticeSettings(Base):
+    """What a region's patient-facing channels need: its SMS gateway's signature and registered
+    template codes, and the URL template of its booking deep links (docs/slip.md, docs/fhir.md).
+
+    The most specific division with a row decides, the whole row; a region without one has none.
+    """
+
+    __tablename__ = "region_notice_settings"
+    __table_args__ = (
+        CheckConstraint(
+            "booking_link_template IS NULL OR booking_link_template LIKE 'https://%'",
+            name="booking_link_https",
+        ),
+    )
+
+    region_code: Mapped[str] = mapped_column(ForeignKey("regions.code"), primary_key=True)
+    sms_sign_name: Mapped[str | None] = mapped_column(String(20))
+    sms_template_booked: Mapped[str | None] = mapped_column(String(40))
+    sms_template_cancelled: Mapped[str | None] = mapped_column(String(40))
+    booking_link_template: Mapped[str | None] = mapped_column(String(500))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_by_client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))
 
 
 class Alliance(Base):

@@ -12,6 +12,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from service.models.policy import DEFAULT_WHAT_TO_BRING, SLIP_ID_MAX_KEEP_FIRST, SLIP_ID_MAX_KEEP_LAST
 from service.policy.signal_rules import default_thresholds
 
 # R10: hypertension, diabetes, coronary heart disease, stroke (ICD-10 prefixes).
@@ -63,6 +64,10 @@ def _preset(code: str, name: str, source: str, **rules: Any) -> dict[str, Any]:
         "no_show_rule": DEFAULT_NO_SHOW,
         "signal_thresholds": default_thresholds(),
         "source": source,
+        # What Chinese hospitals print: the first 6 and last 4 characters of the ID (docs/slip.md).
+        "what_to_bring": DEFAULT_WHAT_TO_BRING,
+        "slip_id_keep_first": SLIP_ID_MAX_KEEP_FIRST,
+        "slip_id_keep_last": SLIP_ID_MAX_KEEP_LAST,
         **DEFAULT_LIMITS,
     }
     base.update(rules)
@@ -110,6 +115,15 @@ PRESETS: list[dict[str, Any]] = [
         "004 att. 1 §二: provincial hospitals reserve ≥10 % for city and county hospitals",
         ratio=Decimal("0.10"),
         scope="lower_tier",
+    ),
+    # A city hospital of Anhui (Hefei's demo one): the province's own rule, not Tianjin's, so its
+    # patients are told the province's 12320 hotline.
+    _preset(
+        "anhui-city",
+        "安徽：城市三级医院向全市基层开放号源",
+        "004 att. 2 §一: ≥20 % of outpatient slots; a city hospital's reserved slots open to every "
+        "primary institution of the city, hotline 12320",
+        scope="city",
     ),
     _preset(
         "anhui-alliance",

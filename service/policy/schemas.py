@@ -11,7 +11,12 @@ from pydantic import Field, model_validator
 from service.kit.bounds import Day
 from service.kit.resources import ResourceKind
 from service.kit.schemas import ApiModel
-from service.models.policy import MIN_LEAD_MINUTES
+from service.models.policy import (
+    DEFAULT_WHAT_TO_BRING,
+    MIN_LEAD_MINUTES,
+    SLIP_ID_MAX_KEEP_FIRST,
+    SLIP_ID_MAX_KEEP_LAST,
+)
 from service.policy.signal_rules import SignalThresholds
 
 
@@ -87,6 +92,25 @@ class PolicyIn(ApiModel):
         ge=1,
         le=1000,
         description="Active referrals one resident may hold across hospitals; null: no limit.",
+    )
+    what_to_bring: str = Field(
+        default=DEFAULT_WHAT_TO_BRING,
+        min_length=1,
+        max_length=200,
+        description="What the patient brings to the visit (R11), printed on the slip (docs/slip.md).",
+    )
+    slip_id_keep_first: int = Field(
+        default=SLIP_ID_MAX_KEEP_FIRST,
+        ge=0,
+        le=SLIP_ID_MAX_KEEP_FIRST,
+        description="Characters of the resident's ID number the slip shows at its start, so that window "
+        "staff can match it (R15: at most 6; the API always shows only the first and last).",
+    )
+    slip_id_keep_last: int = Field(
+        default=SLIP_ID_MAX_KEEP_LAST,
+        ge=0,
+        le=SLIP_ID_MAX_KEEP_LAST,
+        description="Characters of the ID number the slip shows at its end (at most 4).",
     )
 
     @model_validator(mode="after")

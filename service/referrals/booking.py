@@ -38,7 +38,7 @@ from service.referrals.guards import (
     standing,
 )
 from service.referrals.schemas import BookingIn, ReferralOut
-from service.referrals.views import ReferralView
+from service.referrals.views import ReferralView, slip_id_masked
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
 
 REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
@@ -248,6 +248,7 @@ async def book_referral(
         policy=policy,
         resident_name_masked=mask_name(name),
         resident_id_masked=mask_id_number(id_number),
+        resident_id_slip_masked=slip_id_masked(id_number, policy),
         crypto=crypto,
     )
     await emit(

@@ -98,6 +98,14 @@ class Notice(ApiModel):
     cancel_hotline: str
     cancel_deadline: datetime
     no_show_rule: str
+    hospital_address: str | None = Field(
+        description="The hospital's street address, when the registry has it."
+    )
+    hospital_postal_code: str | None
+    hospital_phone: str | None = Field(description="The hospital's public phone, when the registry has it.")
+    what_to_bring: str = Field(
+        description="What the patient brings to the visit, from the hospital's policy."
+    )
 
 
 class AttendanceOut(ApiModel):

@@ -49,6 +49,11 @@ def named(org: Organisation | Department) -> NamedRef:
     return NamedRef(id=org.id, code=org.code, name=org.name)
 
 
+def slip_id_masked(id_number: str, policy: Policy) -> str:
+    """The ID number as the slip prints it: the policy's characters kept at each end (R15)."""
+    return mask_id_number(id_number, keep_first=policy.slip_id_keep_first, keep_last=policy.slip_id_keep_last)
+
+
 @dataclass(frozen=True)
 class ReferralView:
     """A referral with its slot, session, hospital, department, booker, doctors and policy."""
@@ -64,6 +69,8 @@ class ReferralView:
     policy: Policy
     resident_name_masked: str  # the name the referral was booked under, whatever is declared since
     resident_id_masked: str
+    # The slip's mask, as the policy says (docs/slip.md): never the whole number, never in the API.
+    resident_id_slip_masked: str
     crypto: Crypto = field(repr=False, compare=False)
 
     @property
@@ -107,6 +114,10 @@ class ReferralView:
             cancel_hotline=policy.cancel_hotline,
             cancel_deadline=deadline,
             no_show_rule=str(policy.no_show_rule.get("text", "")),
+            hospital_address=self.hospital.address_line,
+            hospital_postal_code=self.hospital.postal_code,
+            hospital_phone=self.hospital.phone,
+            what_to_bring=policy.what_to_bring,
         )
 
     def out(self, *, show_code: bool) -> ReferralOut:
@@ -213,6 +224,7 @@ async def load_views(
             policy=policy,
             resident_name_masked=mask_name(name),
             resident_id_masked=mask_id_number(id_number),
+            resident_id_slip_masked=slip_id_masked(id_number, policy),
             crypto=crypto,
         )
     return [views[i] for i in ids]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from service.kit.ids import PathId
 from service.registry import service
@@ -12,7 +12,10 @@ from service.registry.schemas import (
     AllianceIn,
     AllianceOut,
     Me,
+    NoticeSettingsIn,
+    NoticeSettingsOut,
     OpeningHoursIn,
+    OrganisationContactPatch,
     OrganisationIn,
     OrganisationList,
     OrganisationOut,
@@ -88,6 +91,69 @@ async def set_opening_hours(
         hours=body,
     )
     return service.organisation_out(org)
+
+
+@router.patch(
+    "/organisations/{organisation_id}",
+    response_model=OrganisationOut,
+    **operation(
+        "updateOrganisationContact",
+        "Set an organisation's address and phone",
+        problems=["organisation_not_found"],
+    ),
+)
+async def patch_organisation_contact(
+    organisation_id: PathId,
+    body: OrganisationContactPatch,
+    unit: Annotated[Unit, writes("commission", "hospital")],
+) -> OrganisationOut:
+    """Set the address, postal code and phone patients see on the slip and FHIR clients on the Location.
+
+    The commission sets them for the organisations of its region, a hospital for itself; a field left
+    out stays as it is, null clears it. Audited as ``organisation.contact``.
+    """
+    org = await service.set_contact(
+        session=unit.session,
+        actor=unit.actor,
+        caller=unit.caller,
+        organisation_id=organisation_id,
+        patch=body,
+    )
+    return service.organisation_out(org)
+
+
+RegionCode = Annotated[str, Path(pattern="^[0-9]{6}$", description="A GB/T 2260 division code.")]
+
+
+@router.get(
+    "/regions/{region_code}/notice-settings",
+    response_model=NoticeSettingsOut,
+    **operation("getNoticeSettings", "Read a division's SMS templates and booking deep link"),
+)
+async def get_notice_settings(
+    region_code: RegionCode, unit: Annotated[Unit, reads("commission", "platform", "primary", "hospital")]
+) -> NoticeSettingsOut:
+    """The SMS signature and template codes and the booking deep-link template that apply in a division."""
+    return await service.notice_settings_for(session=unit.session, region_code=region_code)
+
+
+@router.put(
+    "/regions/{region_code}/notice-settings",
+    response_model=NoticeSettingsOut,
+    **operation(
+        "putNoticeSettings",
+        "Set a division's SMS templates and booking deep link",
+        problems=["region_out_of_scope", (404, "region_not_found")],
+    ),
+)
+async def set_notice_settings(
+    region_code: RegionCode, body: NoticeSettingsIn, unit: Commission
+) -> NoticeSettingsOut:
+    """The commission sets a division's patient channels; its row applies to the divisions below it that
+    have none of their own. The whole row is replaced; audited as ``notice_settings.set``."""
+    return await service.set_notice_settings(
+        session=unit.session, actor=unit.actor, caller=unit.caller, region_code=region_code, settings=body
+    )
 
 
 @router.get(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
+from string import Formatter
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from service.kit.schemas import ApiModel
 
@@ -55,6 +59,26 @@ OpeningHours = dict[
 DEFAULT_OPENING_HOURS: dict[str, list[tuple[str, str]]] = {day: [("07:30", "18:00")] for day in WEEKDAYS}
 
 
+# Where patients go and whom they call: printed on the slip, served on FHIR's Location (docs/slip.md).
+AddressLine = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\r\n]+$",
+        description="Street address below the district, one line, e.g. 安徽省合肥市蜀山区淮河路390号.",
+    ),
+]
+PostalCode = Annotated[str, Field(pattern=r"^[0-9]{6}$", description="邮政编码, six digits.")]
+Phone = Annotated[
+    str,
+    Field(
+        pattern=r"^\+?[0-9][0-9 ()-]{2,38}$",
+        description="The number patients call (a front desk, not a person), e.g. 0551-62283114.",
+    ),
+]
+
+
 class OrganisationIn(ApiModel):
     code: str = Field(
         min_length=1, max_length=64, description="The organisation's own code (e.g. 统一社会信用代码)."
@@ -72,6 +96,23 @@ class OrganisationIn(ApiModel):
         '["13:30", "18:00"]]}; a weekday left out is closed. Null: every day 07:30-18:00. '
         "Consultations outside them feed the consultation_off_hours signal (R14).",
     )
+    address_line: AddressLine | None = None
+    postal_code: PostalCode | None = None
+    phone: Phone | None = None
+
+
+class OrganisationContactPatch(ApiModel):
+    """A merge patch of an organisation's contact data: a field left out stays, null clears it."""
+
+    address_line: AddressLine | None = None
+    postal_code: PostalCode | None = None
+    phone: Phone | None = None
+
+    @model_validator(mode="after")
+    def _says_something(self) -> OrganisationContactPatch:
+        if not self.model_fields_set:
+            raise ValueError("send at least one of address_line, postal_code, phone")
+        return self
 
 
 class OpeningHoursIn(ApiModel):
@@ -111,3 +152,70 @@ class Me(ApiModel):
     client_id: int
     role: str
     organisation: OrganisationOut
+
+
+# The placeholders a booking deep-link template may use; ``{slot_id}`` is required (docs/fhir.md).
+LINK_PLACEHOLDERS = ("slot_id", "schedule_id", "location_id", "hospital_code")
+SmsTemplateCode = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9_-]{1,40}$",
+        description="A template code registered with the region's SMS gateway (Aliyun SMS_…, Tencent Cloud's "
+        "numeric template ID).",
+    ),
+]
+
+
+class NoticeSettingsIn(ApiModel):
+    """A division's patient channels: its SMS signature and templates, its booking deep links."""
+
+    sms_sign_name: str | None = Field(
+        default=None,
+        pattern=r"^[^【】\[\]\r\n]{2,20}$",
+        description="The registered signature (签名), without 【】; the gateway adds the brackets.",
+    )
+    sms_template_booked: SmsTemplateCode | None = Field(
+        default=None, description="Template of the booking notice; parameters in docs/slip.md."
+    )
+    sms_template_cancelled: SmsTemplateCode | None = Field(
+        default=None, description="Template of the cancellation notice; parameters in docs/slip.md."
+    )
+    booking_link_template: str | None = Field(
+        default=None,
+        max_length=500,
+        description="https URL of the region's booking page for one slot, with {slot_id} and optionally "
+        "{schedule_id}, {location_id}, {hospital_code}; FHIR Slots that are free carry it as the SMART "
+        "booking-deep-link extension.",
+    )
+
+    @model_validator(mode="after")
+    def _usable(self) -> NoticeSettingsIn:
+        if (self.sms_template_booked or self.sms_template_cancelled) and not self.sms_sign_name:
+            raise ValueError("an SMS template needs the sms_sign_name it was registered with")
+        if self.booking_link_template is not None:
+            check_link_template(self.booking_link_template)
+        return self
+
+
+def check_link_template(template: str) -> None:
+    """Refuse a template that is not https, lacks {slot_id}, or names an unknown placeholder."""
+    try:
+        names = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ValueError(f"booking_link_template: {exc}") from exc
+    unknown = names - set(LINK_PLACEHOLDERS)
+    if unknown:
+        raise ValueError(f"booking_link_template: unknown placeholder(s) {sorted(unknown)}")
+    if "slot_id" not in names:
+        raise ValueError("booking_link_template must contain {slot_id}")
+    sample = urlsplit(template.format(**dict.fromkeys(LINK_PLACEHOLDERS, "1")))
+    if sample.scheme != "https" or not sample.hostname or re.search(r"\s", template):
+        raise ValueError("booking_link_template must be an https URL with a host and no spaces")
+
+
+class NoticeSettingsOut(NoticeSettingsIn):
+    region_code: str
+    decided_by: str | None = Field(
+        description="The division whose row applies (this one or one above it); null: none is set."
+    )
+    updated_at: datetime | None

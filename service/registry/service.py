@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -12,13 +14,23 @@ from service.audit.service import record
 from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto, new_api_key
 from service.kit.errors import Conflict, Forbidden, NotFound, Unprocessable
-from service.kit.regions import covers
-from service.models.registry import Alliance, AllianceMember, ApiClient, Organisation, Region
+from service.kit.regions import city_of, covers, province_of
+from service.models.registry import (
+    Alliance,
+    AllianceMember,
+    ApiClient,
+    Organisation,
+    Region,
+    RegionNoticeSettings,
+)
 from service.registry.schemas import (
     AllianceIn,
     AllianceOut,
     Me,
+    NoticeSettingsIn,
+    NoticeSettingsOut,
     OpeningHoursIn,
+    OrganisationContactPatch,
     OrganisationIn,
     OrganisationList,
     OrganisationOut,
@@ -139,6 +151,9 @@ def organisation_out(org: Organisation) -> OrganisationOut:
         primary_kind=org.primary_kind,
         reservation_mode=org.reservation_mode,
         opening_hours=org.opening_hours,
+        address_line=org.address_line,
+        postal_code=org.postal_code,
+        phone=org.phone,
     )
 
 
@@ -180,6 +195,124 @@ async def set_opening_hours(
         },
     )
     return org
+
+
+CONTACT_FIELDS = ("address_line", "postal_code", "phone")
+
+
+async def set_contact(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    caller: Caller,
+    organisation_id: int,
+    patch: OrganisationContactPatch,
+) -> Organisation:
+    """Set an organisation's address, postal code and phone: the commission for any organisation of
+    its region, a hospital for itself only; anyone else's is 404, as if it did not exist."""
+    org = await session.get(Organisation, organisation_id, with_for_update=True)
+    if caller.role == "commission":
+        visible = org is not None and covers(caller.region_code, org.region_code)
+    else:
+        visible = org is not None and org.id == caller.org_id
+    if org is None or not visible:
+        raise NotFound("organisation_not_found", f"No organisation {organisation_id} you may change.")
+    before = {name: getattr(org, name) for name in CONTACT_FIELDS}
+    for name in patch.model_fields_set:
+        setattr(org, name, getattr(patch, name))
+    after = {name: getattr(org, name) for name in CONTACT_FIELDS}
+    await session.flush()
+    await record(
+        session=session,
+        actor=actor,
+        action="organisation.contact",
+        hospital_id=_hospital(org),
+        detail={"organisation_id": org.id, "before": before, "after": after},
+    )
+    return org
+
+
+def divisions(region_code: str) -> list[str]:
+    """The division and the divisions above it, most specific first."""
+    return list(dict.fromkeys([region_code, city_of(region_code), province_of(region_code)]))
+
+
+async def notice_settings_by_region(
+    session: AsyncSession, region_codes: Iterable[str]
+) -> dict[str, RegionNoticeSettings | None]:
+    """For each region code, the row of the most specific division above or at it that has one."""
+    codes = set(region_codes)
+    wanted = {division for code in codes for division in divisions(code)}
+    rows = {
+        row.region_code: row
+        for row in await session.scalars(
+            select(RegionNoticeSettings).where(RegionNoticeSettings.region_code.in_(sorted(wanted)))
+        )
+    }
+    return {code: next((rows[d] for d in divisions(code) if d in rows), None) for code in codes}
+
+
+async def notice_settings_for(*, session: AsyncSession, region_code: str) -> NoticeSettingsOut:
+    """The patient-channel settings that apply in ``region_code``, and which division's row decides."""
+    row = (await notice_settings_by_region(session, [region_code]))[region_code]
+    if row is None:
+        return NoticeSettingsOut(region_code=region_code, decided_by=None, updated_at=None)
+    return NoticeSettingsOut(
+        region_code=region_code,
+        decided_by=row.region_code,
+        updated_at=row.updated_at,
+        sms_sign_name=row.sms_sign_name,
+        sms_template_booked=row.sms_template_booked,
+        sms_template_cancelled=row.sms_template_cancelled,
+        booking_link_template=row.booking_link_template,
+    )
+
+
+NOTICE_FIELDS = ("sms_sign_name", "sms_template_booked", "sms_template_cancelled", "booking_link_template")
+
+
+async def set_notice_settings(
+    *, session: AsyncSession, actor: Actor, caller: Caller, region_code: str, settings: NoticeSettingsIn
+) -> NoticeSettingsOut:
+    """The commission sets the patient channels of a division of its region (the whole row at once)."""
+    if not covers(caller.region_code, region_code):
+        raise Forbidden("region_out_of_scope", f"Region {region_code} is outside your region.")
+    if await session.get(Region, region_code) is None:
+        raise NotFound("region_not_found", f"No region {region_code}.")
+    row = await session.get(RegionNoticeSettings, region_code, with_for_update=True)
+    before = {name: getattr(row, name) for name in NOTICE_FIELDS} if row is not None else None
+    if row is None:
+        row = RegionNoticeSettings(region_code=region_code)
+        session.add(row)
+    for name in NOTICE_FIELDS:
+        setattr(row, name, getattr(settings, name))
+    row.updated_at = actor.now
+    row.updated_by_client_id = actor.client_id
+    await session.flush()
+    await record(
+        session=session,
+        actor=actor,
+        action="notice_settings.set",
+        detail={
+            "region_code": region_code,
+            "before": before,
+            "after": {name: getattr(row, name) for name in NOTICE_FIELDS},
+        },
+    )
+    return await notice_settings_for(session=session, region_code=region_code)
+
+
+def booking_link(
+    template: str, *, slot_id: int, schedule_id: int, location_id: int, hospital_code: str
+) -> str:
+    """A slot's booking deep link from its region's template; every value is percent-encoded."""
+    values = {
+        "slot_id": slot_id,
+        "schedule_id": schedule_id,
+        "location_id": location_id,
+        "hospital_code": hospital_code,
+    }
+    return template.format(**{name: quote(str(value), safe="") for name, value in values.items()})
 
 
 async def org_by_code(session: AsyncSession, code: str) -> Organisation:

@@ -25,8 +25,8 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
 from service.kit.clock import SHANGHAI, zh_instant
-from service.slip.schemas import PatientNotice
-from service.slip.service import PERIODS_ZH, TITLES_ZH, booked_for_zh, number_zh, zh_date
+from service.kit.version import PRODUCT
+from service.slip.service import PERIODS_ZH, TITLES_ZH, SlipContent, booked_for_zh, number_zh, zh_date
 
 FONT_FILE = Path(__file__).resolve().parent / "fonts" / "wqy-microhei.ttc"
 SANS = "SlipSans"  # WenQuanYi Micro Hei
@@ -140,13 +140,25 @@ def _cancelled_mark(canvas: Canvas) -> None:
     canvas.restoreState()
 
 
-def render_slip(notice: PatientNotice, *, issued_at: datetime) -> bytes:
-    """The slip of ``notice`` as PDF bytes; ``issued_at`` comes from the injected clock."""
+def pdf_date(when: datetime) -> str:
+    """A PDF date string (ISO 32000 §7.9.4) in Beijing time: D:YYYYMMDDHHmmSS+08'00'."""
+    local = when.astimezone(SHANGHAI)
+    offset = local.utcoffset()
+    minutes = int(offset.total_seconds()) // 60 if offset is not None else 0
+    sign = "+" if minutes >= 0 else "-"
+    return f"D:{local:%Y%m%d%H%M%S}{sign}{abs(minutes) // 60:02d}'{abs(minutes) % 60:02d}'"
+
+
+def render_slip(content: SlipContent, *, issued_at: datetime) -> bytes:
+    """The slip as PDF bytes; ``issued_at`` comes from the injected clock."""
     register_fonts()
+    notice = content.notice
     n = notice.notice
     buffer = BytesIO()
     with _render_lock:
-        # invariant: no creation date read from the wall clock, and the same input gives the same bytes.
+        # invariant: reportlab reads no wall clock and derives the document ID from the content, so the
+        # same slip at the same clock reading gives the same bytes. Its fixed 2000-01-01 date is replaced
+        # below by the print time, from the injected clock like every other time the service writes.
         # initialFontName: otherwise reportlab lists Helvetica, a font no PDF embeds, in every page.
         canvas = Canvas(
             buffer,
@@ -155,8 +167,13 @@ def render_slip(notice: PatientNotice, *, issued_at: datetime) -> bytes:
             pageCompression=True,
             initialFontName=SANS,  # type: ignore[arg-type]  # the stubs say float; reportlab takes a name
         )
+        created = pdf_date(issued_at)
+        canvas.setDateFormatter(lambda *_: created)  # CreationDate and ModDate: the print time
         canvas.setTitle(f"转诊预约单 {notice.reference}")
         canvas.setSubject("基层医疗卫生机构转诊预约单")
+        canvas.setAuthor(PRODUCT)
+        canvas.setCreator(PRODUCT)
+        canvas.setProducer(PRODUCT)
         cancelled = notice.status == "cancelled"
         if cancelled:
             _cancelled_mark(canvas)
@@ -166,7 +183,7 @@ def render_slip(notice: PatientNotice, *, issued_at: datetime) -> bytes:
         page.y -= 8 * mm
         page.text(MARGIN, "转诊预约单", size=24)
         page.y -= 8 * mm
-        page.text(MARGIN, "基层号源池预约 · 请携带本单和身份证按时就诊", size=10.5, color=MUTED)
+        page.text(MARGIN, "基层号源池预约 · 请携带本单按时就诊", size=10.5, color=MUTED)
         if not cancelled:
             qr_x = PAGE_WIDTH - MARGIN - QR_SIZE
             _qr(canvas, notice.reference, qr_x, top - QR_SIZE, QR_SIZE)
@@ -199,6 +216,13 @@ def render_slip(notice: PatientNotice, *, issued_at: datetime) -> bytes:
         )
         if notice.location:
             page.field("就诊地点", notice.location, size=13)
+        if n.hospital_address:
+            postal = f"（邮编 {n.hospital_postal_code}）" if n.hospital_postal_code else ""
+            page.field("医院地址", f"{n.hospital_address}{postal}", size=12)
+        if n.hospital_phone:
+            page.field("医院电话", n.hospital_phone, size=12)
+        if not cancelled:
+            page.field("请携带", n.what_to_bring, size=12)
         page.field("转诊编号", notice.reference, size=15, font=MONO)
         if notice.verification_code:
             page.field("验证码", notice.verification_code, size=15, font=MONO)
@@ -206,7 +230,7 @@ def render_slip(notice: PatientNotice, *, issued_at: datetime) -> bytes:
 
         page.heading("患者")
         page.field("姓名", notice.resident_name_masked)
-        page.field("身份证号", notice.resident_id_masked, font=MONO)
+        page.field("身份证号", content.resident_id_on_slip, font=MONO)
         page.field("转出机构", notice.referring_institution)
         page.field("家庭医生", notice.referring_doctor)
 

@@ -35,21 +35,16 @@ Reader = Annotated[Unit, writes("primary", "hospital")]
 )
 async def get_slip(reference: str, unit: Reader) -> Response:
     """The printable referral slip; a cancelled referral's slip says so. The read is audited (R15)."""
-    notice = await service.patient_notice(
-        session=unit.session,
-        actor=unit.actor,
-        caller=unit.caller,
-        crypto=unit.crypto,
-        reference=reference,
-        purpose="slip",
+    content = await service.slip_content(
+        session=unit.session, actor=unit.actor, caller=unit.caller, crypto=unit.crypto, reference=reference
     )
     # Rendered off the event loop; the audited read commits with the slip it delivers.
-    pdf = await asyncio.to_thread(render_slip, notice, issued_at=unit.now)
+    pdf = await asyncio.to_thread(render_slip, content, issued_at=unit.now)
     return Response(
         pdf,
         media_type="application/pdf",
         headers={
-            "Content-Disposition": f'inline; filename="{notice.reference}.pdf"',
+            "Content-Disposition": f'inline; filename="{content.notice.reference}.pdf"',
             "Cache-Control": "no-store",
         },
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
@@ -12,9 +13,11 @@ from service.audit.service import record
 from service.kit.clock import zh_instant
 from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto
+from service.models.registry import RegionNoticeSettings
 from service.referrals.reading import shows_code, visible_referral
 from service.referrals.schemas import Notice
-from service.slip.schemas import PatientNotice, SmsOut
+from service.registry.service import notice_settings_by_region
+from service.slip.schemas import PatientNotice, SmsOut, SmsTemplateOut
 
 TITLES_ZH = {
     "chief": "主任医师",
@@ -71,10 +74,10 @@ def sms_units(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def sms_out(text: str) -> SmsOut:
+def sms_out(text: str, template: SmsTemplateOut | None = None) -> SmsOut:
     units = sms_units(text)
     segments = 1 if units <= SMS_SEGMENT_ALONE else math.ceil(units / SMS_SEGMENT_CONCATENATED)
-    return SmsOut(text=text, characters=units, segments=segments)
+    return SmsOut(text=text, characters=units, segments=segments, template=template)
 
 
 def _shorten(name: str, units: int) -> str:
@@ -131,6 +134,77 @@ def sms_text(
     return compose(hospital, department, False, False)
 
 
+# Aliyun accepts at most 35 characters in a notification template's free-text variable; names from
+# a HIS may be longer, so they are cut with "…" as in the text. Tencent Cloud's bound is set per
+# template at registration; a region registers its templates for these values (docs/slip.md).
+SMS_PARAM_MAX_CHARACTERS = 35
+# The parameters of each template, in the order Tencent Cloud's positional {1}, {2}… take them.
+SMS_BOOKED_PARAMS: tuple[str, ...] = (
+    "hospital",
+    "department",
+    "time",
+    "number",
+    "reference",
+    "code",
+    "deadline",
+    "hotline",
+)
+SMS_CANCELLED_PARAMS: tuple[str, ...] = ("hospital", "department", "time", "reference")
+
+
+def sms_template(
+    notice: Notice, *, status: str, verification_code: str | None, settings: RegionNoticeSettings | None
+) -> SmsTemplateOut | None:
+    """The notice as a registered template and its parameters, or None when there is none to fill.
+
+    A booking's template carries the verification code (the patient cancels with it, R12), so a reader
+    who is not shown the code (the hospital) gets none. No parameter carries a name or an ID number.
+    """
+    if settings is None or not settings.sms_sign_name:
+        return None
+    if status == "cancelled":
+        code, names = settings.sms_template_cancelled, SMS_CANCELLED_PARAMS
+    else:
+        code, names = settings.sms_template_booked, SMS_BOOKED_PARAMS
+    if code is None or (status != "cancelled" and verification_code is None):
+        return None
+    values = {
+        "hospital": _shorten(notice.hospital, SMS_PARAM_MAX_CHARACTERS),
+        "department": _shorten(notice.department, SMS_PARAM_MAX_CHARACTERS),
+        "time": f"{zh_date(notice.service_date)}{PERIODS_ZH.get(notice.period, '')}{notice.time_band}",
+        "number": number_zh(notice),
+        "reference": notice.reference,
+        "code": verification_code or "",
+        "deadline": zh_instant(notice.cancel_deadline),
+        "hotline": notice.cancel_hotline,
+    }
+    params = {name: values[name] for name in names}
+    return SmsTemplateOut(
+        sign_name=settings.sms_sign_name,
+        template_code=code,
+        params=params,
+        param_set=list(params.values()),
+    )
+
+
+@dataclass(frozen=True)
+class SlipContent:
+    """What the slip prints: the notice, and the ID number masked as the hospital's policy says."""
+
+    notice: PatientNotice
+    resident_id_on_slip: str
+
+
+async def slip_content(
+    *, session: AsyncSession, actor: Actor, caller: Caller, crypto: Crypto, reference: str
+) -> SlipContent:
+    """The slip of a referral the caller may see (404 otherwise); the read is audited (R15)."""
+    notice, resident_id_on_slip = await _read(
+        session=session, actor=actor, caller=caller, crypto=crypto, reference=reference, purpose="slip"
+    )
+    return SlipContent(notice=notice, resident_id_on_slip=resident_id_on_slip)
+
+
 async def patient_notice(
     *,
     session: AsyncSession,
@@ -141,6 +215,21 @@ async def patient_notice(
     purpose: Literal["slip", "notice"],
 ) -> PatientNotice:
     """The notice of a referral the caller may see (404 otherwise); the read is audited (R15)."""
+    notice, _ = await _read(
+        session=session, actor=actor, caller=caller, crypto=crypto, reference=reference, purpose=purpose
+    )
+    return notice
+
+
+async def _read(
+    *,
+    session: AsyncSession,
+    actor: Actor,
+    caller: Caller,
+    crypto: Crypto,
+    reference: str,
+    purpose: Literal["slip", "notice"],
+) -> tuple[PatientNotice, str]:
     view = await visible_referral(session=session, caller=caller, crypto=crypto, reference=reference)
     referral, clinic_session = view.referral, view.clinic_session
     # The hotline asks for this code (R12): the patient gets it from the referring institution only,
@@ -156,7 +245,11 @@ async def patient_notice(
         detail={"status": referral.status, "verification_code_shown": code is not None},
     )
     notice = view.notice()
-    return PatientNotice(
+    # The referring institution's app sends the SMS, through its region's gateway account.
+    region = view.booker.region_code
+    settings = (await notice_settings_by_region(session, [region]))[region]
+    template = sms_template(notice, status=referral.status, verification_code=code, settings=settings)
+    patient_notice = PatientNotice(
         reference=referral.reference,
         status=referral.status,
         notice=notice,
@@ -168,6 +261,10 @@ async def patient_notice(
         referring_doctor=view.referring_doctor.name,
         cancelled_at=referral.cancelled_at,
         sms=sms_out(
-            sms_text(notice, status=referral.status, location=clinic_session.location, verification_code=code)
+            sms_text(
+                notice, status=referral.status, location=clinic_session.location, verification_code=code
+            ),
+            template,
         ),
     )
+    return patient_notice, view.resident_id_slip_masked

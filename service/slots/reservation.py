@@ -5,16 +5,24 @@ where the base is every slot (all outpatient) or the senior doctors' slots
 only (expert base, R2). Of the target, ``ceil(min_senior_share × target)``
 must be senior (associate chief or above, R4).
 
-Slots already held (reserved or booked) stay held, so a re-push never moves
-a slot a family doctor may be looking at. The top-up takes senior slots
-first, up to the senior target, then any eligible slot, each time evenly
-spaced over the day's free candidates so the pool gets morning and
-afternoon alike. Holding more than the target is allowed ("at least").
+The selection is made for the department-day as a whole. A candidate marked
+``held`` stays held whatever the rest of the day looks like: a booked or
+returned slot, or a reserved one whose pool window has opened (a family doctor
+may be looking at it). Every other slot the pool may hold is passed as
+``reservable`` and not held, so the same day gives the same selection however
+its sessions arrived (``slots/batch.py`` decides which slot is which). The
+selection takes senior slots first, up to the senior target, then any
+eligible slot. Each time the picks are shared among the day's sessions in
+proportion to their free candidates (so a CT block and an MRI block at the
+same hours both reach the pool), and evenly spaced over each session's time
+(so the pool gets early and late slots alike). Holding more than the target is
+allowed ("at least").
 
-A push changes one session at a time, and only that session's slots may be
-newly held: the department-day's other slots are passed as a ``Tally``, the
-counts they add to the base and to what is held, which gives the same
-selection as passing them one by one as candidates that may not be taken.
+Slots that count but that no selection may take or drop can be passed as a
+``Tally``: the counts they add to the base and to what is held, which gives the
+same selection as passing them one by one as candidates that may not be taken.
+Ties in time are broken by ``tiebreak`` (the HIS's session ID and the slot's
+number), which the pushes do not change, and only then by ``key``.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ class Candidate(NamedTuple):
     senior: bool
     held: bool  # already reserved, booked or returned: the pool has it
     reservable: bool = True  # may be newly held by this selection
+    tiebreak: tuple[str, int] = ("", 0)  # (session's HIS ID, slot number): orders slots starting together
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ class Selection:
         return self.senior_held < self.senior_target
 
 
-_BY_TIME = itemgetter(1, 0)  # (starts_at, key)
+_BY_TIME = itemgetter(1, 5, 0)  # (starts_at, tiebreak, key)
 
 
 def ceil_share(share: Decimal, count: int) -> int:
@@ -84,6 +93,26 @@ def spread(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
     n = len(candidates)
     k = min(k, n)
     return [candidates[(2 * i + 1) * n // (2 * k)] for i in range(k)]
+
+
+def apportion(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
+    """``k`` time-ordered candidates shared among their sessions (``tiebreak[0]``) in proportion to
+    each session's number (largest remainder, ties by session), each session's ``spread``."""
+    n = len(candidates)
+    k = min(k, n)
+    if k <= 0:
+        return []
+    by_session: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_session.setdefault(c.tiebreak[0], []).append(c)
+    if len(by_session) == 1:
+        return spread(candidates, k)
+    quotas = {session: k * len(own) // n for session, own in by_session.items()}
+    left = k - sum(quotas.values())
+    for session in sorted(by_session, key=lambda s: (-(k * len(by_session[s]) % n), s))[:left]:
+        quotas[session] += 1
+    picked = [c for session, own in by_session.items() for c in spread(own, quotas[session])]
+    return sorted(picked, key=_BY_TIME)
 
 
 def targets(
@@ -122,12 +151,12 @@ def select_reserved(
     ]
 
     need_senior = max(0, senior_target - senior_held)
-    for c in spread([c for c in eligible if c.senior], need_senior):
+    for c in apportion([c for c in eligible if c.senior], need_senior):
         held.add(c.key)
         senior_held += 1
 
     need_any = max(0, target - len(held) - others.held)
-    for c in spread([c for c in eligible if c.key not in held], need_any):
+    for c in apportion([c for c in eligible if c.key not in held], need_any):
         held.add(c.key)
         senior_held += c.senior
 

@@ -8,14 +8,16 @@ from fastapi import APIRouter, Query
 
 from service.abuse.bounds import refuse_if_too_many
 from service.kit.bounds import Day
+from service.kit.cursors import CursorQuery, decode_id_cursor
 from service.kit.ids import PathId, QueryId
-from service.slots import removal, service, shortfalls
+from service.slots import listing, removal, service, shortfalls
 from service.slots.schemas import (
     MAX_PUSH_SESSIONS,
     MAX_PUSH_SLOTS,
     PushResult,
     SessionPush,
     SessionRemoved,
+    SessionStateList,
     ShortfallList,
 )
 from service.web.contract import operation
@@ -42,6 +44,40 @@ async def push_sessions(body: SessionPush, unit: Annotated[Unit, writes("hospita
         crypto=unit.crypto,
         hospital_id=unit.caller.org_id,
         items=body.sessions,
+    )
+
+
+@router.get(
+    "/hospital/sessions",
+    response_model=SessionStateList,
+    **operation(
+        "listHospitalSessions",
+        "List the hospital's sessions of a day with their slots' pool state",
+        problems=["invalid_cursor"],
+    ),
+)
+async def list_own_sessions(
+    service_date: Day,
+    unit: Annotated[Unit, reads("hospital")],
+    department_code: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    cursor: CursorQuery = None,
+    limit: Annotated[int, Query(ge=1, le=listing.MAX_SESSIONS_PAGE)] = 20,
+) -> SessionStateList:
+    """This hospital's sessions of one service date, each with its slots and their pool state.
+
+    What the pool holds now (the reservation is re-chosen for the whole department-day at every
+    push until its pool window opens): `reserved` and `booked` slots are the pool's, do not sell
+    them before `public_at`. Only the calling hospital's sessions; removed sessions and withdrawn
+    slots are left out. At most 50 sessions a page, by session ID; pass `next_cursor` back as
+    `cursor` for the next page.
+    """
+    return await listing.list_hospital_sessions(
+        session=unit.session,
+        hospital_id=unit.caller.org_id,
+        service_date=service_date,
+        department_code=department_code,
+        after=decode_id_cursor(cursor),
+        limit=limit,
     )
 
 

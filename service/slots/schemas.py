@@ -123,15 +123,45 @@ class SessionResult(ApiModel):
     errors: list[ItemError] = Field(default_factory=list)
     pool_slot_numbers: list[int] = Field(
         default_factory=list,
-        description="Slots of this session now held for the pool (reserved or booked).",
+        description="Slots of this session held for the pool (reserved or booked) as the whole push "
+        "left them, by number.",
+    )
+    pool_slot_ids: list[int] = Field(
+        default_factory=list,
+        description="The pool's IDs of the same slots (the `slot_id` family doctors book), in the "
+        "order of `pool_slot_numbers`.",
     )
     pool_opens_at: datetime | None = None
     public_at: datetime | None = None
     shortfalls: list[ShortfallOut] = Field(default_factory=list)
 
 
+class ReservationChange(ApiModel):
+    """A session this push did not create or update whose pool slots it changed (R1–R4)."""
+
+    session_id: int
+    external_id: str
+    department_code: str
+    service_date: date
+    resource_kind: ResourceKind
+    pool_slot_numbers: list[int] = Field(description="The session's pool slots now, by number.")
+    pool_slot_ids: list[int] = Field(description="Their IDs, in the order of `pool_slot_numbers`.")
+    added_slot_numbers: list[int] = Field(description="Slots the push moved into the pool.")
+    removed_slot_numbers: list[int] = Field(
+        description="Slots the push moved out of the pool, before their pool window opened: yours "
+        "again, as any slot outside the pool."
+    )
+
+
 class PushResult(ApiModel):
     results: list[SessionResult]
+    reservation_changes: list[ReservationChange] = Field(
+        default_factory=list,
+        description="The reservation is chosen for each department-day as a whole, so a push can "
+        "move slots of the day's other sessions in or out of the pool until their pool window "
+        "opens. Each such session is listed once, with its pool slots as the push left them "
+        "(sessions that items of this push created or updated are in `results` instead).",
+    )
 
 
 class ShortfallRow(ApiModel):
@@ -157,3 +187,41 @@ class SessionRemoved(ApiModel):
     external_id: str
     status: Literal["removed"]
     cancelled_referrals: list[str] = Field(description="References of the referrals the removal cancelled.")
+
+
+class SlotState(ApiModel):
+    slot_id: int
+    number: int
+    external_id: str | None
+    starts_at: datetime
+    ends_at: datetime
+    status: Literal["public", "reserved", "booked", "returned"] = Field(
+        description="`reserved`: held for the pool, not booked; `booked`: booked through the pool; "
+        "`returned`: held for the pool until `public_at`, then back to you (R6); `public`: yours."
+    )
+    in_pool: bool = Field(description="Held for the pool now: reserved or booked.")
+
+
+class SessionState(ApiModel):
+    session_id: int
+    external_id: str
+    version: int
+    status: Literal["active", "withdrawn"]
+    department_code: str
+    department_name: str
+    resource_kind: ResourceKind
+    modality: Modality | None
+    ward_code: str | None
+    doctor_code: str | None
+    doctor_title: Title | None
+    service_date: date
+    period: Period
+    pool_opens_at: datetime | None = Field(description="When family doctors may start booking (R5).")
+    public_at: datetime | None
+    pool_slot_numbers: list[int] = Field(description="Slots held for the pool now, by number.")
+    slots: list[SlotState] = Field(description="The session's slots by number (withdrawn ones left out).")
+
+
+class SessionStateList(ApiModel):
+    items: list[SessionState]
+    next_cursor: str | None = Field(description="Pass back as `cursor` for the next page; null on the last.")

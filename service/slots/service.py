@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, timedelta
 
 from sqlalchemy import func, select
@@ -19,10 +20,11 @@ from service.kit.resources import MAX_BED_WINDOW_MINUTES, MAX_SLOT_MINUTES
 from service.models.registry import Department, Doctor, Organisation
 from service.models.slots import ClinicSession, ReservationShortfall, Slot
 from service.policy.service import policy_in_force
-from service.slots.batch import apply_sessions
+from service.slots.batch import GroupKey, PoolChange, apply_sessions, final_results
 from service.slots.schemas import (
     ItemError,
     PushResult,
+    ReservationChange,
     SessionIn,
     SessionResult,
     ShortfallOut,
@@ -137,31 +139,44 @@ async def push_sessions(
     crypto: Crypto,
     hospital: Organisation,
     items: list[SessionIn],
-) -> list[SessionResult]:
+) -> PushResult:
     """Apply the pushed sessions as if one by one, in order: one bad item never spoils another.
 
     Active sessions are applied set-based (``slots/batch.py``) in runs in which each session
     appears once. A withdrawal (停诊), which cancels referrals with their events, and a session
     pushed a second time in the same push end a run: the withdrawal is applied alone, in its own
-    savepoint, and the repeated session starts the next run, which reads what the last one wrote.
+    savepoint, and the repeated session starts the next run, which reads what the last one wrote
+    and re-selects the withdrawn session's department-day too. Each result shows its session's
+    pool slots as the whole push left them; the day's other sessions whose pool slots moved are
+    listed in ``reservation_changes`` (R1–R4: one reservation per department-day).
     """
     today = local_date(actor.now)
     results: list[SessionResult | None] = [None] * len(items)
     run: list[int] = []
     in_run: set[str] = set()
+    withdrawn_days: list[GroupKey] = []
+    changes: dict[int, PoolChange] = {}
+    segments = 0
 
     async def apply_run() -> None:
-        if run:
-            applied = await apply_sessions(
+        nonlocal segments
+        if run or withdrawn_days:
+            outcome = await apply_sessions(
                 session=session,
                 actor=actor,
                 hospital=hospital,
                 items=[items[n] for n in run],
+                reselect=list(withdrawn_days),
             )
-            for n, result in zip(run, applied, strict=True):
+            segments += 1
+            for n, result in zip(run, outcome.results, strict=True):
                 results[n] = result
+            for change in outcome.changes:  # the first read's pool, the last run's
+                first = changes.get(change.session_id)
+                changes[change.session_id] = change if first is None else replace(change, before=first.before)
             run.clear()
             in_run.clear()
+            withdrawn_days.clear()
 
     for n, item in enumerate(items):
         errors = validate_session(item, today)
@@ -169,16 +184,47 @@ async def push_sessions(
             results[n] = _rejected(item, errors)
         elif item.status == "withdrawn":
             await apply_run()
-            results[n] = await _withdraw_item(
+            results[n], day = await _withdraw_item(
                 session=session, actor=actor, crypto=crypto, hospital=hospital, item=item
             )
+            segments += 1
+            if day is not None:
+                withdrawn_days.append(day)
         else:
             if item.external_id in in_run:
                 await apply_run()
             run.append(n)
             in_run.add(item.external_id)
     await apply_run()
-    return [r for r in results if r is not None]
+    final = [r for r in results if r is not None]
+    if segments > 1:
+        await final_results(session, final)
+    return PushResult(results=final, reservation_changes=_changes_told(changes, final))
+
+
+def _changes_told(changes: dict[int, PoolChange], results: list[SessionResult]) -> list[ReservationChange]:
+    """The moved sessions the results do not already show: none an item created, updated or withdrew."""
+    shown = {r.session_id for r in results if r.result in ("created", "updated", "withdrawn")}
+    told: list[ReservationChange] = []
+    for session_id, change in sorted(changes.items()):
+        after = {number for number, _ in change.after}
+        if session_id in shown or after == change.before:
+            continue
+        _, service_date, resource_kind = change.group
+        told.append(
+            ReservationChange(
+                session_id=session_id,
+                external_id=change.external_id,
+                department_code=change.department_code,
+                service_date=service_date,
+                resource_kind=resource_kind,
+                pool_slot_numbers=[number for number, _ in change.after],
+                pool_slot_ids=[slot_id for _, slot_id in change.after],
+                added_slot_numbers=sorted(after - change.before),
+                removed_slot_numbers=sorted(change.before - after),
+            )
+        )
+    return told
 
 
 def _rejected(item: SessionIn, errors: list[ItemError]) -> SessionResult:
@@ -191,11 +237,7 @@ async def push_hospital_sessions(
     """``push_sessions`` for the hospital ``hospital_id`` (the pushing client's organisation)."""
     hospital = await session.get(Organisation, hospital_id)
     assert hospital is not None
-    return PushResult(
-        results=await push_sessions(
-            session=session, actor=actor, crypto=crypto, hospital=hospital, items=items
-        )
-    )
+    return await push_sessions(session=session, actor=actor, crypto=crypto, hospital=hospital, items=items)
 
 
 async def _upsert_department(session: AsyncSession, hospital_id: int, item: SessionIn) -> Department:
@@ -235,21 +277,29 @@ async def lock_department_day(session: AsyncSession, department_id: int, day: da
 
 async def _withdraw_item(
     *, session: AsyncSession, actor: Actor, crypto: Crypto, hospital: Organisation, item: SessionIn
-) -> SessionResult:
-    """A withdrawn item, in its own savepoint: a refusal leaves nothing of it behind."""
+) -> tuple[SessionResult, GroupKey | None]:
+    """A withdrawn item, in its own savepoint: a refusal leaves nothing of it behind.
+
+    With the result comes the department-day the withdrawal changed, to be re-selected.
+    """
     try:
         async with session.begin_nested():
-            return await _withdraw(session=session, actor=actor, crypto=crypto, hospital=hospital, item=item)
+            result, cs = await _withdraw(
+                session=session, actor=actor, crypto=crypto, hospital=hospital, item=item
+            )
     except (ItemRejected, Problem) as exc:
         errors = (
             exc.errors if isinstance(exc, ItemRejected) else [ItemError(code=exc.code, detail=exc.detail)]
         )
-        return _rejected(item, errors)
+        return _rejected(item, errors), None
+    if result.result != "withdrawn":
+        return result, None
+    return result, (cs.department_id, cs.service_date, cs.resource_kind)
 
 
 async def _withdraw(
     *, session: AsyncSession, actor: Actor, crypto: Crypto, hospital: Organisation, item: SessionIn
-) -> SessionResult:
+) -> tuple[SessionResult, ClinicSession]:
     """停诊 (R13, R19): the session withdrawn, its referrals cancelled, its measured shortfalls dropped."""
     existing = await session.scalar(
         select(ClinicSession)
@@ -262,7 +312,7 @@ async def _withdraw(
     )
     if existing is not None and item.version <= existing.version:
         outcome = "unchanged" if item.version == existing.version else "stale"
-        return await _result(session, existing, outcome, version=existing.version)
+        return await _result(session, existing, outcome, version=existing.version), existing
 
     department = await _upsert_department(session, hospital.id, item)
     doctor = await _upsert_doctor(session, hospital.id, item)
@@ -314,7 +364,7 @@ async def _withdraw(
         reason=item.withdrawn_reason or "The hospital withdrew this session (停诊).",
     )
     await record_shortfalls(session, actor, hospital, department, existing, policy, None)
-    return await _result(session, existing, "withdrawn", version=item.version)
+    return await _result(session, existing, "withdrawn", version=item.version), existing
 
 
 async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, version: int) -> SessionResult:
@@ -335,6 +385,7 @@ async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, ver
         result=outcome,
         version=version,
         pool_slot_numbers=[s.number for s in live if s.status in ("reserved", "booked")],
+        pool_slot_ids=[s.id for s in live if s.status in ("reserved", "booked")],
         pool_opens_at=live[0].pool_opens_at if live else None,
         public_at=live[0].public_at if live else None,
         shortfalls=[

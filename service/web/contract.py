@@ -147,8 +147,11 @@ CODES: dict[str, tuple[int, str]] = {
     "webhook_endpoint_not_found": (404, "No such webhook endpoint of this hospital."),
     "webhook_delivery_not_found": (404, "No such webhook delivery of this hospital."),
     "webhook_delivery_not_dead": (409, "Only dead letters are replayed."),
-    # FHIR
-    "resource_not_found": (404, "No such resource visible to the caller."),
+    # any path
+    "not_found": (404, "Nothing is served at this path (FHIR: a resource type or bulk file it does not publish)."),
+    # the sandbox (docs/sandbox.md)
+    "sandbox_off": (404, "This server is not a sandbox: its clock is the wall clock."),
+    "clock_backwards": (409, "The sandbox clock only moves forward; `now` is where it stands."),
     # the bootstrap command (no HTTP operation answers these)
     "region_unknown": (422, "No such GB/T 2260 division."),
     "region_bootstrapped": (409, "The region is already bootstrapped."),

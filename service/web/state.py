@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.kit.clock import Clock
 from service.kit.config import Settings
@@ -19,6 +21,9 @@ class AppState:
     db: Database
     clock: Clock
     crypto: Crypto
+    # The sandbox's (docs/sandbox.md): brings the clock to the database's time at the start of
+    # every request, in its first transaction. None outside a sandbox: no query is added.
+    clock_sync: Callable[[AsyncSession], Awaitable[None]] | None = None
 
 
 def get_state(request: Request) -> AppState:

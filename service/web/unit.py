@@ -104,6 +104,8 @@ class Opening:
             self.session = state.db.sessionmaker()
 
         async def work(session: AsyncSession) -> Caller:
+            if state.clock_sync is not None:
+                await state.clock_sync(session)
             return await authenticate(
                 session=session,
                 key_digest=state.crypto.api_key_digest(token),

@@ -1,0 +1,1 @@
+"""The sandbox: a clock integrators move through the API (docs/sandbox.md)."""
