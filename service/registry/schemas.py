@@ -200,15 +200,24 @@ class NoticeSettingsIn(ApiModel):
 def check_link_template(template: str) -> None:
     """Refuse a template that is not https, lacks {slot_id}, or names an unknown placeholder."""
     try:
-        names = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+        fields = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(template)]
     except ValueError as exc:
         raise ValueError(f"booking_link_template: {exc}") from exc
+    # A format spec or a conversion ({slot_id:>999999999}, {slot_id!r}) would pad or quote the
+    # value, or exhaust memory when formatted: placeholders are bare names.
+    if any(spec or conversion for name, spec, conversion in fields if name is not None):
+        raise ValueError("booking_link_template: placeholders take no format spec or conversion")
+    names = {name for name, _, _ in fields if name is not None}
     unknown = names - set(LINK_PLACEHOLDERS)
     if unknown:
         raise ValueError(f"booking_link_template: unknown placeholder(s) {sorted(unknown)}")
     if "slot_id" not in names:
         raise ValueError("booking_link_template must contain {slot_id}")
     sample = urlsplit(template.format(**dict.fromkeys(LINK_PLACEHOLDERS, "1")))
+    try:
+        sample.port  # noqa: B018 -- raises for a port out of range
+    except ValueError:
+        sample = sample._replace(netloc="")
     if sample.scheme != "https" or not sample.hostname or re.search(r"\s", template):
         raise ValueError("booking_link_template must be an https URL with a host and no spaces")
 
