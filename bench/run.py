@@ -142,7 +142,17 @@ FIGURES = {
     "availability": Figure(
         "availability",
         "availability.py",
-        ("--floor", "--cities", "10", "--hospitals-per-city", "50", "--slots-per-session", "4", "--days", "25"),
+        (
+            "--floor",
+            "--cities",
+            "10",
+            "--hospitals-per-city",
+            "50",
+            "--slots-per-session",
+            "4",
+            "--days",
+            "25",
+        ),
         availability_lines,
     ),
     "reports": Figure("reports", "reports.py", (), reports_lines),

@@ -148,7 +148,7 @@ CODES: dict[str, tuple[int, str]] = {
     "webhook_delivery_not_found": (404, "No such webhook delivery of this hospital."),
     "webhook_delivery_not_dead": (409, "Only dead letters are replayed."),
     # any path
-    "not_found": (404, "Nothing is served at this path (FHIR: a resource type or bulk file it does not publish)."),
+    "not_found": (404, "Nothing is served at this path (FHIR: a type or bulk file not published)."),
     # the sandbox (docs/sandbox.md)
     "sandbox_off": (404, "This server is not a sandbox: its clock is the wall clock."),
     "clock_backwards": (409, "The sandbox clock only moves forward; `now` is where it stands."),
