@@ -6,6 +6,7 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import unquote
 
 import structlog
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.abuse.body_limit import BodyLimit
 from service.attendance.router import router as attendance_router
 from service.availability.router import router as availability_router
+from service.fhir.router import outcome as fhir_outcome
 from service.fhir.router import router as fhir_router
 from service.jobs import background_loops
 from service.kit.clock import Clock, SandboxClock
@@ -38,9 +40,31 @@ from service.signals.router import router as signals_router
 from service.slip.router import router as slip_router
 from service.slots.router import router as slots_router
 from service.supervision.router import router as supervision_router
+from service.web.contract import finish_openapi, operation
+from service.web.docs import install_docs
 from service.web.state import AppState
 
 log = structlog.get_logger("slotpool.http")
+
+
+API_DESCRIPTION = """\
+Every call but the health checks and `/fhir/metadata` carries `Authorization: Bearer <API key>`.
+A key belongs to one organisation and one role; each operation lists the roles it admits
+(`x-roles`) and every object is checked against the caller's organisation.
+
+Every refusal is RFC 9457 `application/problem+json` (`Problem`) with a stable `code`; each
+response lists the codes it can carry (`x-problem-codes`). Under `/fhir` refusals are FHIR
+`OperationOutcome`s with the same codes. 4xx is always the caller's; 5xx is ours.
+"""
+READY = {
+    "type": "object",
+    "properties": {
+        "status": {"const": "ready"},
+        "schema": {"type": "string", "description": "The schema's Alembic revision."},
+        "build": {"type": "string", "description": "This build's head, when the schema is ahead of it."},
+    },
+    "required": ["status", "schema"],
+}
 
 
 class SlotpoolApp(FastAPI):
@@ -49,9 +73,16 @@ class SlotpoolApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         return RequestContext(super().build_middleware_stack())
 
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, completed once by ``finish_openapi`` (docs/contract.md)."""
+        if self.openapi_schema is None:
+            self.openapi_schema = finish_openapi(self, super().openapi())
+        return self.openapi_schema
+
 
 class RefuseNulInUrl:
-    """422 for NUL characters in a path or query string; bodies are checked by ``ApiModel``.
+    """422 for NUL characters in a path or query string (under /fhir an OperationOutcome, 400);
+    bodies are checked by ``ApiModel``.
 
     Pure ASGI: Starlette's ``@app.middleware("http")`` would add a task and a body stream
     to every request for what is one string test.
@@ -64,9 +95,13 @@ class RefuseNulInUrl:
         if scope["type"] == "http":
             request = Request(scope)
             if "\x00" in request.url.path or "\x00" in unquote(request.url.query):
-                response = problem_response(
-                    422, "invalid_request", "NUL characters are not allowed in the URL.", request
-                )
+                detail = "NUL characters are not allowed in the URL."
+                response: Response
+                if request.url.path.startswith("/fhir/"):
+                    # /fhir answers OperationOutcomes, and a malformed search is FHIR's 400.
+                    response = fhir_outcome(400, "invalid_search_parameter", detail)
+                else:
+                    response = problem_response(422, "invalid_request", detail, request)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -130,19 +165,32 @@ def create_app(
         title="slotpool",
         version="0.1.0",
         summary="Referral slot pool: hospitals reserve outpatient slots for family doctors (R1–R20).",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from the package by install_docs, not from a CDN
+        redoc_url=None,
     )
+    install_docs(app)
     install_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     app.add_middleware(RefuseNulInUrl)
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], **operation("getHealth", "Liveness"))
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], responses={503: {"content": {"application/problem+json": {}}}})
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        **operation(
+            "getReadiness",
+            "Readiness: database and schema",
+            responses={200: {"description": "Ready.", "content": {"application/json": {"schema": READY}}}},
+            problems=["database_unavailable", "migrations_pending", "schema_incompatible"],
+        ),
+    )
     async def readyz(request: Request) -> Response:
         """Readiness: the database answers and its schema is one this build serves (at this
         build's head, or ahead of it through expand-only migrations; docs/operations.md)."""

@@ -219,6 +219,26 @@ async def test_nul_in_the_url_is_a_422(client, world, path):
     assert r.json()["code"] == "invalid_request"
 
 
+async def test_nul_in_a_fhir_url_is_an_operation_outcome(client, world):
+    """Everything under /fhir answers OperationOutcomes; a malformed search is FHIR's 400."""
+    r = await client.get("/fhir/Slot?status=%00", headers=world.auth("chc_a"))
+    assert r.status_code == 400
+    assert r.headers["content-type"].startswith("application/fhir+json")
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome"
+    assert body["issue"][0]["details"]["coding"][0]["code"] == "invalid_search_parameter"
+
+
+async def test_an_unreadable_body_is_a_422_invalid_request(client, world):
+    """A body that is not text in its encoding is the caller's fault, answered as a JSON syntax error is."""
+    headers = {**world.auth("chc_a"), "content-type": "application/json"}
+    for body in (b'"\xc3\x28"', b"{not json"):
+        r = await client.post("/v1/referrals/R1/cancel", content=body, headers=headers)
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["code"] == "invalid_request"
+
+
 async def test_background_loops_do_their_work_and_stop_together(db, crypto, clock, world, client, clean_db):
     """serve and worker run the same loops; a due slot is returned while they run, and all stop on one event."""
     import asyncio

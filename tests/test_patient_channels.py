@@ -134,6 +134,9 @@ async def test_notice_settings_stay_in_the_commissions_region(client, world, cry
         {"booking_link_template": "https://fd.hefei.example.cn/{slot_id}/{resident}"},  # unknown placeholder
         {"booking_link_template": "https://fd.hefei.example.cn/{slot_id"},  # unbalanced
         {"booking_link_template": "https:///{slot_id}"},  # no host
+        {"booking_link_template": "https://fd.hefei.example.cn/{slot_id:>999999999999}"},  # a format spec
+        {"booking_link_template": "https://fd.hefei.example.cn/{slot_id!r}"},  # a conversion
+        {"booking_link_template": "https://fd.hefei.example.cn:99999/{slot_id}"},  # no such port
         {"sms_sign_name": None},  # a template without the signature it was registered with
         {"sms_sign_name": "【合肥卫健】"},  # the gateway adds the brackets
         {"sms_template_booked": "SMS 1"},

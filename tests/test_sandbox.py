@@ -110,6 +110,7 @@ async def test_the_clock_never_goes_back(client, world, db):
         ({"now": "2026-03-05T09:00:00"}, 422, "invalid_request"),  # no offset
         ({"advance": "soon"}, 422, "invalid_request"),
         ({"advance": "P4000D"}, 422, "date_out_of_range"),
+        ({"advance": "P999999999D"}, 422, "date_out_of_range"),  # past the year 9999: no overflow
     ],
 )
 async def test_a_bad_move_is_refused_and_moves_nothing(client, world, db, body, status, code):

@@ -23,6 +23,7 @@ from service.kit.bounds import instant_in_window
 from service.kit.cursors import CursorQuery, cursor_id, decode_cursor, decode_id_cursor, encode_cursor
 from service.kit.ids import PathId, QueryId
 from service.referrals.schemas import ReferralOut
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, writes
 
 router = APIRouter(prefix="/v1", tags=["attendance"], route_class=UnitRoute)
@@ -30,10 +31,13 @@ router = APIRouter(prefix="/v1", tags=["attendance"], route_class=UnitRoute)
 # worklist and the bar list record the read of personal data (R15).
 Hospital = Annotated[Unit, writes("hospital")]
 Commission = Annotated[Unit, writes("commission")]
-PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
-@router.post("/hospital/attendance", response_model=AttendanceResult, responses={422: PROBLEM})
+@router.post(
+    "/hospital/attendance",
+    response_model=AttendanceResult,
+    **operation("reportAttendance", "Report attendance or no-shows in bulk", problems=["too_many_items"]),
+)
 async def report_attendance(body: AttendanceBatch, unit: Hospital) -> AttendanceResult:
     """Report attended or no-show per referral (R13); repeating a report changes nothing.
 
@@ -56,7 +60,11 @@ def _instant_and_id(parts: list[Any]) -> tuple[datetime, int]:
     return when, cursor_id(parts[1])
 
 
-@router.get("/hospital/worklist", response_model=Worklist, responses={422: PROBLEM})
+@router.get(
+    "/hospital/worklist",
+    response_model=Worklist,
+    **operation("listWorklist", "List past referrals still without attendance", problems=["invalid_cursor"]),
+)
 async def worklist(
     unit: Hospital,
     cursor: CursorQuery = None,
@@ -82,7 +90,11 @@ async def worklist(
 @router.post(
     "/referrals/{reference}/receive",
     response_model=ReferralOut,
-    responses={404: PROBLEM, 409: PROBLEM},
+    **operation(
+        "receiveReferral",
+        "Acknowledge a referral into the HIS",
+        problems=["referral_not_found", "referral_cancelled", "his_reference_conflict"],
+    ),
 )
 async def receive_referral(
     reference: str,
@@ -100,7 +112,11 @@ async def receive_referral(
     )
 
 
-@router.get("/no-show-bars", response_model=NoShowBarList, responses={422: PROBLEM})
+@router.get(
+    "/no-show-bars",
+    response_model=NoShowBarList,
+    **operation("listNoShowBars", "List no-show bars in the region", problems=["invalid_cursor"]),
+)
 async def list_bars(
     unit: Commission,
     hospital_id: QueryId = None,
@@ -126,7 +142,11 @@ async def list_bars(
 @router.post(
     "/no-show-bars/{bar_id}/lift",
     response_model=NoShowBarOut,
-    responses={404: PROBLEM, 409: PROBLEM},
+    **operation(
+        "liftNoShowBar",
+        "Lift a no-show bar",
+        problems=["bar_not_found", "bar_already_lifted", "bar_ended"],
+    ),
 )
 async def lift_bar(bar_id: PathId, body: LiftIn, unit: Commission) -> NoShowBarOut:
     """The commission lifts a bar, with a reason that is recorded (R13)."""

@@ -15,6 +15,7 @@ from service.kit.errors import Forbidden
 from service.kit.ids import QueryId
 from service.kit.regions import covers
 from service.kit.resources import Modality, ResourceKind
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, reads
 
 router = APIRouter(prefix="/v1", tags=["availability"], route_class=UnitRoute)
@@ -57,10 +58,21 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 @router.get(
     "/availability",
     response_model=None,
-    responses={
-        200: {"model": AvailabilityOut, "description": "Counts, with an ETag."},
-        304: {"description": "If-None-Match matched: the counts have not changed."},
-    },
+    **operation(
+        "readAvailability",
+        "Read slot counts of a city or county",
+        responses={
+            200: {"model": AvailabilityOut, "description": "Counts, with an ETag."},
+            304: {"description": "If-None-Match matched: the counts have not changed."},
+        },
+        problems=[
+            "region_out_of_scope",
+            "region_too_wide",
+            "invalid_date_range",
+            "date_range_too_wide",
+            "invalid_cursor",
+        ],
+    ),
 )
 async def read_availability(
     request: Request,

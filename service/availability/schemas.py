@@ -43,7 +43,9 @@ class HospitalOut(_Out):
     departments: list[DepartmentOut] = Field(description="The departments this answer mentions.")
 
 
-class WardOut(_Out):
+class AvailabilityWard(_Out):
+    """A ward of the feed (named apart from the referral's ward: one schema name, one schema)."""
+
     code: str
     name: str
 
@@ -59,7 +61,7 @@ class AvailabilityItem(_Out):
     resource_kind: ResourceKind
     doctor_title: Title | None = Field(description="Visits only; null for examinations and beds.")
     modality: Modality | None = Field(description="Examinations only.")
-    ward: WardOut | None = Field(description="Beds only.")
+    ward: AvailabilityWard | None = Field(description="Beds only.")
     public: int = Field(description="Public slots that were never held for the pool.")
     pool_pending: int = Field(description="Held for the pool; the pool window has not opened yet (R5).")
     pool_open: int = Field(description="Held for the pool and bookable by family doctors now.")

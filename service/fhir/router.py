@@ -34,6 +34,7 @@ from service.fhir.validation import checked
 from service.kit.cursors import encode_cursor
 from service.kit.errors import NotFound, Problem, as_problem, log_failure
 from service.kit.version import VERSION
+from service.web.contract import operation
 from service.web.state import State
 from service.web.unit import Unit, UnitRoute, reads, writes
 
@@ -63,6 +64,8 @@ def outcome(status: int, code: str, detail: str, headers: dict[str, str] | None 
 class FhirRoute(UnitRoute):
     """A route run in its unit of work (``UnitRoute``) that turns every error, its dependencies'
     and its unit's included, into an OperationOutcome."""
+
+    problem_media_type = FHIR_JSON  # how service/web/contract.py documents its refusals
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -107,8 +110,17 @@ ServiceTypes = Annotated[
         "optionally system|code; comma = OR, repeated = AND.",
     ),
 ]
-OUTCOME = {"content": {FHIR_JSON: {}}, "description": "OperationOutcome."}
-ERRORS: dict[int | str, dict[str, Any]] = {400: OUTCOME, 401: OUTCOME, 403: OUTCOME, 404: OUTCOME}
+
+
+def fhir_ok(resource_type: str) -> dict[str, Any]:
+    """The 200 of a FHIR read: a resource of ``resource_type`` (a searchset Bundle for a search)."""
+    schema = {
+        "type": "object",
+        "description": f"A FHIR R4 {resource_type} (https://hl7.org/fhir/R4/).",
+        "properties": {"resourceType": {"const": resource_type}},
+        "required": ["resourceType"],
+    }
+    return {"description": f"A FHIR {resource_type}.", "content": {FHIR_JSON: {"schema": schema}}}
 
 
 def fhir_base(request: Request) -> str:
@@ -171,7 +183,14 @@ async def _pools(unit: Unit) -> list[service.Pool]:
     return await service.visible_pools(session=unit.session, caller=unit.caller, now=unit.now)
 
 
-@router.get("/metadata", responses=ERRORS)
+@router.get(
+    "/metadata",
+    **operation(
+        "getCapabilityStatement",
+        "The server's CapabilityStatement",
+        responses={200: fhir_ok("CapabilityStatement")},
+    ),
+)
 async def metadata(request: Request, state: State) -> FhirJSONResponse:
     """The CapabilityStatement: FHIR R4, read and search only, JSON only."""
     # Public (no API key), so it has no unit of work; it only reads the shared clock.
@@ -181,7 +200,15 @@ async def metadata(request: Request, state: State) -> FhirJSONResponse:
 # --- Location -----------------------------------------------------------------------------
 
 
-@router.get("/Location", responses=ERRORS)
+@router.get(
+    "/Location",
+    **operation(
+        "searchLocations",
+        "Search hospitals as Locations",
+        responses={200: fhir_ok("Bundle")},
+        problems=[(400, "invalid_cursor")],
+    ),
+)
 async def search_locations(
     request: Request,
     unit: Reader,
@@ -198,7 +225,15 @@ async def search_locations(
     return searchset(request, unit.now, page)
 
 
-@router.get("/Location/{location_id}", responses=ERRORS)
+@router.get(
+    "/Location/{location_id}",
+    **operation(
+        "readLocation",
+        "Read a Location",
+        responses={200: fhir_ok("Location")},
+        problems=["hospital_not_found"],
+    ),
+)
 async def read_location(location_id: str, unit: Reader) -> FhirJSONResponse:
     wanted = path_id("Location", location_id)
     page = await service.search_locations(
@@ -210,7 +245,15 @@ async def read_location(location_id: str, unit: Reader) -> FhirJSONResponse:
 # --- Schedule -----------------------------------------------------------------------------
 
 
-@router.get("/Schedule", responses=ERRORS)
+@router.get(
+    "/Schedule",
+    **operation(
+        "searchSchedules",
+        "Search sessions as Schedules",
+        responses={200: fhir_ok("Bundle")},
+        problems=[(400, "invalid_cursor"), "unsupported_search_prefix"],
+    ),
+)
 async def search_schedules(
     request: Request,
     unit: Reader,
@@ -239,7 +282,15 @@ async def search_schedules(
     return searchset(request, unit.now, page)
 
 
-@router.get("/Schedule/{schedule_id}", responses=ERRORS)
+@router.get(
+    "/Schedule/{schedule_id}",
+    **operation(
+        "readSchedule",
+        "Read a Schedule",
+        responses={200: fhir_ok("Schedule")},
+        problems=["session_not_found"],
+    ),
+)
 async def read_schedule(schedule_id: str, unit: Reader) -> FhirJSONResponse:
     wanted = path_id("Schedule", schedule_id)
     page = await service.search_schedules(
@@ -251,7 +302,15 @@ async def read_schedule(schedule_id: str, unit: Reader) -> FhirJSONResponse:
 # --- Slot ---------------------------------------------------------------------------------
 
 
-@router.get("/Slot", responses=ERRORS)
+@router.get(
+    "/Slot",
+    **operation(
+        "searchFhirSlots",
+        "Search Slots with their status",
+        responses={200: fhir_ok("Bundle")},
+        problems=[(400, "invalid_cursor"), "unsupported_search_prefix"],
+    ),
+)
 async def search_slots(
     request: Request,
     unit: Reader,
@@ -282,7 +341,10 @@ async def search_slots(
     return searchset(request, unit.now, page)
 
 
-@router.get("/Slot/{slot_id}", responses=ERRORS)
+@router.get(
+    "/Slot/{slot_id}",
+    **operation("readSlot", "Read a Slot", responses={200: fhir_ok("Slot")}, problems=["slot_not_found"]),
+)
 async def read_slot(slot_id: str, unit: Reader) -> FhirJSONResponse:
     wanted = path_id("Slot", slot_id)
     page = await service.search_slots(
@@ -300,7 +362,15 @@ async def _appointments(unit: Unit, **filters: Any) -> Page:
     )
 
 
-@router.get("/Appointment", responses=ERRORS)
+@router.get(
+    "/Appointment",
+    **operation(
+        "searchAppointments",
+        "Search referrals as Appointments",
+        responses={200: fhir_ok("Bundle")},
+        problems=[(400, "invalid_cursor"), "unsupported_search_prefix"],
+    ),
+)
 async def search_appointments(
     request: Request,
     unit: Referrer,
@@ -323,7 +393,15 @@ async def search_appointments(
     return searchset(request, unit.now, page)
 
 
-@router.get("/Appointment/{reference}", responses=ERRORS)
+@router.get(
+    "/Appointment/{reference}",
+    **operation(
+        "readAppointment",
+        "Read a referral as an Appointment",
+        responses={200: fhir_ok("Appointment")},
+        problems=["referral_not_found"],
+    ),
+)
 async def read_appointment(
     reference: Annotated[str, Path(max_length=64)], unit: Referrer
 ) -> FhirJSONResponse:
@@ -333,6 +411,26 @@ async def read_appointment(
 
 
 # --- bulk publication -----------------------------------------------------------------------
+
+
+BULK_MANIFEST = {
+    "type": "object",
+    "properties": {
+        "transactionTime": {"type": "string", "format": "date-time"},
+        "request": {"type": "string"},
+        "requiresAccessToken": {"type": "boolean"},
+        "output": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"type": {"type": "string"}, "url": {"type": "string"}},
+                "required": ["type", "url"],
+            },
+        },
+        "error": {"type": "array", "items": {}},
+    },
+    "required": ["transactionTime", "request", "requiresAccessToken", "output", "error"],
+}
 
 
 def _publication(request: Request) -> BulkPublication:
@@ -353,7 +451,18 @@ async def _generation(request: Request, unit: Unit) -> Generation:
     )
 
 
-@router.get("/$bulk-publish", responses={304: {"description": "Unchanged since the ETag sent."}})
+@router.get(
+    "/$bulk-publish",
+    response_class=Response,
+    **operation(
+        "getBulkManifest",
+        "SMART Scheduling Links manifest of the region",
+        responses={
+            200: {"description": "The manifest.", "content": {"application/json": {"schema": BULK_MANIFEST}}},
+            304: {"description": "Unchanged since the ETag sent."},
+        },
+    ),
+)
 async def bulk_manifest(request: Request, unit: Publisher) -> Response:
     """SMART Scheduling Links manifest of the caller's region's open pool availability."""
     generation = await _generation(request, unit)
@@ -371,7 +480,22 @@ async def bulk_manifest(request: Request, unit: Publisher) -> Response:
     return FhirJSONResponse(manifest, headers=headers, media_type="application/json")
 
 
-@router.get("/bulk/{resource_type}.ndjson", responses={**ERRORS, 304: {"description": "Unchanged."}})
+@router.get(
+    "/bulk/{resource_type}.ndjson",
+    response_class=Response,
+    **operation(
+        "getBulkFile",
+        "One NDJSON file of the bulk publication",
+        responses={
+            200: {
+                "description": "One FHIR resource per line.",
+                "content": {FHIR_NDJSON: {"schema": {"type": "string"}}},
+            },
+            304: {"description": "Unchanged."},
+        },
+        problems=["not_found"],
+    ),
+)
 async def bulk_file(resource_type: str, request: Request, unit: Publisher) -> Response:
     """One NDJSON file of the current generation; its ETag is the manifest's."""
     if resource_type not in TYPES:  # as any other path this server does not serve

@@ -203,6 +203,13 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's "error parsing the body" (a body that is not text in its declared
+            # encoding): the same fault as a JSON syntax error, so the same answer.
+            errors = [{"loc": ["body"], "msg": str(exc.detail), "type": "body_unreadable"}]
+            return problem_response(
+                422, "invalid_request", "The request body cannot be read.", request, errors=errors
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return problem_response(exc.status_code, code, str(exc.detail), request)
 

@@ -25,6 +25,7 @@ from service.outbox.schemas import (
 )
 from service.outbox.sending import Outcome
 from service.outbox.urls import check_url
+from service.web.contract import operation
 from service.web.state import State
 from service.web.unit import Unit, UnitRoute, reads, writes
 
@@ -36,7 +37,12 @@ HospitalReads = Annotated[Unit, reads("hospital")]
 # begins; with slow_dependencies the authentication's connection is back in the pool by then,
 # so no connection waits on DNS or on a receiver.
 HospitalSettingUrl = Annotated[Unit, writes("hospital", slow_dependencies=True)]
-PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
+URL_PROBLEMS = [
+    "webhook_url_invalid",
+    "webhook_url_not_https",
+    "webhook_url_unresolvable",
+    "webhook_url_refused",
+]
 
 
 async def new_url(body: EndpointIn, state: State) -> str:
@@ -80,7 +86,12 @@ def _with_secret(endpoint: EndpointOut, secret: str) -> EndpointWithSecret:
     return EndpointWithSecret(**endpoint.model_dump(), secret=secret)
 
 
-@router.post("/endpoints", response_model=EndpointWithSecret, status_code=201, responses={422: PROBLEM})
+@router.post(
+    "/endpoints",
+    response_model=EndpointWithSecret,
+    status_code=201,
+    **operation("registerWebhookEndpoint", "Register a webhook endpoint", problems=URL_PROBLEMS),
+)
 async def register_endpoint(
     body: EndpointIn, unit: HospitalSettingUrl, url: Annotated[str, Depends(new_url)]
 ) -> EndpointWithSecret:
@@ -96,14 +107,20 @@ async def register_endpoint(
     return _with_secret(service.endpoint_out(endpoint), secret)
 
 
-@router.get("/endpoints", response_model=EndpointList)
+@router.get(
+    "/endpoints", response_model=EndpointList, **operation("listWebhookEndpoints", "List webhook endpoints")
+)
 async def list_endpoints(unit: HospitalReads) -> EndpointList:
     """The hospital's endpoints (never their secrets)."""
     endpoints = await service.list_endpoints(session=unit.session, hospital_id=unit.caller.org_id)
     return EndpointList(items=[service.endpoint_out(e) for e in endpoints])
 
 
-@router.get("/endpoints/{endpoint_id}", response_model=EndpointOut, responses={404: PROBLEM})
+@router.get(
+    "/endpoints/{endpoint_id}",
+    response_model=EndpointOut,
+    **operation("getWebhookEndpoint", "Read a webhook endpoint", problems=["webhook_endpoint_not_found"]),
+)
 async def get_endpoint(endpoint_id: PathId, unit: HospitalReads) -> EndpointOut:
     """One of the hospital's endpoints."""
     endpoint = await service.get_endpoint(
@@ -112,7 +129,15 @@ async def get_endpoint(endpoint_id: PathId, unit: HospitalReads) -> EndpointOut:
     return service.endpoint_out(endpoint)
 
 
-@router.patch("/endpoints/{endpoint_id}", response_model=EndpointOut, responses={404: PROBLEM, 422: PROBLEM})
+@router.patch(
+    "/endpoints/{endpoint_id}",
+    response_model=EndpointOut,
+    **operation(
+        "updateWebhookEndpoint",
+        "Change or re-enable a webhook endpoint",
+        problems=["webhook_endpoint_not_found", *URL_PROBLEMS],
+    ),
+)
 async def update_endpoint(
     endpoint_id: PathId,
     body: EndpointPatch,
@@ -131,7 +156,13 @@ async def update_endpoint(
     return service.endpoint_out(endpoint)
 
 
-@router.delete("/endpoints/{endpoint_id}", status_code=204, responses={404: PROBLEM})
+@router.delete(
+    "/endpoints/{endpoint_id}",
+    status_code=204,
+    **operation(
+        "deleteWebhookEndpoint", "Delete a webhook endpoint", problems=["webhook_endpoint_not_found"]
+    ),
+)
 async def delete_endpoint(endpoint_id: PathId, unit: Hospital) -> Response:
     """Delete an endpoint and its pending and past deliveries."""
     await service.delete_endpoint(
@@ -141,7 +172,11 @@ async def delete_endpoint(endpoint_id: PathId, unit: Hospital) -> Response:
 
 
 @router.post(
-    "/endpoints/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret, responses={404: PROBLEM}
+    "/endpoints/{endpoint_id}/rotate-secret",
+    response_model=EndpointWithSecret,
+    **operation(
+        "rotateWebhookSecret", "Rotate an endpoint's signing secret", problems=["webhook_endpoint_not_found"]
+    ),
 )
 async def rotate_secret(
     endpoint_id: PathId, unit: Hospital, body: RotateSecretIn | None = None
@@ -161,7 +196,15 @@ async def rotate_secret(
     return _with_secret(service.endpoint_out(endpoint), secret)
 
 
-@router.post("/endpoints/{endpoint_id}/test", response_model=PingOut, responses={404: PROBLEM, 429: PROBLEM})
+@router.post(
+    "/endpoints/{endpoint_id}/test",
+    response_model=PingOut,
+    **operation(
+        "testWebhookEndpoint",
+        "Send a signed test event to a webhook endpoint now",
+        problems=["webhook_endpoint_not_found"],
+    ),
+)
 async def test_endpoint(
     endpoint_id: PathId, unit: HospitalSettingUrl, sent: Annotated[SentPing, Depends(sent_ping)]
 ) -> PingOut:
@@ -183,7 +226,11 @@ async def test_endpoint(
     )
 
 
-@router.get("/deliveries", response_model=DeliveryList)
+@router.get(
+    "/deliveries",
+    response_model=DeliveryList,
+    **operation("listWebhookDeliveries", "List webhook deliveries and their attempts"),
+)
 async def list_deliveries(
     unit: HospitalReads,
     status: Literal["dead", "pending", "delivered"] = "dead",
@@ -208,8 +255,13 @@ async def list_deliveries(
 @router.post(
     "/deliveries/{delivery_id}/replay",
     status_code=202,
-    response_model=None,
-    responses={404: PROBLEM, 409: PROBLEM},
+    response_class=Response,
+    **operation(
+        "replayWebhookDelivery",
+        "Replay a dead letter",
+        problems=["webhook_delivery_not_found", "webhook_delivery_not_dead"],
+        responses={202: {"description": "Queued for a new round of retries."}},
+    ),
 )
 async def replay_delivery(delivery_id: PathId, unit: Hospital) -> Response:
     """Queue a dead letter again, with the same webhook-id, for a new round of retries."""

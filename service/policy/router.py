@@ -10,19 +10,29 @@ from service.kit.ids import PathId
 from service.policy import service
 from service.policy.schemas import PolicyIn, PolicyList, PolicyOut
 from service.registry.schemas import PolicyAssignment
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, reads, writes
 
 router = APIRouter(prefix="/v1", tags=["policies"], route_class=UnitRoute)
 
 
-@router.get("/policies", response_model=PolicyList)
+@router.get("/policies", response_model=PolicyList, **operation("listPolicies", "List every policy version"))
 async def list_policies(unit: Annotated[Unit, reads()]) -> PolicyList:
     """Every policy version."""
     rows = await service.list_policies(session=unit.session)
     return PolicyList(items=[PolicyOut(**service.policy_out(p)) for p in rows])
 
 
-@router.post("/policies", response_model=PolicyOut, status_code=201)
+@router.post(
+    "/policies",
+    response_model=PolicyOut,
+    status_code=201,
+    **operation(
+        "publishPolicy",
+        "Publish a policy version",
+        problems=["out_of_region", "policy_code_too_long", "policy_copy_taken", "policy_kind_changed"],
+    ),
+)
 async def publish_policy(body: PolicyIn, unit: Annotated[Unit, writes("commission")]) -> PolicyOut:
     """Publish the next version of a policy code.
 
@@ -39,10 +49,11 @@ async def publish_policy(body: PolicyIn, unit: Annotated[Unit, writes("commissio
 @router.put(
     "/hospitals/{hospital_id}/policy",
     status_code=204,
-    responses={
-        403: {"content": {"application/problem+json": {}}, "description": "`policy_of_another_region`."},
-        404: {"content": {"application/problem+json": {}}, "description": "Not in your region."},
-    },
+    **operation(
+        "assignPolicy",
+        "Assign a policy to a hospital",
+        problems=["hospital_not_found", "policy_not_found", "policy_of_another_region"],
+    ),
 )
 async def assign_policy(
     hospital_id: PathId, body: PolicyAssignment, unit: Annotated[Unit, writes("commission")]

@@ -27,13 +27,17 @@ from service.referrals.schemas import (
     ReferralList,
     ReferralOut,
 )
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, reads, writes
 
 router = APIRouter(prefix="/v1", tags=["referrals"], route_class=UnitRoute)
-PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
-@router.get("/pool/slots", response_model=BookableSlotList)
+@router.get(
+    "/pool/slots",
+    response_model=BookableSlotList,
+    **operation("searchSlots", "Search the slots the caller may book now"),
+)
 async def search_slots(
     unit: Annotated[Unit, reads("primary")],
     hospital_id: QueryId = None,
@@ -95,7 +99,33 @@ async def _book(unit: Unit, body: BookingIn, idempotency_key: str | None) -> tup
     "/referrals",
     response_model=ReferralOut,
     status_code=201,
-    responses={403: PROBLEM, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+    **operation(
+        "bookReferral",
+        "Book a reserved slot for a signed resident",
+        problems=[
+            "invalid_id_number",
+            "referring_doctor_unknown",
+            "slot_not_found",
+            "out_of_scope",
+            "not_signed",
+            "name_mismatch",
+            "consultation_out_of_window",
+            "disease_not_covered",
+            "no_policy",
+            "window_not_open",
+            "window_closed",
+            "slot_not_in_pool",
+            "slot_taken",
+            "duplicate_referral",
+            "resident_barred",
+            "doctor_suspended",
+            "doctor_hourly_limit",
+            "doctor_daily_limit",
+            "institution_share_limit",
+            "resident_active_limit",
+            "idempotency_key_reused",
+        ],
+    ),
 )
 async def book_referral(
     body: BookingIn,
@@ -136,7 +166,11 @@ def cursor_day(value: str) -> date:
     return day
 
 
-@router.get("/referrals", response_model=ReferralList)
+@router.get(
+    "/referrals",
+    response_model=ReferralList,
+    **operation("listReferrals", "List referrals made or received", problems=["invalid_cursor"]),
+)
 async def list_referrals(
     unit: Annotated[Unit, writes("primary", "hospital")],
     service_date: Day | None = None,
@@ -167,7 +201,11 @@ async def list_referrals(
     return ReferralList(items=items, next_cursor=next_cursor)
 
 
-@router.get("/referrals/{reference}", response_model=ReferralOut, responses={404: PROBLEM})
+@router.get(
+    "/referrals/{reference}",
+    response_model=ReferralOut,
+    **operation("getReferral", "Read a referral", problems=["referral_not_found"]),
+)
 async def get_referral(reference: str, unit: Annotated[Unit, writes("primary", "hospital")]) -> ReferralOut:
     """One referral, visible to the institution that made it and the hospital that receives it."""
     return await reading.read_referral(
@@ -176,7 +214,13 @@ async def get_referral(reference: str, unit: Annotated[Unit, writes("primary", "
 
 
 @router.post(
-    "/referrals/{reference}/cancel", response_model=ReferralOut, responses={404: PROBLEM, 409: PROBLEM}
+    "/referrals/{reference}/cancel",
+    response_model=ReferralOut,
+    **operation(
+        "cancelReferral",
+        "Cancel a referral (referring institution)",
+        problems=["referral_not_found", "already_cancelled", "cancellation_closed"],
+    ),
 )
 async def cancel_referral(
     reference: str, body: CancelIn, unit: Annotated[Unit, writes("primary")]
@@ -195,7 +239,11 @@ async def cancel_referral(
 @router.post(
     "/hotline/cancellations",
     response_model=ReferralOut,
-    responses={409: PROBLEM, 422: PROBLEM, 429: PROBLEM},
+    **operation(
+        "cancelByHotline",
+        "Cancel a referral for a patient on the phone",
+        problems=["verification_failed", "verification_locked", "already_cancelled", "cancellation_closed"],
+    ),
 )
 async def hotline_cancel(
     body: HotlineCancelIn, unit: Annotated[Unit, writes("hotline")]

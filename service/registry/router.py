@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
@@ -21,24 +21,26 @@ from service.registry.schemas import (
     OrganisationOut,
     RegionBatch,
 )
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, reads, writes
 
 router = APIRouter(prefix="/v1", tags=["registry"], route_class=UnitRoute)
 Commission = Annotated[Unit, writes("commission")]
 
 
-@router.get("/me", response_model=Me)
+@router.get("/me", response_model=Me, **operation("getMe", "Who am I", problems=["organisation_not_found"]))
 async def me(unit: Annotated[Unit, reads()]) -> Me:
     """The calling client, its role and its organisation."""
     return await service.me(session=unit.session, caller=unit.caller)
 
 
-OUT_OF_REGION: dict[int | str, dict[str, Any]] = {
-    403: {"content": {"application/problem+json": {}}, "description": "`out_of_region`: not in your region."}
-}
-
-
-@router.post("/regions", status_code=204, responses=OUT_OF_REGION)
+@router.post(
+    "/regions",
+    status_code=204,
+    **operation(
+        "upsertRegions", "Add or rename divisions", problems=["out_of_region", "region_parent_missing"]
+    ),
+)
 async def upsert_regions(body: RegionBatch, unit: Commission) -> None:
     """Insert or rename GB/T 2260 divisions inside the commission's region."""
     await service.upsert_regions(
@@ -46,7 +48,22 @@ async def upsert_regions(body: RegionBatch, unit: Commission) -> None:
     )
 
 
-@router.post("/organisations", response_model=OrganisationOut, status_code=201, responses=OUT_OF_REGION)
+@router.post(
+    "/organisations",
+    response_model=OrganisationOut,
+    status_code=201,
+    **operation(
+        "createOrganisation",
+        "Register an organisation",
+        problems=[
+            "out_of_region",
+            "region_not_found",
+            "hospital_fields",
+            "primary_fields",
+            "organisation_exists",
+        ],
+    ),
+)
 async def create_organisation(body: OrganisationIn, unit: Commission) -> OrganisationOut:
     """Register a hospital, a primary institution or an authority of the commission's region."""
     org = await service.create_organisation(
@@ -58,7 +75,9 @@ async def create_organisation(body: OrganisationIn, unit: Commission) -> Organis
 @router.put(
     "/organisations/{organisation_id}/opening-hours",
     response_model=OrganisationOut,
-    responses={404: {"content": {"application/problem+json": {}}, "description": "Not in your region."}},
+    **operation(
+        "setOpeningHours", "Record an institution's opening hours", problems=["organisation_not_found"]
+    ),
 )
 async def set_opening_hours(
     organisation_id: PathId, body: OpeningHoursIn, unit: Commission
@@ -77,12 +96,11 @@ async def set_opening_hours(
 @router.patch(
     "/organisations/{organisation_id}",
     response_model=OrganisationOut,
-    responses={
-        404: {
-            "content": {"application/problem+json": {}},
-            "description": "`organisation_not_found`: not in your region, or (a hospital) not yourself.",
-        }
-    },
+    **operation(
+        "updateOrganisationContact",
+        "Set an organisation's address and phone",
+        problems=["organisation_not_found"],
+    ),
 )
 async def patch_organisation_contact(
     organisation_id: PathId,
@@ -107,7 +125,11 @@ async def patch_organisation_contact(
 RegionCode = Annotated[str, Path(pattern="^[0-9]{6}$", description="A GB/T 2260 division code.")]
 
 
-@router.get("/regions/{region_code}/notice-settings", response_model=NoticeSettingsOut)
+@router.get(
+    "/regions/{region_code}/notice-settings",
+    response_model=NoticeSettingsOut,
+    **operation("getNoticeSettings", "Read a division's SMS templates and booking deep link"),
+)
 async def get_notice_settings(
     region_code: RegionCode, unit: Annotated[Unit, reads("commission", "platform", "primary", "hospital")]
 ) -> NoticeSettingsOut:
@@ -118,10 +140,11 @@ async def get_notice_settings(
 @router.put(
     "/regions/{region_code}/notice-settings",
     response_model=NoticeSettingsOut,
-    responses={
-        403: {"content": {"application/problem+json": {}}, "description": "`region_out_of_scope`."},
-        404: {"content": {"application/problem+json": {}}, "description": "`region_not_found`."},
-    },
+    **operation(
+        "putNoticeSettings",
+        "Set a division's SMS templates and booking deep link",
+        problems=["region_out_of_scope", (404, "region_not_found")],
+    ),
 )
 async def set_notice_settings(
     region_code: RegionCode, body: NoticeSettingsIn, unit: Commission
@@ -133,7 +156,9 @@ async def set_notice_settings(
     )
 
 
-@router.get("/organisations", response_model=OrganisationList)
+@router.get(
+    "/organisations", response_model=OrganisationList, **operation("listOrganisations", "List organisations")
+)
 async def list_organisations(
     unit: Annotated[Unit, reads()],
     kind: Annotated[str | None, Query(pattern="^(hospital|primary|authority)$")] = None,
@@ -142,7 +167,16 @@ async def list_organisations(
     return await service.list_organisations(session=unit.session, kind=kind)
 
 
-@router.post("/alliances", response_model=AllianceOut, status_code=201, responses=OUT_OF_REGION)
+@router.post(
+    "/alliances",
+    response_model=AllianceOut,
+    status_code=201,
+    **operation(
+        "createAlliance",
+        "Register a medical alliance",
+        problems=["organisation_not_found", "out_of_region", "lead_not_hospital"],
+    ),
+)
 async def create_alliance(body: AllianceIn, unit: Commission) -> AllianceOut:
     """Register a medical alliance: a lead hospital and its members, all in the commission's region."""
     alliance = await service.create_alliance(

@@ -8,7 +8,7 @@ from string import Formatter
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from service.kit.schemas import ApiModel
 
@@ -37,9 +37,23 @@ def _intervals_ordered(intervals: list[tuple[str, str]]) -> list[tuple[str, str]
     return intervals
 
 
+# An interval is a pair of clock times. Published as a two-item array of times rather than
+# JSON Schema's prefixItems: both items share one schema, and client generators and schemathesis
+# read the plain form (docs/contract.md).
+Interval = Annotated[
+    tuple[ClockTime, ClockTime],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": {"type": "string", "pattern": r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"},
+            "minItems": 2,
+            "maxItems": 2,
+        }
+    ),
+]
 OpeningHours = dict[
     Weekday,
-    Annotated[list[tuple[ClockTime, ClockTime]], Field(max_length=6), AfterValidator(_intervals_ordered)],
+    Annotated[list[Interval], Field(max_length=6), AfterValidator(_intervals_ordered)],
 ]
 # When an institution has not said: every day 07:30-18:00, Beijing time (docs/signals.md).
 DEFAULT_OPENING_HOURS: dict[str, list[tuple[str, str]]] = {day: [("07:30", "18:00")] for day in WEEKDAYS}
@@ -186,15 +200,24 @@ class NoticeSettingsIn(ApiModel):
 def check_link_template(template: str) -> None:
     """Refuse a template that is not https, lacks {slot_id}, or names an unknown placeholder."""
     try:
-        names = {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+        fields = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(template)]
     except ValueError as exc:
         raise ValueError(f"booking_link_template: {exc}") from exc
+    # A format spec or a conversion ({slot_id:>999999999}, {slot_id!r}) would pad or quote the
+    # value, or exhaust memory when formatted: placeholders are bare names.
+    if any(spec or conversion for name, spec, conversion in fields if name is not None):
+        raise ValueError("booking_link_template: placeholders take no format spec or conversion")
+    names = {name for name, _, _ in fields if name is not None}
     unknown = names - set(LINK_PLACEHOLDERS)
     if unknown:
         raise ValueError(f"booking_link_template: unknown placeholder(s) {sorted(unknown)}")
     if "slot_id" not in names:
         raise ValueError("booking_link_template must contain {slot_id}")
     sample = urlsplit(template.format(**dict.fromkeys(LINK_PLACEHOLDERS, "1")))
+    try:
+        sample.port  # noqa: B018 -- raises for a port out of range
+    except ValueError:
+        sample = sample._replace(netloc="")
     if sample.scheme != "https" or not sample.hostname or re.search(r"\s", template):
         raise ValueError("booking_link_template must be an https URL with a host and no spaces")
 

@@ -12,11 +12,11 @@ from service.kit.resources import ResourceKind
 from service.reports import service
 from service.reports.csvfile import report_csv
 from service.reports.schemas import ComplianceReport, Granularity, Group, RegionLevel
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, reads
 
 router = APIRouter(prefix="/v1", tags=["reports"], route_class=UnitRoute)
 Commission = Annotated[Unit, reads("commission")]
-PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
 def wants_csv(request: Request, fmt: str | None) -> bool:
@@ -29,12 +29,22 @@ def wants_csv(request: Request, fmt: str | None) -> bool:
 @router.get(
     "/reports/compliance",
     response_model=ComplianceReport,
-    responses={
-        200: {"content": {"text/csv": {}}, "description": "The report (JSON, or CSV with format=csv)."},
-        403: PROBLEM,
-        404: PROBLEM,
-        422: PROBLEM,
-    },
+    **operation(
+        "getComplianceReport",
+        "Compliance report per group and period",
+        responses={
+            200: {"content": {"text/csv": {}}, "description": "The report (JSON, or CSV with format=csv)."}
+        },
+        problems=[
+            "report_range_reversed",
+            "report_range_too_long",
+            "region_outside",
+            "hospital_not_found",
+            "hospital_outside_region",
+            "alliance_not_found",
+            "alliance_outside_region",
+        ],
+    ),
 )
 async def compliance_report(
     request: Request,

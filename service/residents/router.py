@@ -15,14 +15,22 @@ from service.residents.schemas import (
     ContractSync,
     ContractSyncResult,
 )
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, reads, writes
 
 router = APIRouter(prefix="/v1", tags=["residents"], route_class=UnitRoute)
-PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 RegionCode = Annotated[str, Path(pattern="^[0-9]{6}$", description="A GB/T 2260 division code.")]
 
 
-@router.post("/contracts/sync", response_model=ContractSyncResult, responses={403: PROBLEM})
+@router.post(
+    "/contracts/sync",
+    response_model=ContractSyncResult,
+    **operation(
+        "syncContracts",
+        "Sync family-doctor contracts",
+        problems=["too_many_items", "contracts_platform_only"],
+    ),
+)
 async def sync_contracts(
     body: ContractSync, unit: Annotated[Unit, writes("platform", "primary")]
 ) -> ContractSyncResult:
@@ -38,7 +46,11 @@ async def sync_contracts(
     )
 
 
-@router.get("/regions/{region_code}/contract-source", response_model=ContractSourceOut)
+@router.get(
+    "/regions/{region_code}/contract-source",
+    response_model=ContractSourceOut,
+    **operation("getContractSource", "Read where a division's contracts come from"),
+)
 async def get_contract_source(
     region_code: RegionCode, unit: Annotated[Unit, reads("commission", "platform", "primary")]
 ) -> ContractSourceOut:
@@ -49,7 +61,11 @@ async def get_contract_source(
 @router.put(
     "/regions/{region_code}/contract-source",
     response_model=ContractSourceOut,
-    responses={403: PROBLEM, 404: PROBLEM},
+    **operation(
+        "setContractSource",
+        "Set where a division's contracts come from",
+        problems=["region_out_of_scope", (404, "region_not_found")],
+    ),
 )
 async def set_contract_source(
     region_code: RegionCode, body: ContractSourceIn, unit: Annotated[Unit, writes("commission")]

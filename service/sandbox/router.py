@@ -10,6 +10,7 @@ from service.kit.clock import SandboxClock
 from service.kit.errors import NotFound
 from service.sandbox import service
 from service.sandbox.schemas import ClockMoveIn, ClockOut
+from service.web.contract import operation
 from service.web.state import State
 from service.web.unit import Unit, UnitRoute, reads, writes
 
@@ -24,7 +25,6 @@ def sandbox_on(request: Request) -> None:
 router = APIRouter(
     prefix="/v1/sandbox", tags=["sandbox"], route_class=UnitRoute, dependencies=[Depends(sandbox_on)]
 )
-PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 # Any client of the sandbox may read and move its clock (docs/sandbox.md): an integrator of any
 # role tests its own windows, and a sandbox is one integrator's test bed, never production.
 Anyone = Annotated[Unit, writes()]
@@ -36,13 +36,25 @@ def _clock(state: State) -> SandboxClock:
     return state.clock
 
 
-@router.get("/clock", response_model=ClockOut, responses={404: PROBLEM})
+@router.get(
+    "/clock",
+    response_model=ClockOut,
+    **operation("getSandboxClock", "Read the sandbox's clock", problems=["sandbox_off"]),
+)
 async def show_clock(unit: AnyReader, state: State) -> ClockOut:
     """The sandbox's time: the wall clock plus how far integrators have moved it."""
     return await service.show_clock(session=unit.session, clock=_clock(state))
 
 
-@router.post("/clock", response_model=ClockOut, responses={404: PROBLEM, 409: PROBLEM, 422: PROBLEM})
+@router.post(
+    "/clock",
+    response_model=ClockOut,
+    **operation(
+        "moveSandboxClock",
+        "Move the sandbox's clock forward",
+        problems=["sandbox_off", "clock_backwards", "date_out_of_range"],
+    ),
+)
 async def move_clock(body: ClockMoveIn, unit: Anyone, state: State) -> ClockOut:
     """Move the sandbox's time forward, to ``now`` or by ``advance`` (ISO 8601, e.g. ``PT25H``).
 

@@ -130,6 +130,9 @@ async def move_clock(
     assert row is not None
     current = wall + timedelta(microseconds=row.offset_us)
     field = "now" if to is not None else "advance"
+    if advance is not None and advance > MAX_AHEAD:
+        # Refused before it is added: a duration of millions of days would overflow the date.
+        raise DateOutOfRange(field, current, wall + MAX_AHEAD)
     target = to if to is not None else current + (advance or timedelta(0))
     if target < current:
         raise Conflict(

@@ -17,15 +17,19 @@ from service.signals.schemas import (
     IdentityConflictList,
     IdentityConflictOut,
 )
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, writes
 
 router = APIRouter(prefix="/v1/supervision", tags=["supervision"], route_class=UnitRoute)
 # Every endpoint here writes: a read of alerts or conflicts is recorded in the audit trail (R15).
 Commission = Annotated[Unit, writes("commission")]
-PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
-@router.get("/alerts", response_model=AlertList, responses={422: PROBLEM})
+@router.get(
+    "/alerts",
+    response_model=AlertList,
+    **operation("listAlerts", "List scalping alerts", problems=["invalid_cursor"]),
+)
 async def list_alerts(
     unit: Commission,
     signal: Signal | None = None,
@@ -57,7 +61,11 @@ async def list_alerts(
     return AlertList(items=items, next_cursor=encode_cursor(following) if following is not None else None)
 
 
-@router.get("/alerts/{alert_id}", response_model=AlertOut, responses={404: PROBLEM})
+@router.get(
+    "/alerts/{alert_id}",
+    response_model=AlertOut,
+    **operation("getAlert", "Read an alert with its evidence", problems=["alert_not_found"]),
+)
 async def get_alert(alert_id: PathId, unit: Commission) -> AlertOut:
     """One alert with every referral behind it."""
     alert = await service.get_alert(
@@ -69,7 +77,11 @@ async def get_alert(alert_id: PathId, unit: Commission) -> AlertOut:
 
 
 @router.post(
-    "/alerts/{alert_id}/acknowledge", response_model=AlertOut, responses={404: PROBLEM, 409: PROBLEM}
+    "/alerts/{alert_id}/acknowledge",
+    response_model=AlertOut,
+    **operation(
+        "acknowledgeAlert", "Acknowledge an alert", problems=["alert_not_found", "already_acknowledged"]
+    ),
 )
 async def acknowledge_alert(
     alert_id: PathId, unit: Commission, body: AcknowledgeIn | None = None
@@ -86,7 +98,11 @@ async def acknowledge_alert(
     return out
 
 
-@router.get("/identity-conflicts", response_model=IdentityConflictList, responses={422: PROBLEM})
+@router.get(
+    "/identity-conflicts",
+    response_model=IdentityConflictList,
+    **operation("listIdentityConflicts", "List identity conflicts", problems=["invalid_cursor"]),
+)
 async def list_identity_conflicts(
     unit: Commission,
     status: Annotated[str | None, Query(pattern="^(open|acknowledged|closed)$")] = None,
@@ -111,7 +127,11 @@ async def list_identity_conflicts(
     )
 
 
-@router.get("/identity-conflicts/{conflict_id}", response_model=IdentityConflictOut, responses={404: PROBLEM})
+@router.get(
+    "/identity-conflicts/{conflict_id}",
+    response_model=IdentityConflictOut,
+    **operation("getIdentityConflict", "Read an identity conflict", problems=["identity_conflict_not_found"]),
+)
 async def get_identity_conflict(conflict_id: PathId, unit: Commission) -> IdentityConflictOut:
     """One name conflict with every declaration behind it."""
     conflict = await identity.get_identity_conflict(
@@ -125,7 +145,11 @@ async def get_identity_conflict(conflict_id: PathId, unit: Commission) -> Identi
 @router.post(
     "/identity-conflicts/{conflict_id}/acknowledge",
     response_model=IdentityConflictOut,
-    responses={404: PROBLEM, 409: PROBLEM},
+    **operation(
+        "acknowledgeIdentityConflict",
+        "Acknowledge an identity conflict",
+        problems=["identity_conflict_not_found", "already_acknowledged"],
+    ),
 )
 async def acknowledge_identity_conflict(
     conflict_id: PathId, unit: Commission, body: AcknowledgeIn | None = None

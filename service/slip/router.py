@@ -10,21 +10,28 @@ from fastapi import APIRouter, Response
 from service.slip import service
 from service.slip.render import render_slip
 from service.slip.schemas import PatientNotice
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, writes
 
 router = APIRouter(prefix="/v1", tags=["referrals"], route_class=UnitRoute)
 # Both endpoints record the read of the referral in the audit trail (R15), so they write.
 Reader = Annotated[Unit, writes("primary", "hospital")]
-PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
 @router.get(
     "/referrals/{reference}/slip.pdf",
     response_class=Response,
-    responses={
-        200: {"content": {"application/pdf": {}}, "description": "The slip, one A4 page."},
-        404: PROBLEM,
-    },
+    **operation(
+        "getReferralSlip",
+        "Download the printable referral slip",
+        responses={
+            200: {
+                "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}},
+                "description": "The slip, one A4 page.",
+            }
+        },
+        problems=["referral_not_found"],
+    ),
 )
 async def get_slip(reference: str, unit: Reader) -> Response:
     """The printable referral slip; a cancelled referral's slip says so. The read is audited (R15)."""
@@ -43,7 +50,13 @@ async def get_slip(reference: str, unit: Reader) -> Response:
     )
 
 
-@router.get("/referrals/{reference}/notice", response_model=PatientNotice, responses={404: PROBLEM})
+@router.get(
+    "/referrals/{reference}/notice",
+    response_model=PatientNotice,
+    **operation(
+        "getPatientNotice", "Read the patient notice and its SMS text", problems=["referral_not_found"]
+    ),
+)
 async def get_notice(reference: str, unit: Reader) -> PatientNotice:
     """The patient notice as data and as SMS text, for the family doctor app to send (R11)."""
     return await service.patient_notice(

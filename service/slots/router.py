@@ -20,19 +20,16 @@ from service.slots.schemas import (
     SessionStateList,
     ShortfallList,
 )
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, reads, writes
 
 router = APIRouter(prefix="/v1", tags=["slots"], route_class=UnitRoute)
-PROBLEM_422 = {
-    "content": {"application/problem+json": {}},
-    "description": "Refused: `invalid_request`, `date_out_of_range` or `invalid_cursor` (see `code`).",
-}
 
 
 @router.post(
     "/hospital/sessions",
     response_model=PushResult,
-    responses={422: {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}},
+    **operation("pushSessions", "Push sessions and their slots", problems=["too_many_items"]),
 )
 async def push_sessions(body: SessionPush, unit: Annotated[Unit, writes("hospital")]) -> PushResult:
     """Create, update or withdraw clinic sessions; answers with the slots now held for the pool.
@@ -50,7 +47,15 @@ async def push_sessions(body: SessionPush, unit: Annotated[Unit, writes("hospita
     )
 
 
-@router.get("/hospital/sessions", response_model=SessionStateList, responses={422: PROBLEM_422})
+@router.get(
+    "/hospital/sessions",
+    response_model=SessionStateList,
+    **operation(
+        "listHospitalSessions",
+        "List the hospital's sessions of a day with their slots' pool state",
+        problems=["invalid_cursor"],
+    ),
+)
 async def list_own_sessions(
     service_date: Day,
     unit: Annotated[Unit, reads("hospital")],
@@ -79,10 +84,13 @@ async def list_own_sessions(
 Reason = Annotated[
     str, Query(min_length=1, max_length=500, description="Why the session is removed; audited and sent on.")
 ]
-PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
-@router.delete("/hospital/sessions/{session_id}", response_model=SessionRemoved, responses={404: PROBLEM})
+@router.delete(
+    "/hospital/sessions/{session_id}",
+    response_model=SessionRemoved,
+    **operation("removeOwnSession", "Remove a session pushed in error", problems=["session_not_found"]),
+)
 async def remove_own_session(
     session_id: PathId, reason: Reason, unit: Annotated[Unit, writes("hospital")]
 ) -> SessionRemoved:
@@ -102,7 +110,15 @@ async def remove_own_session(
     )
 
 
-@router.delete("/sessions/{session_id}", response_model=SessionRemoved, responses={404: PROBLEM})
+@router.delete(
+    "/sessions/{session_id}",
+    response_model=SessionRemoved,
+    **operation(
+        "removeRegionSession",
+        "Remove a session of the region pushed in error",
+        problems=["session_not_found"],
+    ),
+)
 async def remove_region_session(
     session_id: PathId, reason: Reason, unit: Annotated[Unit, writes("commission")]
 ) -> SessionRemoved:
@@ -118,7 +134,11 @@ async def remove_region_session(
     )
 
 
-@router.get("/hospital/shortfalls", response_model=ShortfallList)
+@router.get(
+    "/hospital/shortfalls",
+    response_model=ShortfallList,
+    **operation("listOwnShortfalls", "List this hospital's shortfalls"),
+)
 async def own_shortfalls(
     unit: Annotated[Unit, reads("hospital")], date_from: Day | None = None, date_to: Day | None = None
 ) -> ShortfallList:
@@ -128,7 +148,11 @@ async def own_shortfalls(
     )
 
 
-@router.get("/shortfalls", response_model=ShortfallList)
+@router.get(
+    "/shortfalls",
+    response_model=ShortfallList,
+    **operation("listRegionShortfalls", "List the region's shortfalls"),
+)
 async def region_shortfalls(
     unit: Annotated[Unit, reads("commission")],
     date_from: Day | None = None,

@@ -21,20 +21,24 @@ from service.supervision.schemas import (
     SuspensionList,
     SuspensionOut,
 )
+from service.web.contract import operation
 from service.web.unit import Unit, UnitRoute, reads, writes
 
 router = APIRouter(prefix="/v1", tags=["supervision"], route_class=UnitRoute)
 Commission = Annotated[Unit, writes("commission")]
 # Listing suspensions records nothing; every other endpoint here changes state or audits a read.
 CommissionReading = Annotated[Unit, reads("commission")]
-PROBLEM = {"content": {"application/problem+json": {}}, "description": "Refused: see `code`."}
 
 
 @router.post(
     "/supervision/suspensions",
     response_model=SuspensionOut,
     status_code=201,
-    responses={404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+    **operation(
+        "suspendAccess",
+        "Suspend or revoke a doctor, an institution or an API client",
+        problems=["subject_not_found", "own_organisation", "until_in_past", "already_suspended"],
+    ),
 )
 async def suspend_access(body: SuspensionIn, unit: Commission) -> SuspensionOut:
     """Suspend or revoke a family doctor, an institution or an API client of the region (R14).
@@ -47,7 +51,11 @@ async def suspend_access(body: SuspensionIn, unit: Commission) -> SuspensionOut:
     )
 
 
-@router.get("/supervision/suspensions", response_model=SuspensionList, responses={422: PROBLEM})
+@router.get(
+    "/supervision/suspensions",
+    response_model=SuspensionList,
+    **operation("listSuspensions", "List suspensions and revocations", problems=["invalid_cursor"]),
+)
 async def list_suspensions(
     unit: CommissionReading,
     subject_type: SubjectType | None = None,
@@ -76,7 +84,11 @@ async def list_suspensions(
 @router.post(
     "/supervision/suspensions/{suspension_id}/reinstate",
     response_model=SuspensionOut,
-    responses={404: PROBLEM, 409: PROBLEM},
+    **operation(
+        "reinstateAccess",
+        "End a suspension or revocation",
+        problems=["suspension_not_found", "already_reinstated"],
+    ),
 )
 async def reinstate_access(suspension_id: PathId, body: ReinstateIn, unit: Commission) -> SuspensionOut:
     """End a suspension or revocation, with a recorded reason; access returns on the next request."""
@@ -114,7 +126,15 @@ async def _search_audit(unit: Unit, search: AuditSearch) -> AuditPage:
     return AuditPage(items=items, next_cursor=encode_cursor(following) if following is not None else None)
 
 
-@router.post("/audit/search", response_model=AuditPage, responses={422: PROBLEM})
+@router.post(
+    "/audit/search",
+    response_model=AuditPage,
+    **operation(
+        "searchAudit",
+        "Search the audit trail",
+        problems=["invalid_cursor", "invalid_id_number", "naive_datetime"],
+    ),
+)
 async def search_audit(body: AuditSearch, unit: Commission) -> AuditPage:
     """The audit trail of the commission's region, newest first (R15); this query is recorded too.
 
@@ -124,7 +144,16 @@ async def search_audit(body: AuditSearch, unit: Commission) -> AuditPage:
     return await _search_audit(unit, body)
 
 
-@router.get("/audit", response_model=AuditPage, responses={422: PROBLEM}, deprecated=True)
+@router.get(
+    "/audit",
+    response_model=AuditPage,
+    deprecated=True,
+    **operation(
+        "queryAudit",
+        "Search the audit trail (deprecated query form)",
+        problems=["invalid_cursor", "invalid_id_number", "naive_datetime"],
+    ),
+)
 async def query_audit(
     unit: Commission,
     resident_id_number: Annotated[

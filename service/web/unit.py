@@ -164,6 +164,7 @@ def _dependency(roles: tuple[str, ...], *, write: bool, hold: bool) -> Any:
             # dependency and the endpoint (a malformed body), so no session is ever left open.
             await opened.release()
 
+    opening.slotpool_unit = (roles, write)  # type: ignore[attr-defined]  # read by web/contract.py
     return Depends(opening)
 
 
