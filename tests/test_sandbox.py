@@ -25,6 +25,7 @@ from service.sandbox.service import SandboxRefused, claim_sandbox, follow_clock,
 from service.slots.release import release_due_slots
 from tests.conftest import START
 from tests.factories import booking, pool_slots, session_item, sign, to_local
+from tests.test_contracts import INSTANT
 
 
 @pytest.fixture
@@ -72,6 +73,10 @@ async def test_the_clock_advances_by_a_duration_and_to_an_instant(client, world,
 
     r = await client.get("/v1/sandbox/clock", headers=world.auth("platform"))
     assert r.status_code == 200 and to_local(r.json()["now"]) == later
+    # A move given with +08:00 is answered, like every instant, in UTC with Z.
+    for answer in (body, r.json()):
+        for field in ("now", "wall_now", "moved_at"):
+            assert INSTANT.fullmatch(answer[field]), (field, answer[field])
     assert await db.run(read_offset) == later - START
 
     # Every move is audited, with the client that made it.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import exists, func, select
@@ -89,13 +89,14 @@ async def claim_sandbox(session: AsyncSession, *, now: datetime) -> bool:
 
 
 def _out(wall: datetime, offset: timedelta, moved_at: datetime | None) -> ClockOut:
-    now = wall + offset
+    """Instants in UTC, as every answer writes them (docs/webhooks.md, "One time format")."""
+    now = (wall + offset).astimezone(UTC)
     return ClockOut(
         now=now,
         local_date=local_date(now).isoformat(),
-        wall_now=wall,
+        wall_now=wall.astimezone(UTC),
         offset_seconds=offset.total_seconds(),
-        moved_at=moved_at,
+        moved_at=None if moved_at is None else moved_at.astimezone(UTC),
     )
 
 
