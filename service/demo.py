@@ -52,12 +52,13 @@ from service.kit.periodic import every
 from service.models.registry import Alliance, Organisation
 from service.models.slots import ClinicSession
 from service.policy.service import assign_policy, policy_in_force
-from service.registry.schemas import AllianceIn, OrganisationIn, RegionIn
+from service.registry.schemas import AllianceIn, NoticeSettingsIn, OrganisationIn, RegionIn
 from service.registry.service import (
     create_alliance,
     create_api_client,
     create_organisation,
     org_by_code,
+    set_notice_settings,
     upsert_regions,
 )
 from service.residents.idnumber import check_char
@@ -102,6 +103,7 @@ PROVINCIAL = DemoHospital(
     OrganisationIn(
         code="DEMO-H-PROV", name="安徽省江淮医院", kind="hospital", region_code="340104",
         hospital_level=3, hospital_tier="provincial",
+        address_line="安徽省合肥市蜀山区江淮大道100号", postal_code="230031", phone="0551-60000100",
     ),
     "anhui-provincial",
     (
@@ -116,6 +118,7 @@ CITY = DemoHospital(
     OrganisationIn(
         code="DEMO-H-CITY", name="合肥市明湖医院", kind="hospital", region_code="340104",
         hospital_level=3, hospital_tier="city",
+        address_line="安徽省合肥市蜀山区明湖路200号", postal_code="230031", phone="0551-60000200",
     ),
     "anhui-city",  # Anhui's own rule for a city hospital: open to every primary institution of Hefei
     (
@@ -131,6 +134,7 @@ DISTRICT = DemoHospital(
     OrganisationIn(
         code="DEMO-H-YHQ", name="瑶海区长淮人民医院", kind="hospital", region_code="340102",
         hospital_level=2, hospital_tier="county",
+        address_line="安徽省合肥市瑶海区长淮路300号", postal_code="230011", phone="0551-60000300",
     ),
     "anhui-alliance",
     (
@@ -369,8 +373,36 @@ async def _seed(db: Database, clock: Clock, crypto: Crypto) -> None:
         for offset in range(SCHEDULE_DAYS):
             day = today + timedelta(days=offset)
             await db.run(partial(_push_day, crypto=crypto, now=now, hospital=hospital, day=day))
-    progress(total, total, "the commission")
-    await db.run(lambda s: create_organisation(session=s, actor=actor, org=COMMISSION))
+    progress(total, total, "the commission and Hefei's patient channels")
+    await db.run(partial(_setup_commission, actor=actor))
+
+
+# What the commission configures for Hefei: the SMS gateway's signature and templates, and the
+# city booking portal's page for a slot. The codes and the portal are placeholders a region
+# replaces with its own registered ones (docs/slip.md, docs/fhir.md).
+HEFEI_NOTICES = NoticeSettingsIn(
+    sms_sign_name="合肥健康",
+    sms_template_booked="SMS_DEMO_BOOKED",
+    sms_template_cancelled="SMS_DEMO_CANCELLED",
+    booking_link_template="https://booking.demo.example/hefei/slots/{slot_id}",
+)
+
+
+async def _setup_commission(session: AsyncSession, actor: Actor) -> None:
+    """The commission last, which marks the region complete, with the settings it makes: one
+    transaction, so a complete region always has them."""
+    commission = await create_organisation(session=session, actor=actor, org=COMMISSION)
+    caller = Caller(
+        client_id=0,  # the commission configuring directly, not through one of its API clients
+        org_id=commission.id,
+        role="commission",
+        org_kind=commission.kind,
+        org_name=commission.name,
+        region_code=commission.region_code,
+    )
+    await set_notice_settings(
+        session=session, actor=actor, caller=caller, region_code="340100", settings=HEFEI_NOTICES
+    )
 
 
 async def _days_pushed(session: AsyncSession, hospital: DemoHospital, days: list[date]) -> set[date]:

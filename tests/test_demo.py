@@ -118,6 +118,17 @@ async def test_demo_seed(clean_db, settings, capsys):
         )
         assert policies and all(r["code"].startswith("anhui-") for r in policies), policies
         assert {r["cancel_hotline"] for r in policies} == {"12320"}
+        # What the slip prints and FHIR serves: every demo hospital's address, postal code and
+        # phone; and Hefei's SMS templates and booking deep link, set by the commission.
+        contacts = await conn.fetch(
+            "SELECT address_line, postal_code, phone FROM organisations WHERE kind = 'hospital'"
+        )
+        assert len(contacts) == 3 and all(all(r.values()) for r in contacts), contacts
+        notices = await conn.fetchrow("SELECT * FROM region_notice_settings WHERE region_code = '340100'")
+        assert (
+            notices["sms_sign_name"] and notices["sms_template_booked"] and notices["sms_template_cancelled"]
+        )
+        assert notices["booking_link_template"].startswith("https://")
         titles = await conn.fetch(
             "SELECT d.hospital_id, d.code, count(DISTINCT cs.doctor_title) AS n FROM clinic_sessions cs "
             "JOIN departments d ON d.id = cs.department_id GROUP BY 1, 2"
