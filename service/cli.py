@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.kit.cli_failures import CommandRefused, StartupError, ensure_port_free, listen_on, reported
-from service.kit.clock import Clock, SandboxClock
+from service.kit.clock import Clock, SandboxClock, instant
 from service.kit.config import Settings, get_settings
 from service.kit.context import Actor
 from service.kit.crypto import Crypto
@@ -142,7 +142,7 @@ def start_sandbox(command: str, url: str) -> timedelta:
     clock = SandboxClock()
     clock.adopt(offset)
     what = "this database is now a sandbox" if made else "sandbox"
-    print(f"{what}: its clock reads {clock.now().isoformat(timespec='seconds')}", file=sys.stderr)
+    print(f"{what}: its clock reads {instant(clock.now().replace(microsecond=0))}", file=sys.stderr)
     return offset
 
 
