@@ -321,16 +321,20 @@ async def _setup_registry(session: AsyncSession, actor: Actor) -> None:
         )
 
 
-async def _sync(session: AsyncSession, actor: Actor, crypto: Crypto, rows: list[ContractIn]) -> None:
-    platform = await org_by_code(session, PLATFORM.code)
-    caller = Caller(
-        client_id=0,  # the platform syncing directly, not through one of its API clients
-        org_id=platform.id,
-        role="platform",
-        org_kind=platform.kind,
-        org_name=platform.name,
-        region_code=platform.region_code,
+def _acting_as(org: Organisation, role: str) -> Caller:
+    """The organisation acting directly, as the demo's seeding does, not through an API client."""
+    return Caller(
+        client_id=0,
+        org_id=org.id,
+        role=role,
+        org_kind=org.kind,
+        org_name=org.name,
+        region_code=org.region_code,
     )
+
+
+async def _sync(session: AsyncSession, actor: Actor, crypto: Crypto, rows: list[ContractIn]) -> None:
+    caller = _acting_as(await org_by_code(session, PLATFORM.code), "platform")
     result = await sync_contracts(session=session, actor=actor, caller=caller, crypto=crypto, rows=rows)
     if result.rejected:
         bad = next(r for r in result.results if r.result == "rejected")
@@ -392,14 +396,7 @@ async def _setup_commission(session: AsyncSession, actor: Actor) -> None:
     """The commission last, which marks the region complete, with the settings it makes: one
     transaction, so a complete region always has them."""
     commission = await create_organisation(session=session, actor=actor, org=COMMISSION)
-    caller = Caller(
-        client_id=0,  # the commission configuring directly, not through one of its API clients
-        org_id=commission.id,
-        role="commission",
-        org_kind=commission.kind,
-        org_name=commission.name,
-        region_code=commission.region_code,
-    )
+    caller = _acting_as(commission, "commission")
     await set_notice_settings(
         session=session, actor=actor, caller=caller, region_code="340100", settings=HEFEI_NOTICES
     )

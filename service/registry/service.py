@@ -271,14 +271,20 @@ async def notice_settings_for(*, session: AsyncSession, region_code: str) -> Not
 NOTICE_FIELDS = ("sms_sign_name", "sms_template_booked", "sms_template_cancelled", "booking_link_template")
 
 
-async def set_notice_settings(
-    *, session: AsyncSession, actor: Actor, caller: Caller, region_code: str, settings: NoticeSettingsIn
-) -> NoticeSettingsOut:
-    """The commission sets the patient channels of a division of its region (the whole row at once)."""
+async def check_own_division(session: AsyncSession, caller: Caller, region_code: str) -> None:
+    """A division the commission may configure: 403 ``region_out_of_scope`` outside its region,
+    404 ``region_not_found`` for a code the registry does not know."""
     if not covers(caller.region_code, region_code):
         raise Forbidden("region_out_of_scope", f"Region {region_code} is outside your region.")
     if await session.get(Region, region_code) is None:
         raise NotFound("region_not_found", f"No region {region_code}.")
+
+
+async def set_notice_settings(
+    *, session: AsyncSession, actor: Actor, caller: Caller, region_code: str, settings: NoticeSettingsIn
+) -> NoticeSettingsOut:
+    """The commission sets the patient channels of a division of its region (the whole row at once)."""
+    await check_own_division(session, caller, region_code)
     row = await session.get(RegionNoticeSettings, region_code, with_for_update=True)
     before = {name: getattr(row, name) for name in NOTICE_FIELDS} if row is not None else None
     if row is None:

@@ -14,9 +14,9 @@ from service.audit.service import record
 from service.kit.clock import local_date
 from service.kit.context import Actor, Caller
 from service.kit.crypto import Crypto, mask_id_number
-from service.kit.errors import Forbidden, NotFound
+from service.kit.errors import Forbidden
 from service.kit.regions import city_of, covers, province_of
-from service.models.registry import Doctor, Organisation, Region
+from service.models.registry import Doctor, Organisation
 from service.models.residents import (
     CONTRACT_NAME,
     CONTRACT_PHONE,
@@ -24,6 +24,7 @@ from service.models.residents import (
     RegionContractSource,
     Resident,
 )
+from service.registry.service import check_own_division
 from service.residents.conflicts import note_declared_identity
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
 from service.residents.schemas import (
@@ -198,10 +199,7 @@ async def set_contract_source(
     *, session: AsyncSession, actor: Actor, caller: Caller, region_code: str, source: str
 ) -> ContractSourceOut:
     """The commission decides whether its region (or a division in it) takes contracts from the platform only."""
-    if not covers(caller.region_code, region_code):
-        raise Forbidden("region_out_of_scope", f"Region {region_code} is outside your region.")
-    if await session.get(Region, region_code) is None:
-        raise NotFound("region_not_found", f"No region {region_code}.")
+    await check_own_division(session, caller, region_code)
     row = await session.get(RegionContractSource, region_code, with_for_update=True)
     before = row.source if row is not None else None
     if row is None:
