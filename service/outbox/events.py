@@ -144,8 +144,9 @@ async def emit_selected(
     """Write an event of one type per row of ``rows``, and their deliveries, in one statement.
 
     The rows ``emit`` writes for each: ``envelope()``'s body around the data (parsed once,
-    here), then one pending delivery per endpoint of the event's hospital subscribed to the
-    type (disabled endpoints too: their queue waits until they are re-enabled, so a hospital
+    here), for the hospital and, with ``rows.institution``, for the booker institution in a row
+    of its own; then one pending delivery per endpoint of each event's recipient subscribed to
+    the type (disabled endpoints too: their queue waits until they are re-enabled, so a hospital
     whose receiver answered 410 misses nothing; endpoints registered later never see older
     events); and, in the same statement, one NOTIFY for them all when anything was queued. The change, the building of the
     data and its events are one statement, so data the database builds never leaves it (the
