@@ -622,6 +622,7 @@ async def attendance_events(db) -> list[Event]:
     rows = await db.run(
         lambda s: s.scalars(
             select(Event)
+            .where(Event.recipient_id == Event.hospital_id)
             .where(Event.type == "referral.attendance_recorded")
             .order_by(Event.id)
             .order_by(Event.id)

@@ -137,6 +137,9 @@ class Ctx:
     world: World
     reference: str = ""
     seq: itertools.count[int] = field(default_factory=lambda: itertools.count(100))
+    # The caller's role: webhook rows build the endpoint of the owner of that role (a hospital's
+    # or a primary institution's), so each owner calls on its own and each outsider on another's.
+    role: str | None = None
 
     def auth(self, who: str) -> dict[str, str]:
         return self.world.auth(who)
@@ -156,9 +159,14 @@ class Ctx:
         )
         return referral
 
+    @property
+    def endpoint_owner(self) -> str:
+        return "chc_a" if self.role == "primary" else "city_hospital"
+
     async def fresh_endpoint(self) -> int:
-        body = {"url": "http://127.0.0.1:9/matrix", "event_types": ["referral.booked"]}
-        endpoint = await self.as_owner("POST", "/v1/webhooks/endpoints", "city_hospital", json=body)
+        types = ["referral.cancelled"] if self.role == "primary" else ["referral.booked"]
+        body = {"url": "http://127.0.0.1:9/matrix", "event_types": types}
+        endpoint = await self.as_owner("POST", "/v1/webhooks/endpoints", self.endpoint_owner, json=body)
         return int(endpoint["id"])
 
     async def first_fhir_id(self, resource: str) -> str:
@@ -284,13 +292,25 @@ async def _endpoint(ctx: Ctx) -> Call:
 
 
 async def _endpoint_patch(ctx: Ctx) -> Call:
-    return Call(
-        path={"endpoint_id": await ctx.fresh_endpoint()}, json={"event_types": ["referral.cancelled"]}
-    )
+    types = ["referral.received"] if ctx.role == "primary" else ["referral.cancelled"]
+    return Call(path={"endpoint_id": await ctx.fresh_endpoint()}, json={"event_types": types})
+
+
+async def _endpoint_body(ctx: Ctx) -> Call:
+    types = ["referral.cancelled"] if ctx.role == "primary" else ["referral.booked"]
+    return Call(json={"url": "http://127.0.0.1:9/m", "event_types": types})
 
 
 async def _delivery(ctx: Ctx) -> Call:
-    page = await ctx.as_owner("GET", "/v1/webhooks/deliveries", "city_hospital", params={"status": "pending"})
+    if ctx.role == "primary":  # a cancellation queues one for the institution's endpoint
+        await ctx.fresh_endpoint()
+        referral = await ctx.fresh_referral()
+        await ctx.as_owner(
+            "POST", f"/v1/referrals/{referral['reference']}/cancel", "chc_a", json={"reason": "x"}
+        )
+    page = await ctx.as_owner(
+        "GET", "/v1/webhooks/deliveries", ctx.endpoint_owner, params={"status": "pending"}
+    )
     return Call(path={"delivery_id": page["items"][0]["id"]})
 
 
@@ -510,24 +530,28 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("GET", "/v1/audit"): Row(roles(COMMISSION)),
     ("POST", "/v1/audit/search"): Row(roles(COMMISSION), static(body={"action": "referral.booked"})),
-    # webhooks
-    ("GET", "/v1/webhooks/endpoints"): Row(roles(HOSPITAL)),
-    ("POST", "/v1/webhooks/endpoints"): Row(
-        roles(HOSPITAL), static(body={"url": "http://127.0.0.1:9/m", "event_types": ["referral.booked"]})
+    # webhooks: a hospital's and a primary institution's own endpoints (docs/webhooks.md)
+    ("GET", "/v1/webhooks/endpoints"): Row(roles(HOSPITAL, PRIMARY)),
+    ("POST", "/v1/webhooks/endpoints"): Row(roles(HOSPITAL, PRIMARY), _endpoint_body),
+    ("GET", "/v1/webhooks/endpoints/{endpoint_id}"): Row(
+        roles(HOSPITAL, PRIMARY), _endpoint, other_org=HIDDEN
     ),
-    ("GET", "/v1/webhooks/endpoints/{endpoint_id}"): Row(roles(HOSPITAL), _endpoint, other_org=HIDDEN),
     ("PATCH", "/v1/webhooks/endpoints/{endpoint_id}"): Row(
-        roles(HOSPITAL), _endpoint_patch, other_org=HIDDEN
+        roles(HOSPITAL, PRIMARY), _endpoint_patch, other_org=HIDDEN
     ),
-    ("DELETE", "/v1/webhooks/endpoints/{endpoint_id}"): Row(roles(HOSPITAL), _endpoint, other_org=HIDDEN),
+    ("DELETE", "/v1/webhooks/endpoints/{endpoint_id}"): Row(
+        roles(HOSPITAL, PRIMARY), _endpoint, other_org=HIDDEN
+    ),
     ("POST", "/v1/webhooks/endpoints/{endpoint_id}/rotate-secret"): Row(
-        roles(HOSPITAL), _endpoint, other_org=HIDDEN
+        roles(HOSPITAL, PRIMARY), _endpoint, other_org=HIDDEN
     ),
     # A test event goes to the caller's own endpoint only (here a closed port: answered, not delivered).
-    ("POST", "/v1/webhooks/endpoints/{endpoint_id}/test"): Row(roles(HOSPITAL), _endpoint, other_org=HIDDEN),
-    ("GET", "/v1/webhooks/deliveries"): Row(roles(HOSPITAL)),
+    ("POST", "/v1/webhooks/endpoints/{endpoint_id}/test"): Row(
+        roles(HOSPITAL, PRIMARY), _endpoint, other_org=HIDDEN
+    ),
+    ("GET", "/v1/webhooks/deliveries"): Row(roles(HOSPITAL, PRIMARY)),
     ("POST", "/v1/webhooks/deliveries/{delivery_id}/replay"): Row(
-        roles(HOSPITAL), _delivery, other_org=HIDDEN
+        roles(HOSPITAL, PRIMARY), _delivery, other_org=HIDDEN
     ),
     # FHIR
     ("GET", "/fhir/metadata"): Row(PUBLIC),
@@ -620,7 +644,7 @@ def test_the_matrix_covers_every_role():
 async def test_authorization_matrix(caller, client, world, crypto):
     """One world per caller; every operation in the contract, with its expected outcome."""
     ctx = await build_ctx(client, world, crypto)
-    _, key, _ = CALLERS[caller]
+    ctx.role, key, _ = CALLERS[caller]
     headers = world.auth(key) if key else {}
     wrong: list[str] = []
     for (method, path), row in MATRIX.items():

@@ -41,7 +41,13 @@ async def test_r8_books_for_a_signed_resident(client, world, clock, open_pool, d
     assert r.headers["location"] == f"/v1/referrals/{body['reference']}"
     assert await pool_slots(client, world) == open_pool[1:]
 
-    events = list(await db.run(lambda s: s.scalars(select(Event).order_by(Event.id))))
+    events = list(
+        await db.run(
+            lambda s: s.scalars(
+                select(Event).where(Event.recipient_id == Event.hospital_id).order_by(Event.id)
+            )
+        )
+    )
     assert [e.type for e in events] == ["referral.booked"]
     assert events[0].hospital_id == world.ids["city_hospital"]
 

@@ -25,7 +25,14 @@ async def referral(client, world):
 async def events_of(db, kind):
     return [
         e.payload
-        for e in await db.run(lambda s: s.scalars(select(Event).where(Event.type == kind).order_by(Event.id)))
+        for e in await db.run(
+            lambda s: s.scalars(
+                select(Event)
+                .where(Event.recipient_id == Event.hospital_id)
+                .where(Event.type == kind)
+                .order_by(Event.id)
+            )
+        )
     ]
 
 

@@ -15,12 +15,21 @@ from sqlalchemy import select
 
 from service.app import create_app
 from service.kit.clock import instant
-from service.models.events import EVENT_TYPES, EVENT_VERSIONS, TEST_EVENT_TYPE, Event
+from service.models.events import (
+    EVENT_TYPES,
+    EVENT_VERSIONS,
+    INSTITUTION_EVENT_TYPES,
+    INSTITUTION_EVENT_VERSIONS,
+    TEST_EVENT_TYPE,
+    Event,
+)
 from service.slots.release import release_due_slots
 from tests.factories import booking, contract_row, session_item, synthetic_id
 
 CONTRACTS = Path(__file__).resolve().parent.parent / "contracts"
 EVENT_SCHEMAS = CONTRACTS / "events"
+# A primary institution's events: schemas of their own, versioned on their own (docs/webhooks.md).
+INSTITUTION_SCHEMAS = EVENT_SCHEMAS / "institution"
 DAY = date(2026, 3, 10)  # public release 3 March 08:00; the pool opened 2 March 08:00
 RESIDENTS = {1: "340102", 2: "340102", 3: "340102", 4: "340102"}  # seq -> region of the synthetic ID
 
@@ -47,20 +56,25 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _schema_files() -> list[Path]:
-    return sorted(EVENT_SCHEMAS.glob("*.schema.json"))
+def _schema_files(directory: Path = EVENT_SCHEMAS) -> list[Path]:
+    return sorted(directory.glob("*.schema.json"))
 
 
-def _schema_for(event_type: str) -> dict[str, Any]:
-    """The newest version of the schema of ``event_type``."""
+def _schema_for(event_type: str, directory: Path = EVENT_SCHEMAS) -> dict[str, Any]:
+    """The newest version of the schema of ``event_type`` (in ``directory``: a hospital's by default)."""
     pattern = re.compile(rf"^{re.escape(event_type)}\.v(\d+)\.schema\.json$")
-    versions = {int(m[1]): p for p in _schema_files() if (m := pattern.match(p.name))}
-    assert versions, f"no schema for {event_type} in {EVENT_SCHEMAS}"
+    versions = {int(m[1]): p for p in _schema_files(directory) if (m := pattern.match(p.name))}
+    assert versions, f"no schema for {event_type} in {directory}"
     return json.loads(versions[max(versions)].read_text())
 
 
 def _validator(event_type: str) -> Draft202012Validator:
     return Draft202012Validator(_schema_for(event_type), format_checker=FORMATS)
+
+
+def institution_validator(event_type: str) -> Draft202012Validator:
+    """The newest schema of a primary institution's event of ``event_type``."""
+    return Draft202012Validator(_schema_for(event_type, INSTITUTION_SCHEMAS), format_checker=FORMATS)
 
 
 # --- OpenAPI --------------------------------------------------------------------------------
@@ -116,6 +130,57 @@ def test_every_event_type_has_a_schema():
     # A test event lists what its endpoint subscribes to: any type an endpoint may subscribe to.
     subscribable = _schema_for(TEST_EVENT_TYPE)["properties"]["data"]["properties"]["event_types"]
     assert subscribable["items"]["enum"] == list(EVENT_TYPES)
+
+
+def test_every_institution_event_type_has_a_schema():
+    """The same rules for a primary institution's schemas, in their own directory and numbering."""
+    files = _schema_files(INSTITUTION_SCHEMAS)
+    assert files, f"no event schemas in {INSTITUTION_SCHEMAS}"
+    for path in files:
+        schema = json.loads(path.read_text())
+        Draft202012Validator.check_schema(schema)
+        match = re.fullmatch(r"(.+)\.v(\d+)\.schema\.json", path.name)
+        assert match, f"{path.name}: name it <type>.v<N>.schema.json"
+        event_type, version = match.groups()
+        assert event_type in INSTITUTION_EVENT_VERSIONS, f"{path.name} describes no type institutions get"
+        assert int(version) <= INSTITUTION_EVENT_VERSIONS[event_type], f"{path.name}: newer than written"
+        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema", path.name
+        assert schema["$id"] == f"urn:slotpool:event:institution:{event_type}:v{version}", path.name
+        assert schema["properties"]["type"] == {**schema["properties"]["type"], "const": event_type}
+        assert schema.get("title") and schema.get("description"), path.name
+        assert _closed_objects(schema) == [], path.name
+        # Nothing the institution must not see: no ID number, no code, no hospital-internal ids.
+        names = set(_property_names(schema))
+        assert not names & {"id_number", "resident_id", "verification_code", "external_id", "his_reference",
+                            "diagnoses", "note", "priority"}, path.name  # fmt: skip
+    assert set(INSTITUTION_EVENT_VERSIONS) == {*INSTITUTION_EVENT_TYPES, TEST_EVENT_TYPE}
+    for event_type, version in INSTITUTION_EVENT_VERSIONS.items():
+        newest = _schema_for(event_type, INSTITUTION_SCHEMAS)
+        assert newest["$id"] == f"urn:slotpool:event:institution:{event_type}:v{version}", event_type
+        assert newest["properties"]["version"] == {**newest["properties"]["version"], "const": version}
+        assert newest["required"][:2] == ["type", "version"], event_type
+        for field in _date_times(newest):
+            assert field["pattern"] == INSTANT_PATTERN, event_type
+    subscribable = _schema_for(TEST_EVENT_TYPE, INSTITUTION_SCHEMAS)["properties"]["data"]["properties"]
+    assert subscribable["event_types"]["items"]["enum"] == list(INSTITUTION_EVENT_TYPES)
+
+
+def _property_names(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = list(node.get("properties", {})) if isinstance(node.get("properties"), dict) else []
+        return own + [n for v in node.values() for n in _property_names(v)]
+    if isinstance(node, list):
+        return [n for v in node for n in _property_names(v)]
+    return []
+
+
+def _date_times(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        found = [node] if node.get("format") == "date-time" else []
+        return found + [d for v in node.values() for d in _date_times(v)]
+    if isinstance(node, list):
+        return [d for v in node for d in _date_times(v)]
+    return []
 
 
 # The one time format (docs/webhooks.md, "Time"): RFC 3339 in UTC with Z, a fraction only when
@@ -264,10 +329,39 @@ async def run_flow(client, world, clock, db) -> dict[str, Any]:
     return {"verification_codes": codes, "kept": kept["reference"]}
 
 
-async def _stored_events(db) -> list[tuple[str, dict[str, Any]]]:
+async def _stored_events(db, *, institutions: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """The hospitals' events, or the primary institutions' (``institutions``), in order."""
+    own = Event.recipient_id != Event.hospital_id if institutions else Event.recipient_id == Event.hospital_id
     async with db.sessionmaker() as session:
-        rows = (await session.execute(select(Event.type, Event.payload).order_by(Event.id))).all()
+        rows = (await session.execute(select(Event.type, Event.payload).where(own).order_by(Event.id))).all()
     return [(row.type, row.payload) for row in rows]
+
+
+async def test_stored_institution_events_match_their_schemas(client, world, clock, db):
+    """The flow's cancellations and attendance reports tell the booker institution too, each in its
+    own schema (the full set of institution events: tests/test_institution_events.py)."""
+    await run_flow(client, world, clock, db)
+    events = await _stored_events(db, institutions=True)
+    assert [t for t, _ in events] == [
+        "referral.cancelled",
+        "referral.cancelled",
+        "referral.cancelled",
+        "referral.attendance_recorded",
+        "referral.attendance_recorded",
+    ]
+    failures = []
+    for i, (event_type, payload) in enumerate(events):
+        assert payload.get("version") == INSTITUTION_EVENT_VERSIONS[event_type], f"event {i}: {payload}"
+        for error in institution_validator(event_type).iter_errors(payload):
+            failures.append(f"event {i} {event_type} at {error.json_path}: {error.message}")
+    assert not failures, "stored institution events do not match contracts/events/institution:\n" + "\n".join(
+        failures
+    )
+    assert [p["data"]["cancellation"]["by"] for t, p in events if t == "referral.cancelled"] == [
+        "family_doctor",
+        "hospital",
+        "family_doctor",
+    ]
 
 
 async def test_stored_events_match_their_schemas(client, world, clock, db):

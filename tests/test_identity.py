@@ -91,7 +91,14 @@ async def conflicts(client, world, who: str = "commission", **params: Any) -> li
 
 
 async def event_payloads(db, kind: str) -> list[dict[str, Any]]:
-    rows = await db.run(lambda s: s.scalars(select(Event).where(Event.type == kind).order_by(Event.id)))
+    rows = await db.run(
+        lambda s: s.scalars(
+            select(Event)
+            .where(Event.recipient_id == Event.hospital_id)
+            .where(Event.type == kind)
+            .order_by(Event.id)
+        )
+    )
     return [e.payload for e in rows]
 
 

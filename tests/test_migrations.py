@@ -53,8 +53,10 @@ def test_revision_files_are_named_by_their_revision_in_order():
 DISTRIBUTED_BY_HOSPITAL = {
     "availability_counts", "clinic_sessions", "departments", "events", "no_show_bars", "referral_counts",
     "referrals", "report_department_days", "report_hospital_days", "reservation_shortfalls", "slots",
-    "webhook_endpoints",
 }  # fmt: skip
+# Webhook endpoints belong to a hospital or a primary institution (revision 0022): they would be
+# distributed by their owner, so a hospital's endpoints stay with its events.
+DISTRIBUTED_BY_OWNER = {"webhook_endpoints": "organisation_id"}
 
 
 async def test_every_table_to_be_distributed_by_hospital_carries_it_on_every_row(database_url):
@@ -71,3 +73,21 @@ async def test_every_table_to_be_distributed_by_hospital_carries_it_on_every_row
     assert {name: carried.get(name) for name in DISTRIBUTED_BY_HOSPITAL} == dict.fromkeys(
         DISTRIBUTED_BY_HOSPITAL, "NO"
     )
+
+
+async def test_webhook_endpoints_carry_their_owner_on_every_row(database_url):
+    engine = create_async_engine(asyncpg_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.exec_driver_sql(
+                "SELECT table_name, column_name, is_nullable FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND table_name = ANY($1)",
+                (list(DISTRIBUTED_BY_OWNER),),
+            )
+            columns = {(row[0], row[1]): row[2] for row in rows.all()}
+    finally:
+        await engine.dispose()
+    for table, column in DISTRIBUTED_BY_OWNER.items():
+        assert columns.get((table, column)) == "NO", (table, column)
+        assert (table, "hospital_id") not in columns, table
+    assert columns  # the query found the tables

@@ -83,7 +83,12 @@ def bed_item(external_id: str, day: date = DAY, *, beds: int = 10, version: int 
 
 async def events_of(db, event_type: str) -> list[dict[str, Any]]:
     async with db.sessionmaker() as session:
-        rows = await session.scalars(select(Event.payload).where(Event.type == event_type).order_by(Event.id))
+        rows = await session.scalars(
+            select(Event.payload)
+            .where(Event.recipient_id == Event.hospital_id)
+            .where(Event.type == event_type)
+            .order_by(Event.id)
+        )
         return list(rows)
 
 

@@ -54,7 +54,12 @@ async def test_hospital_removal_cancels_the_referrals_as_a_withdrawal_does(clien
         "cancelled", "hospital", "日期推送错误",
     )  # fmt: skip
     events = await db.run(
-        lambda s: s.scalars(select(Event).where(Event.type == "referral.cancelled").order_by(Event.id))
+        lambda s: s.scalars(
+            select(Event)
+            .where(Event.recipient_id == Event.hospital_id)
+            .where(Event.type == "referral.cancelled")
+            .order_by(Event.id)
+        )
     )
     [event] = list(events)
     assert event.payload["data"]["cancellation"] == {

@@ -234,7 +234,7 @@ async def test_delivery_rechecks_with_default_settings(world, clock, crypto, db,
             now = clock.now()
             session.add(
                 WebhookEndpoint(
-                    hospital_id=world.ids["city_hospital"], url=receiver.url, event_types=ALL_TYPES,
+                    organisation_id=world.ids["city_hospital"], url=receiver.url, event_types=ALL_TYPES,
                     status="active", secret_enc=crypto.encrypt(new_secret(), column=SECRET_COLUMN),
                     created_at=now, updated_at=now,
                 )

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from service.kit.clock import SHANGHAI
-from service.models.events import EVENT_TYPES
+from service.models.events import EVENT_TYPES, INSTITUTION_EVENT_TYPES
 from service.outbox.dispatcher import Dispatcher
 from tests.factories import World
 from tests.test_contracts import DAY, INSTANT, run_flow
@@ -118,6 +118,14 @@ async def test_every_instant_in_v1_webhooks_and_fhir_is_utc_with_z(
             headers=hospital,
         )
         endpoint_id = r.json()["id"]
+        # The booker institution's own endpoint: its events are walked as well.
+        centre = world.auth("chc_a")
+        r = await client.post(
+            "/v1/webhooks/endpoints",
+            json={"url": receiver.url + "/institution", "event_types": list(INSTITUTION_EVENT_TYPES)},
+            headers=centre,
+        )
+        institution_endpoint_id = r.json()["id"]
         flow = await run_flow(client, world, clock, db)
         clock.set(clock.now().astimezone(SHANGHAI))  # the flow moved it in UTC: read in Beijing time again
         await client.post(f"/v1/webhooks/endpoints/{endpoint_id}/rotate-secret", headers=hospital)
@@ -125,6 +133,7 @@ async def test_every_instant_in_v1_webhooks_and_fhir_is_utc_with_z(
         await client.post(
             f"/v1/webhooks/endpoints/{endpoint_id}/test", headers=hospital
         )  # 429, with its wait
+        await client.post(f"/v1/webhooks/endpoints/{institution_endpoint_id}/test", headers=centre)
         async with Dispatcher(db, clock, crypto, settings) as dispatcher:
             assert await drain(dispatcher) >= 6
         # Refusals that name instants: a cancellation past its cut-off, a booking out of its window.
@@ -157,5 +166,11 @@ async def test_every_instant_in_v1_webhooks_and_fhir_is_utc_with_z(
     assert not wrong, "instants not in the one format:\n" + "\n".join(sorted(set(wrong)))
     # The walk saw enough to mean something: instants from each of the three surfaces.
     assert any(name.startswith("webhook") for name, _, _ in found)
+    institution = [r for r in receiver.requests if r.path == "/institution"]
+    assert {json.loads(r.body)["type"] for r in institution} >= {
+        "referral.cancelled",
+        "referral.attendance_recorded",
+        "webhook.test",
+    }
     assert any(" /fhir/" in name for name, _, _ in found)
     assert sum(" /v1/" in name for name, _, _ in found) >= 50

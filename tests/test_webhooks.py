@@ -160,7 +160,11 @@ async def test_r19_every_event_is_delivered_signed_schema_valid_and_without_id_n
     endpoint = await register(client, world, receiver.url + "/his")
     await run_flow(client, world, clock, db)
     async with db.sessionmaker() as session:
-        events = list(await session.scalars(select(Event).order_by(Event.id)))
+        events = list(
+            await session.scalars(
+                select(Event).where(Event.recipient_id == Event.hospital_id).order_by(Event.id)
+            )
+        )
     assert {e.type for e in events} == set(EVENT_TYPES)
 
     assert await drain(dispatcher) == len(events)
@@ -218,7 +222,10 @@ async def test_r19_attendance_recorded_reaches_a_his_subscribed_to_it_alone(
     assert r.status_code == 200, r.text
     [event] = await db.run(
         lambda s: s.scalars(
-            select(Event).where(Event.type == "referral.attendance_recorded").order_by(Event.id)
+            select(Event)
+            .where(Event.recipient_id == Event.hospital_id)
+            .where(Event.type == "referral.attendance_recorded")
+            .order_by(Event.id)
         )
     )
 
@@ -700,7 +707,7 @@ async def test_r19_a_url_is_resolved_for_a_hospital_only_and_with_no_connection_
     body = {"url": "http://localhost/hook", "event_types": ALL_TYPES}
     r = await client.post("/v1/webhooks/endpoints", json=body)
     assert r.status_code == 401
-    r = await client.post("/v1/webhooks/endpoints", json=body, headers=world.auth("chc_a"))
+    r = await client.post("/v1/webhooks/endpoints", json=body, headers=world.auth("platform"))
     assert r.status_code == 403 and r.json()["code"] == "wrong_role"
     assert held == []
     hospital = world.auth("city_hospital")
@@ -789,7 +796,7 @@ async def test_r19_delivery_rechecks_the_address_dns_rebinding(world, clock, cry
         now = clock.now()
         session.add(
             WebhookEndpoint(
-                hospital_id=world.ids["city_hospital"], url=url, event_types=ALL_TYPES, status="active",
+                organisation_id=world.ids["city_hospital"], url=url, event_types=ALL_TYPES, status="active",
                 secret_enc=crypto.encrypt(new_secret(), column=SECRET_COLUMN), created_at=now, updated_at=now,
             )
         )  # fmt: skip
@@ -861,7 +868,9 @@ async def test_r19_hospitals_see_only_their_own_endpoints_and_deliveries(client,
     assert (await client.post(base + "/rotate-secret", headers=other)).status_code == 404
     assert (await client.delete(base, headers=other)).status_code == 404
     assert (await client.get("/v1/webhooks/endpoints", headers=other)).json()["items"] == []
-    assert (await client.get("/v1/webhooks/endpoints", headers=world.auth("chc_a"))).status_code == 403
+    # A primary institution has endpoints of its own now, never a hospital's.
+    assert (await client.get("/v1/webhooks/endpoints", headers=world.auth("chc_a"))).json()["items"] == []
+    assert (await client.get(base, headers=world.auth("chc_a"))).status_code == 404
 
     await emit_returned(db, world, 1)
     delivery_id = await scalar(db, select(WebhookDelivery.id))
@@ -906,7 +915,9 @@ async def test_r19_event_ids_are_opaque_unique_and_say_nothing_of_the_count(
     )
     assert [d["webhook_id"] for d in r.json()["items"]] == ids
     # Stored with the event: the same id however often it is read or sent.
-    stored = await db.run(lambda s: s.scalars(select(Event).order_by(Event.id)))
+    stored = await db.run(
+        lambda s: s.scalars(select(Event).where(Event.recipient_id == Event.hospital_id).order_by(Event.id))
+    )
     assert [e.public_id for e in stored] == ids
 
 
@@ -1005,7 +1016,7 @@ async def test_r19_a_test_event_goes_only_to_the_callers_own_endpoint(client, wo
     mine = await register(client, world, receiver.url)
     r = await ping(client, world, mine["id"], who="district_hospital")
     assert r.status_code == 404 and r.json()["code"] == "webhook_endpoint_not_found"
-    assert (await ping(client, world, mine["id"], who="chc_a")).status_code == 403
+    assert (await ping(client, world, mine["id"], who="chc_a")).status_code == 404
     assert receiver.requests == []
     assert await scalar(db, select(func.count()).where(AuditEntry.action == "webhook.endpoint_tested")) == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from typing import Any, Literal
 
 from sqlalchemy import any_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,9 +27,9 @@ from service.models.referrals import REFERRAL_RESIDENT_NAME, Referral
 from service.models.registry import Organisation
 from service.models.residents import Resident
 from service.models.slots import Slot
-from service.outbox.events import emit
+from service.outbox.events import emit, emit_to_institution
 from service.policy.schemas import NoShowRule
-from service.referrals.events import referral_event_data
+from service.referrals.events import institution_referral_data, referral_event_data
 from service.referrals.guards import active_bar, lock_resident_at_hospital
 from service.referrals.schemas import NamedRef, ReferralOut
 from service.referrals.views import load_view, load_views
@@ -110,6 +111,15 @@ async def _apply_report(
     elif previous == "no_show":
         effect = await _bar_after_correction(session, actor, referral)
     await _emit_attendance_recorded(session, actor, crypto, referral, previous=previous, effect=effect)
+    if effect is not None and effect.effect in ("started", "lifted"):
+        # After the attendance event, so the institution learns the outcome before its effect.
+        await _tell_bookers_of_bar(
+            session,
+            crypto,
+            bar_id=effect.bar_id,
+            event_type="no_show_bar.started" if effect.effect == "started" else "no_show_bar.lifted",
+            at=actor.now,
+        )
     return ReportResult(
         reference=referral.reference,
         result="recorded" if previous is None else "corrected",
@@ -129,7 +139,8 @@ async def _emit_attendance_recorded(
 ) -> None:
     """Tell the hospital what the pool now holds for the visit, and any bar the report started."""
     assert referral.attendance is not None
-    data = referral_event_data(await load_view(session, crypto, referral))
+    view = await load_view(session, crypto, referral)
+    data = referral_event_data(view)
     data["attendance"] = {
         "outcome": referral.attendance,
         "reported_at": instant(actor.now),
@@ -140,13 +151,67 @@ async def _emit_attendance_recorded(
         if effect is not None and effect.effect == "started"
         else None
     )
+    # The booker institution learns the outcome too, without the HIS's note or the bar, which is
+    # an event of its own (``_tell_bookers_of_bar``); one statement writes both.
+    told = institution_referral_data(view)
+    told["attendance"] = dict(data["attendance"])
     await emit(
         session=session,
         hospital_id=referral.hospital_id,
         event_type="referral.attendance_recorded",
         data=data,
         at=actor.now,
+        institution_id=referral.booker_org_id,
+        institution_data=told,
     )
+
+
+async def _tell_bookers_of_bar(
+    session: AsyncSession,
+    crypto: Crypto,
+    *,
+    bar_id: int,
+    event_type: Literal["no_show_bar.started", "no_show_bar.lifted"],
+    at: datetime,
+) -> None:
+    """Tell each primary institution that booked one of the bar's no-show referrals that the bar
+    started or was lifted: its own references only, the patient's masked name as it booked them,
+    never the ID number nor the lifting party's own words (docs/webhooks.md)."""
+    bar = await session.get(NoShowBar, bar_id)
+    assert bar is not None
+    hospital = await session.get(Organisation, bar.hospital_id)
+    assert hospital is not None
+    triggers = (
+        await session.execute(
+            select(Referral.booker_org_id, Referral.reference, Referral.resident_name_enc)
+            .where(Referral.id.in_(bar.trigger_referral_ids))
+            .order_by(Referral.service_date, Referral.id)
+        )
+    ).all()
+    by_booker: dict[int, list[Any]] = {}
+    for row in triggers:
+        by_booker.setdefault(row.booker_org_id, []).append(row)
+    for booker_id, rows in sorted(by_booker.items()):
+        data: dict[str, Any] = {
+            "hospital": {"code": hospital.code, "name": hospital.name},
+            "patient": {
+                "name_masked": mask_name(
+                    crypto.decrypt(rows[-1].resident_name_enc, column=REFERRAL_RESIDENT_NAME)
+                )
+            },
+            "bar": {"starts_on": bar.starts_on.isoformat(), "ends_on": bar.ends_on.isoformat()},
+            "references": [row.reference for row in rows],
+        }
+        if event_type == "no_show_bar.lifted":
+            data["lifted_by"] = bar.lift_kind
+        await emit_to_institution(
+            session=session,
+            institution_id=booker_id,
+            hospital_id=bar.hospital_id,
+            event_type=event_type,
+            data=data,
+            at=at,
+        )
 
 
 # --- the no-show rule (R13) -----------------------------------------------------------------
@@ -365,6 +430,19 @@ async def receive_referral(
         if his_reference is not None:
             referral.his_reference = his_reference
         await session.flush()
+        if first:
+            # The booker institution learns its referral reached the HIS (once; never the HIS's
+            # own reference).
+            told = institution_referral_data(await load_view(session, crypto, referral))
+            told["received_at"] = instant(actor.now)
+            await emit_to_institution(
+                session=session,
+                institution_id=referral.booker_org_id,
+                hospital_id=hospital_id,
+                event_type="referral.received",
+                data=told,
+                at=actor.now,
+            )
         await record(
             session=session,
             actor=actor,
@@ -497,4 +575,5 @@ async def lift_bar(
         reason=reason,
         detail={"bar_id": bar.id, "ends_on": bar.ends_on.isoformat()},
     )
+    await _tell_bookers_of_bar(session, crypto, bar_id=bar.id, event_type="no_show_bar.lifted", at=actor.now)
     return await bar_out(session=session, crypto=crypto, bar=bar, today=today)

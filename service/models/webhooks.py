@@ -1,4 +1,4 @@
-"""Webhook endpoints of hospitals, one delivery row per event and endpoint, one row per attempt."""
+"""Webhook endpoints of hospitals and primary institutions, one delivery row per event and endpoint, one row per attempt."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ EXCERPT_CHARS = 500
 
 
 class WebhookEndpoint(Base):
-    """A URL of a hospital's HIS, the event types it wants, and its signing secrets."""
+    """A URL of a hospital's HIS or a primary institution's backend, the event types it wants,
+    and its signing secrets."""
 
     __tablename__ = "webhook_endpoints"
     __table_args__ = (
@@ -40,11 +41,13 @@ class WebhookEndpoint(Base):
         CheckConstraint(
             "(previous_secret_enc IS NULL) = (previous_secret_expires_at IS NULL)", name="previous_secret"
         ),
-        Index("ix_webhook_endpoints_hospital_id", "hospital_id"),
+        Index("ix_webhook_endpoints_organisation_id", "organisation_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    hospital_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"))
+    # The owner: a hospital, or a primary institution (revision 0022); events reach it when they
+    # name it as their recipient (events.recipient_id).
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"))
     url: Mapped[str] = mapped_column(Text)
     event_types: Mapped[list[str]] = mapped_column(ARRAY(Text))
     # "whsec_..." encrypted with the column name "webhook_endpoints.secret" as associated data;

@@ -60,6 +60,7 @@ from service.kit.db import Database, asyncpg_url
 from service.kit.errors import log_failure
 from service.kit.metrics import LOOP_ERRORS, WEBHOOK_ATTEMPTS
 from service.models.events import webhook_id
+from service.models.registry import Organisation
 from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from service.outbox.connections import EndpointClients
 from service.outbox.endpoints import signing_secrets
@@ -392,9 +393,13 @@ class Dispatcher:
                 session=session,
                 actor=Actor.system("webhook_dispatcher", now=now),
                 action="webhook.endpoint_disabled",
-                hospital_id=endpoint.hospital_id,
+                hospital_id=await _hospital_or_none(session, endpoint.organisation_id),
                 reason=endpoint.disabled_reason,
-                detail={"endpoint_id": endpoint.id, "delivery_id": delivery.id},
+                detail={
+                    "endpoint_id": endpoint.id,
+                    "organisation_id": endpoint.organisation_id,
+                    "delivery_id": delivery.id,
+                },
             )
             return
         delay = retry_delay(delivery.attempts, self.rng)
@@ -545,3 +550,10 @@ async def dispatch_loop(
     """The dispatcher with its endpoints' HTTP clients, until ``stop`` is set."""
     async with Dispatcher(db, clock, crypto, settings) as dispatcher:
         await dispatcher.run(stop=stop, listen_url=listen_dsn(database_url))
+
+
+async def _hospital_or_none(session: AsyncSession, organisation_id: int) -> int | None:
+    """The audit entry's hospital for an endpoint's owner: itself if a hospital, else none (a
+    primary institution's endpoint; its id is in the entry's detail)."""
+    kind = await session.scalar(select(Organisation.kind).where(Organisation.id == organisation_id))
+    return organisation_id if kind == "hospital" else None

@@ -1,4 +1,4 @@
-"""Hospitals' webhook endpoints, their signing secrets, dead letters and replays."""
+"""Webhook endpoints of hospitals and primary institutions, their signing secrets, dead letters and replays."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from service.audit.service import record
 from service.kit.clock import instant
 from service.kit.context import Actor
 from service.kit.crypto import Crypto
-from service.kit.errors import Conflict, NotFound
-from service.models.events import Event, webhook_id
+from service.kit.errors import Conflict, NotFound, Unprocessable
+from service.models.events import EVENT_TYPES, INSTITUTION_EVENT_TYPES, Event, webhook_id
 from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from service.outbox.events import notify_dispatchers
 from service.outbox.schemas import (
@@ -27,6 +27,30 @@ from service.outbox.signing import new_secret
 
 SECRET_COLUMN = "webhook_endpoints.secret"
 DeliveryStatus = Literal["pending", "delivered", "dead"]
+
+
+def audited_hospital(actor: Actor, organisation_id: int) -> int | None:
+    """The audit entry's hospital: the owner when a hospital acts on its endpoints; a primary
+    institution's endpoint is recorded against the acting organisation (``actor_org_id``) only."""
+    return organisation_id if actor.label == "hospital" else None
+
+
+def offered_event_types(role: str) -> tuple[str, ...]:
+    """The types an endpoint of an organisation of ``role`` may receive: a primary
+    institution's are about its own referrals and residents (docs/webhooks.md)."""
+    return INSTITUTION_EVENT_TYPES if role == "primary" else EVENT_TYPES
+
+
+def _checked_event_types(event_types: Sequence[str], role: str) -> list[str]:
+    offered = offered_event_types(role)
+    refused = sorted(set(event_types) - set(offered))
+    if refused:
+        raise Unprocessable(
+            "webhook_event_type_not_offered",
+            f"A {role} organisation's endpoint cannot receive {', '.join(refused)}.",
+            offered=list(offered),
+        )
+    return sorted(set(event_types))
 
 
 def endpoint_out(endpoint: WebhookEndpoint) -> EndpointOut:
@@ -56,7 +80,7 @@ async def register_endpoint(
     session: AsyncSession,
     actor: Actor,
     crypto: Crypto,
-    hospital_id: int,
+    organisation_id: int,
     url: str,
     event_types: Sequence[str],
 ) -> tuple[WebhookEndpoint, str]:
@@ -66,9 +90,9 @@ async def register_endpoint(
     """
     secret = new_secret()
     endpoint = WebhookEndpoint(
-        hospital_id=hospital_id,
+        organisation_id=organisation_id,
         url=url,
-        event_types=sorted(set(event_types)),
+        event_types=_checked_event_types(event_types, actor.label),
         secret_enc=crypto.encrypt(secret, column=SECRET_COLUMN),
         status="active",
         created_at=actor.now,
@@ -80,7 +104,7 @@ async def register_endpoint(
         session=session,
         actor=actor,
         action="webhook.endpoint_registered",
-        hospital_id=hospital_id,
+        hospital_id=audited_hospital(actor, organisation_id),
         detail={"endpoint_id": endpoint.id, "before": None, "after": _audit_view(endpoint)},
     )
     return endpoint, secret
@@ -91,24 +115,26 @@ def _audit_view(endpoint: WebhookEndpoint) -> dict[str, Any]:
     return {"url": endpoint.url, "event_types": list(endpoint.event_types), "status": endpoint.status}
 
 
-async def list_endpoints(*, session: AsyncSession, hospital_id: int) -> list[WebhookEndpoint]:
-    """The hospital's endpoints, oldest first."""
+async def list_endpoints(*, session: AsyncSession, organisation_id: int) -> list[WebhookEndpoint]:
+    """The organisation's endpoints, oldest first."""
     rows = await session.scalars(
-        select(WebhookEndpoint).where(WebhookEndpoint.hospital_id == hospital_id).order_by(WebhookEndpoint.id)
+        select(WebhookEndpoint)
+        .where(WebhookEndpoint.organisation_id == organisation_id)
+        .order_by(WebhookEndpoint.id)
     )
     return list(rows)
 
 
 async def get_endpoint(
-    *, session: AsyncSession, hospital_id: int, endpoint_id: int, lock: bool = False
+    *, session: AsyncSession, organisation_id: int, endpoint_id: int, lock: bool = False
 ) -> WebhookEndpoint:
-    """One of the hospital's endpoints; another hospital's is 'not found' (OWASP API1)."""
+    """One of the organisation's endpoints; another's is 'not found' (OWASP API1)."""
     query = select(WebhookEndpoint).where(
-        WebhookEndpoint.id == endpoint_id, WebhookEndpoint.hospital_id == hospital_id
+        WebhookEndpoint.id == endpoint_id, WebhookEndpoint.organisation_id == organisation_id
     )
     endpoint = await session.scalar(query.with_for_update() if lock else query)
     if endpoint is None:
-        raise NotFound("webhook_endpoint_not_found", "No such webhook endpoint of this hospital.")
+        raise NotFound("webhook_endpoint_not_found", "No such webhook endpoint of this organisation.")
     return endpoint
 
 
@@ -116,7 +142,7 @@ async def update_endpoint(
     *,
     session: AsyncSession,
     actor: Actor,
-    hospital_id: int,
+    organisation_id: int,
     endpoint_id: int,
     patch: EndpointPatch,
     url: str | None,
@@ -126,7 +152,7 @@ async def update_endpoint(
     ``url`` is ``patch.url`` once it has passed ``check_url`` (None when the patch leaves the URL).
     """
     endpoint = await get_endpoint(
-        session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
+        session=session, organisation_id=organisation_id, endpoint_id=endpoint_id, lock=True
     )
     changes: dict[str, Any] = {}
     before = _audit_view(endpoint)
@@ -134,7 +160,7 @@ async def update_endpoint(
         endpoint.url = url
         changes["url"] = url
     if patch.event_types is not None:
-        endpoint.event_types = sorted(set(patch.event_types))
+        endpoint.event_types = _checked_event_types(patch.event_types, actor.label)
         changes["event_types"] = endpoint.event_types
     if patch.status == "active" and endpoint.status != "active":
         endpoint.status = "active"
@@ -157,23 +183,25 @@ async def update_endpoint(
             session=session,
             actor=actor,
             action="webhook.endpoint_updated",
-            hospital_id=hospital_id,
+            hospital_id=audited_hospital(actor, organisation_id),
             detail={"endpoint_id": endpoint.id, "before": before, "after": _audit_view(endpoint)},
         )
     await session.flush()
     return endpoint
 
 
-async def delete_endpoint(*, session: AsyncSession, actor: Actor, hospital_id: int, endpoint_id: int) -> None:
+async def delete_endpoint(
+    *, session: AsyncSession, actor: Actor, organisation_id: int, endpoint_id: int
+) -> None:
     """Delete an endpoint with its deliveries and attempts (the events stay)."""
     endpoint = await get_endpoint(
-        session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
+        session=session, organisation_id=organisation_id, endpoint_id=endpoint_id, lock=True
     )
     await record(
         session=session,
         actor=actor,
         action="webhook.endpoint_deleted",
-        hospital_id=hospital_id,
+        hospital_id=audited_hospital(actor, organisation_id),
         detail={"endpoint_id": endpoint.id, "before": _audit_view(endpoint), "after": None},
     )
     await session.delete(endpoint)
@@ -185,13 +213,13 @@ async def rotate_secret(
     session: AsyncSession,
     actor: Actor,
     crypto: Crypto,
-    hospital_id: int,
+    organisation_id: int,
     endpoint_id: int,
     overlap: timedelta,
 ) -> tuple[WebhookEndpoint, str]:
     """A new secret; the current one stays valid for ``overlap`` (a secret older than that is dropped)."""
     endpoint = await get_endpoint(
-        session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
+        session=session, organisation_id=organisation_id, endpoint_id=endpoint_id, lock=True
     )
     before = _secret_state(endpoint)
     secret = new_secret()
@@ -207,7 +235,7 @@ async def rotate_secret(
         session=session,
         actor=actor,
         action="webhook.secret_rotated",
-        hospital_id=hospital_id,
+        hospital_id=audited_hospital(actor, organisation_id),
         detail={
             "endpoint_id": endpoint.id,
             "previous_secret_expires_at": (
@@ -234,18 +262,18 @@ def _secret_state(endpoint: WebhookEndpoint) -> dict[str, Any]:
 async def list_deliveries(
     *,
     session: AsyncSession,
-    hospital_id: int,
+    organisation_id: int,
     status: str,
     endpoint_id: int | None,
     after_id: int | None,
     limit: int,
 ) -> tuple[list[DeliveryOut], int | None]:
-    """The hospital's deliveries in one status, oldest first, with every attempt; keyset paging."""
+    """The organisation's deliveries in one status, oldest first, with every attempt; keyset paging."""
     query = (
         select(WebhookDelivery, Event.type, Event.public_id)
         .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
         .join(Event, Event.id == WebhookDelivery.event_id)
-        .where(WebhookEndpoint.hospital_id == hospital_id, WebhookDelivery.status == status)
+        .where(WebhookEndpoint.organisation_id == organisation_id, WebhookDelivery.status == status)
         .order_by(WebhookDelivery.id)
         .limit(limit + 1)
     )
@@ -292,17 +320,17 @@ async def list_deliveries(
 
 
 async def replay_delivery(
-    *, session: AsyncSession, actor: Actor, hospital_id: int, delivery_id: int
+    *, session: AsyncSession, actor: Actor, organisation_id: int, delivery_id: int
 ) -> WebhookDelivery:
     """Put a dead letter back in its endpoint's queue for a new round of retries, same webhook-id."""
     delivery = await session.scalar(
         select(WebhookDelivery)
         .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-        .where(WebhookDelivery.id == delivery_id, WebhookEndpoint.hospital_id == hospital_id)
+        .where(WebhookDelivery.id == delivery_id, WebhookEndpoint.organisation_id == organisation_id)
         .with_for_update(of=WebhookDelivery)
     )
     if delivery is None:
-        raise NotFound("webhook_delivery_not_found", "No such webhook delivery of this hospital.")
+        raise NotFound("webhook_delivery_not_found", "No such webhook delivery of this organisation.")
     if delivery.status != "dead":
         raise Conflict(
             "webhook_delivery_not_dead", f"Only dead letters are replayed; this one is {delivery.status}."
@@ -315,7 +343,7 @@ async def replay_delivery(
         session=session,
         actor=actor,
         action="webhook.delivery_replayed",
-        hospital_id=hospital_id,
+        hospital_id=audited_hospital(actor, organisation_id),
         detail={
             "delivery_id": delivery.id,
             "endpoint_id": delivery.endpoint_id,

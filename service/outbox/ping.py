@@ -46,7 +46,8 @@ class Ping:
     """A test event claimed for one endpoint, ready to send."""
 
     endpoint_id: int
-    hospital_id: int
+    organisation_id: int
+    for_institution: bool
     url: str
     secrets: list[str]
     webhook_id: str
@@ -58,19 +59,21 @@ async def claim_ping(
     session: AsyncSession,
     *,
     crypto: Crypto,
-    hospital_id: int,
+    organisation_id: int,
+    for_institution: bool,
     endpoint_id: int,
     now: datetime,
     lock_timeout_ms: int,
 ) -> Ping:
-    """The hospital's endpoint with its test event; another hospital's is 404, a second ask
+    """The organisation's endpoint with its test event (in a primary institution's envelope
+    version when ``for_institution``); another organisation's is 404, a second ask
     within ``PING_INTERVAL`` 429 ``rate_limited`` with Retry-After. A transaction of its own
     (``Database.run``), committed before the request is sent."""
     now = now.astimezone(UTC)  # as a unit's reading (Actor.now): it is shown as sent_at
     # As in a unit of work: a lock not granted in time (a dispatcher recording) is 409 busy.
     await session.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"))
     endpoint = await get_endpoint(
-        session=session, hospital_id=hospital_id, endpoint_id=endpoint_id, lock=True
+        session=session, organisation_id=organisation_id, endpoint_id=endpoint_id, lock=True
     )
     last = endpoint.test_sent_at
     if last is not None and now < last + PING_INTERVAL:
@@ -82,11 +85,16 @@ async def claim_ping(
         )
     endpoint.test_sent_at = now
     data = {"endpoint_id": endpoint.id, "event_types": list(endpoint.event_types)}
-    body = json.dumps(envelope(TEST_EVENT_TYPE, data, at=now), ensure_ascii=False, separators=(",", ":"))
+    body = json.dumps(
+        envelope(TEST_EVENT_TYPE, data, at=now, for_institution=for_institution),
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     await session.flush()
     return Ping(
         endpoint_id=endpoint.id,
-        hospital_id=hospital_id,
+        organisation_id=organisation_id,
+        for_institution=for_institution,
         url=endpoint.url,
         secrets=signing_secrets(crypto=crypto, endpoint=endpoint, now=now),
         webhook_id=new_public_id(),
@@ -118,7 +126,7 @@ async def record_ping(*, session: AsyncSession, actor: Actor, ping: Ping, outcom
         session=session,
         actor=actor,
         action="webhook.endpoint_tested",
-        hospital_id=ping.hospital_id,
+        hospital_id=None if ping.for_institution else ping.organisation_id,
         detail={
             "endpoint_id": ping.endpoint_id,
             "webhook_id": ping.webhook_id,

@@ -1,4 +1,5 @@
-"""Hospitals manage their webhook endpoints and dead letters; each sees only its own (OWASP API1)."""
+"""Hospitals and primary institutions manage their webhook endpoints and dead letters; each sees
+only its own (OWASP API1)."""
 
 from __future__ import annotations
 
@@ -30,13 +31,15 @@ from service.web.state import State
 from service.web.unit import Unit, UnitRoute, reads, writes
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=UnitRoute)
-Hospital = Annotated[Unit, writes("hospital")]
-HospitalReads = Annotated[Unit, reads("hospital")]
+# A hospital's HIS and a primary institution's backend alike; every call is scoped to the
+# caller's organisation, and the types offered follow its role (docs/webhooks.md).
+Owner = Annotated[Unit, writes("hospital", "primary")]
+OwnerReads = Annotated[Unit, reads("hospital", "primary")]
 # The URL check may resolve DNS, and a test event waits on its receiver. As a dependency declared
 # after the unit it runs once the caller is authenticated and before the unit's transaction
 # begins; with slow_dependencies the authentication's connection is back in the pool by then,
 # so no connection waits on DNS or on a receiver.
-HospitalSettingUrl = Annotated[Unit, writes("hospital", slow_dependencies=True)]
+OwnerSettingUrl = Annotated[Unit, writes("hospital", "primary", slow_dependencies=True)]
 URL_PROBLEMS = [
     "webhook_url_invalid",
     "webhook_url_not_https",
@@ -72,7 +75,8 @@ async def sent_ping(endpoint_id: PathId, request: Request, state: State) -> Sent
         partial(
             pings.claim_ping,
             crypto=state.crypto,
-            hospital_id=caller.org_id,
+            organisation_id=caller.org_id,
+            for_institution=caller.role == "primary",
             endpoint_id=endpoint_id,
             now=state.clock.now(),
             lock_timeout_ms=state.settings.lock_timeout_ms,
@@ -90,17 +94,22 @@ def _with_secret(endpoint: EndpointOut, secret: str) -> EndpointWithSecret:
     "/endpoints",
     response_model=EndpointWithSecret,
     status_code=201,
-    **operation("registerWebhookEndpoint", "Register a webhook endpoint", problems=URL_PROBLEMS),
+    **operation(
+        "registerWebhookEndpoint",
+        "Register a webhook endpoint",
+        problems=[*URL_PROBLEMS, "webhook_event_type_not_offered"],
+    ),
 )
 async def register_endpoint(
-    body: EndpointIn, unit: HospitalSettingUrl, url: Annotated[str, Depends(new_url)]
+    body: EndpointIn, unit: OwnerSettingUrl, url: Annotated[str, Depends(new_url)]
 ) -> EndpointWithSecret:
-    """Register a receiver of the HIS; the answer carries its signing secret, shown this once."""
+    """Register a receiver of the HIS or of the institution's backend; the answer carries its signing
+    secret, shown this once."""
     endpoint, secret = await service.register_endpoint(
         session=unit.session,
         actor=unit.actor,
         crypto=unit.crypto,
-        hospital_id=unit.caller.org_id,
+        organisation_id=unit.caller.org_id,
         url=url,
         event_types=body.event_types,
     )
@@ -110,9 +119,9 @@ async def register_endpoint(
 @router.get(
     "/endpoints", response_model=EndpointList, **operation("listWebhookEndpoints", "List webhook endpoints")
 )
-async def list_endpoints(unit: HospitalReads) -> EndpointList:
-    """The hospital's endpoints (never their secrets)."""
-    endpoints = await service.list_endpoints(session=unit.session, hospital_id=unit.caller.org_id)
+async def list_endpoints(unit: OwnerReads) -> EndpointList:
+    """The caller's organisation's endpoints (never their secrets)."""
+    endpoints = await service.list_endpoints(session=unit.session, organisation_id=unit.caller.org_id)
     return EndpointList(items=[service.endpoint_out(e) for e in endpoints])
 
 
@@ -121,10 +130,10 @@ async def list_endpoints(unit: HospitalReads) -> EndpointList:
     response_model=EndpointOut,
     **operation("getWebhookEndpoint", "Read a webhook endpoint", problems=["webhook_endpoint_not_found"]),
 )
-async def get_endpoint(endpoint_id: PathId, unit: HospitalReads) -> EndpointOut:
-    """One of the hospital's endpoints."""
+async def get_endpoint(endpoint_id: PathId, unit: OwnerReads) -> EndpointOut:
+    """One of the organisation's endpoints."""
     endpoint = await service.get_endpoint(
-        session=unit.session, hospital_id=unit.caller.org_id, endpoint_id=endpoint_id
+        session=unit.session, organisation_id=unit.caller.org_id, endpoint_id=endpoint_id
     )
     return service.endpoint_out(endpoint)
 
@@ -135,20 +144,20 @@ async def get_endpoint(endpoint_id: PathId, unit: HospitalReads) -> EndpointOut:
     **operation(
         "updateWebhookEndpoint",
         "Change or re-enable a webhook endpoint",
-        problems=["webhook_endpoint_not_found", *URL_PROBLEMS],
+        problems=["webhook_endpoint_not_found", "webhook_event_type_not_offered", *URL_PROBLEMS],
     ),
 )
 async def update_endpoint(
     endpoint_id: PathId,
     body: EndpointPatch,
-    unit: HospitalSettingUrl,
+    unit: OwnerSettingUrl,
     url: Annotated[str | None, Depends(changed_url)],
 ) -> EndpointOut:
     """Change the URL or event types; ``status: active`` re-enables an endpoint disabled by a 410."""
     endpoint = await service.update_endpoint(
         session=unit.session,
         actor=unit.actor,
-        hospital_id=unit.caller.org_id,
+        organisation_id=unit.caller.org_id,
         endpoint_id=endpoint_id,
         patch=body,
         url=url,
@@ -163,10 +172,10 @@ async def update_endpoint(
         "deleteWebhookEndpoint", "Delete a webhook endpoint", problems=["webhook_endpoint_not_found"]
     ),
 )
-async def delete_endpoint(endpoint_id: PathId, unit: Hospital) -> Response:
+async def delete_endpoint(endpoint_id: PathId, unit: Owner) -> Response:
     """Delete an endpoint and its pending and past deliveries."""
     await service.delete_endpoint(
-        session=unit.session, actor=unit.actor, hospital_id=unit.caller.org_id, endpoint_id=endpoint_id
+        session=unit.session, actor=unit.actor, organisation_id=unit.caller.org_id, endpoint_id=endpoint_id
     )
     return Response(status_code=204)
 
@@ -179,7 +188,7 @@ async def delete_endpoint(endpoint_id: PathId, unit: Hospital) -> Response:
     ),
 )
 async def rotate_secret(
-    endpoint_id: PathId, unit: Hospital, body: RotateSecretIn | None = None
+    endpoint_id: PathId, unit: Owner, body: RotateSecretIn | None = None
 ) -> EndpointWithSecret:
     """A new secret, shown once; requests are signed with both until the overlap ends."""
     hours = unit.settings.webhook_secret_overlap_hours
@@ -189,7 +198,7 @@ async def rotate_secret(
         session=unit.session,
         actor=unit.actor,
         crypto=unit.crypto,
-        hospital_id=unit.caller.org_id,
+        organisation_id=unit.caller.org_id,
         endpoint_id=endpoint_id,
         overlap=timedelta(hours=hours),
     )
@@ -206,7 +215,7 @@ async def rotate_secret(
     ),
 )
 async def test_endpoint(
-    endpoint_id: PathId, unit: HospitalSettingUrl, sent: Annotated[SentPing, Depends(sent_ping)]
+    endpoint_id: PathId, unit: OwnerSettingUrl, sent: Annotated[SentPing, Depends(sent_ping)]
 ) -> PingOut:
     """Send a signed `webhook.test` event to the endpoint now and answer what its receiver said.
 
@@ -232,7 +241,7 @@ async def test_endpoint(
     **operation("listWebhookDeliveries", "List webhook deliveries and their attempts"),
 )
 async def list_deliveries(
-    unit: HospitalReads,
+    unit: OwnerReads,
     status: Literal["dead", "pending", "delivered"] = "dead",
     endpoint_id: QueryId = None,
     cursor: Annotated[
@@ -240,10 +249,10 @@ async def list_deliveries(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DeliveryList:
-    """The hospital's deliveries in one status (dead letters by default), with every attempt."""
+    """The organisation's deliveries in one status (dead letters by default), with every attempt."""
     items, next_cursor = await service.list_deliveries(
         session=unit.session,
-        hospital_id=unit.caller.org_id,
+        organisation_id=unit.caller.org_id,
         status=status,
         endpoint_id=endpoint_id,
         after_id=cursor,
@@ -263,9 +272,9 @@ async def list_deliveries(
         responses={202: {"description": "Queued for a new round of retries."}},
     ),
 )
-async def replay_delivery(delivery_id: PathId, unit: Hospital) -> Response:
+async def replay_delivery(delivery_id: PathId, unit: Owner) -> Response:
     """Queue a dead letter again, with the same webhook-id, for a new round of retries."""
     await service.replay_delivery(
-        session=unit.session, actor=unit.actor, hospital_id=unit.caller.org_id, delivery_id=delivery_id
+        session=unit.session, actor=unit.actor, organisation_id=unit.caller.org_id, delivery_id=delivery_id
     )
     return Response(status_code=202)

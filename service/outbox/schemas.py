@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
 from service.kit.schemas import ApiModel
-from service.models.events import EVENT_TYPES, EventType
+from service.models.events import AnyEventType
 from service.outbox.urls import MAX_URL_LENGTH
 
 
@@ -16,14 +16,21 @@ class EndpointIn(ApiModel):
     url: str = Field(
         min_length=1,
         max_length=MAX_URL_LENGTH,
-        description="https URL of the HIS receiver (http only to loopback in development).",
+        description="https URL of the receiver (http only to loopback in development).",
     )
-    event_types: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES))
+    event_types: list[AnyEventType] = Field(
+        min_length=1,
+        max_length=len(get_args(AnyEventType)),
+        description="Types this endpoint receives: a hospital's from its event types, a primary "
+        "institution's from its own (docs/webhooks.md); another is 422 webhook_event_type_not_offered.",
+    )
 
 
 class EndpointPatch(ApiModel):
     url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
-    event_types: list[EventType] | None = Field(default=None, min_length=1, max_length=len(EVENT_TYPES))
+    event_types: list[AnyEventType] | None = Field(
+        default=None, min_length=1, max_length=len(get_args(AnyEventType))
+    )
     status: Literal["active"] | None = Field(
         default=None, description="'active' re-enables an endpoint the dispatcher disabled."
     )

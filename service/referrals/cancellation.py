@@ -21,7 +21,7 @@ from service.models.referrals import Referral
 from service.models.registry import Organisation
 from service.models.slots import ClinicSession, Slot
 from service.outbox.events import emit
-from service.referrals.events import referral_event_data
+from service.referrals.events import institution_referral_data, referral_event_data
 from service.referrals.schemas import ReferralOut
 from service.referrals.views import ReferralView, load_view
 from service.slots.returns import release_slot
@@ -63,12 +63,18 @@ async def _cancel(
     await session.flush()
     data = referral_event_data(view)
     data["cancellation"] = {"by": by, "reason": reason, "slot_returned_to": returned_to}
+    # The booker institution is told too, whoever cancelled, in its own payload: the same
+    # statement writes both events (docs/webhooks.md, "Events for primary institutions").
+    told = institution_referral_data(view)
+    told["cancellation"] = {"by": by, "reason": reason}
     await emit(
         session=session,
         hospital_id=referral.hospital_id,
         event_type="referral.cancelled",
         data=data,
         at=now,
+        institution_id=referral.booker_org_id,
+        institution_data=told,
     )
     await record(
         session=session,

@@ -1,4 +1,5 @@
-"""What the referral events tell a HIS, built from the view of a referral, never the API answer."""
+"""What the referral events tell a HIS, and the booker institution, built from the view of a
+referral, never the API answer."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from service.kit.clock import instant
 from service.referrals.views import ReferralView
-from service.slots.returns import session_event_data
+from service.slots.returns import session_event_data, ward_data
 
 
 def referral_event_data(view: ReferralView) -> dict[str, Any]:
@@ -38,4 +39,32 @@ def referral_event_data(view: ReferralView) -> dict[str, Any]:
             "encountered_at": instant(referral.encountered_at),
         },
         "diagnoses": list(referral.diagnoses),
+    }
+
+
+def institution_referral_data(view: ReferralView) -> dict[str, Any]:
+    """What the booker institution is told of its own referral: where and when, for whom (the
+    masked name) and which of its doctors referred. Never the ID number, nor what is the
+    hospital's own: its external ids of slot and session, doctor code, HIS reference, priority
+    flag; nor the verification code, which the institution handed to the patient at booking."""
+    referral, slot, cs, doctor = view.referral, view.slot, view.clinic_session, view.doctor
+    return {
+        "referral": {"reference": referral.reference, "status": referral.status},
+        "hospital": {"code": view.hospital.code, "name": view.hospital.name},
+        "department": {"code": view.department.code, "name": view.department.name},
+        "session": {
+            "service_date": cs.service_date.isoformat(),
+            "period": cs.period,
+            "resource_kind": cs.resource_kind,
+            "modality": cs.modality,
+            "ward": ward_data(cs),
+        },
+        "slot": {
+            "number": slot.number,
+            "starts_at": instant(slot.starts_at),
+            "ends_at": instant(slot.ends_at),
+        },
+        "doctor": {"name": doctor.name, "title": doctor.title} if doctor else None,
+        "patient": {"name_masked": view.resident_name_masked},
+        "referring_doctor": {"code": view.referring_doctor.code, "name": view.referring_doctor.name},
     }

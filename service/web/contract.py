@@ -144,8 +144,12 @@ CODES: dict[str, tuple[int, str]] = {
     "webhook_url_not_https": (422, "Webhook URLs use https."),
     "webhook_url_unresolvable": (422, "The webhook host does not resolve."),
     "webhook_url_refused": (422, "The webhook URL resolves to a non-public address."),
-    "webhook_endpoint_not_found": (404, "No such webhook endpoint of this hospital."),
-    "webhook_delivery_not_found": (404, "No such webhook delivery of this hospital."),
+    "webhook_event_type_not_offered": (
+        422,
+        "An event type this organisation's endpoints cannot receive (a hospital's or a primary institution's).",
+    ),
+    "webhook_endpoint_not_found": (404, "No such webhook endpoint of this organisation."),
+    "webhook_delivery_not_found": (404, "No such webhook delivery of this organisation."),
     "webhook_delivery_not_dead": (409, "Only dead letters are replayed."),
     # any path
     "not_found": (404, "Nothing is served at this path (FHIR: a type or bulk file not published)."),
