@@ -158,13 +158,18 @@ def _claim(condition: str, order: str) -> TextualSelect:
     """Lease up to ``:limit`` free active endpoints meeting ``condition`` (``FOR UPDATE SKIP
     LOCKED``, so replicas never wait on each other) and return each one's first ``:batch``
     pending deliveries: one statement."""
+    # The pick is a MATERIALIZED CTE, not an ``id IN (subquery)``: the planner may rescan a
+    # subquery on the inner side of a join, and a rescanned ``LIMIT … SKIP LOCKED`` picks new
+    # rows each time, so the UPDATE could lease more than ``:limit`` endpoints.
     return text(
-        "WITH claimed AS ("
-        " UPDATE webhook_endpoints SET lease_token = :token, lease_until = :until WHERE id IN ("
+        "WITH picked AS MATERIALIZED ("
         "  SELECT e.id FROM webhook_endpoints e"
         "  WHERE e.status = 'active' AND (e.lease_until IS NULL OR e.lease_until <= :now)"
         f"  AND {condition} ORDER BY {order}, e.id LIMIT :limit FOR UPDATE SKIP LOCKED"
-        " ) RETURNING id, url, secret_enc, previous_secret_enc, previous_secret_expires_at"
+        "), claimed AS ("
+        " UPDATE webhook_endpoints w SET lease_token = :token, lease_until = :until FROM picked"
+        " WHERE w.id = picked.id"
+        " RETURNING w.id, w.url, w.secret_enc, w.previous_secret_enc, w.previous_secret_expires_at"
         ") SELECT c.id AS endpoint_id, c.url, c.secret_enc, c.previous_secret_enc,"
         " c.previous_secret_expires_at, q.id AS delivery_id, q.event_id, q.public_id, q.next_attempt_at,"
         " q.payload"
