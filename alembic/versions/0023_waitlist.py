@@ -271,5 +271,7 @@ def downgrade() -> None:
     op.execute("UPDATE slots SET status = 'reserved' WHERE status = 'offered'")
     op.drop_constraint(op.f("ck_slots_status"), "slots", type_="check")
     op.create_check_constraint(
-        op.f("ck_slots_status"), "slots", "status IN ('public', 'reserved', 'booked', 'returned', 'withdrawn')"
+        op.f("ck_slots_status"),
+        "slots",
+        "status IN ('public', 'reserved', 'booked', 'returned', 'withdrawn')",
     )
