@@ -409,3 +409,98 @@ async def test_the_offer_event_matches_its_schema_and_carries_no_id_number(clien
     text_form = json.dumps(envelope, ensure_ascii=False)
     assert synthetic_id("340102", seq=2) not in text_form
     assert data["slot"]["number"] == slots[0]["number"]
+
+
+# --- what the commission and the platforms see ------------------------------------------------------
+
+
+async def test_r20_the_feed_counts_waiting_entries_without_personal_data(client, world, db):
+    _, dept = await _setup(client, world, [1, 2, 3])
+    await set_policy(db, waitlist_urgent_priority=True)
+    await enter(client, world, 1, dept)
+    await enter(client, world, 2, dept, urgent_reason="血糖控制差")
+    # Waiting for days after the window: not this window's demand.
+    await enter(client, world, 3, dept, from_date=DAY + timedelta(days=9))
+    params = {"region": "340100", "from": DAY.isoformat(), "to": DAY.isoformat()}
+    r = await client.get("/v1/availability", params=params, headers=world.auth("platform"))
+    assert r.status_code == 200, r.text
+    assert r.json()["waiting_lists"] == [
+        {
+            "hospital_id": world.ids["city_hospital"],
+            "department_code": "CARD",
+            "resource_kind": "outpatient",
+            "waiting": 2,
+            "urgent": 1,
+        }
+    ]
+    assert "张" not in r.text and synthetic_id("340102", seq=1) not in r.text
+    # A new entry changes the answer, so a platform revalidating with its ETag sees it.
+    etag = r.headers["ETag"]
+    await sign(client, world, [4])
+    await enter(client, world, 4, dept)
+    again = await client.get(
+        "/v1/availability", params=params, headers=world.auth("platform") | {"If-None-Match": etag}
+    )
+    assert again.status_code == 200
+    assert again.json()["waiting_lists"][0]["waiting"] == 3
+
+
+async def test_an_offered_slot_shows_as_taken_in_the_feed_and_stays_reserved_in_the_report(client, world, db):
+    slots, dept = await _setup(client, world, [1, 2])
+    await enter(client, world, 2, dept)
+    params = {"region": "340100", "from": DAY.isoformat(), "to": DAY.isoformat()}
+    before = (await client.get("/v1/availability", params=params, headers=world.auth("platform"))).json()
+    await booked_then_cancelled(client, world, slots[0]["slot_id"], 1)
+    after = (await client.get("/v1/availability", params=params, headers=world.auth("platform"))).json()
+    [item_before], [item_after] = before["items"], after["items"]
+    assert (item_after["pool_open"], item_after["booked"]) == (
+        item_before["pool_open"] - 1,
+        item_before["booked"] + 1,
+    )
+    report = await client.get(
+        "/v1/reports/compliance",
+        params={"from": DAY.isoformat(), "to": DAY.isoformat(), "hospital_id": world.ids["city_hospital"]},
+        headers=world.auth("commission"),
+    )
+    assert report.status_code == 200, report.text
+    assert report.json()["rows"][0]["reserved"] == 2
+
+
+async def test_r20_the_compliance_report_shows_unmet_demand_per_department(client, world, db, crypto):
+    _, dept = await _setup(client, world, [1, 2, 3])
+    await set_policy(db, waitlist_urgent_priority=True)
+    await enter(client, world, 1, dept)
+    await enter(client, world, 2, dept, urgent_reason="血糖控制差")
+    await enter(client, world, 3, dept, from_date=DAY + timedelta(days=1))  # ends the day after DAY
+
+    async def report(day_from: date, day_to: date) -> Any:
+        r = await client.get(
+            "/v1/reports/compliance",
+            params={
+                "from": day_from.isoformat(),
+                "to": day_to.isoformat(),
+                "hospital_id": world.ids["city_hospital"],
+            },
+            headers=world.auth("commission"),
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["waiting_lists"]
+
+    department = {"id": dept, "code": "CARD", "name": "心血管内科"}
+    hospital = {"id": world.ids["city_hospital"], "name": "合肥市第一人民医院"}
+    assert await report(DAY, DAY) == [
+        {"hospital": hospital, "department": department, "waiting": 2, "urgent": 1, "expired_unmet": 0}
+    ]
+    assert (await report(DAY, DAY + timedelta(days=1)))[0]["waiting"] == 3
+    # After the range ends, the entries that got no slot are the unmet demand of those days.
+    world.clock.set(local_datetime(DAY + timedelta(days=2), 9))
+    await run_waitlist_pass(db, world.clock, crypto)
+    assert await report(DAY, DAY + timedelta(days=1)) == [
+        {"hospital": hospital, "department": department, "waiting": 0, "urgent": 0, "expired_unmet": 3}
+    ]
+    csv = await client.get(
+        "/v1/reports/compliance",
+        params={"from": DAY.isoformat(), "to": DAY.isoformat(), "format": "csv"},
+        headers=world.auth("commission"),
+    )
+    assert csv.status_code == 200

@@ -38,6 +38,113 @@ EXPAND_ONLY = False
 
 _KINDS = "('outpatient', 'examination', 'bed')"
 
+# The availability counts (revisions 0009, 0016) count an offered slot as held, with the booked
+# ones: it is no longer open to anyone but its offer, and it is still one of the pool's slots, so
+# the feed shows it as taken and the report's ``reserved`` (reserved + booked + returned) keeps it.
+_UPSERT = """
+    ON CONFLICT (session_id, pool_opens_at, public_at) DO UPDATE SET
+        public = c.public + excluded.public,
+        reserved = c.reserved + excluded.reserved,
+        booked = c.booked + excluded.booked,
+        returned = c.returned + excluded.returned,
+        changed_xid = excluded.changed_xid
+"""
+
+_NET_CHANGE_HELD = f"""
+    INSERT INTO availability_counts AS c
+        (session_id, pool_opens_at, public_at, hospital_id, department_id, service_date, period,
+         resource_kind, doctor_title, modality, ward_code, ward_name,
+         public, reserved, booked, returned, changed_xid)
+    SELECT d.session_id, d.pool_opens_at, d.public_at, cs.hospital_id, cs.department_id,
+           cs.service_date, cs.period, cs.resource_kind, cs.doctor_title, cs.modality,
+           cs.ward_code, cs.ward_name, d.public, d.reserved, d.booked, d.returned,
+           pg_current_xact_id()
+    FROM (
+        SELECT x.session_id, x.pool_opens_at, x.public_at,
+               coalesce(sum(x.n) FILTER (WHERE x.status = 'public'), 0) AS public,
+               coalesce(sum(x.n) FILTER (WHERE x.status = 'reserved'), 0) AS reserved,
+               coalesce(sum(x.n) FILTER (WHERE x.status IN ('booked', 'offered')), 0) AS booked,
+               coalesce(sum(x.n) FILTER (WHERE x.status = 'returned'), 0) AS returned
+        FROM (
+            SELECT session_id, pool_opens_at, public_at, status, -1 AS n
+            FROM old_slots WHERE status <> 'withdrawn'
+            UNION ALL
+            SELECT session_id, pool_opens_at, public_at, status, 1 AS n
+            FROM new_slots WHERE status <> 'withdrawn'
+        ) AS x
+        GROUP BY x.session_id, x.pool_opens_at, x.public_at
+    ) AS d
+    -- OFFSET 0 keeps the lookup a per-group index probe: never a hash over every session.
+    CROSS JOIN LATERAL (
+        SELECT s.hospital_id, s.department_id, s.service_date, s.period, s.resource_kind,
+               CASE WHEN s.resource_kind = 'outpatient' THEN s.doctor_title END AS doctor_title,
+               s.modality, s.ward_code, s.ward_name
+        FROM clinic_sessions s
+        WHERE s.id = d.session_id
+        OFFSET 0
+    ) AS cs
+    WHERE (d.public, d.reserved, d.booked, d.returned) <> (0, 0, 0, 0)
+    ORDER BY d.session_id, d.pool_opens_at, d.public_at
+    {_UPSERT}
+"""
+
+
+# 0016's statement, for the downgrade.
+_UPSERT_0016 = """
+    ON CONFLICT (session_id, pool_opens_at, public_at) DO UPDATE SET
+        public = c.public + excluded.public,
+        reserved = c.reserved + excluded.reserved,
+        booked = c.booked + excluded.booked,
+        returned = c.returned + excluded.returned,
+        changed_xid = excluded.changed_xid
+"""
+
+_NET_CHANGE = f"""
+    INSERT INTO availability_counts AS c
+        (session_id, pool_opens_at, public_at, hospital_id, department_id, service_date, period,
+         resource_kind, doctor_title, modality, ward_code, ward_name,
+         public, reserved, booked, returned, changed_xid)
+    SELECT d.session_id, d.pool_opens_at, d.public_at, cs.hospital_id, cs.department_id,
+           cs.service_date, cs.period, cs.resource_kind, cs.doctor_title, cs.modality,
+           cs.ward_code, cs.ward_name, d.public, d.reserved, d.booked, d.returned,
+           pg_current_xact_id()
+    FROM (
+        SELECT x.session_id, x.pool_opens_at, x.public_at,
+               coalesce(sum(x.n) FILTER (WHERE x.status = 'public'), 0) AS public,
+               coalesce(sum(x.n) FILTER (WHERE x.status = 'reserved'), 0) AS reserved,
+               coalesce(sum(x.n) FILTER (WHERE x.status = 'booked'), 0) AS booked,
+               coalesce(sum(x.n) FILTER (WHERE x.status = 'returned'), 0) AS returned
+        FROM (
+            SELECT session_id, pool_opens_at, public_at, status, -1 AS n
+            FROM old_slots WHERE status <> 'withdrawn'
+            UNION ALL
+            SELECT session_id, pool_opens_at, public_at, status, 1 AS n
+            FROM new_slots WHERE status <> 'withdrawn'
+        ) AS x
+        GROUP BY x.session_id, x.pool_opens_at, x.public_at
+    ) AS d
+    -- OFFSET 0 keeps the lookup a per-group index probe: never a hash over every session.
+    CROSS JOIN LATERAL (
+        SELECT s.hospital_id, s.department_id, s.service_date, s.period, s.resource_kind,
+               CASE WHEN s.resource_kind = 'outpatient' THEN s.doctor_title END AS doctor_title,
+               s.modality, s.ward_code, s.ward_name
+        FROM clinic_sessions s
+        WHERE s.id = d.session_id
+        OFFSET 0
+    ) AS cs
+    WHERE (d.public, d.reserved, d.booked, d.returned) <> (0, 0, 0, 0)
+    ORDER BY d.session_id, d.pool_opens_at, d.public_at
+    {_UPSERT_0016}
+"""
+
+
+def _replace_net_change(statement: str) -> None:
+    op.execute(
+        "CREATE OR REPLACE FUNCTION availability_counts_slots_update() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+        f"BEGIN\n{statement};\nRETURN NULL;\nEND;\n$$"
+    )
+
+
 _OFFER_NEEDS_CLAIM = """
 CREATE FUNCTION waitlist_offer_needs_claim() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -60,6 +167,7 @@ def upgrade() -> None:
         "slots",
         "status IN ('public', 'reserved', 'offered', 'booked', 'returned', 'withdrawn')",
     )
+    _replace_net_change(_NET_CHANGE_HELD)
     op.drop_index(
         "ix_slots_reserved_public_at_session_id",
         table_name="slots",
@@ -269,6 +377,7 @@ def downgrade() -> None:
         postgresql_where=sa.text("status = 'reserved'"),
     )
     op.execute("UPDATE slots SET status = 'reserved' WHERE status = 'offered'")
+    _replace_net_change(_NET_CHANGE)
     op.drop_constraint(op.f("ck_slots_status"), "slots", type_="check")
     op.create_check_constraint(
         op.f("ck_slots_status"),
