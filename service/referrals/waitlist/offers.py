@@ -217,7 +217,12 @@ async def _pass_on(
     offer.status = status
     offer.closed_at = actor.now
     await session.flush()
-    slot = await session.scalar(select(Slot).where(Slot.id == offer.slot_id).with_for_update())
+    slot = await session.scalar(
+        select(Slot)
+        .where(Slot.id == offer.slot_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     assert slot is not None
     if slot.status != "offered":
         return None
@@ -258,7 +263,10 @@ async def withdraw_offers_for_session(
 
 async def _own_offer(session: AsyncSession, caller: Caller, reference: str) -> WaitlistOffer:
     offer = await session.scalar(
-        select(WaitlistOffer).where(WaitlistOffer.reference == reference).with_for_update()
+        select(WaitlistOffer)
+        .where(WaitlistOffer.reference == reference)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     if offer is None or offer.booker_org_id != caller.org_id:
         raise NotFound("offer_not_found", f"No offer {reference} of yours.")
@@ -276,13 +284,21 @@ def _closed(offer: WaitlistOffer, now: datetime) -> Conflict | None:
 async def accept_offer(
     *, session: AsyncSession, actor: Actor, caller: Caller, crypto: Crypto, reference: str
 ) -> ReferralOut:
-    """The offer becomes a referral: the booking itself, every rule re-checked, on the held slot."""
+    """The offer becomes a referral: the booking itself, every rule re-checked, on the held slot.
+
+    The entry is locked before its offer, in the order a withdrawal locks them.
+    """
+    found = await session.scalar(select(WaitlistOffer).where(WaitlistOffer.reference == reference))
+    if found is None or found.booker_org_id != caller.org_id:
+        raise NotFound("offer_not_found", f"No offer {reference} of yours.")
+    entry = await session.scalar(
+        select(WaitlistEntry).where(WaitlistEntry.id == found.entry_id).with_for_update()
+    )
+    assert entry is not None
     offer = await _own_offer(session, caller, reference)
     problem = _closed(offer, actor.now)
     if problem is not None:
         raise problem
-    entry = await session.get(WaitlistEntry, offer.entry_id, with_for_update=True)
-    assert entry is not None
     resident = await session.get(Resident, entry.resident_id)
     doctor = await session.get(Doctor, entry.referring_doctor_id)
     assert resident is not None and doctor is not None
@@ -448,12 +464,15 @@ async def expire_one_offer(session: AsyncSession, *, crypto: Crypto, now: dateti
 
     ``SKIP LOCKED``: an offer being accepted, declined or expired by another replica is left to it.
     """
+    # An offer whose slot has reached its public release is the release's to lapse, in its own
+    # statement (slots/release.py): left alone here, the two never wait on each other's locks.
     offer = await session.scalar(
         select(WaitlistOffer)
-        .where(WaitlistOffer.status == "pending", WaitlistOffer.expires_at <= now)
+        .join(Slot, Slot.id == WaitlistOffer.slot_id)
+        .where(WaitlistOffer.status == "pending", WaitlistOffer.expires_at <= now, Slot.public_at > now)
         .order_by(WaitlistOffer.expires_at, WaitlistOffer.id)
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=WaitlistOffer, skip_locked=True)
     )
     if offer is None:
         return False
