@@ -506,3 +506,21 @@ async def test_r20_the_compliance_report_shows_unmet_demand_per_department(clien
         headers=world.auth("commission"),
     )
     assert csv.status_code == 200
+
+
+async def test_r19_the_hospital_sees_an_offered_slot_as_reserved_and_cannot_move_it(client, world, db):
+    slots, dept = await _setup(client, world, [1, 2])
+    await enter(client, world, 2, dept)
+    await booked_then_cancelled(client, world, slots[0]["slot_id"], 1)
+    r = await client.get(
+        "/v1/hospital/sessions", params={"service_date": DAY.isoformat()}, headers=world.auth("city_hospital")
+    )
+    assert r.status_code == 200, r.text
+    [state] = [s for s in r.json()["items"][0]["slots"] if s["slot_id"] == slots[0]["slot_id"]]
+    assert (state["status"], state["in_pool"]) == ("reserved", True)
+    # Held for the offer like a booking: an update may not move it from under the resident.
+    moved = session_item("S1", DAY, slots=10, version=2, first_hour=9)
+    [result] = await push(client, world, [moved], days_ahead=0)
+    assert result["result"] == "rejected"
+    assert {e["code"] for e in result["errors"]} == {"booked_slot_changed"}
+    assert await slot_status(db, slots[0]["slot_id"]) == "offered"
