@@ -31,6 +31,7 @@ from service.models.readiness import schema_state
 from service.outbox.router import router as webhooks_router
 from service.policy.router import router as policy_router
 from service.referrals.router import router as referrals_router
+from service.referrals.waitlist.router import router as waitlist_router
 from service.registry.router import router as registry_router
 from service.reports.router import router as reports_router
 from service.residents.router import router as residents_router
@@ -229,6 +230,7 @@ def create_app(
         residents_router,
         slots_router,
         referrals_router,
+        waitlist_router,
         attendance_router,
         slip_router,
         webhooks_router,

@@ -23,6 +23,7 @@ from service.kit.periodic import every
 from service.outbox.backlog import read_backlog
 from service.outbox.dispatcher import dispatch_loop
 from service.referrals.purge import purge_loop
+from service.referrals.waitlist.offers import waitlist_loop
 from service.reports.summary import summary_loop
 from service.sandbox.service import follow_clock
 from service.signals.detection import detection_loop
@@ -68,6 +69,7 @@ def background_loops(
     stop: asyncio.Event,
 ) -> list[Coroutine[Any, Any, None]]:
     """Release (R6), webhook delivery, scalping detection (R14), the idempotency purge, the
+    waiting list's offer expiry, the
     closing of report days and the reading of the gauges, until ``stop``; in a sandbox, the
     follower of its clock first."""
     follower = (
@@ -90,6 +92,7 @@ def background_loops(
         ),
         detection_loop(db, clock, interval=settings.signals_interval_seconds, stop=stop),
         purge_loop(db, clock, stop=stop),
+        waitlist_loop(db, clock, crypto, interval=settings.waitlist_interval_seconds, stop=stop),
         summary_loop(db, clock, interval=settings.report_summary_interval_seconds, stop=stop),
         gauges_loop(db, clock, interval=settings.gauges_interval_seconds, stop=stop),
     ]

@@ -251,6 +251,27 @@ def booking(slot_id: int, seq: int, *, clock: Clock, doctor_code: str = "FD-1", 
     }
 
 
+def waitlist_entry(seq: int, *, clock: Clock, hospital_id: int, department_id: int, from_date: date,
+                   to_date: date | None = None, doctor_code: str = "FD-1", region: str = "340102",
+                   diagnoses: list[str] | None = None, urgent_reason: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """A waiting-list entry's body for resident ``seq`` (signed with ``doctor_code``)."""
+    return {
+        "hospital_id": hospital_id,
+        "department_id": department_id,
+        "from_date": from_date.isoformat(),
+        "to_date": (to_date or from_date).isoformat(),
+        "referring_doctor_code": doctor_code,
+        "resident": {"id_number": synthetic_id(region, seq=seq), "name": f"张{seq}"},
+        "consultation": {
+            "encounter_id": f"ENC-W{seq}",
+            "encountered_at": (clock.now() - timedelta(hours=1)).isoformat(),
+        },
+        "diagnoses": diagnoses or ["I10"],
+        "urgent": urgent_reason is not None,
+        "urgent_reason": urgent_reason,
+    }
+
+
 def to_local(value: str) -> datetime:
     return datetime.fromisoformat(value).astimezone(SHANGHAI)
 

@@ -35,7 +35,17 @@ from service.models.attendance import NoShowBar
 from service.models.policy import Policy
 from service.models.referrals import Referral
 from service.models.signals import Alert, IdentityConflict
-from tests.factories import World, add_jiangsu, booking, contract_row, pool_slots, push, session_item, sign
+from tests.factories import (
+    World,
+    add_jiangsu,
+    booking,
+    contract_row,
+    pool_slots,
+    push,
+    session_item,
+    sign,
+    waitlist_entry,
+)
 from tests.test_authorization import policy_body
 
 CONTRACT = Path(__file__).resolve().parent.parent / "contracts" / "openapi.json"
@@ -250,6 +260,43 @@ async def _hotline_cancel(ctx: Ctx) -> Call:
         "reason": "x",
     }
     return Call(json=body)
+
+
+async def _waitlist_body(ctx: Ctx) -> dict[str, Any]:
+    seq = next(ctx.seq)
+    await sign(ctx.client, ctx.world, [seq])
+    department = (await pool_slots(ctx.client, ctx.world))[0]["department"]["id"]
+    hospital = ctx.world.ids["city_hospital"]
+    return waitlist_entry(
+        seq, clock=ctx.world.clock, hospital_id=hospital, department_id=department, from_date=DAY
+    )
+
+
+async def _waitlist_create(ctx: Ctx) -> Call:
+    return Call(json=await _waitlist_body(ctx))
+
+
+async def _fresh_entry(ctx: Ctx) -> dict[str, Any]:
+    entry: dict[str, Any] = await ctx.as_owner(
+        "POST", "/v1/waitlist/entries", "chc_a", json=await _waitlist_body(ctx)
+    )
+    return entry
+
+
+async def _waitlist_withdraw(ctx: Ctx) -> Call:
+    entry = await _fresh_entry(ctx)
+    return Call(path={"reference": entry["reference"]}, json={"reason": "矩阵"})
+
+
+async def _waitlist_offer(ctx: Ctx) -> Call:
+    """A fresh entry waits; a fresh referral is cancelled, and its slot is offered to the line."""
+    await _fresh_entry(ctx)
+    referral = await ctx.fresh_referral()
+    await ctx.as_owner(
+        "POST", f"/v1/referrals/{referral['reference']}/cancel", "chc_a", json={"reason": "矩阵"}
+    )
+    offers = await ctx.as_owner("GET", "/v1/waitlist/offers", "chc_a")
+    return Call(path={"reference": offers["items"][-1]["reference"]})
 
 
 async def _attendance(ctx: Ctx) -> Call:
@@ -500,6 +547,29 @@ MATRIX: dict[tuple[str, str], Row] = {
     # Another region's referral answers exactly as an unknown reference or a wrong code does.
     ("POST", "/v1/hotline/cancellations"): Row(
         roles(HOTLINE), _hotline_cancel, other_region=Expect(422, "verification_failed")
+    ),
+    # the waiting list (docs/waitlist.md)
+    ("POST", "/v1/waitlist/entries"): Row(roles(PRIMARY), _waitlist_create),
+    ("GET", "/v1/waitlist/entries"): Row(
+        roles(PRIMARY),
+        other_org=allowed_if(
+            lambda r, ctx: r.json()["items"] == [], "another institution's entries must not be listed"
+        ),
+    ),
+    ("POST", "/v1/waitlist/entries/{reference}/withdraw"): Row(
+        roles(PRIMARY), _waitlist_withdraw, other_org=HIDDEN
+    ),
+    ("GET", "/v1/waitlist/offers"): Row(
+        roles(PRIMARY),
+        other_org=allowed_if(
+            lambda r, ctx: r.json()["items"] == [], "another institution's offers must not be listed"
+        ),
+    ),
+    ("POST", "/v1/waitlist/offers/{reference}/accept"): Row(
+        roles(PRIMARY), _waitlist_offer, other_org=HIDDEN
+    ),
+    ("POST", "/v1/waitlist/offers/{reference}/decline"): Row(
+        roles(PRIMARY), _waitlist_offer, other_org=HIDDEN
     ),
     # supervision
     ("GET", "/v1/shortfalls"): Row(roles(COMMISSION)),

@@ -402,3 +402,34 @@ async def test_an_institutions_receiver_answering_410_disables_its_endpoint_alon
     )
     assert entry.hospital_id is None  # an institution's endpoint is no hospital's business
     assert entry.detail["organisation_id"] == world.ids["chc_a"]
+
+
+async def test_a_waiting_list_offer_reaches_the_institution_and_its_accept_books(
+    client, world, db, receiver, dispatcher, endpoints
+):
+    """Cancellation → offer → `waitlist.offered` at the waiting resident's institution, signed
+    and in its schema with no ID number → accept → a referral on the offered slot."""
+    from tests.test_waitlist import booked_then_cancelled, enter
+
+    await push(client, world, [session_item("S1", DAY, slots=10)])
+    await sign(client, world, [1, 2])
+    slot = (await pool_slots(client, world))[0]
+    entry = (await enter(client, world, 2, slot["department"]["id"])).json()
+    cancelled = await booked_then_cancelled(client, world, slot["slot_id"], 1)
+    await drain(dispatcher)
+
+    bodies = delivered(receiver, endpoints, FD, [cancelled["verification_code"]])
+    offered = [b for b in bodies if b["type"] == "waitlist.offered"]
+    assert len(offered) == 1, [b["type"] for b in bodies]
+    data = offered[0]["data"]
+    assert data["entry"]["reference"] == entry["reference"]
+    assert (data["slot"]["number"], data["patient"]["name_masked"]) == (slot["number"], "张*")
+    # The offer is the institution's alone: neither the hospital nor another centre hears of it.
+    assert not [b for b in delivered(receiver, endpoints, HIS, []) if b["type"] == "waitlist.offered"]
+    assert delivered(receiver, endpoints, OTHER_FD, []) == []
+
+    r = await client.post(
+        f"/v1/waitlist/offers/{data['offer']['reference']}/accept", headers=world.auth("chc_a")
+    )
+    assert r.status_code == 201, r.text
+    assert (r.json()["slot"]["id"], r.json()["status"]) == (slot["slot_id"], "booked")

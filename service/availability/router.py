@@ -32,7 +32,8 @@ def _body(query: dict[str, Any], result: service.Availability) -> tuple[bytes, s
     replaces = "null" if result.replaces is None else f"[{result.replaces}]"
     content = (
         f'{{"query":{json.dumps(query, ensure_ascii=False, separators=(",", ":"))},'
-        f'"hospitals":[{result.hospitals}],"items":[{result.items}],"replaces":{replaces}'
+        f'"hospitals":[{result.hospitals}],"items":[{result.items}],"replaces":{replaces},'
+        f'"waiting_lists":[{result.waiting_lists}]'
     ).encode()
     etag = '"' + hashlib.blake2b(content, digest_size=16).hexdigest() + '"'
     return content + f',"cursor":{json.dumps(result.cursor.encode())}}}'.encode(), etag
@@ -90,7 +91,8 @@ async def read_availability(
 ) -> Response:
     """Pool-open, pending, booked, returned and public slot counts of a city or county, per
     hospital, department, date, period and resource kind (R18), and within the kind per doctor
-    title (visits), modality (examinations) or ward (beds); no personal data."""
+    title (visits), modality (examinations) or ward (beds); and waiting-list lengths per hospital,
+    department and kind, as counts; no personal data."""
     service.check_window(region, date_from, date_to)
     if not covers(unit.caller.region_code, region):
         raise Forbidden(

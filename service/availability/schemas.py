@@ -75,6 +75,16 @@ class DepartmentDayOut(_Out):
     service_date: date
 
 
+class WaitingListOut(_Out):
+    """How many residents wait for a department: a count, no personal data (docs/waitlist.md)."""
+
+    hospital_id: int
+    department_code: str
+    resource_kind: str
+    waiting: int = Field(description="Entries waiting now for a day in the window.")
+    urgent: int = Field(description="Of them, marked urgent by their family doctor.")
+
+
 class AvailabilityOut(_Out):
     query: AvailabilityQuery
     hospitals: list[HospitalOut]
@@ -82,5 +92,9 @@ class AvailabilityOut(_Out):
     replaces: list[DepartmentDayOut] | None = Field(
         description="Only with since: the department-days whose groups are all in items (a group "
         "missing from items now has no slots). Without since, the whole window is replaced."
+    )
+    waiting_lists: list[WaitingListOut] = Field(
+        description="Waiting-list lengths per hospital, department and kind for days in the window: the "
+        "current figure, in full with since too."
     )
     cursor: str = Field(description="Pass as since to receive only what changes after this answer.")

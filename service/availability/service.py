@@ -15,12 +15,13 @@ import binascii
 import json
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.kit.clock import local_date
 from service.kit.errors import Unprocessable
 from service.kit.regions import significant_prefix
 from service.kit.resources import MODALITIES, RESOURCE_KINDS
@@ -69,6 +70,7 @@ class Availability:
     items: str
     replaces: str | None  # None without since: the whole window is replaced
     cursor: Cursor
+    waiting_lists: str = ""  # the contents of the waiting_lists array
 
 
 def check_window(region: str, date_from: date, date_to: date) -> None:
@@ -375,6 +377,48 @@ async def read_changes(*, session: AsyncSession, window: Window, since: Cursor) 
     )
 
 
+# Waiting-list lengths (docs/waitlist.md): entries waiting now for a day of the window, counted per
+# hospital, department and kind; no personal data. Read whole, with since too: a handful of rows.
+_WAITING = """
+    SELECT coalesce(string_agg(row_to_json(w)::text, ',' ORDER BY w.hospital_id, w.department_code,
+                               w.resource_kind), '')
+    FROM (
+        SELECT e.hospital_id, d.code AS department_code, e.resource_kind, count(*) AS waiting,
+               count(*) FILTER (WHERE e.urgent) AS urgent
+        FROM waitlist_entries e
+        JOIN departments d ON d.id = e.department_id
+        WHERE e.status = 'waiting' AND e.to_date >= :today
+          AND e.from_date <= :date_to AND e.to_date >= :date_from
+          AND e.hospital_id = ANY(ARRAY(
+                  SELECT id FROM organisations WHERE kind = 'hospital' AND region_code LIKE :prefix)){filters}
+        GROUP BY e.hospital_id, d.code, e.resource_kind
+    ) AS w"""
+
+
+async def read_waiting_lists(*, session: AsyncSession, window: Window) -> str:
+    """The contents of the answer's ``waiting_lists`` array, under the window's filters."""
+    params: dict[str, object] = {
+        "prefix": significant_prefix(window.region) + "%",
+        "date_from": window.date_from,
+        "date_to": window.date_to,
+        "today": local_date(window.now),
+    }
+    filters = ""
+    if window.hospital_id is not None:
+        filters += "\n          AND e.hospital_id = :hospital_id"
+        params["hospital_id"] = window.hospital_id
+    if window.department_code is not None:
+        filters += "\n          AND d.code = :department_code"
+        params["department_code"] = window.department_code
+    if window.resource_kind is not None:
+        filters += "\n          AND e.resource_kind = :resource_kind"
+        params["resource_kind"] = window.resource_kind
+    if window.modality is not None:
+        filters += "\n          AND (e.modality IS NULL OR e.modality = :modality) AND e.resource_kind = 'examination'"
+        params["modality"] = window.modality
+    return str(await session.scalar(text(_WAITING.format(filters=filters)), params))
+
+
 async def read(
     *, session: AsyncSession, window: Window, since: Cursor | None, cache: FragmentCache
 ) -> Availability:
@@ -384,6 +428,8 @@ async def read(
     and cursor share one snapshot, so it reads at REPEATABLE READ (the changes are one statement).
     """
     if since is not None:
-        return await read_changes(session=session, window=window, since=since)
-    await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-    return await read_window(session=session, window=window, cache=cache)
+        result = await read_changes(session=session, window=window, since=since)
+    else:
+        await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        result = await read_window(session=session, window=window, cache=cache)
+    return replace(result, waiting_lists=await read_waiting_lists(session=session, window=window))

@@ -75,11 +75,11 @@ def slot_status(now: datetime) -> Case[Any]:
 
 
 def pool_held(slot: Slot) -> bool:
-    return slot.status in ("reserved", "booked")
+    return slot.status in ("reserved", "offered", "booked")
 
 
 def pool_held_clause() -> ColumnElement[bool]:
-    return Slot.status.in_(("reserved", "booked"))
+    return Slot.status.in_(("reserved", "offered", "booked"))
 
 
 def instant(when: datetime) -> str:

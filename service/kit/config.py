@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     run_loops: bool = True
     release_interval_seconds: float = 5.0
     release_batch_size: int = 10_000
+    # How often expired waiting-list offers pass to the next in line (docs/waitlist.md); an offer
+    # holds its slot for minutes, so a few seconds of delay is no matter.
+    waitlist_interval_seconds: float = Field(default=5.0, gt=0)
     signals_interval_seconds: float = 300.0
     # How often the report summary's job looks for days to close (service/reports/summary.py).
     report_summary_interval_seconds: float = Field(default=300.0, gt=0)

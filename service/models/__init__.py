@@ -24,6 +24,7 @@ from service.models.sandbox import SandboxClock
 from service.models.signals import Alert, IdentityConflict, IdentityConflictParty
 from service.models.slots import ClinicSession, ReservationShortfall, Slot
 from service.models.supervision import AccessSuspension
+from service.models.waitlist import WaitlistEntry, WaitlistOffer
 from service.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -61,6 +62,8 @@ __all__ = [
     "SandboxClock",
     "SchemaCompatibility",
     "Slot",
+    "WaitlistEntry",
+    "WaitlistOffer",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -34,6 +34,7 @@ InstitutionEventType = Literal[
     "referral.attendance_recorded",
     "no_show_bar.started",
     "no_show_bar.lifted",
+    "waitlist.offered",
 ]
 INSTITUTION_EVENT_TYPES: tuple[str, ...] = get_args(InstitutionEventType)
 # Every type an endpoint may name, whoever owns it (the API's enum); the owner's role narrows it.
@@ -47,6 +48,7 @@ AnyEventType = Literal[
     "referral.received",
     "no_show_bar.started",
     "no_show_bar.lifted",
+    "waitlist.offered",
 ]
 
 # The signed ping a hospital asks for (POST /v1/webhooks/endpoints/{id}/test): sent to that one
@@ -74,6 +76,7 @@ INSTITUTION_EVENT_VERSIONS: dict[str, int] = {
     "referral.attendance_recorded": 1,
     "no_show_bar.started": 1,
     "no_show_bar.lifted": 1,
+    "waitlist.offered": 1,
     TEST_EVENT_TYPE: 1,
 }
 

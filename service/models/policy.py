@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     DateTime,
@@ -67,6 +68,7 @@ class Policy(Base):
             "institution_share_limit > 0 AND institution_share_limit <= 1", name="institution_share_limit"
         ),
         CheckConstraint("resident_active_limit > 0", name="resident_active_limit"),
+        CheckConstraint("waitlist_offer_hold_minutes BETWEEN 1 AND 1440", name="waitlist_offer_hold"),
         CheckConstraint(
             f"slip_id_keep_first BETWEEN 0 AND {SLIP_ID_MAX_KEEP_FIRST}"
             f" AND slip_id_keep_last BETWEEN 0 AND {SLIP_ID_MAX_KEEP_LAST}",
@@ -106,6 +108,10 @@ class Policy(Base):
     what_to_bring: Mapped[str] = mapped_column(Text, server_default=DEFAULT_WHAT_TO_BRING)
     slip_id_keep_first: Mapped[int] = mapped_column(SmallInteger, server_default="6")
     slip_id_keep_last: Mapped[int] = mapped_column(SmallInteger, server_default="4")
+    # The waiting list (docs/waitlist.md): how long an offered slot is held for the entry, and
+    # whether an entry the family doctor marks urgent goes before the others.
+    waitlist_offer_hold_minutes: Mapped[int] = mapped_column(Integer, server_default="10")
+    waitlist_urgent_priority: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The region whose commission owns the code: it alone publishes new versions, and the code
     # governs only hospitals inside it. Null: a built-in or shared code, which no commission

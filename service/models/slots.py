@@ -31,7 +31,7 @@ from service.kit.resources import (
 )
 
 PERIODS = ("morning", "afternoon", "evening")
-SLOT_STATUSES = ("public", "reserved", "booked", "returned", "withdrawn")
+SLOT_STATUSES = ("public", "reserved", "offered", "booked", "returned", "withdrawn")
 
 
 class ClinicSession(Base):
@@ -100,7 +100,10 @@ class Slot(Base):
         ForeignKeyConstraint(
             ["session_id", "resource_kind"], ["clinic_sessions.id", "clinic_sessions.resource_kind"]
         ),
-        CheckConstraint("status IN ('public', 'reserved', 'booked', 'returned', 'withdrawn')", name="status"),
+        # ``offered``: held for a waiting-list entry (docs/waitlist.md); claimed from ``reserved`` like a booking.
+        CheckConstraint(
+            "status IN ('public', 'reserved', 'offered', 'booked', 'returned', 'withdrawn')", name="status"
+        ),
         CheckConstraint("ends_at > starts_at", name="positive_length"),
         CheckConstraint(
             f"resource_kind = 'bed' OR ends_at - starts_at <= interval '{MAX_SLOT_MINUTES} minutes'",
@@ -111,13 +114,13 @@ class Slot(Base):
         ),
         CheckConstraint("pool_opens_at <= public_at - interval '1 day'", name="r5_lead"),
         CheckConstraint("number > 0", name="number"),
-        # The release loop reads exactly the due reserved slots through this index, in its
-        # order, each batch resuming where the last one ended (slots/release.py).
+        # The release loop reads exactly the due reserved (and offered) slots through this index,
+        # in its order, each batch resuming where the last one ended (slots/release.py).
         Index(
             "ix_slots_reserved_public_at_session_id",
             "public_at",
             "session_id",
-            postgresql_where=text("status = 'reserved'"),
+            postgresql_where=text("status IN ('reserved', 'offered')"),
         ),
         Index("ix_slots_hospital_starts_at", "hospital_id", "starts_at"),
     )

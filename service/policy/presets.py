@@ -69,6 +69,10 @@ def _preset(code: str, name: str, source: str, **rules: Any) -> dict[str, Any]:
         "slip_id_keep_first": SLIP_ID_MAX_KEEP_FIRST,
         "slip_id_keep_last": SLIP_ID_MAX_KEEP_LAST,
         **DEFAULT_LIMITS,
+        # The waiting list: a freed slot is held 10 minutes for the first in line; first come,
+        # first served, no urgent priority unless a commission publishes one (docs/waitlist.md).
+        "waitlist_offer_hold_minutes": 10,
+        "waitlist_urgent_priority": False,
     }
     base.update(rules)
     return base

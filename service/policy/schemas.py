@@ -93,6 +93,18 @@ class PolicyIn(ApiModel):
         le=1000,
         description="Active referrals one resident may hold across hospitals; null: no limit.",
     )
+    waitlist_offer_hold_minutes: int = Field(
+        default=10,
+        ge=1,
+        le=1440,
+        description="How long a freed slot offered to the first entry of the waiting list is held for it "
+        "(docs/waitlist.md).",
+    )
+    waitlist_urgent_priority: bool = Field(
+        default=False,
+        description="Whether a waiting-list entry the family doctor marks urgent (with a reason) goes before "
+        "the entries that came earlier; false: first come, first served only.",
+    )
     what_to_bring: str = Field(
         default=DEFAULT_WHAT_TO_BRING,
         min_length=1,

@@ -315,6 +315,8 @@ def policy_out(policy: Policy) -> dict[str, Any]:
         "doctor_daily_limit": policy.doctor_daily_limit,
         "institution_share_limit": policy.institution_share_limit,
         "resident_active_limit": policy.resident_active_limit,
+        "waitlist_offer_hold_minutes": policy.waitlist_offer_hold_minutes,
+        "waitlist_urgent_priority": policy.waitlist_urgent_priority,
         "what_to_bring": policy.what_to_bring,
         "slip_id_keep_first": policy.slip_id_keep_first,
         "slip_id_keep_last": policy.slip_id_keep_last,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, cast
 
@@ -42,6 +43,16 @@ from service.referrals.views import ReferralView, slip_id_masked
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
 
 REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+@dataclass(frozen=True)
+class HeldOffer:
+    """A booking of a slot held for a waiting-list entry (docs/waitlist.md): it claims the slot
+    from ``offered``, not ``reserved``; R9's window is measured from when the entry was made; the
+    entry's own place in the limits passes to the referral."""
+
+    entry_id: int
+    entered_at: datetime
 
 
 def _new_reference(day: date) -> str:
@@ -99,6 +110,7 @@ async def book_referral(
     caller: Caller,
     crypto: Crypto,
     booking: BookingIn,
+    held: HeldOffer | None = None,
 ) -> ReferralOut:
     """Book one reserved slot for one resident; every rule is checked in this transaction.
 
@@ -149,11 +161,11 @@ async def book_referral(
         )
     # Read without a lock: a slot already taken or out of its window is refused at once; the
     # claim below decides again, atomically.
-    _check_slot_window(slot, now)
+    _check_slot_window(slot, now, held=held is not None)
 
     name = booking.resident.name.strip()
     if booker.kind == "primary":
-        resident, declared = await _resident_under_contract(
+        resident, declared = await resident_under_contract(
             session, crypto, id_number=id_number, doctor_id=doctor.id, institution_id=booker.id, today=today
         )
         if resident is None or not declared:
@@ -180,12 +192,16 @@ async def book_referral(
         resource_kind=cs.resource_kind,
         service_date=cs.service_date,
         resident_id=resident.id,
+        accepting_entry_id=held.entry_id if held is not None else 0,
     )
     await lock_for_booking(session, policy=policy, subject=subject)
     standing_now = await standing(session, policy=policy, subject=subject, now=now)
     refuse_if_barred(standing_now)
     encountered = booking.consultation.encountered_at
-    if encountered > now or now - encountered > timedelta(hours=policy.consultation_max_age_hours):
+    # A waiting resident's consultation was in its window when they joined the line; the wait
+    # is not theirs to answer for (docs/waitlist.md).
+    consulted_by = held.entered_at if held is not None else now
+    if encountered > now or consulted_by - encountered > timedelta(hours=policy.consultation_max_age_hours):
         raise Unprocessable(
             "consultation_out_of_window",
             f"The consultation must be within the last {policy.consultation_max_age_hours} hours (R9).",
@@ -200,7 +216,7 @@ async def book_referral(
         raise _duplicate_referral()
     await enforce_booking_limits(session, policy=policy, subject=subject, found=standing_now, now=now)
 
-    await _claim(session, slot, now)
+    await _claim(session, slot, now, held=held is not None)
     code = f"{secrets.randbelow(1_000_000):06d}"
     try:
         referral = await session.scalar(
@@ -328,7 +344,7 @@ async def _slot_context(session: AsyncSession, *, slot_id: int, booker_id: int) 
     return None if row is None else cast(SlotContext, tuple(row))
 
 
-async def _resident_under_contract(
+async def resident_under_contract(
     session: AsyncSession, crypto: Crypto, *, id_number: str, doctor_id: int, institution_id: int, today: date
 ) -> tuple[Resident | None, set[str]]:
     """The resident and the names declared on their contracts in force with this doctor and
@@ -359,7 +375,7 @@ async def _resident_under_contract(
     return rows[0][0], names
 
 
-async def _claim(session: AsyncSession, slot: Slot, now: datetime) -> None:
+async def _claim(session: AsyncSession, slot: Slot, now: datetime, *, held: bool = False) -> None:
     """Claim the slot: the booking's only row lock, taken last, held till commit.
 
     Under READ COMMITTED the UPDATE re-checks its condition on the row's latest version, so
@@ -369,7 +385,8 @@ async def _claim(session: AsyncSession, slot: Slot, now: datetime) -> None:
         update(Slot)
         .where(
             Slot.id == slot.id,
-            Slot.status == "reserved",
+            # A slot held for a waiting-list offer is claimed from ``offered`` by its accept only.
+            Slot.status == ("offered" if held else "reserved"),
             Slot.pool_opens_at <= now,
             Slot.public_at > now,
         )
@@ -379,7 +396,7 @@ async def _claim(session: AsyncSession, slot: Slot, now: datetime) -> None:
     )
     if claimed is None:
         await session.refresh(slot)
-        _check_slot_window(slot, now)
+        _check_slot_window(slot, now, held=held)
         raise Conflict("slot_taken", "The slot was booked by another request.")
     set_committed_value(slot, "status", "booked")
 
@@ -390,20 +407,26 @@ def _duplicate_referral() -> Conflict:
     )
 
 
-def _check_slot_window(slot: Slot, now: datetime) -> None:
+def _check_slot_window(slot: Slot, now: datetime, *, held: bool = False) -> None:
     """R5/R6: bookable through the pool only while pool_opens_at <= now < public_at.
 
     Slots start at or after public_at (push validation), so a bookable slot has not started.
+    An ``offered`` slot is held for a waiting-list entry: taken for everyone but its accept.
     """
     if slot.status == "booked":
         raise Conflict("slot_taken", "The slot is already booked through the pool.")
-    if slot.status == "returned" or (slot.status == "reserved" and now >= slot.public_at):
+    if slot.status == "offered" and not held:
+        raise Conflict("slot_taken", "The slot is held for a resident on the waiting list.")
+    if held and slot.status == "reserved":
+        raise Conflict("offer_closed", "The slot is no longer held for this offer.")
+    open_status = "offered" if held else "reserved"
+    if slot.status == "returned" or (slot.status == open_status and now >= slot.public_at):
         raise Conflict(
             "window_closed",
             "The slot has returned to the public pool (R6).",
             public_at=instant(slot.public_at),
         )
-    if slot.status != "reserved":
+    if slot.status != open_status:
         raise Conflict("slot_not_in_pool", "The slot is not reserved for the pool.")
     if now < slot.pool_opens_at:
         raise Conflict(

@@ -24,6 +24,7 @@ from service.outbox.events import emit
 from service.referrals.events import institution_referral_data, referral_event_data
 from service.referrals.schemas import ReferralOut
 from service.referrals.views import ReferralView, load_view
+from service.referrals.waitlist.offers import offer_freed_slot, withdraw_offers_for_session
 from service.slots.returns import release_slot
 
 
@@ -61,6 +62,10 @@ async def _cancel(
     referral.cancel_reason = reason
     returned_to = None if keep_slot else await release_slot(session, slot, now)
     await session.flush()
+    if returned_to == "pool":
+        # Freed in its pool window: held at once for the first eligible resident on the waiting
+        # list, in this transaction, so no booking can slip in between (docs/waitlist.md).
+        await offer_freed_slot(session=session, actor=actor, crypto=crypto, slot=slot)
     data = referral_event_data(view)
     data["cancellation"] = {"by": by, "reason": reason, "slot_returned_to": returned_to}
     # The booker institution is told too, whoever cancelled, in its own payload: the same
@@ -219,6 +224,7 @@ async def cancel_for_withdrawal(
         .order_by(Referral.id)
         .with_for_update()
     )
+    await withdraw_offers_for_session(session=session, actor=actor, clinic_session=clinic_session)
     for referral in referrals:
         await _cancel(
             session,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.kit.clock import instant
+from service.models.slots import ClinicSession, Slot
 from service.referrals.views import ReferralView
 from service.slots.returns import session_event_data, ward_data
 
@@ -52,19 +53,26 @@ def institution_referral_data(view: ReferralView) -> dict[str, Any]:
         "referral": {"reference": referral.reference, "status": referral.status},
         "hospital": {"code": view.hospital.code, "name": view.hospital.name},
         "department": {"code": view.department.code, "name": view.department.name},
-        "session": {
-            "service_date": cs.service_date.isoformat(),
-            "period": cs.period,
-            "resource_kind": cs.resource_kind,
-            "modality": cs.modality,
-            "ward": ward_data(cs),
-        },
-        "slot": {
-            "number": slot.number,
-            "starts_at": instant(slot.starts_at),
-            "ends_at": instant(slot.ends_at),
-        },
+        "session": institution_session_data(cs),
+        "slot": institution_slot_data(slot),
         "doctor": {"name": doctor.name, "title": doctor.title} if doctor else None,
         "patient": {"name_masked": view.resident_name_masked},
         "referring_doctor": {"code": view.referring_doctor.code, "name": view.referring_doctor.name},
     }
+
+
+def institution_session_data(cs: ClinicSession) -> dict[str, Any]:
+    """A session as an institution's events describe it: the day and the resource (R18), not
+    the hospital's own ID for it."""
+    return {
+        "service_date": cs.service_date.isoformat(),
+        "period": cs.period,
+        "resource_kind": cs.resource_kind,
+        "modality": cs.modality,
+        "ward": ward_data(cs),
+    }
+
+
+def institution_slot_data(slot: Slot) -> dict[str, Any]:
+    """A slot as an institution's events describe it: its number and times."""
+    return {"number": slot.number, "starts_at": instant(slot.starts_at), "ends_at": instant(slot.ends_at)}

@@ -33,6 +33,7 @@ from service.models.attendance import NoShowBar
 from service.models.policy import Policy
 from service.models.referrals import Referral
 from service.models.slots import ClinicSession, Slot
+from service.models.waitlist import WaitlistEntry
 
 HOUR = timedelta(hours=1)
 
@@ -57,6 +58,14 @@ class BookingSubject:
     resource_kind: str
     service_date: date
     resident_id: int
+    # An entry being accepted (docs/waitlist.md): its place passes to the referral, so it is not
+    # counted against the referral that replaces it.
+    accepting_entry_id: int = 0
+
+
+def active_entry(today: date) -> ColumnElement[bool]:
+    """A waiting-list entry that still stands: waiting, its date range not yet over."""
+    return and_(WaitlistEntry.status == "waiting", WaitlistEntry.to_date >= today)
 
 
 def _limit_keys(policy: Policy, s: BookingSubject) -> set[int]:
@@ -126,18 +135,24 @@ async def standing(
         )
         .limit(1)
         .scalar_subquery(),
-        select(func.count())
-        .where(Referral.referring_doctor_id == s.doctor_id, Referral.booked_at > now - HOUR)
-        .scalar_subquery()
+        (
+            select(func.count())
+            .where(Referral.referring_doctor_id == s.doctor_id, Referral.booked_at > now - HOUR)
+            .scalar_subquery()
+            + _entries_made(s, now - HOUR, None)
+        )
         if policy.doctor_hourly_limit is not None
         else nothing,
-        select(func.count())
-        .where(
-            Referral.referring_doctor_id == s.doctor_id,
-            Referral.booked_at >= midnight,
-            Referral.booked_at < midnight + timedelta(days=1),
+        (
+            select(func.count())
+            .where(
+                Referral.referring_doctor_id == s.doctor_id,
+                Referral.booked_at >= midnight,
+                Referral.booked_at < midnight + timedelta(days=1),
+            )
+            .scalar_subquery()
+            + _entries_made(s, midnight, midnight + timedelta(days=1))
         )
-        .scalar_subquery()
         if policy.doctor_daily_limit is not None
         else nothing,
     ]
@@ -150,7 +165,8 @@ async def standing(
                 Slot.hospital_id == s.hospital_id,
                 Slot.resource_kind == s.resource_kind,
                 ClinicSession.service_date == s.service_date,
-                Slot.status.in_(("reserved", "booked")),
+                # An offered slot is held for a waiting-list entry: still the pool's (docs/waitlist.md).
+                Slot.status.in_(("reserved", "offered", "booked")),
             )
             .scalar_subquery(),
             select(func.count())
@@ -171,11 +187,32 @@ async def standing(
         select(func.count())
         .where(Referral.resident_id == s.resident_id, active_referral(today))
         .scalar_subquery()
+        + select(func.count())
+        .where(
+            WaitlistEntry.resident_id == s.resident_id,
+            WaitlistEntry.id != s.accepting_entry_id,
+            active_entry(today),
+        )
+        .scalar_subquery()
         if policy.resident_active_limit is not None
         else nothing
     )
     row = (await session.execute(select(*columns))).one()
     return Standing(*row)
+
+
+def _entries_made(s: BookingSubject, since: datetime, until: datetime | None) -> ColumnElement[int]:
+    """Waiting-list entries the doctor made in the window: each is an attempt on the pool like a
+    booking (docs/waitlist.md). An accepted entry is counted by its referral instead."""
+    made = select(func.count()).where(
+        WaitlistEntry.referring_doctor_id == s.doctor_id,
+        WaitlistEntry.created_at >= since if until is not None else WaitlistEntry.created_at > since,
+        WaitlistEntry.status != "booked",
+        WaitlistEntry.id != s.accepting_entry_id,
+    )
+    if until is not None:
+        made = made.where(WaitlistEntry.created_at < until)
+    return made.scalar_subquery()
 
 
 def refuse_if_barred(found: Standing) -> None:
@@ -190,7 +227,13 @@ def refuse_if_barred(found: Standing) -> None:
 
 
 async def enforce_booking_limits(
-    session: AsyncSession, *, policy: Policy, subject: BookingSubject, found: Standing, now: datetime
+    session: AsyncSession,
+    *,
+    policy: Policy,
+    subject: BookingSubject,
+    found: Standing,
+    now: datetime,
+    holds_slot: bool = True,
 ) -> None:
     """Refuse (409) a booking that would exceed one of ``policy``'s limits, from ``found``'s counts.
 
@@ -198,10 +241,11 @@ async def enforce_booking_limits(
     limits' locks, which stay held till the booking commits.
     """
     if policy.doctor_hourly_limit is not None and (found.doctor_hour or 0) >= policy.doctor_hourly_limit:
-        await _doctor_hourly(session, policy.doctor_hourly_limit, now, subject.doctor_id)
+        await _doctor_hourly(session, policy.doctor_hourly_limit, now, subject)
     if policy.doctor_daily_limit is not None and (found.doctor_day or 0) >= policy.doctor_daily_limit:
         _doctor_daily(policy.doctor_daily_limit, now, found.doctor_day or 0)
-    if policy.institution_share_limit is not None:
+    # A waiting-list entry holds no slot, so it is not measured against the institution's share.
+    if policy.institution_share_limit is not None and holds_slot:
         _institution_share(
             policy.institution_share_limit,
             subject,
@@ -221,8 +265,10 @@ async def enforce_booking_limits(
         )
 
 
-async def _doctor_hourly(session: AsyncSession, limit: int, now: datetime, doctor_id: int) -> None:
-    """Bookings made by the doctor in the 60 minutes before now, whatever became of them."""
+async def _doctor_hourly(session: AsyncSession, limit: int, now: datetime, subject: BookingSubject) -> None:
+    """Bookings (and waiting-list entries) made by the doctor in the 60 minutes before now,
+    whatever became of them."""
+    doctor_id = subject.doctor_id
     made = list(
         await session.scalars(
             select(Referral.booked_at)
@@ -230,6 +276,17 @@ async def _doctor_hourly(session: AsyncSession, limit: int, now: datetime, docto
             .order_by(Referral.booked_at)
         )
     )
+    made += list(
+        await session.scalars(
+            select(WaitlistEntry.created_at).where(
+                WaitlistEntry.referring_doctor_id == doctor_id,
+                WaitlistEntry.created_at > now - HOUR,
+                WaitlistEntry.status != "booked",
+                WaitlistEntry.id != subject.accepting_entry_id,
+            )
+        )
+    )
+    made.sort()
     if len(made) < limit:
         return
     # The window frees a place when the booking that leaves it brings the count below the limit.

@@ -69,6 +69,17 @@ class ReportRow(BaseModel):
     policies: list[ReportPolicyRef]
 
 
+class ReportWaitingList(BaseModel):
+    """Unmet demand at one hospital department (docs/waitlist.md): a current figure, as of
+    ``generated_at``, not per period."""
+
+    hospital: ReportOrgRef
+    department: ReportDepartmentRef
+    waiting: int  # residents waiting now for a day in the report's range
+    urgent: int  # of them, marked urgent by their family doctor
+    expired_unmet: int  # entries whose date range ended in the report's range without a slot
+
+
 class ComplianceReport(BaseModel):
     date_from: date
     date_to: date
@@ -78,3 +89,4 @@ class ComplianceReport(BaseModel):
     resource_kind: ResourceKind
     generated_at: datetime
     rows: list[ReportRow]
+    waiting_lists: list[ReportWaitingList]

@@ -28,6 +28,7 @@ from service.models.policy import Policy
 from service.models.registry import SENIOR_TITLES, Alliance, AllianceMember, Organisation
 from service.reports.schemas import ComplianceReport, Granularity, Group, RegionLevel
 from service.reports.summary import read_window
+from service.reports.waitlist import waiting_lists
 
 # The longest range each granularity answers: bounded rows, bounded work.
 MAX_DAYS: dict[str, int] = {"day": 92, "week": 26 * 7, "month": 366}
@@ -576,7 +577,22 @@ async def compliance_report(
         separators=(",", ":"),
     )
     out = _rows_json(rows, group, granularity, date_from, date_to, listed)
-    body = head[:-1] + ',"rows":[' + ",".join(out) + "]}"
+    waiting = await waiting_lists(
+        session=session,
+        hospital_ids=hospital_ids,
+        resource_kind=resource_kind,
+        date_from=date_from,
+        date_to=date_to,
+        now=now,
+    )
+    body = (
+        head[:-1]
+        + ',"rows":['
+        + ",".join(out)
+        + '],"waiting_lists":'
+        + json.dumps(waiting, ensure_ascii=False, separators=(",", ":"))
+        + "}"
+    )
     return Report(group=group, body=body.encode())
 
 

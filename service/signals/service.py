@@ -162,7 +162,7 @@ async def _pool_senior_share(
                 " count(*) FILTER (WHERE cs.doctor_title IN ('chief', 'associate_chief')) AS senior"
                 " FROM slots s JOIN clinic_sessions cs ON cs.id = s.session_id"
                 " WHERE s.hospital_id = :hospital_id AND s.resource_kind = 'outpatient'"
-                " AND s.status IN ('reserved', 'booked', 'returned')"
+                " AND s.status IN ('reserved', 'offered', 'booked', 'returned')"
                 " AND s.pool_opens_at <= :now AND s.public_at > :start"
             ),
             {"hospital_id": hospital_id, "start": start, "now": now},

@@ -39,8 +39,9 @@ from service.slots.reservation import NO_OTHERS, Candidate, Selection, Tally, ch
 from service.slots.schemas import ItemError, SessionIn, SessionResult, ShortfallOut
 from service.slots.shortfalls import ShortfallKey, write_shortfalls
 
-POOL_HELD = frozenset(("reserved", "booked", "returned"))
-POOL_LISTED = frozenset(("reserved", "booked"))  # what a result lists as held for the pool
+# ``offered``: held for a waiting-list offer (docs/waitlist.md), as fixed as a booked slot.
+POOL_HELD = frozenset(("reserved", "offered", "booked", "returned"))
+POOL_LISTED = frozenset(("reserved", "offered", "booked"))  # what a result lists as held for the pool
 # Keys of slots not stored yet sort after every stored slot's id, in the order they are added;
 # COPY stores them in that order, so their ids keep it.
 NEW_KEYS = 1 << 62
@@ -194,7 +195,7 @@ def lead_shortfall(item: SessionIn, policy: Policy, now: datetime) -> tuple[int,
 
 def _booked_changes(current: dict[int, _Slot], item: SessionIn) -> list[ItemError]:
     """R19: a slot with a pool referral is neither removed nor moved by an update (by slot number)."""
-    booked = sorted((number, old) for number, old in current.items() if old.status == "booked")
+    booked = sorted((number, old) for number, old in current.items() if old.status in ("booked", "offered"))
     if not booked:
         return []
     incoming = {s.number: s for s in item.slots}
@@ -205,7 +206,8 @@ def _booked_changes(current: dict[int, _Slot], item: SessionIn) -> list[ItemErro
             errors.append(
                 ItemError(
                     code="booked_slot_changed",
-                    detail="This slot has a pool referral; it cannot be removed or moved. "
+                    detail="This slot has a pool referral (or is held for one, offered from the waiting "
+                    "list); it cannot be removed or moved. "
                     "Withdraw the session to cancel its referrals.",
                     slot_number=number,
                 )
@@ -312,7 +314,7 @@ SELECT s.id, s.session_id, s.number, s.status, s.external_id, s.starts_at, s.end
 """
 COUNTS = """
 SELECT cs.department_id, cs.service_date, cs.resource_kind, cs.doctor_title,
-       count(*) AS live, count(*) FILTER (WHERE s.status IN ('reserved', 'booked', 'returned')) AS held
+       count(*) AS live, count(*) FILTER (WHERE s.status IN ('reserved', 'offered', 'booked', 'returned')) AS held
   FROM clinic_sessions cs JOIN slots s ON s.session_id = cs.id
  WHERE (cs.department_id, cs.service_date, cs.resource_kind)
        IN (SELECT * FROM unnest($1::bigint[], $2::date[], $3::text[]))
@@ -725,7 +727,7 @@ class _Run:
         """
         tiebreak = (cs.external_id, slot.number)
         status = slot.status
-        if marking or status in ("booked", "returned"):
+        if marking or status in ("booked", "offered", "returned"):
             return Candidate(slot.key, slot.starts_at, senior, status in POOL_HELD, False, tiebreak), False
         if slot.public_at <= self.now or (slot.opened and not slot.fresh):
             return Candidate(slot.key, slot.starts_at, senior, status == "reserved", False, tiebreak), False
@@ -882,7 +884,7 @@ def forget_rows(session: AsyncSession) -> None:
 
 FINAL_POOLS = """
 SELECT session_id, number, id FROM slots
- WHERE session_id = ANY($1::bigint[]) AND status IN ('reserved', 'booked')
+ WHERE session_id = ANY($1::bigint[]) AND status IN ('reserved', 'offered', 'booked')
  ORDER BY session_id, number
 """
 FINAL_SHORTFALLS = """

@@ -14,7 +14,7 @@ from service.slots.schemas import SessionState, SessionStateList, SlotState
 
 # A page holds at most this many sessions: each has at most 500 slots (MAX_SESSION_SLOTS).
 MAX_SESSIONS_PAGE = 50
-IN_POOL = ("reserved", "booked")
+IN_POOL = ("reserved", "offered", "booked")
 
 
 async def list_hospital_sessions(
@@ -74,7 +74,9 @@ async def list_hospital_sessions(
                     external_id=external_id,
                     starts_at=starts_at,
                     ends_at=ends_at,
-                    status=status,
+                    # A slot held for a waiting-list offer is the pool's and not yet booked: to the
+                    # hospital it is reserved (docs/waitlist.md).
+                    status="reserved" if status == "offered" else status,
                     in_pool=status in IN_POOL,
                 )
             )

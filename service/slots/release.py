@@ -1,5 +1,8 @@
 """The release loop (R6): reserved slots still unbooked at ``public_at`` return to the public.
 
+A slot held for a waiting-list offer (``offered``) returns too, and its pending offer lapses in
+the same statement (docs/waitlist.md).
+
 Each batch is one transaction of a few statements, however many slots it returns: one claims
 the due rows with ``FOR NO KEY UPDATE SKIP LOCKED``, flips them to ``returned``, has the
 database build each clinic session's ``slots.returned`` data and, through
@@ -46,7 +49,7 @@ _FIRST: tuple[datetime, int] = (datetime(1, 1, 1, tzinfo=UTC), 0)
 _DUE_RETURNED = f"""
     due AS (
         SELECT ctid FROM slots
-        WHERE status = 'reserved' AND public_at <= :now
+        WHERE status IN ('reserved', 'offered') AND public_at <= :now
           AND (public_at, session_id) >= (:after_public_at, :after_session_id)
         ORDER BY public_at, session_id
         LIMIT :batch_size
@@ -56,6 +59,11 @@ _DUE_RETURNED = f"""
         UPDATE slots AS s SET status = 'returned', returned_at = :now
         WHERE s.ctid = ANY(ARRAY(SELECT ctid FROM due))
         RETURNING s.id, s.session_id, s.number, s.external_id, s.starts_at, s.ends_at, s.public_at
+    ),
+    lapsed AS (
+        UPDATE waitlist_offers AS o SET status = 'lapsed', closed_at = :now
+        WHERE o.status = 'pending' AND o.slot_id IN (SELECT id FROM flipped)
+        RETURNING o.id
     ),
     by_session AS (
         SELECT f.session_id, min(f.public_at) AS public_at,
@@ -125,7 +133,10 @@ async def release_lag(*, session: AsyncSession, now: datetime) -> float:
     """Seconds the oldest reserved slot past its ``public_at`` has waited to be returned; 0 when
     the release is up to date. One entry of the due slots' partial index."""
     oldest = await session.scalar(
-        text("SELECT min(public_at) FROM slots WHERE status = 'reserved' AND public_at <= :now"), {"now": now}
+        text(
+            "SELECT min(public_at) FROM slots WHERE status IN ('reserved', 'offered') AND public_at <= :now"
+        ),
+        {"now": now},
     )
     return 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
 

@@ -32,7 +32,7 @@ from service.slots.schemas import (
 from service.slots.shortfalls import record_shortfalls
 from service.slots.withdrawal import withdraw_session
 
-POOL_HELD = ("reserved", "booked", "returned")
+POOL_HELD = ("reserved", "offered", "booked", "returned")
 # What each resource kind must name; a doctor stays optional for the other two (R18).
 REQUIRED_DETAIL = {"outpatient": "doctor", "examination": "modality", "bed": "ward"}
 
@@ -384,8 +384,8 @@ async def _result(session: AsyncSession, cs: ClinicSession, outcome: str, *, ver
         session_id=cs.id,
         result=outcome,
         version=version,
-        pool_slot_numbers=[s.number for s in live if s.status in ("reserved", "booked")],
-        pool_slot_ids=[s.id for s in live if s.status in ("reserved", "booked")],
+        pool_slot_numbers=[s.number for s in live if s.status in ("reserved", "offered", "booked")],
+        pool_slot_ids=[s.id for s in live if s.status in ("reserved", "offered", "booked")],
         pool_opens_at=live[0].pool_opens_at if live else None,
         public_at=live[0].public_at if live else None,
         shortfalls=[

@@ -87,6 +87,15 @@ CODES: dict[str, tuple[int, str]] = {
     "institution_share_limit": (409, "The institution's share of the department-day is reached (R14)."),
     "resident_active_limit": (409, "The resident's limit of active referrals is reached (R14)."),
     "idempotency_key_reused": (422, "The Idempotency-Key was used with another request body."),
+    # the waiting list (docs/waitlist.md)
+    "department_not_found": (404, "No such department at the hospital."),
+    "waitlist_range_past": (422, "The entry's date range starts before today."),
+    "urgent_priority_not_allowed": (422, "The hospital's policy gives urgent entries no priority."),
+    "waitlist_entry_exists": (409, "The resident already waits for that hospital's department."),
+    "waitlist_entry_not_found": (404, "No such waiting-list entry of the caller's."),
+    "waitlist_entry_closed": (409, "The entry is no longer waiting."),
+    "offer_not_found": (404, "No such waiting-list offer of the caller's."),
+    "offer_closed": (409, "The offer was accepted, declined, withdrawn, or has expired or lapsed."),
     # referrals after booking
     "referral_not_found": (404, "No such referral visible to the caller."),
     "referral_cancelled": (409, "The referral is cancelled."),
