@@ -26,10 +26,12 @@ from service.kit.db import Database
 from service.models.events import EVENT_TYPES, INSTITUTION_EVENT_TYPES, Event
 from service.outbox.dispatcher import Dispatcher
 from service.outbox.events import emit_to_institution
+from service.referrals.waitlist.offers import run_waitlist_pass
 from tests.factories import World, booking, pool_slots, push, session_item, sign, synthetic_id
 from tests.test_attendance import after_slot, refer, report, set_city_rule
 from tests.test_contracts import _validator, institution_validator
 from tests.test_referral_views import counting
+from tests.test_waitlist import booked_then_cancelled, enter
 from tests.webhook_receiver import Receiver, verify
 
 DAY = date(2026, 3, 10)
@@ -409,8 +411,6 @@ async def test_a_waiting_list_offer_reaches_the_institution_and_its_accept_books
 ):
     """Cancellation → offer → `waitlist.offered` at the waiting resident's institution, signed
     and in its schema with no ID number → accept → a referral on the offered slot."""
-    from tests.test_waitlist import booked_then_cancelled, enter
-
     await push(client, world, [session_item("S1", DAY, slots=10)])
     await sign(client, world, [1, 2])
     slot = (await pool_slots(client, world))[0]
@@ -433,3 +433,32 @@ async def test_a_waiting_list_offer_reaches_the_institution_and_its_accept_books
     )
     assert r.status_code == 201, r.text
     assert (r.json()["slot"]["id"], r.json()["status"]) == (slot["slot_id"], "booked")
+
+
+async def test_an_expired_offer_goes_to_the_next_in_line_and_its_event_follows(
+    client, world, db, crypto, receiver, dispatcher, endpoints
+):
+    """Offer → expiry → the next entry's offer, each announced to the institution; at the last
+    expiry nobody waits and no event is sent."""
+    await push(client, world, [session_item("S1", DAY, slots=10)])
+    await sign(client, world, [1, 2, 3])
+    slot = (await pool_slots(client, world))[0]
+    first = (await enter(client, world, 2, slot["department"]["id"])).json()
+    world.clock.advance(timedelta(minutes=1))
+    second = (await enter(client, world, 3, slot["department"]["id"])).json()
+    cancelled = await booked_then_cancelled(client, world, slot["slot_id"], 1)
+    world.clock.advance(timedelta(minutes=10))
+    assert await run_waitlist_pass(db, world.clock, crypto) == 1
+    await drain(dispatcher)
+
+    offered = [
+        b["data"]
+        for b in delivered(receiver, endpoints, FD, [cancelled["verification_code"]])
+        if b["type"] == "waitlist.offered"
+    ]
+    assert [o["entry"]["reference"] for o in offered] == [first["reference"], second["reference"]]
+    assert offered[0]["offer"]["reference"] != offered[1]["offer"]["reference"]
+    world.clock.advance(timedelta(minutes=10))
+    assert await run_waitlist_pass(db, world.clock, crypto) == 1
+    await drain(dispatcher)
+    assert len([b for b in delivered(receiver, endpoints, FD, []) if b["type"] == "waitlist.offered"]) == 2
