@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -71,8 +72,11 @@ async def _policy_for(session: AsyncSession, cs: ClinicSession) -> Policy | None
     return policy
 
 
-def _eligible_line(slot: Slot, cs: ClinicSession, policy: Policy, now: datetime) -> Any:
-    """The first eligible entry for ``slot``, locked, skipping entries another offer holds.
+def _eligible_line(
+    slot: Slot, cs: ClinicSession, policy: Policy, now: datetime, skip: Sequence[int] = ()
+) -> Any:
+    """The first eligible entry for ``slot``, locked, skipping entries another offer holds
+    (and the entries in ``skip``).
 
     Eligible is what a booking of this slot would check and the database can tell at once: the
     entry waits for this department (modality, ward) and day; its resident has a contract in force
@@ -125,11 +129,44 @@ def _eligible_line(slot: Slot, cs: ClinicSession, policy: Policy, now: datetime)
                 Referral.status == "booked",
             ),
             covered,
+            *([e.id.not_in(skip)] if skip else []),
         )
         .order_by(*order)
         .limit(1)
         .with_for_update(skip_locked=True)
     )
+
+
+async def _first_in_line(
+    session: AsyncSession, slot: Slot, cs: ClinicSession, policy: Policy, now: datetime
+) -> WaitlistEntry | None:
+    """The first eligible entry, locked, that holds no offer now and was never offered ``slot``.
+
+    The line's ``NOT EXISTS`` on offers is read with the statement's snapshot, taken before the
+    entry's lock is granted. Two cancellations at once: the first offers its slot to entry E and
+    commits (an insert into ``waitlist_offers``; E's own row is not changed, so PostgreSQL does not
+    re-check the line when the second locks E after that commit). The second's snapshot predates
+    the commit, so it saw E without an offer and would offer E a second slot: the partial unique
+    index refuses it and the cancellation itself failed (500). So the offers are read again once
+    the entry is ours (a new statement, a new snapshot, after the other commit), and an entry found
+    holding one is skipped for the next in line.
+    """
+    skipped: list[int] = []
+    while True:
+        entry: WaitlistEntry | None = await session.scalar(_eligible_line(slot, cs, policy, now, skipped))
+        if entry is None:
+            return None
+        taken = await session.scalar(
+            select(
+                exists().where(
+                    WaitlistOffer.entry_id == entry.id,
+                    or_(WaitlistOffer.status == "pending", WaitlistOffer.slot_id == slot.id),
+                )
+            )
+        )
+        if not taken:
+            return entry
+        skipped.append(entry.id)
 
 
 async def offer_freed_slot(
@@ -148,7 +185,7 @@ async def offer_freed_slot(
     policy = await _policy_for(session, cs)
     if policy is None:
         return None
-    entry = await session.scalar(_eligible_line(slot, cs, policy, now))
+    entry = await _first_in_line(session, slot, cs, policy, now)
     if entry is None:
         return None
     claimed = await session.scalar(
