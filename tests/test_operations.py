@@ -270,7 +270,8 @@ async def test_background_loops_do_their_work_and_stop_together(db, crypto, cloc
     read_before = REGISTRY.get_sample_value("slotpool_gauges_read_timestamp_seconds")
     clock.advance(timedelta(seconds=1))  # the gauges' next reading stamps a later time
     try:
-        assert len(loops) == 6  # release, delivery, detection, idempotency purge, report days, gauges
+        # release, delivery, detection, purge, report days, waiting-list offers, gauges
+        assert len(loops) == 7
         async with asyncio.timeout(10):
             while await pool_slots(client, world):  # noqa: ASYNC110 (polling the API, as a client would)
                 await asyncio.sleep(0.05)
