@@ -55,9 +55,11 @@ class HeldOffer:
     entered_at: datetime
 
 
-def _new_reference(day: date) -> str:
+def new_reference(prefix: str, day: date) -> str:
+    """A reference patients can read out on the phone: the prefix (R referral, W waiting-list
+    entry, O offer), the day, six characters that cannot be confused with one another."""
     tail = "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(6))
-    return f"R{day:%y%m%d}{tail}"
+    return f"{prefix}{day:%y%m%d}{tail}"
 
 
 async def _find_resident(session: AsyncSession, crypto: Crypto, id_number: str) -> Resident | None:
@@ -222,7 +224,7 @@ async def book_referral(
         referral = await session.scalar(
             insert(Referral)
             .values(
-                reference=_new_reference(cs.service_date),
+                reference=new_reference("R", cs.service_date),
                 hospital_id=hospital.id,
                 department_id=cs.department_id,
                 session_id=cs.id,

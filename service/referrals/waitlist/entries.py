@@ -28,7 +28,7 @@ from service.models.supervision import AccessSuspension
 from service.models.waitlist import ENTRY_RESIDENT_NAME, WaitlistEntry, WaitlistOffer
 from service.policy.scope import scope_admits
 from service.policy.service import policy_in_force
-from service.referrals.booking import resident_under_contract
+from service.referrals.booking import new_reference, resident_under_contract
 from service.referrals.guards import (
     BookingSubject,
     enforce_booking_limits,
@@ -37,7 +37,7 @@ from service.referrals.guards import (
     standing,
 )
 from service.referrals.schemas import NamedRef
-from service.referrals.waitlist.offers import new_reference, withdraw_pending_offer
+from service.referrals.waitlist.offers import withdraw_pending_offer
 from service.referrals.waitlist.schemas import EntryIn, EntryOut
 from service.residents.idnumber import InvalidIdNumber, normalise_id_number
 

@@ -12,7 +12,6 @@ offered slot like a reserved one and its offer lapses in the same statement (slo
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -31,45 +30,19 @@ from service.kit.db import Database
 from service.kit.errors import Conflict, NotFound
 from service.kit.periodic import every
 from service.models.attendance import NoShowBar
-from service.models.policy import HospitalPolicy, Policy
+from service.models.policy import Policy
 from service.models.referrals import Referral
 from service.models.registry import Department, Doctor, Organisation
 from service.models.residents import FamilyDoctorContract, Resident
 from service.models.slots import ClinicSession, Slot
 from service.models.waitlist import ENTRY_RESIDENT_NAME, WaitlistEntry, WaitlistOffer
-from service.referrals.booking import HeldOffer, book_referral
+from service.policy.service import policies_in_force
+from service.referrals.booking import HeldOffer, book_referral, new_reference
 from service.referrals.schemas import BookingIn, Consultation, NamedRef, ReferralOut, ResidentRef, SlotOut
 from service.referrals.waitlist.events import emit_offer_event, offer_event_data
 from service.referrals.waitlist.schemas import OfferOut
 
 log = structlog.get_logger("slotpool.waitlist")
-
-OFFER_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-
-
-def new_reference(prefix: str, day: Any) -> str:
-    tail = "".join(secrets.choice(OFFER_ALPHABET) for _ in range(6))
-    return f"{prefix}{day:%y%m%d}{tail}"
-
-
-async def _policy_for(session: AsyncSession, cs: ClinicSession) -> Policy | None:
-    """The policy in force on the session's date for its kind, as the booking chooses it."""
-    policy: Policy | None = await session.scalar(
-        select(Policy)
-        .join(
-            HospitalPolicy,
-            (HospitalPolicy.policy_code == Policy.code)
-            & (HospitalPolicy.resource_kind == Policy.resource_kind),
-        )
-        .where(
-            HospitalPolicy.hospital_id == cs.hospital_id,
-            HospitalPolicy.resource_kind == cs.resource_kind,
-            Policy.effective_from <= cs.service_date,
-        )
-        .order_by(Policy.effective_from.desc(), Policy.version.desc())
-        .limit(1)
-    )
-    return policy
 
 
 def _eligible_line(
@@ -182,7 +155,8 @@ async def offer_freed_slot(
         return None
     cs = await session.get(ClinicSession, slot.session_id)
     assert cs is not None
-    policy = await _policy_for(session, cs)
+    wanted = (cs.resource_kind, cs.service_date)
+    policy = (await policies_in_force(session=session, hospital_id=cs.hospital_id, wanted={wanted}))[wanted]
     if policy is None:
         return None
     entry = await _first_in_line(session, slot, cs, policy, now)
