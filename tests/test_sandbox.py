@@ -158,7 +158,7 @@ async def test_a_loop_follower_takes_the_move_within_its_interval(client, world,
 # --- the walk of an integrator ---------------------------------------------------------------------
 
 
-async def test_an_integrator_walks_windows_release_and_no_shows_to_a_bar(app, client, world, db):
+async def test_r5_r6_r13_an_integrator_walks_windows_release_and_no_shows_to_a_bar(app, client, world, db):
     """Push, advance to the pool window, book, advance past the session, report the no-show: the
     policy's rule (3 no-shows in 180 days) bars the resident at the third. Only the sandbox
     clock moves; the whole walk takes seconds."""
